@@ -1,0 +1,1 @@
+"""memtrace's command line."""

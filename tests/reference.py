@@ -1,0 +1,76 @@
+"""The ground truth: the same step on real CPU tensors, measured by the CPU allocator.
+
+Peak = bytes live at the step's start + the largest rise of the profiler's allocation events in time order.
+One warm-up step runs first so lazily created optimizer state exists, as in the simulated steady state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
+
+from memtrace.tracer.program import NullObserver, make_optimizer, run_program
+from memtrace.tracer.specs import OptimizerSpec
+
+
+@dataclass(frozen=True)
+class Measured:
+    peak: int
+    start: int
+    rise: int
+    allocations: tuple[tuple[int, str], ...]  # (signed size, op) in time order
+
+
+def _walk(nodes: Sequence[Any]) -> Iterator[Any]:
+    for n in nodes:
+        yield n
+        yield from _walk(n.children)
+
+
+def allocation_events(prof: Any) -> list[tuple[int, int, str]]:
+    out = []
+    for n in _walk(prof.profiler.kineto_results.experimental_event_tree()):
+        if n.tag == _EventType.Allocation:
+            out.append((n.start_time_ns, int(n.extra_fields.alloc_size), n.parent.name if n.parent else ""))
+    out.sort(key=lambda e: e[0])
+    return out
+
+
+def live_bytes(model: nn.Module, inputs: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer | None) -> int:
+    tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers(), *inputs]
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t.device.type == "cpu":
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
+
+
+def measure(
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    mode: str = "train",
+    optimizer: OptimizerSpec | None = None,
+) -> Measured:
+    """Real CPU run of the program; the model and inputs must be on the CPU."""
+    opt = make_optimizer(optimizer or OptimizerSpec("adam"), list(model.parameters()), "cpu") if mode == "train" else None
+    run_program(model, inputs, opt, mode, NullObserver(), iterations=1)
+    start = live_bytes(model, inputs, opt)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run_program(model, inputs, opt, mode, NullObserver(), iterations=1, first=1)
+    events = allocation_events(prof)
+    level = rise = 0
+    for _, size, _ in events:
+        level += size
+        rise = max(rise, level)
+    return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events))

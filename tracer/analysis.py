@@ -1,0 +1,142 @@
+"""Pure functions over a Trace: the timeline, the peak and what is live at it, per-phase peaks.
+
+No torch import. Sizes pass through a rounding function (the device's allocator) before they are summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from memtrace.tracer.records import (
+    Category,
+    Event,
+    Kind,
+    LayerShare,
+    Peak,
+    Phase,
+    PhasePeak,
+    StorageInfo,
+    TensorRow,
+    Trace,
+)
+
+Rounding = Callable[[int], int]
+
+
+def exact(nbytes: int) -> int:
+    return nbytes
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Bytes live after each event, starting from the baseline."""
+
+    baseline: int
+    events: tuple[Event, ...]
+    live_after: tuple[int, ...]
+
+
+def timeline(trace: Trace, rounding: Rounding = exact) -> Timeline:
+    live = sum(rounding(trace.storages[s].nbytes) for s in trace.baseline)
+    base = live
+    after = []
+    for ev in trace.events:
+        size = rounding(ev.nbytes)
+        live += size if ev.kind is Kind.ALLOC else -size
+        after.append(live)
+    return Timeline(base, trace.events, tuple(after))
+
+
+def peak_index(tl: Timeline, keep: Callable[[Event], bool] = lambda e: True) -> int | None:
+    """Index of the first event at which live bytes are highest among the kept events."""
+    best: int | None = None
+    for i, ev in enumerate(tl.events):
+        if keep(ev) and (best is None or tl.live_after[i] > tl.live_after[best]):
+            best = i
+    return best
+
+
+def live_at(trace: Trace, index: int) -> set[int]:
+    """The storages live just after event `index` (the baseline included)."""
+    live = set(trace.baseline)
+    for ev in trace.events[: index + 1]:
+        if ev.kind is Kind.ALLOC:
+            live.add(ev.storage)
+        else:
+            live.discard(ev.storage)
+    return live
+
+
+def by_category(storages: Iterable[StorageInfo], rounding: Rounding = exact) -> dict[Category, int]:
+    sums = {c: 0 for c in Category}
+    for s in storages:
+        sums[s.category] += rounding(s.nbytes)
+    return sums
+
+
+def top_tensors(storages: Iterable[StorageInfo], n: int = 5, rounding: Rounding = exact) -> tuple[TensorRow, ...]:
+    rows = sorted(storages, key=lambda s: (-s.nbytes, s.storage))[:n]
+    return tuple(TensorRow(rounding(s.nbytes), s.category, s.shape, s.dtype, s.op, s.module) for s in rows)
+
+
+def step_peak(trace: Trace, iteration: int, rounding: Rounding = exact) -> Peak:
+    """The peak of one iteration of the step, and what is live at that moment."""
+    tl = timeline(trace, rounding)
+    idx = peak_index(tl, lambda e: e.iteration == iteration)
+    if idx is None:
+        infos = [trace.storages[s] for s in trace.baseline]
+        return Peak(tl.baseline, -1, Phase.SETUP, iteration, "", "", by_category(infos, rounding),
+                    top_tensors(infos, rounding=rounding))  # fmt: skip
+    ev = tl.events[idx]
+    infos = [trace.storages[s] for s in live_at(trace, idx)]
+    return Peak(
+        bytes=tl.live_after[idx],
+        seq=ev.seq,
+        phase=ev.phase,
+        iteration=ev.iteration,
+        op=ev.op,
+        module=ev.module,
+        by_category=by_category(infos, rounding),
+        top_tensors=top_tensors(infos, rounding=rounding),
+    )
+
+
+def phase_peaks(trace: Trace, iteration: int, rounding: Rounding = exact) -> tuple[PhasePeak, ...]:
+    tl = timeline(trace, rounding)
+    rows = []
+    for phase in (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER):
+        idx = peak_index(tl, lambda e, p=phase: e.iteration == iteration and e.phase is p)  # type: ignore[misc]
+        if idx is not None:
+            ev = tl.events[idx]
+            rows.append(PhasePeak(phase, tl.live_after[idx], ev.op, ev.module))
+    return tuple(rows)
+
+
+def category_totals(trace: Trace, iteration: int, rounding: Rounding = exact) -> dict[Category, int]:
+    """Bytes of every storage of each category that was live at some point of the iteration."""
+    seen: set[int] = set(trace.baseline)
+    for ev in trace.events:
+        if ev.iteration == iteration:
+            seen.add(ev.storage)
+    return by_category((trace.storages[s] for s in seen), rounding)
+
+
+def layers_at_peak(
+    trace: Trace, peak: Peak, types: dict[str, str], n: int = 5, rounding: Rounding = exact
+) -> tuple[LayerShare, ...]:
+    """Group what is live at the peak by owning module (parameters count for the module that holds them)."""
+    tl_index = next(i for i, e in enumerate(trace.events) if e.seq == peak.seq) if peak.seq >= 0 else -1
+    live = live_at(trace, tl_index) if tl_index >= 0 else set(trace.baseline)
+    groups: dict[str, list[StorageInfo]] = {}
+    for sid in live:
+        info = trace.storages[sid]
+        if info.category is Category.INPUT:
+            continue
+        groups.setdefault(info.module, []).append(info)
+    rows = [
+        LayerShare(m, types.get(m, ""), sum(rounding(s.nbytes) for s in infos), by_category(infos, rounding))
+        for m, infos in groups.items()
+    ]
+    rows.sort(key=lambda r: (-r.bytes, r.module))
+    return tuple(rows[:n])

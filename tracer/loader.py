@@ -1,0 +1,198 @@
+"""Find the user's builder, call it on the meta device, and make the inputs.
+
+The build never allocates model-sized memory: it runs under `torch.device("meta")`, and where a builder
+insists on real tensors (an explicit device, `.to("cuda")`, data-dependent init), a patched build registers
+every parameter and buffer on meta and makes init functions no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from memtrace.tracer.errors import MemtraceError, first_line
+from memtrace.tracer.records import InputSpec
+from memtrace.tracer.specs import Target, parse_target
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass
+class Built:
+    model: nn.Module
+    example_inputs: tuple[InputSpec, ...]
+    path: str  # "meta" or "patched: <why>"
+
+
+def load_object(target: Target | str, what: str = "builder") -> Any:
+    if isinstance(target, str):
+        target = parse_target(target, what)
+    module = _load_file(target.source) if target.is_file else _import(target.source)
+    obj: Any = module
+    for part in target.attr.split("."):
+        if not hasattr(obj, part):
+            raise MemtraceError(f"{what} {target.text()!r}: {target.source} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _load_file(source: str) -> Any:
+    path = Path(source)
+    if not path.is_file():
+        raise MemtraceError(f"file not found: {source}")
+    name = "memtrace_user_" + path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise MemtraceError(f"cannot import {source}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise MemtraceError(f"importing {source} failed: {first_line(exc)}") from exc
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    return module
+
+
+def _import(source: str) -> Any:
+    try:
+        return importlib.import_module(source)
+    except ModuleNotFoundError as exc:
+        raise MemtraceError(f"module not found: {source} ({first_line(exc)})") from exc
+    except Exception as exc:
+        raise MemtraceError(f"importing {source} failed: {first_line(exc)}") from exc
+
+
+def build_on_meta(builder: Callable[..., Any], kwargs: dict[str, Any], name: str) -> Built:
+    """Call the builder under the meta device; fall back to a patched build if that fails."""
+    try:
+        with torch.device("meta"):
+            out = builder(**kwargs)
+        model, examples = _split_result(out, name)
+        real = _real_tensors(model)
+        if not real:
+            return Built(model, examples, "meta")
+        why = f"the builder made real tensors ({real[0]})"
+    except MemtraceError:
+        raise
+    except Exception as exc:
+        why = first_line(exc)
+    try:
+        with _patched_build():
+            out = builder(**kwargs)
+    except Exception as exc:
+        raise MemtraceError(f"builder {name} raised {first_line(exc)}") from exc
+    model, examples = _split_result(out, name)
+    _move_leftovers_to_meta(model)
+    return Built(model, examples, f"patched ({why})")
+
+
+def _split_result(out: Any, name: str) -> tuple[nn.Module, tuple[InputSpec, ...]]:
+    examples: tuple[InputSpec, ...] = ()
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module):
+        out, raw = out
+        items = raw if isinstance(raw, (tuple, list)) else (raw,)
+        examples = tuple(spec_of(t) for t in items)
+    if not isinstance(out, nn.Module):
+        raise MemtraceError(f"builder {name} returned {type(out).__name__}, not an nn.Module")
+    return out, examples
+
+
+def spec_of(t: Any) -> InputSpec:
+    if not isinstance(t, torch.Tensor):
+        raise MemtraceError(f"example input of type {type(t).__name__} is not a tensor")
+    if t.dtype not in DTYPE_NAMES:
+        raise MemtraceError(f"example input dtype {t.dtype} is not supported")
+    return InputSpec(tuple(int(d) for d in t.shape), DTYPE_NAMES[t.dtype])
+
+
+def _real_tensors(model: nn.Module) -> list[str]:
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers())
+    return [n for n, t in named if t.device.type != "meta"]
+
+
+def _move_leftovers_to_meta(model: nn.Module) -> None:
+    for module in model.modules():
+        for key, p in list(module._parameters.items()):
+            if p is not None and p.device.type != "meta":
+                module._parameters[key] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+        for key, b in list(module._buffers.items()):
+            if b is not None and b.device.type != "meta":
+                module._buffers[key] = b.to("meta")
+
+
+@contextlib.contextmanager
+def _patched_build() -> Iterator[None]:
+    """Parameters and buffers land on meta as they are registered; init and device moves do nothing."""
+    saved: list[tuple[Any, str, Any]] = []
+
+    def patch(owner: Any, attr: str, value: Any) -> None:
+        saved.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, value)
+
+    register_parameter = nn.Module.register_parameter
+    register_buffer = nn.Module.register_buffer
+
+    def reg_param(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register_parameter(self, name, param)
+
+    def reg_buffer(self: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        if tensor is not None and tensor.device.type != "meta":
+            tensor = tensor.to("meta")
+        register_buffer(self, name, tensor, persistent)
+
+    def same(self: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+        return self
+
+    patch(nn.Module, "register_parameter", reg_param)
+    patch(nn.Module, "register_buffer", reg_buffer)
+    for attr in ("to", "cuda", "cpu"):
+        patch(nn.Module, attr, same)
+    for attr in dir(nn.init):
+        fn = getattr(nn.init, attr)
+        if callable(fn) and attr.endswith("_") and not attr.startswith("_"):
+            patch(nn.init, attr, lambda t, *a, **k: t)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        for owner, attr, value in reversed(saved):
+            setattr(owner, attr, value)
+
+
+def make_inputs(specs: Sequence[InputSpec], device: str | torch.device) -> list[torch.Tensor]:
+    """Meta inputs are empty; real ones are random (ids in [0, 2) so any embedding accepts them)."""
+    out = []
+    gen = torch.Generator().manual_seed(0)
+    for spec in specs:
+        shape = tuple(int(d) for d in spec.shape)
+        dtype = DTYPES[spec.dtype]
+        if torch.device(device).type == "meta":
+            out.append(torch.empty(shape, dtype=dtype, device=device))
+        elif dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=gen).to(dtype=dtype, device=device))
+        elif dtype == torch.bool:
+            out.append((torch.rand(shape, generator=gen) > 0.5).to(device))
+        else:
+            out.append(torch.randint(0, 2, shape, generator=gen, dtype=dtype).to(device))
+    return out

@@ -1,0 +1,254 @@
+"""Dispatch-level recording of every storage allocation and free, with op, module, phase and category.
+
+A private TorchDispatchMode sees every aten op; storages are tracked by weak reference so the recorder never
+changes a lifetime. saved_tensors_hooks mark what autograd keeps for backward; module hooks and the autograd
+node running in backward give the module. The recorder emits events, nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from memtrace.tracer.devices import DeviceModel
+from memtrace.tracer.program import floating_leaves
+from memtrace.tracer.records import Category, Event, Kind, Phase, StorageInfo, Trace
+
+
+@dataclass
+class _Live:
+    ref: StorageWeakRef
+    sid: int
+
+
+@dataclass
+class _Meta:
+    nbytes: int
+    op: str
+    module: str
+    shape: tuple[int, ...]
+    dtype: str
+    phase: Phase
+    iteration: int
+    category: Category | None = None
+
+
+_PRECEDENCE = {
+    Category.PARAMETER: 0,
+    Category.BUFFER: 1,
+    Category.INPUT: 2,
+    Category.OPTIMIZER_STATE: 3,
+    Category.GRADIENT: 4,
+    Category.ACTIVATION: 5,
+    Category.OUTPUT: 6,
+    Category.TEMPORARY: 7,
+}
+
+
+class Recorder:
+    """Collects events; use `recording(model)` around the program and pass the recorder as its observer."""
+
+    def __init__(self, device: DeviceModel) -> None:
+        self.device = device
+        self.events: list[Event] = []
+        self.meta: dict[int, _Meta] = {}
+        self.live: dict[int, _Live] = {}  # keyed by the StorageImpl address while alive
+        self.baseline: list[int] = []
+        self.phase = Phase.SETUP
+        self.iteration = 0
+        self.module_stack: list[str] = [""]
+        self.node_module: dict[int, str] = {}
+        self.owners: dict[int, str] = {}
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+
+    # --- storages -------------------------------------------------------------------------------
+    def track(self, t: torch.Tensor, category: Category | None, op: str) -> int | None:
+        """Register a tensor's storage if new; returns its id. New storages emit an alloc event."""
+        storage = t.untyped_storage()
+        ref = StorageWeakRef(storage)
+        found = self.live.get(ref.cdata)
+        if found is not None and not found.ref.expired():
+            if category is not None:
+                self.mark(found.sid, category)
+            return found.sid
+        sid = next(self._ids)
+        nbytes = int(storage.nbytes())
+        self.live[ref.cdata] = _Live(ref, sid)
+        self.meta[sid] = _Meta(
+            nbytes, op, self.current_module(), tuple(t.shape), str(t.dtype).removeprefix("torch."),
+            self.phase, self.iteration, category,
+        )  # fmt: skip
+        if self.phase is Phase.SETUP and op == "":
+            self.baseline.append(sid)
+        else:
+            self._emit(Kind.ALLOC, sid, nbytes, op)
+        return sid
+
+    def mark(self, sid: int, category: Category) -> None:
+        meta = self.meta[sid]
+        if meta.category is None or _PRECEDENCE[category] < _PRECEDENCE[meta.category]:
+            meta.category = category
+
+    def mark_tensor(self, t: torch.Tensor, category: Category, module: str | None = None) -> None:
+        sid = self.track(t, category, op="")
+        if sid is not None and module is not None:
+            self.meta[sid].module = module
+
+    def sweep(self) -> None:
+        """Emit frees for storages whose last reference went away since the last sweep."""
+        dead = [key for key, live in self.live.items() if live.ref.expired()]
+        for key in dead:
+            live = self.live.pop(key)
+            self._emit(Kind.FREE, live.sid, self.meta[live.sid].nbytes, "")
+
+    def transient(self, nbytes: int, op: str) -> None:
+        sid = next(self._ids)
+        self.meta[sid] = _Meta(
+            nbytes, op, self.current_module(), (nbytes,), "uint8", self.phase, self.iteration, Category.TEMPORARY
+        )
+        self._emit(Kind.ALLOC, sid, nbytes, op)
+        self._emit(Kind.FREE, sid, nbytes, op)
+
+    def _emit(self, kind: Kind, sid: int, nbytes: int, op: str) -> None:
+        meta = self.meta[sid]
+        self.events.append(
+            Event(next(self._seq), kind, sid, nbytes, self.phase, self.iteration, op or meta.op,
+                  self.current_module() if kind is Kind.ALLOC else meta.module)
+        )  # fmt: skip
+
+    def current_module(self) -> str:
+        if self.phase is Phase.BACKWARD:
+            node = torch._C._current_autograd_node()
+            if node is not None:
+                return self.node_module.get(node._sequence_nr(), "")
+        return self.module_stack[-1]
+
+    # --- the op ---------------------------------------------------------------------------------
+    def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
+        work = self.device.workspace(func, args, kwargs, out)
+        if work.before:
+            self.transient(work.before, name)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.track(t, None, name)
+        if work.during:
+            self.transient(work.during, name)
+
+    # --- program observer -----------------------------------------------------------------------
+    def begin(self, phase: Phase, iteration: int) -> None:
+        self.sweep()
+        self.phase, self.iteration = phase, iteration
+
+    def outputs(self, out: Any) -> None:
+        for t in floating_leaves(out):
+            self.mark_tensor(t, Category.OUTPUT)
+
+    def gradients(self, params: Sequence[nn.Parameter]) -> None:
+        for p in params:
+            if p.grad is not None:
+                self.mark_tensor(p.grad, Category.GRADIENT, self.owners.get(id(p), ""))
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        for param, state in optimizer.state.items():
+            for v in state.values():
+                if isinstance(v, torch.Tensor):
+                    self.mark_tensor(v, Category.OPTIMIZER_STATE, self.owners.get(id(param), ""))
+
+    # --- results --------------------------------------------------------------------------------
+    def trace(self, iterations: int) -> Trace:
+        self.sweep()
+        storages = {
+            sid: StorageInfo(sid, m.nbytes, m.category or Category.TEMPORARY, m.op, m.module, m.shape, m.dtype,
+                             m.phase, m.iteration)
+            for sid, m in self.meta.items()
+        }  # fmt: skip
+        return Trace(tuple(self.events), storages, tuple(self.baseline), iterations)
+
+
+class _Mode(TorchDispatchMode):
+    def __init__(self, rec: Recorder) -> None:
+        super().__init__()
+        self.rec = rec
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.rec.sweep()
+        out = func(*args, **(kwargs or {}))
+        self.rec.on_op(func, args, kwargs, out)
+        return out
+
+
+def register_baseline(
+    rec: Recorder, model: nn.Module, inputs: Sequence[torch.Tensor], owners: dict[int, str]
+) -> None:
+    """Parameters, buffers and inputs exist before the step; parameters remember their module."""
+    rec.owners = owners
+    for p in model.parameters():
+        rec.mark_tensor(p, Category.PARAMETER, owners.get(id(p), ""))
+    for b in model.buffers():
+        rec.mark_tensor(b, Category.BUFFER, owners.get(id(b), ""))
+    for x in inputs:
+        rec.mark_tensor(x, Category.INPUT)
+
+
+@contextmanager
+def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
+    """Module hooks, saved-tensor hooks and the dispatch mode, all removed on exit."""
+    with ExitStack() as stack:
+        for name, module in model.named_modules():
+            stack.callback(module.register_forward_pre_hook(_pre_hook(rec, name)).remove)
+            stack.callback(module.register_forward_hook(_post_hook(rec, name)).remove)
+        stack.enter_context(torch.autograd.graph.saved_tensors_hooks(_pack(rec), _unpack))
+        stack.enter_context(_Mode(rec))
+        yield rec
+
+
+def _pre_hook(rec: Recorder, name: str) -> Any:
+    def hook(module: nn.Module, args: Any) -> None:
+        rec.module_stack.append(name)
+
+    return hook
+
+
+def _post_hook(rec: Recorder, name: str) -> Any:
+    def hook(module: nn.Module, args: Any, out: Any) -> None:
+        if len(rec.module_stack) > 1:
+            rec.module_stack.pop()
+        if rec.phase is Phase.FORWARD and torch.is_grad_enabled():
+            _claim_nodes(rec, out, name)
+
+    return hook
+
+
+def _claim_nodes(rec: Recorder, out: Any, name: str) -> None:
+    """Give the autograd nodes this module created (and no inner module claimed) to this module."""
+    stack = [t.grad_fn for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        key = node._sequence_nr()
+        if key in rec.node_module or type(node).__name__ == "AccumulateGrad":
+            continue
+        rec.node_module[key] = name
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+
+
+def _pack(rec: Recorder) -> Any:
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        rec.mark_tensor(t, Category.ACTIVATION)
+        return t
+
+    return pack
+
+
+def _unpack(t: torch.Tensor) -> torch.Tensor:
+    return t

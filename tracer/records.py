@@ -1,0 +1,249 @@
+"""The one data model that flows through memtrace: events in, a Result out.
+
+No torch import here: the analysis and the reporters work on these records alone,
+and a saved JSON result renders again without re-tracing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class Category(str, Enum):
+    PARAMETER = "parameter"
+    BUFFER = "buffer"
+    INPUT = "input"
+    ACTIVATION = "activation"
+    GRADIENT = "gradient"
+    OPTIMIZER_STATE = "optimizer_state"
+    TEMPORARY = "temporary"
+    OUTPUT = "output"
+
+
+class Phase(str, Enum):
+    SETUP = "setup"
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"
+
+
+class Kind(str, Enum):
+    ALLOC = "alloc"
+    FREE = "free"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One allocation or free of a storage, in program order."""
+
+    seq: int
+    kind: Kind
+    storage: int
+    nbytes: int
+    phase: Phase
+    iteration: int
+    op: str
+    module: str
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class StorageInfo:
+    """What is known of one storage once the run is over."""
+
+    storage: int
+    nbytes: int
+    category: Category
+    op: str
+    module: str
+    shape: tuple[int, ...]
+    dtype: str
+    phase: Phase
+    iteration: int
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything the recorder saw: events plus what each storage turned out to be."""
+
+    events: tuple[Event, ...]
+    storages: dict[int, StorageInfo]
+    baseline: tuple[int, ...]
+    iterations: int
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    nbytes: int
+    category: Category
+    shape: tuple[int, ...]
+    dtype: str
+    op: str
+    module: str
+
+
+@dataclass(frozen=True)
+class LayerShare:
+    """One module's bytes live at the peak: its parameters, their gradients and state, its activations."""
+
+    module: str
+    type: str
+    bytes: int
+    by_category: dict[Category, int]
+
+
+@dataclass(frozen=True)
+class Peak:
+    bytes: int
+    seq: int
+    phase: Phase
+    iteration: int
+    op: str
+    module: str
+    by_category: dict[Category, int]
+    top_tensors: tuple[TensorRow, ...]
+
+
+@dataclass(frozen=True)
+class PhasePeak:
+    phase: Phase
+    bytes: int
+    op: str
+    module: str
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    def text(self) -> str:
+        dims = "x".join(str(d) for d in self.shape)
+        return dims if self.dtype == "float32" else f"{dims}:{self.dtype}"
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gpu: GpuSpec
+    fits: bool
+    headroom_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    parameters: int
+    trainable_parameters: int
+    parameter_bytes: int
+    buffer_bytes: int
+    build_path: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """A simulated step, ready to render or save."""
+
+    model: ModelInfo
+    device: str
+    mode: str
+    optimizer: str
+    inputs: tuple[InputSpec, ...]
+    peak: Peak
+    phases: tuple[PhasePeak, ...]
+    totals: dict[Category, int]
+    first_iteration_peak: int
+    top_layers: tuple[LayerShare, ...]
+    verdict: Verdict | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak.bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return _jsonable(
+            {
+                "schema": SCHEMA_VERSION,
+                "peak_bytes": self.peak.bytes,
+                "by_category": self.peak.by_category,
+                "phases": {p.phase.value: asdict(p) for p in self.phases},
+                "device": self.device,
+                "mode": self.mode,
+                "optimizer": self.optimizer,
+                "inputs": [{"shape": list(i.shape), "dtype": i.dtype} for i in self.inputs],
+                "model": asdict(self.model),
+                "peak": asdict(self.peak),
+                "totals": self.totals,
+                "first_iteration_peak_bytes": self.first_iteration_peak,
+                "top_layers": [asdict(t) for t in self.top_layers],
+                "verdict": asdict(self.verdict) if self.verdict else None,
+                "notes": list(self.notes),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Result:
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported memtrace result schema {data.get('schema')!r}")
+        verdict = data.get("verdict")
+        return cls(
+            model=ModelInfo(**data["model"]),
+            device=data["device"],
+            mode=data["mode"],
+            optimizer=data["optimizer"],
+            inputs=tuple(InputSpec(tuple(i["shape"]), i["dtype"]) for i in data["inputs"]),
+            peak=_peak_from(data["peak"]),
+            phases=tuple(_phase_from(p) for p in data["phases"].values()),
+            totals={Category(k): v for k, v in data["totals"].items()},
+            first_iteration_peak=data["first_iteration_peak_bytes"],
+            top_layers=tuple(_layer_from(t) for t in data["top_layers"]),
+            verdict=Verdict(GpuSpec(**verdict["gpu"]), verdict["fits"], verdict["headroom_bytes"])
+            if verdict
+            else None,
+            notes=tuple(data["notes"]),
+        )
+
+
+def _tensor_from(d: dict[str, Any]) -> TensorRow:
+    return TensorRow(d["nbytes"], Category(d["category"]), tuple(d["shape"]), d["dtype"], d["op"], d["module"])
+
+
+def _layer_from(d: dict[str, Any]) -> LayerShare:
+    return LayerShare(d["module"], d["type"], d["bytes"], {Category(k): v for k, v in d["by_category"].items()})
+
+
+def _phase_from(d: dict[str, Any]) -> PhasePeak:
+    return PhasePeak(Phase(d["phase"]), d["bytes"], d["op"], d["module"])
+
+
+def _peak_from(d: dict[str, Any]) -> Peak:
+    return Peak(
+        bytes=d["bytes"],
+        seq=d["seq"],
+        phase=Phase(d["phase"]),
+        iteration=d["iteration"],
+        op=d["op"],
+        module=d["module"],
+        by_category={Category(k): v for k, v in d["by_category"].items()},
+        top_tensors=tuple(_tensor_from(t) for t in d["top_tensors"]),
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {_jsonable(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

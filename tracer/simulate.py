@@ -1,0 +1,147 @@
+"""The public engine API: build on meta, run the step under the recorder, analyse, return a Result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from memtrace.tracer import analysis
+from memtrace.tracer.devices import DeviceModel
+from memtrace.tracer.errors import MemtraceError, first_line
+from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs
+from memtrace.tracer.program import make_optimizer, run_program
+from memtrace.tracer.records import Category, GpuSpec, InputSpec, ModelInfo, Result, Trace, Verdict
+from memtrace.tracer.recorder import Recorder, recording, register_baseline
+from memtrace.tracer.specs import OptimizerSpec, parse_input, parse_optimizer
+
+MODES = ("train", "infer")
+
+
+@dataclass(frozen=True)
+class Config:
+    """How to simulate: train or infer, the optimizer, the target device, how many iterations."""
+
+    mode: str = "train"
+    optimizer: OptimizerSpec = field(default_factory=lambda: OptimizerSpec("adam"))
+    device: str = "cuda"
+    iterations: int = 2
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise MemtraceError(f"unknown mode {self.mode!r} (train or infer)")
+        if self.device not in ("cpu", "cuda"):
+            raise MemtraceError(f"unknown device {self.device!r} (cpu or cuda)")
+        if self.iterations < 1:
+            raise MemtraceError("iterations must be at least 1")
+
+
+def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config) -> Trace:
+    """Run the program on the model's (meta) tensors and return every event."""
+    rec = Recorder(DeviceModel(config.device))
+    owners = _parameter_owners(model)
+    optimizer = None
+    if config.mode == "train":
+        optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
+    register_baseline(rec, model, inputs, owners)
+    try:
+        with recording(rec, model):
+            run_program(model, inputs, optimizer, config.mode, rec, config.iterations)
+    except MemtraceError:
+        raise
+    except Exception as exc:
+        where = rec.module_stack[-1] or type(model).__name__
+        raise MemtraceError(f"the {rec.phase.value} pass failed in module {where!r}: {first_line(exc)}") from exc
+    return rec.trace(config.iterations)
+
+
+def _parameter_owners(model: nn.Module) -> dict[int, str]:
+    owners: dict[int, str] = {}
+    for mname, module in model.named_modules():
+        for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            owners.setdefault(id(t), mname)
+    return owners
+
+
+def analyse(
+    trace: Trace,
+    model: nn.Module,
+    built_path: str,
+    inputs: Sequence[InputSpec],
+    config: Config,
+    gpu: GpuSpec | None = None,
+) -> Result:
+    rounding = DeviceModel(config.device).round
+    last = config.iterations - 1
+    peak = analysis.step_peak(trace, last, rounding)
+    first = analysis.step_peak(trace, 0, rounding).bytes
+    types = {name: type(m).__name__ for name, m in model.named_modules()}
+    verdict = None
+    if gpu is not None:
+        verdict = Verdict(gpu, peak.bytes <= gpu.bytes, gpu.bytes - peak.bytes)
+    return Result(
+        model=_model_info(model, built_path),
+        device=config.device,
+        mode=config.mode,
+        optimizer=config.optimizer.text() if config.mode == "train" else "none",
+        inputs=tuple(inputs),
+        peak=peak,
+        phases=analysis.phase_peaks(trace, last, rounding),
+        totals=analysis.category_totals(trace, last, rounding),
+        first_iteration_peak=first,
+        top_layers=analysis.layers_at_peak(trace, peak, types, rounding=rounding),
+        verdict=verdict,
+        notes=(f"model built on meta via the {built_path} path",) if built_path != "meta" else (),
+    )
+
+
+def _model_info(model: nn.Module, built_path: str) -> ModelInfo:
+    params = list(model.parameters())
+    return ModelInfo(
+        name=type(model).__name__,
+        parameters=sum(p.numel() for p in params),
+        trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+        parameter_bytes=sum(p.numel() * p.element_size() for p in params),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
+        build_path=built_path,
+    )
+
+
+def build(builder: str | Callable[..., Any], builder_kwargs: dict[str, Any] | None = None) -> Built:
+    fn = load_object(builder) if isinstance(builder, str) else builder
+    if not callable(fn):
+        raise MemtraceError(f"builder {builder!r} is not callable")
+    name = builder if isinstance(builder, str) else getattr(fn, "__name__", repr(fn))
+    return build_on_meta(fn, builder_kwargs or {}, name)
+
+
+def simulate(
+    builder: str | Callable[..., Any],
+    inputs: Sequence[InputSpec | str] = (),
+    *,
+    builder_kwargs: dict[str, Any] | None = None,
+    mode: str = "train",
+    optimizer: str | OptimizerSpec = "adam",
+    device: str = "cuda",
+    gpu: GpuSpec | None = None,
+    iterations: int = 2,
+) -> Result:
+    """Simulate `iterations` steps of the model on meta and report the steady-state step."""
+    opt = parse_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
+    config = Config(mode, opt, device, iterations)
+    specs = [parse_input(s) if isinstance(s, str) else s for s in inputs]
+    built = build(builder, builder_kwargs)
+    specs = specs or list(built.example_inputs)
+    if not specs:
+        raise MemtraceError("no input given: pass --input SHAPE (or return example inputs from the builder)")
+    if any(isinstance(d, str) for s in specs for d in s.shape):
+        raise MemtraceError("an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)")
+    tensors = make_inputs(specs, "meta")
+    trace = trace_model(built.model, tensors, config)
+    return analyse(trace, built.model, built.path, specs, config, gpu)
+
+
+__all__ = ["Category", "Config", "simulate", "trace_model", "analyse", "build"]

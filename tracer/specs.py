@@ -1,0 +1,207 @@
+"""Pure parsing of what users type: input specs, sizes, GPUs, builders, key=value arguments.
+
+No torch import. Every parser raises SpecError with a one-line message naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from memtrace.tracer.gpus import PRESETS, normalise_gpu_name
+from memtrace.tracer.records import GpuSpec, InputSpec
+
+
+class SpecError(ValueError):
+    """A malformed value on the command line or in an API call."""
+
+
+DTYPE_ALIASES: dict[str, str] = {
+    "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "int64": "int64", "long": "int64", "i64": "int64",
+    "int32": "int32", "int": "int32", "i32": "int32",
+    "bool": "bool",
+}  # fmt: skip
+
+_SYMBOL = re.compile(r"[A-Z][A-Z0-9_]*")
+_UNITS: dict[str, int] = {
+    "": 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}  # fmt: skip
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*")
+
+
+def parse_dtype(text: str) -> str:
+    dtype = DTYPE_ALIASES.get(text.strip().lower())
+    if dtype is None:
+        known = ", ".join(sorted(set(DTYPE_ALIASES.values())))
+        raise SpecError(f"unknown dtype {text!r} (known: {known})")
+    return dtype
+
+
+def parse_input(text: str) -> InputSpec:
+    """`1x3x1080x1920`, `Bx3x224x224:bf16`, `4x128:int64`."""
+    shape_text, _, dtype_text = text.partition(":")
+    if not shape_text.strip():
+        raise SpecError(f"malformed --input {text!r}: expected dimensions like 1x3x224x224[:dtype]")
+    dims: list[int | str] = []
+    for part in shape_text.lower().split("x") if _all_numeric(shape_text) else _split_dims(shape_text):
+        dims.append(_parse_dim(part, text))
+    dtype = parse_dtype(dtype_text) if dtype_text else "float32"
+    return InputSpec(tuple(dims), dtype)
+
+
+def _all_numeric(shape_text: str) -> bool:
+    return all(p.strip().isdigit() for p in shape_text.lower().split("x"))
+
+
+def _split_dims(shape_text: str) -> list[str]:
+    # Symbols are upper case, so a lower-case 'x' is always the separator.
+    return shape_text.split("x")
+
+
+def _parse_dim(part: str, text: str) -> int | str:
+    part = part.strip()
+    if part.isdigit():
+        value = int(part)
+        if value <= 0:
+            raise SpecError(f"malformed --input {text!r}: dimension {part} must be positive")
+        return value
+    if _SYMBOL.fullmatch(part):
+        return part
+    raise SpecError(
+        f"malformed --input {text!r}: dimension {part!r} is neither a positive integer nor a symbol like B"
+    )
+
+
+def input_symbols(specs: tuple[InputSpec, ...] | list[InputSpec]) -> list[str]:
+    seen: list[str] = []
+    for spec in specs:
+        for d in spec.shape:
+            if isinstance(d, str) and d not in seen:
+                seen.append(d)
+    return seen
+
+
+def bind_inputs(specs: tuple[InputSpec, ...] | list[InputSpec], values: dict[str, int]) -> tuple[InputSpec, ...]:
+    bound = []
+    for spec in specs:
+        shape = tuple(values[d] if isinstance(d, str) else d for d in spec.shape)
+        missing = [d for d in shape if isinstance(d, str)]
+        if missing:
+            raise SpecError(f"input {spec.text()} has symbol {missing[0]} with no value")
+        bound.append(InputSpec(shape, spec.dtype))
+    return tuple(bound)
+
+
+def parse_size(text: str, *, allow_zero: bool = False) -> int:
+    """`12GB` = 12e9 bytes, `12GiB` = 12 * 2**30, `512MiB`, `1.5GB`, `1000000` (bytes)."""
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in _UNITS:
+        raise SpecError(f"malformed size {text!r}: expected a number with a unit like 12GB, 24GiB, 512MiB")
+    value = int(round(float(match.group(1)) * _UNITS[unit]))
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SpecError(f"size {text!r} must be greater than zero")
+    return value
+
+
+def parse_gpu(text: str) -> GpuSpec:
+    """A preset name (`rtx4070`, `a100-80gb`) or a memory size (`12GB`, `24GiB`)."""
+    preset = PRESETS.get(normalise_gpu_name(text))
+    if preset is not None:
+        return GpuSpec(preset.name, preset.memory_bytes)
+    if text.strip()[:1].isdigit() or text.strip()[:1] == ".":
+        return GpuSpec(text.strip(), parse_size(text))
+    known = ", ".join(sorted(PRESETS))
+    raise SpecError(f"unknown GPU {text!r}: give a size like 12GB or one of: {known}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a builder (or a class) lives: `path/to/file.py:func` or `package.module:func`."""
+
+    source: str
+    attr: str
+    is_file: bool
+
+    def text(self) -> str:
+        return f"{self.source}:{self.attr}"
+
+
+def parse_target(text: str, what: str = "builder") -> Target:
+    source, sep, attr = text.rpartition(":")
+    if not sep or not source or not attr or not attr.replace(".", "_").isidentifier():
+        raise SpecError(f"malformed {what} {text!r}: expected FILE.py:FUNC or package.module:FUNC")
+    is_file = source.endswith(".py") or "/" in source or "\\" in source
+    return Target(source, attr, is_file)
+
+
+def parse_value(text: str) -> bool | int | float | str | None:
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)  # type: ignore[no-any-return]
+        except ValueError:
+            pass
+    return text
+
+
+def parse_kv(text: str, what: str = "--arg") -> tuple[str, bool | int | float | str | None]:
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise SpecError(f"malformed {what} {text!r}: expected key=value")
+    return key, parse_value(value)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    kwargs: tuple[tuple[str, bool | int | float | str | None], ...] = ()
+
+    def text(self) -> str:
+        if not self.kwargs:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.kwargs)
+
+
+def parse_optimizer(text: str) -> OptimizerSpec:
+    """`adam`, `sgd:momentum=0.9`, `adamw:lr=1e-3,foreach=false`, `none`, `my_opt.py:Lion`."""
+    head, _, rest = text.partition(":")
+    if rest and ("=" not in rest.split(",")[0] or head.endswith(".py")):
+        # `file.py:Class` or `pkg.mod:Class[:k=v,...]`
+        target, _, args = text.partition(":")
+        cls, _, args = args.partition(":")
+        head, rest = f"{target}:{cls}", args
+    name = head.strip()
+    if not name:
+        raise SpecError(f"malformed --optimizer {text!r}: expected NAME[:key=value,...]")
+    kwargs = tuple(parse_kv(item, "--optimizer argument") for item in rest.split(",") if item.strip())
+    return OptimizerSpec(name, kwargs)
+
+
+def human_bytes(n: int) -> str:
+    """Both conventions, since users read both: `13.21 GB (12.30 GiB)`."""
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    if n < 1000:
+        return f"{sign}{n} B"
+    for unit, size, bin_unit, bin_size in (
+        ("TB", 10**12, "TiB", 2**40),
+        ("GB", 10**9, "GiB", 2**30),
+        ("MB", 10**6, "MiB", 2**20),
+        ("kB", 10**3, "KiB", 2**10),
+    ):
+        if n >= size:
+            return f"{sign}{n / size:.2f} {unit} ({sign}{n / bin_size:.2f} {bin_unit})"
+    return f"{sign}{n} B"  # pragma: no cover
