@@ -6,22 +6,50 @@ dispatch level) registered per device, and the allocator's size rounding applied
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-WorkspaceRule = Callable[[Any, Any, Any], "Workspace"]
+WorkspaceRule = Callable[[Any, Any, Any], "Workspace | None"]
 
 
 @dataclass(frozen=True)
+class Step:
+    """One step inside a kernel: allocate a buffer, free one, or allocate the op's output `index`."""
+
+    kind: str  # "alloc" | "free" | "output"
+    key: int
+    nbytes: int = 0
+
+
+@dataclass
 class Workspace:
-    """Bytes a kernel holds besides its outputs: `before` them (freed first), `during` (with them)."""
+    """The order of a kernel's own allocations around its outputs, as the device's allocator sees them.
 
-    before: int = 0
-    during: int = 0
+    A rule builds it step by step: `buf = ws.alloc(n)`, `ws.output(0)`, `ws.free(buf)`. Outputs the rule
+    does not place are allocated where `ws.outputs()` stands, or after every step if it never does.
+    Buffers still allocated at the end are freed there.
+    """
 
+    steps: list[Step] = field(default_factory=list)
+    _next: int = 0
 
-NONE = Workspace()
+    def alloc(self, nbytes: int) -> int:
+        self._next += 1
+        if nbytes > 0:
+            self.steps.append(Step("alloc", self._next, int(nbytes)))
+        return self._next
+
+    def free(self, key: int) -> None:
+        self.steps.append(Step("free", key))
+
+    def output(self, index: int) -> None:
+        self.steps.append(Step("output", index))
+
+    def outputs(self) -> None:
+        self.steps.append(Step("output", -1))
+
 _RULES: dict[tuple[str, str], WorkspaceRule] = {}
 
 
@@ -39,6 +67,28 @@ def rule(device: str, *ops: str) -> Callable[[WorkspaceRule], WorkspaceRule]:
     return register
 
 
+PatchFactory = Callable[[], AbstractContextManager[None]]
+_PATCHES: dict[tuple[str, str], PatchFactory] = {}
+
+
+def patch(device: str, name: str) -> Callable[[PatchFactory], PatchFactory]:
+    """Register a context manager that swaps in the device's own kernel for a composite op while simulating.
+
+    For ops whose real device kernel differs from what meta decomposes them into (an LSTM runs as one fused
+    oneDNN/cuDNN kernel with a workspace, not as hundreds of cell ops), the patch emulates the device kernel's
+    allocations on meta tensors.
+    """
+
+    def register(fn: PatchFactory) -> PatchFactory:
+        key = (device, name)
+        if key in _PATCHES:
+            raise ValueError(f"a kernel patch {name} on {device} is already registered")
+        _PATCHES[key] = fn
+        return fn
+
+    return register
+
+
 def rules_for(device: str) -> dict[str, WorkspaceRule]:
     return {op: fn for (dev, op), fn in _RULES.items() if dev == device}
 
@@ -50,11 +100,21 @@ class DeviceModel:
         if name not in ("cpu", "cuda"):
             raise ValueError(f"unknown device {name!r} (cpu or cuda)")
         self.name = name
+        _load_rules()
         self._rules = rules_for(name)
 
-    def workspace(self, func: Any, args: Any, kwargs: Any, out: Any) -> Workspace:
+    def workspace(self, func: Any, args: Any, kwargs: Any, out: Any) -> Workspace | None:
         fn = self._rules.get(str(func))
-        return fn(args, kwargs or {}, out) if fn is not None else NONE
+        return fn(args, kwargs or {}, out) if fn is not None else None
+
+    @contextmanager
+    def patched(self) -> Iterator[None]:
+        """All of this device's kernel patches, active together."""
+        with ExitStack() as stack:
+            for (dev, _), factory in sorted(_PATCHES.items()):
+                if dev == self.name:
+                    stack.enter_context(factory())
+            yield
 
     def round(self, nbytes: int) -> int:
         return round_size(self.name, nbytes)
@@ -67,3 +127,7 @@ def round_size(device: str, nbytes: int) -> int:
     if nbytes < 512:
         return 512
     return (nbytes + 511) // 512 * 512
+
+
+def _load_rules() -> None:
+    from memtrace.tracer import attention, rnn_cpu, rules_blas, rules_cpu, rules_cuda  # noqa: F401

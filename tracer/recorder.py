@@ -111,13 +111,13 @@ class Recorder:
             live = self.live.pop(key)
             self._emit(Kind.FREE, live.sid, self.meta[live.sid].nbytes, "")
 
-    def transient(self, nbytes: int, op: str) -> None:
+    def _buffer(self, nbytes: int, op: str) -> int:
         sid = next(self._ids)
         self.meta[sid] = _Meta(
             nbytes, op, self.current_module(), (nbytes,), "uint8", self.phase, self.iteration, Category.TEMPORARY
         )
         self._emit(Kind.ALLOC, sid, nbytes, op)
-        self._emit(Kind.FREE, sid, nbytes, op)
+        return sid
 
     def _emit(self, kind: Kind, sid: int, nbytes: int, op: str) -> None:
         meta = self.meta[sid]
@@ -137,13 +137,32 @@ class Recorder:
     def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
         name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
         work = self.device.workspace(func, args, kwargs, out)
-        if work.before:
-            self.transient(work.before, name)
-        for t in tree_leaves(out):
+        if work is None:
+            self._track_outputs(out, name, None)
+            return
+        buffers: dict[int, int] = {}
+        placed = False
+        for step in work.steps:
+            if step.kind == "alloc":
+                buffers[step.key] = self._buffer(step.nbytes, name)
+            elif step.kind == "free" and step.key in buffers:
+                sid = buffers.pop(step.key)
+                self._emit(Kind.FREE, sid, self.meta[sid].nbytes, name)
+            elif step.kind == "output":
+                placed = True
+                self._track_outputs(out, name, None if step.key < 0 else step.key)
+        if not placed:
+            self._track_outputs(out, name, None)
+        for sid in buffers.values():
+            self._emit(Kind.FREE, sid, self.meta[sid].nbytes, name)
+        self._track_outputs(out, name, None)
+
+    def _track_outputs(self, out: Any, name: str, index: int | None) -> None:
+        """Track the op's outputs (all, or the one at `index` of a tuple result); tracked ones stay as they are."""
+        chosen = out if index is None else (out[index] if isinstance(out, (tuple, list)) else out)
+        for t in tree_leaves(chosen):
             if isinstance(t, torch.Tensor):
                 self.track(t, None, name)
-        if work.during:
-            self.transient(work.during, name)
 
     # --- program observer -----------------------------------------------------------------------
     def begin(self, phase: Phase, iteration: int) -> None:

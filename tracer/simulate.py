@@ -41,14 +41,15 @@ class Config:
 
 def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config) -> Trace:
     """Run the program on the model's (meta) tensors and return every event."""
-    rec = Recorder(DeviceModel(config.device))
+    device = DeviceModel(config.device)
+    rec = Recorder(device)
     owners = _parameter_owners(model)
     optimizer = None
     if config.mode == "train":
         optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
     register_baseline(rec, model, inputs, owners)
     try:
-        with recording(rec, model):
+        with device.patched(), recording(rec, model):
             run_program(model, inputs, optimizer, config.mode, rec, config.iterations)
     except MemtraceError:
         raise

@@ -1,0 +1,68 @@
+"""Scaled dot-product attention as the target device runs it.
+
+On meta, `F.scaled_dot_product_attention` always takes the math path (bmm, softmax, bmm), because the
+backend choice is a per-device stub. The CPU picks its fused flash kernel whenever PyTorch's own
+`_fused_sdp_choice` says so; this patch asks that same function, on stand-in CPU tensors of the same shapes
+that hold one row of memory, and calls the fused kernel on meta when it is chosen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from memtrace.tracer.devices import patch
+
+_FLASH = 1  # torch.nn.attention.SDPBackend.FLASH_ATTENTION
+
+
+def _stand_in(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A CPU tensor with t's shape and dtype whose memory is a single last-dimension row."""
+    if t is None:
+        return None
+    shape = tuple(t.shape)
+    base = torch.empty(shape[-1] if shape else 1, dtype=t.dtype)
+    return base.as_strided(shape, (0,) * (len(shape) - 1) + (1,)) if shape else base[0]
+
+
+def _cpu_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, dropout_p: float,
+                is_causal: bool, scale: Any, enable_gqa: bool) -> int:  # fmt: skip
+    args = [_stand_in(q), _stand_in(k), _stand_in(v), _stand_in(mask) if isinstance(mask, torch.Tensor) else None]
+    try:
+        return int(torch._fused_sdp_choice(*args, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa))
+    except (RuntimeError, TypeError):
+        return 0
+
+
+def _wrap(original: Any) -> Any:
+    def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any = None,
+             dropout_p: float = 0.0, is_causal: bool = False, scale: Any = None, enable_gqa: bool = False) -> Any:  # fmt: skip
+        if query.device.type != "meta":
+            return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        choice = _cpu_choice(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        if choice != _FLASH or enable_gqa:
+            return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale
+        )
+        return out[0]
+
+    return sdpa
+
+
+@patch("cpu", "sdpa")
+@contextlib.contextmanager
+def cpu_sdpa() -> Iterator[None]:
+    original = F.scaled_dot_product_attention
+    wrapped = _wrap(original)
+    saved = (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention)
+    F.scaled_dot_product_attention = wrapped
+    torch._C._nn.scaled_dot_product_attention = wrapped
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention = saved
