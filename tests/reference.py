@@ -42,7 +42,9 @@ def allocation_events(prof: Any) -> list[tuple[int, int, str]]:
     return out
 
 
-def live_bytes(model: nn.Module, inputs: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer | None) -> int:
+def live_bytes(
+    model: nn.Module, inputs: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer | None
+) -> int:
     tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers(), *inputs]
     if optimizer is not None:
         for state in optimizer.state.values():
@@ -63,7 +65,11 @@ def measure(
     optimizer: OptimizerSpec | None = None,
 ) -> Measured:
     """Real CPU run of the program; the model and inputs must be on the CPU."""
-    opt = make_optimizer(optimizer or OptimizerSpec("adam"), list(model.parameters()), "cpu") if mode == "train" else None
+    opt = (
+        make_optimizer(optimizer or OptimizerSpec("adam"), list(model.parameters()), "cpu")
+        if mode == "train"
+        else None
+    )
     run_program(model, inputs, opt, mode, NullObserver(), iterations=1)
     start = live_bytes(model, inputs, opt)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

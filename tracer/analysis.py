@@ -75,7 +75,9 @@ def by_category(storages: Iterable[StorageInfo], rounding: Rounding = exact) -> 
     return sums
 
 
-def top_tensors(storages: Iterable[StorageInfo], n: int = 5, rounding: Rounding = exact) -> tuple[TensorRow, ...]:
+def top_tensors(
+    storages: Iterable[StorageInfo], n: int = 5, rounding: Rounding = exact
+) -> tuple[TensorRow, ...]:
     rows = sorted(storages, key=lambda s: (-s.nbytes, s.storage))[:n]
     return tuple(TensorRow(rounding(s.nbytes), s.category, s.shape, s.dtype, s.op, s.module) for s in rows)
 
@@ -86,8 +88,16 @@ def step_peak(trace: Trace, iteration: int, rounding: Rounding = exact) -> Peak:
     idx = peak_index(tl, lambda e: e.iteration == iteration)
     if idx is None:
         infos = [trace.storages[s] for s in trace.baseline]
-        return Peak(tl.baseline, -1, Phase.SETUP, iteration, "", "", by_category(infos, rounding),
-                    top_tensors(infos, rounding=rounding))  # fmt: skip
+        return Peak(
+            tl.baseline,
+            -1,
+            Phase.SETUP,
+            iteration,
+            "",
+            "",
+            by_category(infos, rounding),
+            top_tensors(infos, rounding=rounding),
+        )
     ev = tl.events[idx]
     infos = [trace.storages[s] for s in live_at(trace, idx)]
     return Peak(

@@ -29,23 +29,55 @@ def _stand_in(t: torch.Tensor | None) -> torch.Tensor | None:
     return base.as_strided(shape, (0,) * (len(shape) - 1) + (1,)) if shape else base[0]
 
 
-def _cpu_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, dropout_p: float,
-                is_causal: bool, scale: Any, enable_gqa: bool) -> int:  # fmt: skip
-    args = [_stand_in(q), _stand_in(k), _stand_in(v), _stand_in(mask) if isinstance(mask, torch.Tensor) else None]
+def _cpu_choice(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Any,
+    dropout_p: float,
+    is_causal: bool,
+    scale: Any,
+    enable_gqa: bool,
+) -> int:
+    smask = _stand_in(mask) if isinstance(mask, torch.Tensor) else None
+    choose: Any = torch._fused_sdp_choice
     try:
-        return int(torch._fused_sdp_choice(*args, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa))
+        return int(
+            choose(
+                _stand_in(q),
+                _stand_in(k),
+                _stand_in(v),
+                smask,
+                dropout_p,
+                is_causal,
+                scale=scale,
+                enable_gqa=enable_gqa,
+            )
+        )
     except (RuntimeError, TypeError):
         return 0
 
 
 def _wrap(original: Any) -> Any:
-    def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any = None,
-             dropout_p: float = 0.0, is_causal: bool = False, scale: Any = None, enable_gqa: bool = False) -> Any:  # fmt: skip
+    def sdpa(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: Any = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: Any = None,
+        enable_gqa: bool = False,
+    ) -> Any:
         if query.device.type != "meta":
-            return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+            return original(
+                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+            )
         choice = _cpu_choice(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
         if choice != _FLASH or enable_gqa:
-            return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+            return original(
+                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+            )
         out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale
         )

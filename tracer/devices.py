@@ -50,6 +50,7 @@ class Workspace:
     def outputs(self) -> None:
         self.steps.append(Step("output", -1))
 
+
 _RULES: dict[tuple[str, str], WorkspaceRule] = {}
 
 

@@ -50,3 +50,14 @@ def normalise_gpu_name(text: str) -> str:
     if name.startswith("rtx-"):
         name = "rtx" + name[4:]
     return _ALIASES.get(name, name)
+
+
+# What the CUDA context and PyTorch's own kernels' modules take before the first tensor (not counted by
+# torch.cuda.memory_allocated): typically 300-600 MiB with CUDA 12's lazy module loading. An estimate.
+CUDA_CONTEXT_BYTES = 512 * _MIB
+DEFAULT_HEADROOM_FRACTION = 0.05
+
+
+def default_headroom(gpu_bytes: int) -> int:
+    """The CUDA context estimate plus 5% of the GPU for allocator fragmentation."""
+    return CUDA_CONTEXT_BYTES + int(DEFAULT_HEADROOM_FRACTION * gpu_bytes)

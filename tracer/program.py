@@ -95,7 +95,7 @@ def _takes(cls: type, name: str) -> bool:
     import inspect
 
     try:
-        return name in inspect.signature(cls.__init__).parameters
+        return name in inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return False
 
@@ -109,7 +109,9 @@ def _optimizer_class(name: str) -> type:
         found = {k.lower(): getattr(torch.optim, k) for k in dir(torch.optim)}
         cls = found.get(name.lower())
         if cls is None or not isinstance(cls, type) or not issubclass(cls, torch.optim.Optimizer):
-            known = sorted(k for k, v in found.items() if isinstance(v, type) and issubclass(v, torch.optim.Optimizer))
+            known = sorted(
+                k for k, v in found.items() if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)
+            )
             known = [k for k in known if k not in ("optimizer",)]
             raise MemtraceError(f"unknown optimizer {name!r} (known: {', '.join(known)}, none)")
     if not isinstance(cls, type) or not issubclass(cls, torch.optim.Optimizer):

@@ -85,9 +85,15 @@ class Recorder:
         nbytes = int(storage.nbytes())
         self.live[ref.cdata] = _Live(ref, sid)
         self.meta[sid] = _Meta(
-            nbytes, op, self.current_module(), tuple(t.shape), str(t.dtype).removeprefix("torch."),
-            self.phase, self.iteration, category,
-        )  # fmt: skip
+            nbytes,
+            op,
+            self.current_module(),
+            tuple(t.shape),
+            str(t.dtype).removeprefix("torch."),
+            self.phase,
+            self.iteration,
+            category,
+        )
         if self.phase is Phase.SETUP and op == "":
             self.baseline.append(sid)
         else:
@@ -114,7 +120,14 @@ class Recorder:
     def _buffer(self, nbytes: int, op: str) -> int:
         sid = next(self._ids)
         self.meta[sid] = _Meta(
-            nbytes, op, self.current_module(), (nbytes,), "uint8", self.phase, self.iteration, Category.TEMPORARY
+            nbytes,
+            op,
+            self.current_module(),
+            (nbytes,),
+            "uint8",
+            self.phase,
+            self.iteration,
+            Category.TEMPORARY,
         )
         self._emit(Kind.ALLOC, sid, nbytes, op)
         return sid
@@ -122,9 +135,17 @@ class Recorder:
     def _emit(self, kind: Kind, sid: int, nbytes: int, op: str) -> None:
         meta = self.meta[sid]
         self.events.append(
-            Event(next(self._seq), kind, sid, nbytes, self.phase, self.iteration, op or meta.op,
-                  self.current_module() if kind is Kind.ALLOC else meta.module)
-        )  # fmt: skip
+            Event(
+                next(self._seq),
+                kind,
+                sid,
+                nbytes,
+                self.phase,
+                self.iteration,
+                op or meta.op,
+                self.current_module() if kind is Kind.ALLOC else meta.module,
+            )
+        )
 
     def current_module(self) -> str:
         if self.phase is Phase.BACKWARD:
@@ -158,7 +179,7 @@ class Recorder:
         self._track_outputs(out, name, None)
 
     def _track_outputs(self, out: Any, name: str, index: int | None) -> None:
-        """Track the op's outputs (all, or the one at `index` of a tuple result); tracked ones stay as they are."""
+        """Track the op's outputs (all, or output `index` of a tuple result); known storages stay as they are."""
         chosen = out if index is None else (out[index] if isinstance(out, (tuple, list)) else out)
         for t in tree_leaves(chosen):
             if isinstance(t, torch.Tensor):
@@ -188,10 +209,19 @@ class Recorder:
     def trace(self, iterations: int) -> Trace:
         self.sweep()
         storages = {
-            sid: StorageInfo(sid, m.nbytes, m.category or Category.TEMPORARY, m.op, m.module, m.shape, m.dtype,
-                             m.phase, m.iteration)
+            sid: StorageInfo(
+                sid,
+                m.nbytes,
+                m.category or Category.TEMPORARY,
+                m.op,
+                m.module,
+                m.shape,
+                m.dtype,
+                m.phase,
+                m.iteration,
+            )
             for sid, m in self.meta.items()
-        }  # fmt: skip
+        }
         return Trace(tuple(self.events), storages, tuple(self.baseline), iterations)
 
 

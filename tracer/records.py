@@ -134,9 +134,12 @@ class GpuSpec:
 
 @dataclass(frozen=True)
 class Verdict:
+    """Peak against the GPU: budget = GPU memory - headroom kept free; spare = budget - peak (< 0: short)."""
+
     gpu: GpuSpec
     fits: bool
-    headroom_bytes: int
+    budget_bytes: int
+    spare_bytes: int
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ class Result:
         return self.peak.bytes
 
     def to_json(self) -> dict[str, Any]:
-        return _jsonable(
+        data: dict[str, Any] = _jsonable(
             {
                 "schema": SCHEMA_VERSION,
                 "peak_bytes": self.peak.bytes,
@@ -190,6 +193,7 @@ class Result:
                 "notes": list(self.notes),
             }
         )
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Result:
@@ -207,7 +211,9 @@ class Result:
             totals={Category(k): v for k, v in data["totals"].items()},
             first_iteration_peak=data["first_iteration_peak_bytes"],
             top_layers=tuple(_layer_from(t) for t in data["top_layers"]),
-            verdict=Verdict(GpuSpec(**verdict["gpu"]), verdict["fits"], verdict["headroom_bytes"])
+            verdict=Verdict(
+                GpuSpec(**verdict["gpu"]), verdict["fits"], verdict["budget_bytes"], verdict["spare_bytes"]
+            )
             if verdict
             else None,
             notes=tuple(data["notes"]),
@@ -215,11 +221,15 @@ class Result:
 
 
 def _tensor_from(d: dict[str, Any]) -> TensorRow:
-    return TensorRow(d["nbytes"], Category(d["category"]), tuple(d["shape"]), d["dtype"], d["op"], d["module"])
+    return TensorRow(
+        d["nbytes"], Category(d["category"]), tuple(d["shape"]), d["dtype"], d["op"], d["module"]
+    )
 
 
 def _layer_from(d: dict[str, Any]) -> LayerShare:
-    return LayerShare(d["module"], d["type"], d["bytes"], {Category(k): v for k, v in d["by_category"].items()})
+    return LayerShare(
+        d["module"], d["type"], d["bytes"], {Category(k): v for k, v in d["by_category"].items()}
+    )
 
 
 def _phase_from(d: dict[str, Any]) -> PhasePeak:

@@ -17,7 +17,7 @@ from memtrace.tracer.devices import Workspace, rule
 def blas_ready(t: torch.Tensor) -> bool:
     rows, cols = t.shape
     s0, s1 = t.stride()
-    return (s1 == 1 or cols == 1) and s0 >= max(1, cols) or (s0 == 1 or rows == 1) and s1 >= max(1, rows)
+    return ((s1 == 1 or cols == 1) and s0 >= max(1, cols)) or ((s0 == 1 or rows == 1) and s1 >= max(1, rows))
 
 
 def _copies(*mats: Any) -> Workspace | None:
@@ -32,10 +32,12 @@ def _copies(*mats: Any) -> Workspace | None:
 
 
 @rule("cpu", "aten.mm.default")
+@rule("cuda", "aten.mm.default")
 def mm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return _copies(args[0], args[1])
 
 
 @rule("cpu", "aten.addmm.default")
+@rule("cuda", "aten.addmm.default")
 def addmm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return _copies(args[1], args[2])

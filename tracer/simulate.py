@@ -14,9 +14,9 @@ from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs
 from memtrace.tracer.program import make_optimizer, run_program
-from memtrace.tracer.records import Category, GpuSpec, InputSpec, ModelInfo, Result, Trace, Verdict
 from memtrace.tracer.recorder import Recorder, recording, register_baseline
-from memtrace.tracer.specs import OptimizerSpec, parse_input, parse_optimizer
+from memtrace.tracer.records import Category, GpuSpec, InputSpec, ModelInfo, Result, Trace, Verdict
+from memtrace.tracer.specs import Headroom, OptimizerSpec, parse_input, parse_optimizer
 
 MODES = ("train", "infer")
 
@@ -54,9 +54,16 @@ def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config
     except MemtraceError:
         raise
     except Exception as exc:
-        where = rec.module_stack[-1] or type(model).__name__
-        raise MemtraceError(f"the {rec.phase.value} pass failed in module {where!r}: {first_line(exc)}") from exc
+        raise MemtraceError(_failure(rec, model, exc)) from exc
     return rec.trace(config.iterations)
+
+
+def _failure(rec: Recorder, model: nn.Module, exc: Exception) -> str:
+    where = rec.module_stack[-1] or type(model).__name__
+    hint = ""
+    if "meta" in str(exc) or "data-dependent" in str(exc).lower():
+        hint = " (data-dependent code such as .item(), nonzero or a Python if on tensor values cannot run on meta)"
+    return f"the {rec.phase.value} pass failed in module {where!r}: {first_line(exc)}{hint}"
 
 
 def _parameter_owners(model: nn.Module) -> dict[int, str]:
@@ -74,6 +81,7 @@ def analyse(
     inputs: Sequence[InputSpec],
     config: Config,
     gpu: GpuSpec | None = None,
+    headroom: Headroom | None = None,
 ) -> Result:
     rounding = DeviceModel(config.device).round
     last = config.iterations - 1
@@ -82,7 +90,8 @@ def analyse(
     types = {name: type(m).__name__ for name, m in model.named_modules()}
     verdict = None
     if gpu is not None:
-        verdict = Verdict(gpu, peak.bytes <= gpu.bytes, gpu.bytes - peak.bytes)
+        budget = gpu.bytes - (headroom or Headroom()).of(gpu.bytes)
+        verdict = Verdict(gpu, peak.bytes <= budget, budget, budget - peak.bytes)
     return Result(
         model=_model_info(model, built_path),
         device=config.device,
@@ -128,6 +137,7 @@ def simulate(
     optimizer: str | OptimizerSpec = "adam",
     device: str = "cuda",
     gpu: GpuSpec | None = None,
+    headroom: Headroom | None = None,
     iterations: int = 2,
 ) -> Result:
     """Simulate `iterations` steps of the model on meta and report the steady-state step."""
@@ -139,10 +149,12 @@ def simulate(
     if not specs:
         raise MemtraceError("no input given: pass --input SHAPE (or return example inputs from the builder)")
     if any(isinstance(d, str) for s in specs for d in s.shape):
-        raise MemtraceError("an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)")
+        raise MemtraceError(
+            "an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)"
+        )
     tensors = make_inputs(specs, "meta")
     trace = trace_model(built.model, tensors, config)
-    return analyse(trace, built.model, built.path, specs, config, gpu)
+    return analyse(trace, built.model, built.path, specs, config, gpu, headroom)
 
 
-__all__ = ["Category", "Config", "simulate", "trace_model", "analyse", "build"]
+__all__ = ["Category", "Config", "analyse", "build", "simulate", "trace_model"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from memtrace.tracer.gpus import PRESETS, normalise_gpu_name
+from memtrace.tracer.gpus import PRESETS, default_headroom, normalise_gpu_name
 from memtrace.tracer.records import GpuSpec, InputSpec
 
 
@@ -17,20 +17,38 @@ class SpecError(ValueError):
 
 
 DTYPE_ALIASES: dict[str, str] = {
-    "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
-    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "int64": "int64", "long": "int64", "i64": "int64",
-    "int32": "int32", "int": "int32", "i32": "int32",
+    "float32": "float32",
+    "fp32": "float32",
+    "f32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "f16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "int64": "int64",
+    "long": "int64",
+    "i64": "int64",
+    "int32": "int32",
+    "int": "int32",
+    "i32": "int32",
     "bool": "bool",
-}  # fmt: skip
+}
 
 _SYMBOL = re.compile(r"[A-Z][A-Z0-9_]*")
 _UNITS: dict[str, int] = {
-    "": 1, "B": 1,
-    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
-}  # fmt: skip
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*")
 
 
@@ -86,7 +104,9 @@ def input_symbols(specs: tuple[InputSpec, ...] | list[InputSpec]) -> list[str]:
     return seen
 
 
-def bind_inputs(specs: tuple[InputSpec, ...] | list[InputSpec], values: dict[str, int]) -> tuple[InputSpec, ...]:
+def bind_inputs(
+    specs: tuple[InputSpec, ...] | list[InputSpec], values: dict[str, int]
+) -> tuple[InputSpec, ...]:
     bound = []
     for spec in specs:
         shape = tuple(values[d] if isinstance(d, str) else d for d in spec.shape)
@@ -103,7 +123,7 @@ def parse_size(text: str, *, allow_zero: bool = False) -> int:
     unit = match.group(2).upper() if match else ""
     if not match or unit not in _UNITS:
         raise SpecError(f"malformed size {text!r}: expected a number with a unit like 12GB, 24GiB, 512MiB")
-    value = int(round(float(match.group(1)) * _UNITS[unit]))
+    value = round(float(match.group(1)) * _UNITS[unit])
     if value < 0 or (value == 0 and not allow_zero):
         raise SpecError(f"size {text!r} must be greater than zero")
     return value
@@ -118,6 +138,44 @@ def parse_gpu(text: str) -> GpuSpec:
         return GpuSpec(text.strip(), parse_size(text))
     known = ", ".join(sorted(PRESETS))
     raise SpecError(f"unknown GPU {text!r}: give a size like 12GB or one of: {known}")
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """Memory kept free on the GPU: bytes, a fraction of the GPU, or the default estimate (both None)."""
+
+    nbytes: int | None = None
+    fraction: float | None = None
+
+    def of(self, gpu_bytes: int) -> int:
+        if self.nbytes is not None:
+            return self.nbytes
+        if self.fraction is not None:
+            return int(self.fraction * gpu_bytes)
+        return default_headroom(gpu_bytes)
+
+    def text(self) -> str:
+        if self.nbytes is not None:
+            return human_bytes(self.nbytes)
+        if self.fraction is not None:
+            return f"{100 * self.fraction:g}%"
+        return "default (CUDA context estimate + 5%)"
+
+
+def parse_headroom(text: str) -> Headroom:
+    """`0`, `1GB`, `512MiB`, `5%`, or `auto`."""
+    text = text.strip()
+    if text.lower() in ("auto", "default"):
+        return Headroom()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            pct = -1.0
+        if not 0 <= pct < 100:
+            raise SpecError(f"malformed headroom {text!r}: a percentage must be between 0% and 100%")
+        return Headroom(fraction=pct / 100)
+    return Headroom(nbytes=parse_size(text, allow_zero=True))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""Shared CLI pieces: parameter types that fail with one line, and the engine's options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from memtrace.tracer import specs
+from memtrace.tracer.specs import SpecError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _SpecType(click.ParamType):  # type: ignore[type-arg]
+    parser: Callable[[str], Any]
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return type(self).parser(value)
+        except SpecError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class InputType(_SpecType):
+    name = "SHAPE[:DTYPE]"
+    parser = staticmethod(specs.parse_input)
+
+
+class GpuType(_SpecType):
+    name = "SIZE|NAME"
+    parser = staticmethod(specs.parse_gpu)
+
+
+class OptimizerType(_SpecType):
+    name = "NAME[:k=v,...]"
+    parser = staticmethod(specs.parse_optimizer)
+
+
+class HeadroomType(_SpecType):
+    name = "SIZE|PERCENT"
+    parser = staticmethod(specs.parse_headroom)
+
+
+class KeyValueType(_SpecType):
+    name = "KEY=VALUE"
+    parser = staticmethod(specs.parse_kv)
+
+
+def engine_options(fn: F) -> F:
+    """The options every simulating command takes."""
+    decorators = [
+        click.argument("model"),
+        click.option(
+            "--input",
+            "inputs",
+            multiple=True,
+            type=InputType(),
+            help="Input shape, e.g. 1x3x1080x1920 or 4x128:int64; repeat for several inputs.",
+        ),
+        click.option(
+            "--arg",
+            "args",
+            multiple=True,
+            type=KeyValueType(),
+            help="Keyword argument for the builder, key=value; repeatable.",
+        ),
+        click.option("--mode", type=click.Choice(["train", "infer"]), default="train", show_default=True),
+        click.option(
+            "--device",
+            type=click.Choice(["cuda", "cpu"]),
+            default="cuda",
+            show_default=True,
+            help="Whose allocator to model.",
+        ),
+        click.option(
+            "--optimizer",
+            type=OptimizerType(),
+            default="adam",
+            show_default=True,
+            help="Any torch.optim class (adam, adamw, sgd:momentum=0.9, ...), FILE.py:Class, or none.",
+        ),
+    ]
+    for deco in reversed(decorators):
+        fn = deco(fn)
+    return fn

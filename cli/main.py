@@ -1,0 +1,61 @@
+"""The `memtrace` command: `memtrace MODEL ...` simulates; subcommands do the rest.
+
+Imports stay light here so `memtrace --help` is instant; torch is imported by the commands that run.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from memtrace import __version__
+from memtrace.cli.trace import trace
+from memtrace.tracer.errors import MemtraceError
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it is no subcommand, is the MODEL of the default `trace`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["trace", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="memtrace")
+def cli() -> None:
+    """Exact memory of a PyTorch training step, simulated on the meta device.
+
+    memtrace MODEL --input SHAPE [options]   (MODEL is FILE.py:FUNC or package.module:FUNC)
+    """
+
+
+cli.add_command(trace)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: every user error is one line on stderr and exit code 2."""
+    try:
+        return cli.main(args=argv, prog_name="memtrace", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        _fail(exc.format_message())
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+    except click.Abort:
+        _fail("aborted")
+    except MemtraceError as exc:
+        _fail(exc.one_line(), exc.exit_code)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"memtrace: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

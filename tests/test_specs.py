@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from memtrace.tracer.specs import (
+    SpecError,
+    human_bytes,
+    parse_gpu,
+    parse_headroom,
+    parse_input,
+    parse_kv,
+    parse_optimizer,
+    parse_size,
+    parse_target,
+)
+
+
+def test_inputs() -> None:
+    spec = parse_input("1x3x1080x1920")
+    assert spec.shape == (1, 3, 1080, 1920) and spec.dtype == "float32"
+    assert parse_input("4x128:int64").dtype == "int64"
+    assert parse_input("2x8:bf16").dtype == "bfloat16"
+    assert parse_input("Bx3x224x224").shape == ("B", 3, 224, 224)
+
+
+@pytest.mark.parametrize("text", ["1x3xabc", "0x3", "1x3:float8", "", "1xx3", "-1x3", ":fp16"])
+def test_bad_inputs(text: str) -> None:
+    with pytest.raises(SpecError):
+        parse_input(text)
+
+
+def test_sizes_follow_si_and_iec() -> None:
+    assert parse_size("12GB") == 12 * 10**9
+    assert parse_size("12GiB") == 12 * 2**30
+    assert parse_size("512MiB") == 512 * 2**20
+    assert parse_size("1.5GB") == 1_500_000_000
+    assert parse_size("1000") == 1000
+    for bad in ("0GB", "12XB", "GB", "-1GB"):
+        with pytest.raises(SpecError):
+            parse_size(bad)
+
+
+def test_gpus() -> None:
+    assert parse_gpu("rtx4070").bytes == 12 * 2**30
+    assert parse_gpu("RTX 4090").bytes == 24 * 2**30
+    assert parse_gpu("a100-80gb").bytes == 80 * 2**30
+    assert parse_gpu("24GiB").bytes == 24 * 2**30
+    with pytest.raises(SpecError, match="unknown GPU"):
+        parse_gpu("gtx9999")
+
+
+def test_headroom() -> None:
+    assert parse_headroom("0").of(100) == 0
+    assert parse_headroom("5%").of(1000) == 50
+    assert parse_headroom("1GB").of(10**10) == 10**9
+    assert parse_headroom("auto").of(10**10) > 0
+    with pytest.raises(SpecError):
+        parse_headroom("120%")
+
+
+def test_targets_values_optimizers() -> None:
+    assert parse_target("model.py:build").is_file
+    assert not parse_target("pkg.mod:build").is_file
+    with pytest.raises(SpecError):
+        parse_target("model.py")
+    assert parse_kv("h=1080") == ("h", 1080)
+    assert parse_kv("p=0.5") == ("p", 0.5)
+    assert parse_kv("flag=true") == ("flag", True)
+    assert parse_kv("name=resnet") == ("name", "resnet")
+    opt = parse_optimizer("sgd:momentum=0.9,nesterov=true")
+    assert opt.name == "sgd" and dict(opt.kwargs) == {"momentum": 0.9, "nesterov": True}
+    assert parse_optimizer("my_opt.py:Lion:lr=0.1").name == "my_opt.py:Lion"
+    assert parse_optimizer("adam").kwargs == ()
+
+
+def test_human_bytes() -> None:
+    assert human_bytes(12 * 10**9) == "12.00 GB (11.18 GiB)"
+    assert human_bytes(512) == "512 B"

@@ -1,0 +1,170 @@
+"""Render a Result for people: the terminal summary. Pure: no torch import."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from memtrace.tracer.records import Category, Result
+from memtrace.tracer.specs import human_bytes
+
+CATEGORY_LABELS: dict[Category, str] = {
+    Category.PARAMETER: "parameters",
+    Category.BUFFER: "buffers",
+    Category.GRADIENT: "gradients",
+    Category.OPTIMIZER_STATE: "optimizer state",
+    Category.ACTIVATION: "saved activations",
+    Category.TEMPORARY: "temporaries",
+    Category.INPUT: "inputs",
+    Category.OUTPUT: "outputs",
+}
+_ORDER = list(CATEGORY_LABELS)
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def header(result: Result) -> Text:
+    m = result.model
+    text = Text()
+    text.append("memtrace", style="bold")
+    text.append(f"  {m.name}: {m.parameters:,} parameters ({human_bytes(m.parameter_bytes)})")
+    if m.trainable_parameters != m.parameters:
+        text.append(f", {m.trainable_parameters:,} trainable")
+    text.append(f"\n  {result.mode} step on {result.device}")
+    if result.mode == "train":
+        text.append(f", optimizer {result.optimizer}")
+    text.append("; inputs " + ", ".join(i.text() for i in result.inputs))
+    for note in result.notes:
+        text.append(f"\n  note: {note}", style="yellow")
+    return text
+
+
+def peak_line(result: Result) -> Text:
+    p = result.peak
+    where = f"{p.phase.value}, op {p.op or '-'}" + (f" in {p.module}" if p.module else "")
+    text = Text()
+    text.append(f"\nPeak {p.bytes:,} bytes = {human_bytes(p.bytes)}", style="bold")
+    text.append(f"\n  during {where} (steady-state iteration)")
+    if result.first_iteration_peak > p.bytes:
+        text.append(f"\n  the first iteration peaks higher: {human_bytes(result.first_iteration_peak)}")
+    return text
+
+
+def category_table(result: Result) -> Table:
+    table = Table(title="Live at the peak, by category", title_justify="left", show_edge=False)
+    table.add_column("category")
+    table.add_column("bytes", justify="right")
+    table.add_column("size", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("allocated in the step", justify="right")
+    by_cat = result.peak.by_category
+    for cat in _ORDER:
+        if by_cat.get(cat, 0) or result.totals.get(cat, 0):
+            table.add_row(
+                CATEGORY_LABELS[cat],
+                f"{by_cat.get(cat, 0):,}",
+                human_bytes(by_cat.get(cat, 0)),
+                _pct(by_cat.get(cat, 0), result.peak.bytes),
+                human_bytes(result.totals.get(cat, 0)),
+            )
+    table.add_row("total", f"{result.peak.bytes:,}", human_bytes(result.peak.bytes), "100%", "", style="bold")
+    return table
+
+
+def phase_table(result: Result) -> Table:
+    table = Table(title="Peak per phase", title_justify="left", show_edge=False)
+    for col in ("phase", "peak", "at op", "in module"):
+        table.add_column(col, justify="right" if col == "peak" else "left")
+    for row in result.phases:
+        table.add_row(row.phase.value, human_bytes(row.bytes), row.op, row.module or "-")
+    return table
+
+
+def tensor_table(result: Result) -> Table:
+    table = Table(title="Largest tensors at the peak", title_justify="left", show_edge=False)
+    for col in ("size", "category", "shape", "dtype", "made by", "layer"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for t in result.peak.top_tensors:
+        table.add_row(
+            human_bytes(t.nbytes),
+            CATEGORY_LABELS[t.category],
+            "x".join(map(str, t.shape)) or "scalar",
+            t.dtype,
+            t.op or "-",
+            t.module or "-",
+        )
+    return table
+
+
+def layer_table(result: Result) -> Table:
+    table = Table(title="Layers holding the most at the peak", title_justify="left", show_edge=False)
+    for col in ("layer", "type", "bytes", "share", "of which"):
+        table.add_column(col, justify="right" if col in ("bytes", "share") else "left")
+    for layer in result.top_layers:
+        parts = [f"{CATEGORY_LABELS[c]} {human_bytes(b)}" for c, b in layer.by_category.items() if b]
+        table.add_row(
+            layer.module or "(model)",
+            layer.type,
+            human_bytes(layer.bytes),
+            _pct(layer.bytes, result.peak.bytes),
+            ", ".join(parts),
+        )
+    return table
+
+
+def dominant_line(result: Result) -> Text:
+    text = Text()
+    if not result.top_layers:
+        return text
+    top = result.top_layers[0]
+    text.append("\nDominant: ", style="bold")
+    text.append(
+        f"{top.module or '(model)'} ({top.type}) holds {human_bytes(top.bytes)}, "
+        f"{_pct(top.bytes, result.peak.bytes)} of the peak"
+    )
+    return text
+
+
+def verdict_line(result: Result) -> Text:
+    text = Text()
+    v = result.verdict
+    if v is None:
+        return text
+    gpu = f"{v.gpu.name} ({human_bytes(v.gpu.bytes)})"
+    if v.fits:
+        text.append(f"\nFits on {gpu}: ", style="bold green")
+        text.append(f"{human_bytes(v.spare_bytes)} to spare")
+    else:
+        text.append(f"\nDoes not fit on {gpu}: ", style="bold red")
+        text.append(f"needs {human_bytes(-v.spare_bytes)} more")
+    kept = v.gpu.bytes - v.budget_bytes
+    text.append(
+        f"\n  budget {human_bytes(v.budget_bytes)} = GPU memory - {human_bytes(kept)} kept free", style="dim"
+    )
+    if result.device == "cuda":
+        text.append(" (CUDA context and fragmentation)", style="dim")
+    return text
+
+
+def summary(result: Result) -> Group:
+    return Group(
+        header(result),
+        peak_line(result),
+        Text(),
+        category_table(result),
+        Text(),
+        phase_table(result),
+        Text(),
+        tensor_table(result),
+        Text(),
+        layer_table(result),
+        dominant_line(result),
+        verdict_line(result),
+    )
+
+
+def render(result: Result, console: Console) -> None:
+    console.print(summary(result))
