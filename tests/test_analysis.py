@@ -10,7 +10,9 @@ def _info(sid: int, nbytes: int, cat: Category, module: str = "m") -> StorageInf
     return StorageInfo(sid, nbytes, cat, "op", module, (nbytes,), "uint8", Phase.FORWARD, 0)
 
 
-def _trace(baseline: dict[int, tuple[int, Category]], steps: list[tuple[str, int, int, Category, int]]) -> Trace:
+def _trace(
+    baseline: dict[int, tuple[int, Category]], steps: list[tuple[str, int, int, Category, int]]
+) -> Trace:
     storages = {sid: _info(sid, n, c) for sid, (n, c) in baseline.items()}
     events = []
     for seq, (kind, sid, nbytes, cat, it) in enumerate(steps):

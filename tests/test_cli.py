@@ -120,7 +120,10 @@ BAD = [
     (["{b}:mlp", "--input", "2x16", "--optimizer", "sgd:momentum=-1"], "rejected its arguments"),
     (["{b}:mlp", "--input", "2x16", "--gpu", "gtx9999"], "unknown GPU 'gtx9999'"),
     (["{b}:mlp", "--input", "2x16", "--gpu", "12XB"], "12XB"),
-    (["{b}:data_dependent", "--input", "2x8"], "Tensor.item() cannot be called on meta tensors (data-dependent"),
+    (
+        ["{b}:data_dependent", "--input", "2x8"],
+        "Tensor.item() cannot be called on meta tensors (data-dependent",
+    ),
     (["{b}:mlp"], "no input given"),
 ]
 

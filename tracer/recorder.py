@@ -40,6 +40,7 @@ class _Meta:
     phase: Phase
     iteration: int
     category: Category | None = None
+    node: str = ""
 
 
 _PRECEDENCE = {
@@ -68,6 +69,8 @@ class Recorder:
         self.module_stack: list[str] = [""]
         self.node_module: dict[int, str] = {}
         self.owners: dict[int, str] = {}
+        self.fx_node = ""
+        self.autograd_fx: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count()
 
@@ -93,6 +96,7 @@ class Recorder:
             self.phase,
             self.iteration,
             category,
+            self.current_node(),
         )
         if self.phase is Phase.SETUP and op == "":
             self.baseline.append(sid)
@@ -128,6 +132,7 @@ class Recorder:
             self.phase,
             self.iteration,
             Category.TEMPORARY,
+            self.current_node(),
         )
         self._emit(Kind.ALLOC, sid, nbytes, op)
         return sid
@@ -144,8 +149,22 @@ class Recorder:
                 self.iteration,
                 op or meta.op,
                 self.current_module() if kind is Kind.ALLOC else meta.module,
+                self.current_node() if kind is Kind.ALLOC else meta.node,
             )
         )
+
+    def current_node(self) -> str:
+        """The fx node running (set by the fx map's interpreter), or in backward the node that made the grad_fn."""
+        if self.phase is Phase.BACKWARD:
+            node = torch._C._current_autograd_node()
+            if node is not None:
+                return self.autograd_fx.get(node._sequence_nr(), "")
+        return self.fx_node
+
+    def claim_for_node(self, out: Any, name: str) -> None:
+        """Called by the fx interpreter after a node ran: its new autograd nodes belong to it."""
+        if self.phase is Phase.FORWARD and torch.is_grad_enabled():
+            claim(self.autograd_fx, out, name)
 
     def current_module(self) -> str:
         if self.phase is Phase.BACKWARD:
@@ -219,6 +238,7 @@ class Recorder:
                 m.dtype,
                 m.phase,
                 m.iteration,
+                m.node,
             )
             for sid, m in self.meta.items()
         }
@@ -274,20 +294,20 @@ def _post_hook(rec: Recorder, name: str) -> Any:
         if len(rec.module_stack) > 1:
             rec.module_stack.pop()
         if rec.phase is Phase.FORWARD and torch.is_grad_enabled():
-            _claim_nodes(rec, out, name)
+            claim(rec.node_module, out, name)
 
     return hook
 
 
-def _claim_nodes(rec: Recorder, out: Any, name: str) -> None:
-    """Give the autograd nodes this module created (and no inner module claimed) to this module."""
+def claim(table: dict[int, str], out: Any, name: str) -> None:
+    """Give the autograd nodes behind `out` that nothing claimed yet (an inner module, an earlier node) to name."""
     stack = [t.grad_fn for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
     while stack:
         node = stack.pop()
         key = node._sequence_nr()
-        if key in rec.node_module or type(node).__name__ == "AccumulateGrad":
+        if key in table or type(node).__name__ == "AccumulateGrad":
             continue
-        rec.node_module[key] = name
+        table[key] = name
         stack.extend(n for n, _ in node.next_functions if n is not None)
 
 

@@ -64,6 +64,7 @@ class StorageInfo:
     dtype: str
     phase: Phase
     iteration: int
+    node: str = ""
 
 
 @dataclass(frozen=True)
