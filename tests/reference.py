@@ -15,7 +15,8 @@ from torch import nn
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from memtrace.tracer.program import NullObserver, make_optimizer, run_program
+from memtrace.tracer.program import NullObserver, StepPlan, make_optimizer, run_program
+from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, real_autocast
 from memtrace.tracer.specs import OptimizerSpec
 
 
@@ -63,17 +64,20 @@ def measure(
     inputs: Sequence[torch.Tensor],
     mode: str = "train",
     optimizer: OptimizerSpec | None = None,
+    recipe: Recipe | None = None,
 ) -> Measured:
-    """Real CPU run of the program; the model and inputs must be on the CPU."""
-    opt = (
-        make_optimizer(optimizer or OptimizerSpec("adam"), list(model.parameters()), "cpu")
-        if mode == "train"
-        else None
-    )
-    run_program(model, inputs, opt, mode, NullObserver(), iterations=1)
+    """Real CPU run of the program with the recipe applied; the model and inputs must be on the CPU."""
+    recipe = recipe or Recipe()
+    apply_to_model(model, recipe)
+    inputs = cast_inputs(list(inputs), recipe.dtype)
+    opt = None
+    if mode == "train":
+        opt = make_optimizer(optimizer or OptimizerSpec("adam"), list(model.parameters()), "cpu")
+    plan = StepPlan(mode, recipe.accumulate, real_autocast("cpu", recipe.amp))
+    run_program(model, inputs, opt, plan, NullObserver(), iterations=1)
     start = live_bytes(model, inputs, opt)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        run_program(model, inputs, opt, mode, NullObserver(), iterations=1, first=1)
+        run_program(model, inputs, opt, plan, NullObserver(), iterations=1, first=1)
     events = allocation_events(prof)
     level = rise = 0
     for _, size, _ in events:

@@ -6,8 +6,11 @@ measurement, so both see the same program order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -124,6 +127,28 @@ def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 LossFn = Callable[[Any], torch.Tensor]
+ContextFactory = Callable[[], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How one step runs: train or infer, micro-batches accumulated per optimizer step, the autocast context
+    entered around forward and loss (real autocast for real tensors, the emulation on meta), a grad scaler."""
+
+    mode: str = "train"
+    accumulate: int = 1
+    autocast: ContextFactory | None = None
+    scaler: Any = None
+    loss_fn: LossFn = default_loss
+
+
+def _forward(model: nn.Module, inputs: Sequence[torch.Tensor], plan: StepPlan, observer: Observer) -> Any:
+    with plan.autocast() if plan.autocast is not None else contextlib.nullcontext():
+        out = model(*inputs)
+        observer.outputs(out)
+        if plan.mode != "train":
+            return None
+        return plan.loss_fn(out)
 
 
 def train_step(
@@ -132,21 +157,25 @@ def train_step(
     optimizer: torch.optim.Optimizer | None,
     observer: Observer,
     iteration: int,
-    loss_fn: LossFn = default_loss,
+    plan: StepPlan,
 ) -> None:
     params = unique_parameters(model)
-    observer.begin(Phase.FORWARD, iteration)
-    out = model(*inputs)
-    observer.outputs(out)
-    loss = loss_fn(out)
-    del out
-    observer.begin(Phase.BACKWARD, iteration)
-    loss.backward()
-    del loss
+    for _ in range(plan.accumulate):
+        observer.begin(Phase.FORWARD, iteration)
+        loss = _forward(model, inputs, plan, observer)
+        if plan.accumulate > 1:
+            loss = loss / plan.accumulate
+        observer.begin(Phase.BACKWARD, iteration)
+        (plan.scaler.scale(loss) if plan.scaler is not None else loss).backward()
+        del loss
     observer.gradients(params)
     observer.begin(Phase.OPTIMIZER, iteration)
     if optimizer is not None:
-        optimizer.step()
+        if plan.scaler is not None:
+            plan.scaler.step(optimizer)
+            plan.scaler.update()
+        else:
+            optimizer.step()
         observer.optimizer_state(optimizer)
         optimizer.zero_grad(set_to_none=True)
     else:
@@ -155,12 +184,12 @@ def train_step(
     observer.begin(Phase.SETUP, iteration + 1)
 
 
-def infer_step(model: nn.Module, inputs: Sequence[torch.Tensor], observer: Observer, iteration: int) -> None:
+def infer_step(
+    model: nn.Module, inputs: Sequence[torch.Tensor], observer: Observer, iteration: int, plan: StepPlan
+) -> None:
     observer.begin(Phase.FORWARD, iteration)
     with torch.no_grad():
-        out = model(*inputs)
-        observer.outputs(out)
-        del out
+        _forward(model, inputs, plan, observer)
     observer.begin(Phase.SETUP, iteration + 1)
 
 
@@ -168,14 +197,14 @@ def run_program(
     model: nn.Module,
     inputs: Sequence[torch.Tensor],
     optimizer: torch.optim.Optimizer | None,
-    mode: str,
+    plan: StepPlan,
     observer: Observer,
     iterations: int = 2,
     first: int = 0,
 ) -> None:
-    model.train(mode == "train")
+    model.train(plan.mode == "train")
     for it in range(first, first + iterations):
-        if mode == "train":
-            train_step(model, inputs, optimizer, observer, it)
+        if plan.mode == "train":
+            train_step(model, inputs, optimizer, observer, it, plan)
         else:
-            infer_step(model, inputs, observer, it)
+            infer_step(model, inputs, observer, it, plan)

@@ -70,6 +70,7 @@ class Recorder:
         self.node_module: dict[int, str] = {}
         self.owners: dict[int, str] = {}
         self.fx_node = ""
+        self.recompute_depth = 0
         self.autograd_fx: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count()
@@ -208,6 +209,7 @@ class Recorder:
     def begin(self, phase: Phase, iteration: int) -> None:
         self.sweep()
         self.phase, self.iteration = phase, iteration
+        self.module_stack = [""]
 
     def outputs(self, out: Any) -> None:
         for t in floating_leaves(out):
@@ -276,7 +278,8 @@ def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
     with ExitStack() as stack:
         for name, module in model.named_modules():
             stack.callback(module.register_forward_pre_hook(_pre_hook(rec, name)).remove)
-            stack.callback(module.register_forward_hook(_post_hook(rec, name)).remove)
+            # always_call: a checkpoint's recomputation that stops early raises through the module
+            stack.callback(module.register_forward_hook(_post_hook(rec, name), always_call=True).remove)
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(_pack(rec), _unpack))
         stack.enter_context(_Mode(rec))
         yield rec
@@ -285,12 +288,17 @@ def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
 def _pre_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any) -> None:
         rec.module_stack.append(name)
+        if rec.phase is Phase.BACKWARD:
+            rec.phase = Phase.RECOMPUTE
+            rec.recompute_depth = len(rec.module_stack)
 
     return hook
 
 
 def _post_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any, out: Any) -> None:
+        if rec.phase is Phase.RECOMPUTE and len(rec.module_stack) == rec.recompute_depth:
+            rec.phase = Phase.BACKWARD
         if len(rec.module_stack) > 1:
             rec.module_stack.pop()
         if rec.phase is Phase.FORWARD and torch.is_grad_enabled():

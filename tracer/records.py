@@ -28,6 +28,7 @@ class Phase(str, Enum):
     SETUP = "setup"
     FORWARD = "forward"
     BACKWARD = "backward"
+    RECOMPUTE = "recompute"  # a checkpointed forward run again inside backward
     OPTIMIZER = "optimizer"
 
 
@@ -169,10 +170,19 @@ class Result:
     top_layers: tuple[LayerShare, ...]
     verdict: Verdict | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    recipe: str = "fp32"
+    accumulate: int = 1
 
     @property
     def peak_bytes(self) -> int:
         return self.peak.bytes
+
+    @property
+    def effective_batch(self) -> int | None:
+        """Samples per optimizer step: the first input's leading dimension times the micro-batches."""
+        if not self.inputs or not self.inputs[0].shape or not isinstance(self.inputs[0].shape[0], int):
+            return None
+        return self.inputs[0].shape[0] * self.accumulate
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = _jsonable(
@@ -192,6 +202,9 @@ class Result:
                 "top_layers": [asdict(t) for t in self.top_layers],
                 "verdict": asdict(self.verdict) if self.verdict else None,
                 "notes": list(self.notes),
+                "recipe": self.recipe,
+                "accumulate": self.accumulate,
+                "effective_batch": self.effective_batch,
             }
         )
         return data
@@ -218,6 +231,8 @@ class Result:
             if verdict
             else None,
             notes=tuple(data["notes"]),
+            recipe=data.get("recipe", "fp32"),
+            accumulate=data.get("accumulate", 1),
         )
 
 

@@ -13,7 +13,8 @@ from memtrace.tracer import analysis
 from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs
-from memtrace.tracer.program import make_optimizer, run_program
+from memtrace.tracer.program import StepPlan, make_optimizer, run_program
+from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, meta_autocast
 from memtrace.tracer.recorder import Recorder, recording, register_baseline
 from memtrace.tracer.records import Category, GpuSpec, InputSpec, ModelInfo, Result, Trace, Verdict
 from memtrace.tracer.specs import Headroom, OptimizerSpec, parse_input, parse_optimizer
@@ -29,6 +30,7 @@ class Config:
     optimizer: OptimizerSpec = field(default_factory=lambda: OptimizerSpec("adam"))
     device: str = "cuda"
     iterations: int = 2
+    recipe: Recipe = field(default_factory=Recipe)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -40,9 +42,14 @@ class Config:
 
 
 def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config) -> Trace:
-    """Run the program on the model's (meta) tensors and return every event."""
+    """Run the program on the model's (meta) tensors and return every event.
+
+    The recipe is applied to the model here (cast, checkpoint wrapping): pass a freshly built model.
+    """
     device = DeviceModel(config.device)
     rec = Recorder(device)
+    apply_to_model(model, config.recipe)
+    inputs = cast_inputs(list(inputs), config.recipe.dtype)
     owners = _parameter_owners(model)
     optimizer = None
     if config.mode == "train":
@@ -50,12 +57,18 @@ def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config
     register_baseline(rec, model, inputs, owners)
     try:
         with device.patched(), recording(rec, model):
-            run_program(model, inputs, optimizer, config.mode, rec, config.iterations)
+            run_program(model, inputs, optimizer, plan_for(config), rec, config.iterations)
     except MemtraceError:
         raise
     except Exception as exc:
         raise MemtraceError(_failure(rec, model, exc)) from exc
     return rec.trace(config.iterations)
+
+
+def plan_for(config: Config) -> StepPlan:
+    """The step on meta: the recipe's accumulation and the emulated autocast of the target device."""
+    autocast = meta_autocast(config.device, config.recipe.amp)
+    return StepPlan(config.mode, config.recipe.accumulate, autocast)
 
 
 def _failure(rec: Recorder, model: nn.Module, exc: Exception) -> str:
@@ -97,6 +110,8 @@ def analyse(
         device=config.device,
         mode=config.mode,
         optimizer=config.optimizer.text() if config.mode == "train" else "none",
+        recipe=config.recipe.text(),
+        accumulate=config.recipe.accumulate,
         inputs=tuple(inputs),
         peak=peak,
         phases=analysis.phase_peaks(trace, last, rounding),
@@ -139,10 +154,11 @@ def simulate(
     gpu: GpuSpec | None = None,
     headroom: Headroom | None = None,
     iterations: int = 2,
+    recipe: Recipe | None = None,
 ) -> Result:
     """Simulate `iterations` steps of the model on meta and report the steady-state step."""
     opt = parse_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
-    config = Config(mode, opt, device, iterations)
+    config = Config(mode, opt, device, iterations, recipe or Recipe())
     specs = [parse_input(s) if isinstance(s, str) else s for s in inputs]
     built = build(builder, builder_kwargs)
     specs = specs or list(built.example_inputs)
