@@ -83,7 +83,49 @@ def engine_options(fn: F) -> F:
             show_default=True,
             help="Any torch.optim class (adam, adamw, sgd:momentum=0.9, ...), FILE.py:Class, or none.",
         ),
+        click.option("--amp", default=None, help="Mixed precision: bf16 or fp16 autocast."),
+        click.option(
+            "--dtype",
+            "param_dtype",
+            default=None,
+            help="Cast the parameters (pure low precision): bf16, fp16.",
+        ),
+        click.option(
+            "--checkpoint",
+            multiple=True,
+            help="Activation-checkpoint the outermost modules matching this glob; repeatable.",
+        ),
+        click.option(
+            "--accumulate",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Micro-batches (the --input batch) accumulated per optimizer step.",
+        ),
     ]
     for deco in reversed(decorators):
         fn = deco(fn)
     return fn
+
+
+def make_request(
+    model: str,
+    inputs: tuple[Any, ...],
+    args: tuple[tuple[str, Any], ...],
+    mode: str,
+    device: str,
+    optimizer: Any,
+    amp: str | None,
+    param_dtype: str | None,
+    checkpoint: tuple[str, ...],
+    accumulate: int,
+    gpu: Any = None,
+    headroom: Any = None,
+) -> Any:
+    """The engine request the common options describe (imports torch)."""
+    from memtrace.tracer.recipes import Recipe
+    from memtrace.tracer.simulate import Config, Request
+
+    recipe = Recipe(amp, param_dtype, tuple(checkpoint), accumulate)
+    config = Config(mode, optimizer, device, recipe=recipe)
+    return Request(model, tuple(inputs), tuple(args), config, gpu, headroom)

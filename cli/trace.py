@@ -9,9 +9,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from memtrace.cli.common import GpuType, HeadroomType, engine_options
-from memtrace.tracer.records import GpuSpec, InputSpec
-from memtrace.tracer.specs import Headroom, OptimizerSpec
+from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_request
 
 
 @click.command("trace")
@@ -26,43 +24,48 @@ from memtrace.tracer.specs import Headroom, OptimizerSpec
     show_default=True,
     help="Memory kept free on the GPU: 0, 1GB, 5%; auto = CUDA context estimate + 5%.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 @click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write the JSON result to this file.",
+    "--what-if",
+    "what_if",
+    is_flag=True,
+    help="Also simulate each single change (autocast, checkpointing, accumulation, SGD) and tabulate.",
 )
-def trace(
-    model: str,
-    inputs: tuple[InputSpec, ...],
-    args: tuple[tuple[str, Any], ...],
-    mode: str,
-    device: str,
-    optimizer: OptimizerSpec,
-    gpu: GpuSpec | None,
-    headroom: Headroom,
-    as_json: bool,
-    output: Path | None,
-) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the JSON result to this file.")  # fmt: skip
+def trace(what_if: bool, as_json: bool, output: Path | None, **options: Any) -> None:
     """Simulate a step of MODEL (FILE.py:FUNC or package.module:FUNC) on the meta device."""
-    from memtrace.tracer.report import render
-    from memtrace.tracer.simulate import simulate
+    from memtrace.tracer.report import render, what_if_table
+    from memtrace.tracer.simulate import run
 
-    result = simulate(
-        model,
-        inputs,
-        builder_kwargs=dict(args),
-        mode=mode,
-        optimizer=optimizer,
-        device=device,
-        gpu=gpu,
-        headroom=headroom,
-    )
+    request = make_request(**options)
+    result = run(request)
     data = result.to_json()
+    rows = []
+    if what_if:
+        from memtrace.tracer.whatif import what_if as compute
+
+        _, rows = compute(request, result)
+        data["what_if"] = [row_json(r) for r in rows]
     if output is not None:
         output.write_text(json.dumps(data, indent=2) + "\n")
     if as_json:
         click.echo(json.dumps(data, indent=2))
-    else:
-        render(result, Console())
+        return
+    console = Console() if Console().is_terminal else Console(width=120)
+    render(result, console)
+    if what_if:
+        console.print(what_if_table(result, rows))
+
+
+def row_json(row: Any) -> dict[str, Any]:
+    return {
+        "change": row.change,
+        "flags": row.flags,
+        "peak_bytes": row.peak_bytes,
+        "saved_bytes": row.saved_bytes,
+        "saved_fraction": round(row.saved_fraction, 6),
+        "flops_ratio": round(row.flops_ratio, 6),
+        "effective_batch": row.effective_batch,
+        "error": row.error,
+    }

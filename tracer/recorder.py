@@ -18,6 +18,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import flop_registry
 
 from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.program import floating_leaves
@@ -69,6 +70,7 @@ class Recorder:
         self.module_stack: list[str] = [""]
         self.node_module: dict[int, str] = {}
         self.owners: dict[int, str] = {}
+        self.flops = 0
         self.fx_node = ""
         self.recompute_depth = 0
         self.autograd_fx: dict[int, str] = {}
@@ -177,6 +179,7 @@ class Recorder:
     # --- the op ---------------------------------------------------------------------------------
     def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
         name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
+        self.flops += count_flops(func, args, kwargs, out)
         work = self.device.workspace(func, args, kwargs, out)
         if work is None:
             self._track_outputs(out, name, None)
@@ -227,7 +230,7 @@ class Recorder:
                     self.mark_tensor(v, Category.OPTIMIZER_STATE, self.owners.get(id(param), ""))
 
     # --- results --------------------------------------------------------------------------------
-    def trace(self, iterations: int) -> Trace:
+    def trace(self, iterations: int, flops: int = 0) -> Trace:
         self.sweep()
         storages = {
             sid: StorageInfo(
@@ -244,7 +247,19 @@ class Recorder:
             )
             for sid, m in self.meta.items()
         }
-        return Trace(tuple(self.events), storages, tuple(self.baseline), iterations)
+        return Trace(tuple(self.events), storages, tuple(self.baseline), iterations, flops)
+
+
+def count_flops(func: Any, args: Any, kwargs: Any, out: Any) -> int:
+    """FLOPs as torch.utils.flop_counter counts them (2 per multiply-add), without its module tracking,
+    whose hooks would hold outputs alive and change the lifetimes being measured."""
+    fn = flop_registry.get(getattr(func, "overloadpacket", None))
+    if fn is None:
+        return 0
+    try:
+        return int(fn(*args, **(kwargs or {}), out_val=out))
+    except Exception:  # a formula that does not apply to these arguments counts nothing
+        return 0
 
 
 class _Mode(TorchDispatchMode):

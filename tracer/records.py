@@ -76,6 +76,7 @@ class Trace:
     storages: dict[int, StorageInfo]
     baseline: tuple[int, ...]
     iterations: int
+    flops: int = 0  # per iteration: forward, backward and recompute, as torch.utils.flop_counter counts
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class Result:
     notes: tuple[str, ...] = field(default_factory=tuple)
     recipe: str = "fp32"
     accumulate: int = 1
+    flops: int = 0
 
     @property
     def peak_bytes(self) -> int:
@@ -205,6 +207,7 @@ class Result:
                 "recipe": self.recipe,
                 "accumulate": self.accumulate,
                 "effective_batch": self.effective_batch,
+                "flops": self.flops,
             }
         )
         return data
@@ -233,6 +236,7 @@ class Result:
             notes=tuple(data["notes"]),
             recipe=data.get("recipe", "fp32"),
             accumulate=data.get("accumulate", 1),
+            flops=data.get("flops", 0),
         )
 
 

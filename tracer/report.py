@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from memtrace.tracer.records import Category, Result
-from memtrace.tracer.specs import human_bytes
+from memtrace.tracer.specs import human_bytes, short_bytes
+
+if TYPE_CHECKING:
+    from memtrace.tracer.whatif import WhatIfRow
 
 CATEGORY_LABELS: dict[Category, str] = {
     Category.PARAMETER: "parameters",
@@ -37,6 +43,12 @@ def header(result: Result) -> Text:
     if result.mode == "train":
         text.append(f", optimizer {result.optimizer}")
     text.append("; inputs " + ", ".join(i.text() for i in result.inputs))
+    if result.recipe != "fp32":
+        text.append(f"\n  recipe: {result.recipe}")
+    if result.accumulate > 1 and result.effective_batch:
+        text.append(f"; effective batch {result.effective_batch} ({result.accumulate} micro-batches)")
+    if result.flops:
+        text.append(f"\n  {result.flops / 1e9:,.1f} GFLOP per step (forward, backward, recompute)")
     for note in result.notes:
         text.append(f"\n  note: {note}", style="yellow")
     return text
@@ -66,11 +78,11 @@ def category_table(result: Result) -> Table:
             table.add_row(
                 CATEGORY_LABELS[cat],
                 f"{by_cat.get(cat, 0):,}",
-                human_bytes(by_cat.get(cat, 0)),
+                short_bytes(by_cat.get(cat, 0)),
                 _pct(by_cat.get(cat, 0), result.peak.bytes),
-                human_bytes(result.totals.get(cat, 0)),
+                short_bytes(result.totals.get(cat, 0)),
             )
-    table.add_row("total", f"{result.peak.bytes:,}", human_bytes(result.peak.bytes), "100%", "", style="bold")
+    table.add_row("total", f"{result.peak.bytes:,}", short_bytes(result.peak.bytes), "100%", "", style="bold")
     return table
 
 
@@ -79,7 +91,7 @@ def phase_table(result: Result) -> Table:
     for col in ("phase", "peak", "at op", "in module"):
         table.add_column(col, justify="right" if col == "peak" else "left")
     for row in result.phases:
-        table.add_row(row.phase.value, human_bytes(row.bytes), row.op, row.module or "-")
+        table.add_row(row.phase.value, short_bytes(row.bytes), row.op, row.module or "-")
     return table
 
 
@@ -89,7 +101,7 @@ def tensor_table(result: Result) -> Table:
         table.add_column(col, justify="right" if col == "size" else "left")
     for t in result.peak.top_tensors:
         table.add_row(
-            human_bytes(t.nbytes),
+            short_bytes(t.nbytes),
             CATEGORY_LABELS[t.category],
             "x".join(map(str, t.shape)) or "scalar",
             t.dtype,
@@ -104,11 +116,11 @@ def layer_table(result: Result) -> Table:
     for col in ("layer", "type", "bytes", "share", "of which"):
         table.add_column(col, justify="right" if col in ("bytes", "share") else "left")
     for layer in result.top_layers:
-        parts = [f"{CATEGORY_LABELS[c]} {human_bytes(b)}" for c, b in layer.by_category.items() if b]
+        parts = [f"{CATEGORY_LABELS[c]} {short_bytes(b)}" for c, b in layer.by_category.items() if b]
         table.add_row(
             layer.module or "(model)",
             layer.type,
-            human_bytes(layer.bytes),
+            short_bytes(layer.bytes),
             _pct(layer.bytes, result.peak.bytes),
             ", ".join(parts),
         )
@@ -168,3 +180,24 @@ def summary(result: Result) -> Group:
 
 def render(result: Result, console: Console) -> None:
     console.print(summary(result))
+
+
+def what_if_table(result: Result, rows: Sequence[WhatIfRow]) -> Table:
+    """One row per single change, each from its own simulation."""
+    table = Table(title="What if (each row simulated)", title_justify="left", show_edge=False)
+    for col in ("change", "peak", "saved", "saved %", "FLOPs x", "flags"):
+        table.add_column(col, justify="left" if col in ("change", "flags") else "right")
+    table.add_row("current: " + result.recipe, short_bytes(result.peak_bytes), "-", "-", "1.00", "")
+    for row in rows:
+        if row.error:
+            table.add_row(row.change, "failed", "", "", "", row.error[:60])
+            continue
+        table.add_row(
+            row.change,
+            short_bytes(row.peak_bytes),
+            short_bytes(row.saved_bytes),
+            f"{100 * row.saved_fraction:.1f}%",
+            f"{row.flops_ratio:.2f}",
+            row.flags,
+        )
+    return table

@@ -62,7 +62,7 @@ def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config
         raise
     except Exception as exc:
         raise MemtraceError(_failure(rec, model, exc)) from exc
-    return rec.trace(config.iterations)
+    return rec.trace(config.iterations, rec.flops // config.iterations)
 
 
 def plan_for(config: Config) -> StepPlan:
@@ -112,6 +112,7 @@ def analyse(
         optimizer=config.optimizer.text() if config.mode == "train" else "none",
         recipe=config.recipe.text(),
         accumulate=config.recipe.accumulate,
+        flops=trace.flops,
         inputs=tuple(inputs),
         peak=peak,
         phases=analysis.phase_peaks(trace, last, rounding),
@@ -143,6 +144,32 @@ def build(builder: str | Callable[..., Any], builder_kwargs: dict[str, Any] | No
     return build_on_meta(fn, builder_kwargs or {}, name)
 
 
+@dataclass(frozen=True)
+class Request:
+    """Everything one simulation needs; what-if rows, fit and sweep vary one field of it."""
+
+    builder: str | Callable[..., Any]
+    inputs: tuple[InputSpec, ...] = ()
+    builder_kwargs: tuple[tuple[str, Any], ...] = ()
+    config: Config = field(default_factory=Config)
+    gpu: GpuSpec | None = None
+    headroom: Headroom | None = None
+
+
+def run(request: Request) -> Result:
+    """Build on meta, run the step, analyse it."""
+    built = build(request.builder, dict(request.builder_kwargs))
+    specs = list(request.inputs) or list(built.example_inputs)
+    if not specs:
+        raise MemtraceError("no input given: pass --input SHAPE (or return example inputs from the builder)")
+    if any(isinstance(d, str) for s in specs for d in s.shape):
+        raise MemtraceError(
+            "an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)"
+        )
+    trace = trace_model(built.model, make_inputs(specs, "meta"), request.config)
+    return analyse(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
+
+
 def simulate(
     builder: str | Callable[..., Any],
     inputs: Sequence[InputSpec | str] = (),
@@ -159,18 +186,9 @@ def simulate(
     """Simulate `iterations` steps of the model on meta and report the steady-state step."""
     opt = parse_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     config = Config(mode, opt, device, iterations, recipe or Recipe())
-    specs = [parse_input(s) if isinstance(s, str) else s for s in inputs]
-    built = build(builder, builder_kwargs)
-    specs = specs or list(built.example_inputs)
-    if not specs:
-        raise MemtraceError("no input given: pass --input SHAPE (or return example inputs from the builder)")
-    if any(isinstance(d, str) for s in specs for d in s.shape):
-        raise MemtraceError(
-            "an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)"
-        )
-    tensors = make_inputs(specs, "meta")
-    trace = trace_model(built.model, tensors, config)
-    return analyse(trace, built.model, built.path, specs, config, gpu, headroom)
+    specs = tuple(parse_input(s) if isinstance(s, str) else s for s in inputs)
+    kwargs = tuple((builder_kwargs or {}).items())
+    return run(Request(builder, specs, kwargs, config, gpu, headroom))
 
 
-__all__ = ["Category", "Config", "analyse", "build", "simulate", "trace_model"]
+__all__ = ["Category", "Config", "Request", "analyse", "build", "run", "simulate", "trace_model"]

@@ -248,6 +248,16 @@ def parse_optimizer(text: str) -> OptimizerSpec:
     return OptimizerSpec(name, kwargs)
 
 
+def short_bytes(n: int) -> str:
+    """One unit, powers of ten, for tables: `13.2 GB`."""
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{sign}{n / size:.1f} {unit}"
+    return f"{sign}{n} B"
+
+
 def human_bytes(n: int) -> str:
     """Both conventions, since users read both: `13.21 GB (12.30 GiB)`."""
     sign = "-" if n < 0 else ""

@@ -1,0 +1,136 @@
+"""What-if: the peak for the current recipe and for each single change, each from its own simulation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.records import InputSpec, Result
+from memtrace.tracer.simulate import Request, build, run
+from memtrace.tracer.specs import OptimizerSpec
+
+
+@dataclass(frozen=True)
+class WhatIfRow:
+    change: str
+    flags: str  # the memtrace flags that reproduce this row
+    peak_bytes: int
+    saved_bytes: int  # baseline peak - this peak (negative: it costs memory)
+    flops_ratio: float  # this step's FLOPs / the baseline's: the recompute cost
+    effective_batch: int | None
+    error: str = ""  # why this row could not be simulated
+
+    @property
+    def saved_fraction(self) -> float:
+        return (
+            self.saved_bytes / (self.peak_bytes + self.saved_bytes)
+            if self.peak_bytes + self.saved_bytes
+            else 0.0
+        )
+
+
+def top_level_blocks(model: nn.Module) -> list[str]:
+    """The model's blocks: its children that hold parameters, looking inside ModuleList/Sequential containers
+    (a transformer's `blocks`, GPT-2's `transformer.h`) for the repeated layers."""
+    names: list[str] = []
+    for name, child in model.named_children():
+        if not any(True for _ in child.parameters()):
+            continue
+        inner = _repeated_children(child)
+        names += [f"{name}.{n}" for n in inner] if inner else [name]
+    if len(names) == 1 and _repeated_children(model.get_submodule(names[0])) == []:
+        sub = model.get_submodule(names[0])
+        deeper = top_level_blocks(sub)
+        if len(deeper) > 1:
+            return [f"{names[0]}.{n}" for n in deeper]
+    return names
+
+
+def _repeated_children(module: nn.Module) -> list[str]:
+    if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 1:
+        return [n for n, c in module.named_children() if any(True for _ in c.parameters())]
+    for name, child in module.named_children():
+        if isinstance(child, nn.ModuleList) and len(child) > 1:
+            return [f"{name}.{n}" for n, _ in child.named_children()]
+    return []
+
+
+def _halve_batch(inputs: tuple[InputSpec, ...]) -> tuple[InputSpec, ...] | None:
+    if not inputs or not all(s.shape and isinstance(s.shape[0], int) and s.shape[0] % 2 == 0 for s in inputs):
+        return None
+    return tuple(InputSpec((s.shape[0] // 2, *s.shape[1:]), s.dtype) for s in inputs)  # type: ignore[operator]
+
+
+Variant = tuple[str, str, Callable[[Request], Request | None]]
+
+
+def _recipe(req: Request, **changes: object) -> Request:
+    return replace(req, config=replace(req.config, recipe=replace(req.config.recipe, **changes)))
+
+
+def _optimizer(req: Request, spec: OptimizerSpec) -> Request:
+    return replace(req, config=replace(req.config, optimizer=spec))
+
+
+def variants(blocks: list[str]) -> list[Variant]:
+    def micro(req: Request) -> Request | None:
+        half = _halve_batch(req.inputs)
+        if half is None:
+            return None
+        return replace(_recipe(req, accumulate=req.config.recipe.accumulate * 2), inputs=half)
+
+    return [
+        ("bf16 autocast", "--amp bf16", lambda r: _recipe(r, amp="bf16")),
+        ("fp16 autocast", "--amp fp16", lambda r: _recipe(r, amp="fp16")),
+        (f"checkpoint {len(blocks)} blocks", _checkpoint_flags(blocks),
+         lambda r: _recipe(r, checkpoint=tuple(blocks)) if blocks else None),
+        ("half micro-batch, accumulate x2", "--input B/2 --accumulate 2x", micro),
+        ("SGD with momentum", "--optimizer sgd:momentum=0.9",
+         lambda r: _optimizer(r, OptimizerSpec("sgd", (("momentum", 0.9),)))),
+        ("no optimizer state (plain SGD)", "--optimizer sgd", lambda r: _optimizer(r, OptimizerSpec("sgd"))),
+    ]  # fmt: skip
+
+
+def _has_children(model: nn.Module, name: str) -> bool:
+    return any(True for _ in model.get_submodule(name).children())
+
+
+def _checkpoint_flags(blocks: list[str]) -> str:
+    parents = {b.rpartition(".")[0] for b in blocks}
+    if len(parents) == 1 and "." in blocks[0] and len(blocks) > 1:
+        return f"--checkpoint '{parents.pop()}.*'"
+    return " ".join(f"--checkpoint {b}" for b in blocks)
+
+
+def what_if(request: Request, baseline: Result | None = None) -> tuple[Result, list[WhatIfRow]]:
+    """The baseline and one row per single change; rows that do not apply are left out."""
+    base = baseline or run(request)
+    model = build(request.builder, dict(request.builder_kwargs)).model
+    blocks = top_level_blocks(model)
+    if request.config.recipe.checkpoint or not any(_has_children(model, b) for b in blocks):
+        blocks = []  # already checkpointing, or only single layers to wrap, which saves nothing
+    rows = []
+    for change, flags, make in variants(blocks):
+        if request.config.mode != "train" and (
+            "optimizer" in flags or "accumulate" in flags or "checkpoint" in flags
+        ):
+            continue
+        varied = make(request)
+        if varied is None:
+            continue
+        rows.append(_row(change, flags, varied, base))
+    return base, rows
+
+
+def _row(change: str, flags: str, request: Request, base: Result) -> WhatIfRow:
+    try:
+        res = run(request)
+    except MemtraceError as exc:
+        return WhatIfRow(change, flags, 0, 0, 0.0, None, exc.one_line())
+    ratio = res.flops / base.flops if base.flops else 0.0
+    return WhatIfRow(
+        change, flags, res.peak_bytes, base.peak_bytes - res.peak_bytes, ratio, res.effective_batch
+    )
