@@ -11,6 +11,9 @@ from typing import Any
 import click
 
 from memtrace import __version__
+from memtrace.cli.fit import fit
+from memtrace.cli.gpus import gpus
+from memtrace.cli.sweep import sweep
 from memtrace.cli.trace import trace
 from memtrace.tracer.errors import MemtraceError
 
@@ -33,7 +36,8 @@ def cli() -> None:
     """
 
 
-cli.add_command(trace)
+for command in (trace, fit, sweep, gpus):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -1,0 +1,72 @@
+"""`memtrace fit MODEL --input Bx3x224x224 --gpu NAME`: the largest batch that fits, by simulation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+
+from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_request
+from memtrace.tracer.records import GpuSpec
+from memtrace.tracer.specs import Headroom, human_bytes
+
+
+@click.command("fit")
+@engine_options
+@click.option(
+    "--gpu", type=GpuType(), required=True, help="A GPU name (rtx4070, a100-80gb, ...) or size (12GB)."
+)
+@click.option(
+    "--headroom",
+    type=HeadroomType(),
+    default="auto",
+    show_default=True,
+    help="Memory kept free: 0, 1GB, 5%; auto = 512 MiB CUDA context estimate + 5% of the GPU.",
+)
+@click.option(
+    "--target-batch",
+    type=int,
+    default=None,
+    help="Recommend micro-batch x accumulation steps reaching at least this effective batch.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")  # fmt: skip
+def fit(gpu: GpuSpec, headroom: Headroom, target_batch: int | None, as_json: bool, **options: Any) -> None:
+    """Find the largest value of the --input symbol (e.g. B) whose predicted peak fits the GPU."""
+    from memtrace.tracer.fit import fit as compute
+    from memtrace.tracer.fit import plan_accumulation
+
+    request = make_request(**options, gpu=gpu, headroom=headroom)
+    result = compute(request, gpu, headroom)
+    data = result.to_json()
+    plan = plan_accumulation(request, gpu, headroom, target_batch, result) if target_batch else None
+    if plan is not None:
+        data["target_batch"] = {"target": target_batch, **vars(plan)}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    _print(result, plan, gpu, target_batch)
+
+
+def _print(result: Any, plan: Any, gpu: GpuSpec, target: int | None) -> None:
+    out = Console().print
+    sym = result.symbol
+    out(f"budget on {gpu.name}: {human_bytes(result.budget_bytes)} (GPU {human_bytes(gpu.bytes)} - headroom)")
+    if result.max_value == 0:
+        out(f"[bold red]{sym}=1 does not fit[/]: its peak is {human_bytes(result.peak_bytes)}")
+        for s in result.suggestions:
+            out(f"  {s.change} ({s.flags}): fits up to {sym}={s.max_value}, peak {human_bytes(s.peak_bytes)}")
+        if not result.suggestions:
+            out("  no single change (bf16 autocast, checkpointing, SGD, half resolution) makes it fit")
+    elif result.capped:
+        out(
+            f"[bold green]{sym}={result.max_value}[/] fits (the search cap: the peak stops growing with {sym})"
+        )
+    else:
+        out(f"[bold green]{sym}={result.max_value}[/] fits: peak {human_bytes(result.peak_bytes)}")
+        out(f"  {sym}={result.max_value + 1} does not: peak {human_bytes(result.next_peak_bytes)}")
+    out(f"{result.simulations} simulations: " + ", ".join(f"{sym}={v}" for v, _ in result.probes))
+    if plan is not None:
+        out(f"target batch {target}: micro-batch {plan.micro_batch} x {plan.steps} accumulation steps "
+            f"= {plan.effective_batch}, peak {human_bytes(plan.peak_bytes)}")  # fmt: skip

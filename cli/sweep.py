@@ -1,0 +1,109 @@
+"""`memtrace sweep MODEL --input Bx3xHxW --set B=1,2,4 --set HxW=144x256,1080x1920`: every combination."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_request
+from memtrace.tracer.records import GpuSpec
+from memtrace.tracer.specs import Headroom, short_bytes
+
+
+class SetType(click.ParamType):  # type: ignore[type-arg]
+    name = "SYMS=V,V,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        names, sep, values = value.partition("=")
+        keys = names.strip().split("x")
+        if not sep or not all(k.isidentifier() and k.isupper() for k in keys):
+            self.fail(f"malformed --set {value!r}: expected B=1,2,4 or HxW=144x256,1080x1920", param, ctx)
+        rows = []
+        for item in values.split(","):
+            parts = item.strip().split("x")
+            if len(parts) != len(keys) or not all(p.isdigit() and int(p) > 0 for p in parts):
+                self.fail(
+                    f"malformed --set value {item!r} for {names}: {len(keys)} positive integers", param, ctx
+                )
+            rows.append(tuple(int(p) for p in parts))
+        return names.strip(), rows
+
+
+@click.command("sweep")
+@engine_options
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    type=SetType(),
+    required=True,
+    help="Values of symbols: B=1,2,4,8 or HxW=144x256,540x960; repeatable, one per symbol group.",
+)
+@click.option("--gpu", "gpus", multiple=True, type=GpuType(), help="Verdict against this GPU; repeatable.")
+@click.option("--headroom", type=HeadroomType(), default="auto", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table",
+              show_default=True)  # fmt: skip
+def sweep(
+    sets: tuple[Any, ...], gpus: tuple[GpuSpec, ...], headroom: Headroom, fmt: str, **options: Any
+) -> None:
+    """Simulate every combination of the --set values and tabulate peak and verdicts."""
+    from memtrace.tracer.fit import parse_sets
+    from memtrace.tracer.fit import sweep as compute
+
+    axes = parse_sets(list(sets))
+    request = make_request(**options, headroom=headroom)
+    total = 1
+    for axis in axes:
+        total *= len(axis)
+    with Progress(transient=True, disable=fmt != "table") as bar:
+        task = bar.add_task("simulating", total=total)
+        rows = compute(request, axes, list(gpus), headroom, lambda: bar.advance(task))
+    click.echo(render(rows, list(gpus), fmt), nl=False)
+
+
+HEAD = ["input", "model states", "activations", "peak"]
+
+
+def _cells(row: Any, gpus: list[GpuSpec]) -> list[str]:
+    if row.error:
+        return ["error: " + row.error] + [""] * (len(HEAD) - 1 + len(gpus))
+    sizes = [row.input_bytes, row.model_state_bytes, row.activation_bytes, row.peak_bytes]
+    return [short_bytes(s) for s in sizes] + ["fits" if row.fits[g.name] else "OOM" for g in gpus]
+
+
+def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
+    keys = list(rows[0].values) if rows else []
+    if fmt == "json":
+        return json.dumps([{**vars(r), "values": r.values} for r in rows], indent=2) + "\n"
+    header = keys + [f"{h}" for h in HEAD] + [g.name for g in gpus]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(keys + ["input_bytes", "model_state_bytes", "activation_bytes", "peak_bytes"]
+                        + [f"fits_{g.name}" for g in gpus] + ["error"])  # fmt: skip
+        for r in rows:
+            writer.writerow([r.values[k] for k in keys] + [r.input_bytes, r.model_state_bytes, r.activation_bytes,
+                            r.peak_bytes] + [r.fits.get(g.name, "") for g in gpus] + [r.error])  # fmt: skip
+        return buf.getvalue()
+    body = [[str(r.values[k]) for k in keys] + _cells(r, gpus) for r in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body]) + "\n"
+    table = Table(show_edge=False)
+    for h in header:
+        table.add_column(h, justify="right")
+    for b in body:
+        table.add_row(*b)
+    console = Console(width=160, record=True, force_terminal=False)
+    with console.capture() as cap:
+        console.print(table)
+    return cap.get()

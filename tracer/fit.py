@@ -1,0 +1,285 @@
+"""Fit and sweep: the largest batch that fits, accumulation plans, and tables over batch x resolution.
+
+Every figure is a simulation; the search only decides which values to simulate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.records import Category, GpuSpec, InputSpec, Result
+from memtrace.tracer.simulate import Request, run
+from memtrace.tracer.specs import Headroom, OptimizerSpec, bind_inputs, input_symbols
+
+MAX_VALUE = 1 << 16
+
+
+def bind(request: Request, values: dict[str, int]) -> Request:
+    """Give the symbols values: in the input shapes and in builder arguments that name a symbol (`h=H`)."""
+    inputs = bind_inputs(request.inputs, values)
+    kwargs = tuple(
+        (k, values[v] if isinstance(v, str) and v in values else v) for k, v in request.builder_kwargs
+    )
+    return replace(request, inputs=inputs, builder_kwargs=kwargs)
+
+
+def budget_of(gpu: GpuSpec, headroom: Headroom | None) -> int:
+    budget = gpu.bytes - (headroom or Headroom()).of(gpu.bytes)
+    if budget <= 0:
+        raise MemtraceError(f"the headroom leaves nothing of {gpu.name}'s memory")
+    return budget
+
+
+@dataclass
+class Probe:
+    """Simulations made so far for one symbol, by value."""
+
+    request: Request
+    symbol: str
+    peaks: dict[int, int] = field(default_factory=dict)
+    results: dict[int, Result] = field(default_factory=dict)
+
+    def peak(self, value: int) -> int:
+        if value not in self.peaks:
+            res = run(bind(self.request, {self.symbol: value}))
+            self.peaks[value], self.results[value] = res.peak_bytes, res
+        return self.peaks[value]
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    change: str
+    flags: str
+    max_value: int
+    peak_bytes: int
+
+
+@dataclass(frozen=True)
+class FitResult:
+    symbol: str
+    max_value: int  # the largest value whose peak fits the budget; 0 when none
+    peak_bytes: int  # at max_value (at 1 when none fits)
+    next_peak_bytes: int  # at max_value + 1
+    budget_bytes: int
+    simulations: int
+    probes: tuple[tuple[int, int], ...]
+    suggestions: tuple[Suggestion, ...] = ()
+    capped: bool = False  # the peak stopped growing: max_value is the search cap, not a boundary
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "max_value": self.max_value,
+            "peak_bytes": self.peak_bytes,
+            "next_peak_bytes": self.next_peak_bytes,
+            "budget_bytes": self.budget_bytes,
+            "simulations": self.simulations,
+            "probes": [{"value": v, "peak_bytes": p} for v, p in self.probes],
+            "capped": self.capped,
+            "suggestions": [vars(s) for s in self.suggestions],
+        }
+
+
+def the_symbol(request: Request) -> str:
+    symbols = input_symbols(request.inputs)
+    if not symbols:
+        raise MemtraceError("no symbol in --input: write the dimension to fit as a letter, e.g. Bx3x224x224")
+    if len(symbols) > 1:
+        raise MemtraceError(
+            f"fit takes one symbol, --input has {', '.join(symbols)}: give the others numbers"
+        )
+    return symbols[0]
+
+
+def boundary(probe: Probe, budget: int, limit: int = MAX_VALUE) -> tuple[int, bool]:
+    """The largest value in [1, limit] whose peak fits (0 if none; True if it hit the limit).
+
+    Peaks grow about affinely with a batch size: a line through probed peaks predicts the boundary, the
+    prediction is probed, and a value that fits next to one that does not ends the search. When the line
+    only creeps along the bracket's edge, bisection takes over.
+    """
+    if probe.peak(1) > budget:
+        return 0, False
+    probe.peak(2 if limit >= 2 else 1)
+    creep = 0  # probes in a row that only moved the bracket by one
+    while True:
+        lo = max(v for v, p in probe.peaks.items() if p <= budget)
+        hi = min((v for v, p in probe.peaks.items() if p > budget), default=limit + 1)
+        if hi - lo <= 1 or lo >= limit:
+            return min(lo, limit), hi > limit
+        guess = min(max(_line_guess(probe, lo, hi, budget, limit), lo + 1), hi - 1)
+        if creep >= 2:
+            guess = (lo + hi) // 2
+        fits = probe.peak(guess) <= budget
+        creep = (
+            creep + 1 if (fits and guess == lo + 1 and hi - lo > 2) or (not fits and guess == hi - 1) else 0
+        )
+
+
+def _line_guess(probe: Probe, lo: int, hi: int, budget: int, limit: int) -> int:
+    """Where the line through the bracket's ends (or the two largest values that fit) crosses the budget."""
+    if hi <= limit:
+        a, b = lo, hi
+    else:
+        fitting = sorted(v for v, p in probe.peaks.items() if p <= budget)
+        a, b = (fitting[-2], fitting[-1]) if len(fitting) > 1 else (lo, lo)
+    slope = (probe.peak(b) - probe.peak(a)) / (b - a) if b != a else 0.0
+    if slope <= 0:
+        return min(limit, lo * 4)
+    return a + int((budget - probe.peak(a)) // slope)
+
+
+def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, suggest: bool = True) -> FitResult:
+    symbol = the_symbol(request)
+    budget = budget_of(gpu, headroom)
+    probe = Probe(request, symbol)
+    best, capped = boundary(probe, budget)
+    suggestions = tuple(_suggest(request, gpu, headroom)) if best == 0 and suggest else ()
+    at = max(best, 1)
+    nxt = probe.peak(best + 1) if not capped else probe.peak(at)
+    return FitResult(symbol, best, probe.peak(at), nxt, budget, len(probe.peaks),
+                     tuple(sorted(probe.peaks.items())), suggestions, capped)  # fmt: skip
+
+
+def _suggest(request: Request, gpu: GpuSpec, headroom: Headroom | None) -> Iterator[Suggestion]:
+    """Each single change that makes the smallest batch fit, with the batch it then allows."""
+    from memtrace.tracer.whatif import top_level_blocks
+
+    def recipe(**kw: Any) -> Callable[[Request], Request]:
+        return lambda r: replace(r, config=replace(r.config, recipe=replace(r.config.recipe, **kw)))
+
+    changes: list[tuple[str, str, Callable[[Request], Request]]] = [
+        ("bf16 autocast", "--amp bf16", recipe(amp="bf16")),
+        ("SGD with momentum", "--optimizer sgd:momentum=0.9", _sgd),
+        ("half resolution", "halve the last two input dimensions", _half_resolution),
+    ]  # fmt: skip
+    try:
+        from memtrace.tracer.simulate import build
+
+        blocks = top_level_blocks(build(request.builder, dict(request.builder_kwargs)).model)
+        if blocks:
+            changes.insert(1, ("checkpoint blocks", " ".join(f"--checkpoint {b}" for b in blocks),
+                               recipe(checkpoint=tuple(blocks))))  # fmt: skip
+    except MemtraceError:
+        pass
+    for change, flags, make in changes:
+        try:
+            res = fit(make(request), gpu, headroom, suggest=False)
+        except MemtraceError:
+            continue
+        if res.max_value > 0:
+            yield Suggestion(change, flags, res.max_value, res.peak_bytes)
+
+
+def _sgd(request: Request) -> Request:
+    return replace(
+        request, config=replace(request.config, optimizer=OptimizerSpec("sgd", (("momentum", 0.9),)))
+    )
+
+
+_SIZE_ARGS = ("h", "w", "height", "width", "size", "image_size", "img_size", "resolution")
+
+
+def _half_resolution(request: Request) -> Request:
+    inputs = tuple(
+        InputSpec((*s.shape[:-2], *(_half(d) for d in s.shape[-2:])), s.dtype) if len(s.shape) >= 3 else s
+        for s in request.inputs
+    )
+    kwargs = tuple(
+        (k, _half(v) if k in _SIZE_ARGS and isinstance(v, int) else v) for k, v in request.builder_kwargs
+    )
+    return replace(request, inputs=inputs, builder_kwargs=kwargs)
+
+
+def _half(d: int | str) -> int | str:
+    return max(1, d // 2) if isinstance(d, int) else d
+
+
+@dataclass(frozen=True)
+class Plan:
+    micro_batch: int
+    steps: int
+    effective_batch: int
+    peak_bytes: int
+
+
+def plan_accumulation(request: Request, gpu: GpuSpec, headroom: Headroom | None, target: int,
+                      fitted: FitResult) -> Plan:  # fmt: skip
+    """Fewest accumulation steps reaching an effective batch >= target, each verified by simulation."""
+    if target < 1:
+        raise MemtraceError("--target-batch must be at least 1")
+    if fitted.max_value == 0:
+        raise MemtraceError("even a batch of 1 does not fit: no accumulation plan can help")
+    budget = budget_of(gpu, headroom)
+    steps = math.ceil(target / fitted.max_value)
+    while steps <= target:
+        micro = math.ceil(target / steps)
+        req = replace(
+            request, config=replace(request.config, recipe=replace(request.config.recipe, accumulate=steps))
+        )
+        peak = run(bind(req, {fitted.symbol: micro})).peak_bytes
+        if peak <= budget:
+            return Plan(micro, steps, micro * steps, peak)
+        steps += 1
+    raise MemtraceError(f"no accumulation plan reaches a batch of {target}")
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    values: dict[str, int]
+    input_bytes: int
+    model_state_bytes: int  # parameters, buffers, gradients and optimizer state of the step
+    activation_bytes: int  # everything saved for backward in the step
+    peak_bytes: int
+    fits: dict[str, bool]
+    error: str = ""
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}
+
+
+def parse_sets(sets: list[tuple[str, list[tuple[int, ...]]]]) -> list[list[dict[str, int]]]:
+    """`HxW=144x256,540x960` -> one axis of bindings [{H: 144, W: 256}, {H: 540, W: 960}]."""
+    axes = []
+    seen: set[str] = set()
+    for names, values in sets:
+        keys = names.split("x")
+        for k in keys:
+            if k in seen:
+                raise MemtraceError(f"--set gives {k} twice")
+            seen.add(k)
+        axes.append([dict(zip(keys, v, strict=True)) for v in values])
+    return axes
+
+
+def sweep(request: Request, axes: list[list[dict[str, int]]], gpus: list[GpuSpec], headroom: Headroom | None,
+          progress: Callable[[], None] = lambda: None) -> list[SweepRow]:  # fmt: skip
+    missing = set(input_symbols(request.inputs)) - {k for axis in axes for k in axis[0]}
+    if missing:
+        raise MemtraceError(f"--input symbol {sorted(missing)[0]} has no --set")
+    rows = []
+    for combo in itertools.product(*axes):
+        values = {k: v for part in combo for k, v in part.items()}
+        rows.append(_sweep_row(bind(request, values), values, gpus, headroom))
+        progress()
+    return rows
+
+
+def _sweep_row(
+    req: Request, values: dict[str, int], gpus: list[GpuSpec], headroom: Headroom | None
+) -> SweepRow:
+    input_bytes = sum(math.prod(int(d) for d in s.shape) * _DTYPE_BYTES[s.dtype] for s in req.inputs)
+    try:
+        res = run(req)
+    except MemtraceError as exc:
+        return SweepRow(values, input_bytes, 0, 0, 0, {}, exc.one_line())
+    cat = res.totals
+    states = sum(cat.get(c, 0) for c in (Category.PARAMETER, Category.BUFFER, Category.GRADIENT,
+                                         Category.OPTIMIZER_STATE))  # fmt: skip
+    fits = {g.name: res.peak_bytes <= budget_of(g, headroom) for g in gpus}
+    return SweepRow(values, input_bytes, states, cat.get(Category.ACTIVATION, 0), res.peak_bytes, fits)
