@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_request
 
@@ -30,17 +32,29 @@ from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_requ
     is_flag=True,
     help="Also simulate each single change (autocast, checkpointing, accumulation, SGD) and tabulate.",
 )
+@click.option("--layers", "show_layers", is_flag=True, help="Print the per-layer table.")
+@click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True, help="Layer table depth.")
+@click.option(
+    "--sort",
+    type=click.Choice(["memory", "params", "flops"]),
+    default=None,
+    help="Sort the layer table (default: model order).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON result to this file.")  # fmt: skip
-def trace(what_if: bool, as_json: bool, output: Path | None, **options: Any) -> None:
+def trace(what_if: bool, show_layers: bool, depth: int, sort: str | None, as_json: bool, output: Path | None,
+          **options: Any) -> None:  # fmt: skip
     """Simulate a step of MODEL (FILE.py:FUNC or package.module:FUNC) on the meta device."""
-    from memtrace.tracer.report import render, what_if_table
+    from memtrace.tracer.layers import at_depth, sort_rows, totals
+    from memtrace.tracer.report import layers_table, render, what_if_table
     from memtrace.tracer.simulate import run
 
     request = make_request(**options)
     result = run(request)
     data = result.to_json()
+    layer_rows = sort_rows(at_depth(result.modules, depth), sort)
+    data["layers"] = [asdict(r) for r in layer_rows]
     rows = []
     if what_if:
         from memtrace.tracer.whatif import what_if as compute
@@ -54,6 +68,9 @@ def trace(what_if: bool, as_json: bool, output: Path | None, **options: Any) -> 
         return
     console = Console() if Console().is_terminal else Console(width=120)
     render(result, console)
+    if show_layers:
+        console.print(Text())
+        console.print(layers_table(layer_rows, totals(layer_rows), depth))
     if what_if:
         console.print(what_if_table(result, rows))
 

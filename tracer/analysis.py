@@ -123,13 +123,25 @@ def phase_peaks(trace: Trace, iteration: int, rounding: Rounding = exact) -> tup
     return tuple(rows)
 
 
-def category_totals(trace: Trace, iteration: int, rounding: Rounding = exact) -> dict[Category, int]:
-    """Bytes of every storage of each category that was live at some point of the iteration."""
-    seen: set[int] = set(trace.baseline)
+def storages_in(trace: Trace, iteration: int) -> set[int]:
+    """Every storage live at some point of the iteration: those live as it starts, and those it allocates."""
+    live = set(trace.baseline)
+    seen: set[int] = set()
     for ev in trace.events:
+        if ev.iteration == iteration and not seen:
+            seen = set(live)
         if ev.iteration == iteration:
             seen.add(ev.storage)
-    return by_category((trace.storages[s] for s in seen), rounding)
+        elif ev.kind is Kind.ALLOC:
+            live.add(ev.storage)
+        else:
+            live.discard(ev.storage)
+    return seen or live
+
+
+def category_totals(trace: Trace, iteration: int, rounding: Rounding = exact) -> dict[Category, int]:
+    """Bytes of every storage of each category that was live at some point of the iteration."""
+    return by_category((trace.storages[s] for s in storages_in(trace, iteration)), rounding)
 
 
 def layers_at_peak(

@@ -71,6 +71,8 @@ class Recorder:
         self.node_module: dict[int, str] = {}
         self.owners: dict[int, str] = {}
         self.flops = 0
+        self.module_flops: dict[tuple[int, str], int] = {}
+        self.output_shapes: dict[str, tuple[int, ...]] = {}
         self.fx_node = ""
         self.recompute_depth = 0
         self.autograd_fx: dict[int, str] = {}
@@ -179,7 +181,11 @@ class Recorder:
     # --- the op ---------------------------------------------------------------------------------
     def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
         name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
-        self.flops += count_flops(func, args, kwargs, out)
+        flops = count_flops(func, args, kwargs, out)
+        if flops:
+            self.flops += flops
+            key = (self.iteration, self.current_module())
+            self.module_flops[key] = self.module_flops.get(key, 0) + flops
         work = self.device.workspace(func, args, kwargs, out)
         if work is None:
             self._track_outputs(out, name, None)
@@ -230,7 +236,7 @@ class Recorder:
                     self.mark_tensor(v, Category.OPTIMIZER_STATE, self.owners.get(id(param), ""))
 
     # --- results --------------------------------------------------------------------------------
-    def trace(self, iterations: int, flops: int = 0) -> Trace:
+    def trace(self, iterations: int) -> Trace:
         self.sweep()
         storages = {
             sid: StorageInfo(
@@ -247,7 +253,17 @@ class Recorder:
             )
             for sid, m in self.meta.items()
         }
-        return Trace(tuple(self.events), storages, tuple(self.baseline), iterations, flops)
+        last = iterations - 1
+        module_flops = {m: f for (it, m), f in self.module_flops.items() if it == last}
+        return Trace(
+            tuple(self.events),
+            storages,
+            tuple(self.baseline),
+            iterations,
+            sum(module_flops.values()),
+            module_flops,
+            dict(self.output_shapes),
+        )
 
 
 def count_flops(func: Any, args: Any, kwargs: Any, out: Any) -> int:
@@ -316,6 +332,9 @@ def _post_hook(rec: Recorder, name: str) -> Any:
             rec.phase = Phase.BACKWARD
         if len(rec.module_stack) > 1:
             rec.module_stack.pop()
+        if rec.phase is Phase.FORWARD and name not in rec.output_shapes:
+            first = next((t for t in tree_leaves(out) if isinstance(t, torch.Tensor)), None)
+            rec.output_shapes[name] = tuple(first.shape) if first is not None else ()
         if rec.phase is Phase.FORWARD and torch.is_grad_enabled():
             claim(rec.node_module, out, name)
 

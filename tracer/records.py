@@ -76,7 +76,9 @@ class Trace:
     storages: dict[int, StorageInfo]
     baseline: tuple[int, ...]
     iterations: int
-    flops: int = 0  # per iteration: forward, backward and recompute, as torch.utils.flop_counter counts
+    flops: int = 0  # the steady-state iteration's: forward, backward and recompute (2 per multiply-add)
+    module_flops: dict[str, int] = field(default_factory=dict)
+    output_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,21 @@ class TensorRow:
     dtype: str
     op: str
     module: str
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    type: str
+    depth: int
+    output_shape: tuple[int, ...]
+    parameters: int
+    parameter_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int  # saved for backward in the steady-state forward (and recompute)
+    peak_bytes: int  # live at the peak
+    flops: int
 
 
 @dataclass(frozen=True)
@@ -174,6 +191,7 @@ class Result:
     recipe: str = "fp32"
     accumulate: int = 1
     flops: int = 0
+    modules: tuple[LayerRow, ...] = ()  # each module's own figures; roll up with layers.at_depth
 
     @property
     def peak_bytes(self) -> int:
@@ -208,6 +226,7 @@ class Result:
                 "accumulate": self.accumulate,
                 "effective_batch": self.effective_batch,
                 "flops": self.flops,
+                "modules": [asdict(m) for m in self.modules],
             }
         )
         return data
@@ -237,6 +256,7 @@ class Result:
             recipe=data.get("recipe", "fp32"),
             accumulate=data.get("accumulate", 1),
             flops=data.get("flops", 0),
+            modules=tuple(_row_from(m) for m in data.get("modules", ())),
         )
 
 
@@ -244,6 +264,10 @@ def _tensor_from(d: dict[str, Any]) -> TensorRow:
     return TensorRow(
         d["nbytes"], Category(d["category"]), tuple(d["shape"]), d["dtype"], d["op"], d["module"]
     )
+
+
+def _row_from(d: dict[str, Any]) -> LayerRow:
+    return LayerRow(**{**d, "output_shape": tuple(d["output_shape"])})
 
 
 def _layer_from(d: dict[str, Any]) -> LayerShare:

@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from memtrace.tracer.records import Category, Result
+from memtrace.tracer.records import Category, LayerRow, Result
 from memtrace.tracer.specs import human_bytes, short_bytes
 
 if TYPE_CHECKING:
@@ -200,4 +200,41 @@ def what_if_table(result: Result, rows: Sequence[WhatIfRow]) -> Table:
             f"{row.flops_ratio:.2f}",
             row.flags,
         )
+    return table
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) if shape else "-"
+
+
+def _flops(n: int) -> str:
+    for unit, size in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+def layers_table(rows: Sequence[LayerRow], total: LayerRow, depth: int) -> Table:
+    """The per-layer table; its totals line equals the summary's figures."""
+    table = Table(title=f"Layers (depth {depth})", title_justify="left", show_edge=False, show_footer=True)
+    cols = (
+        "layer",
+        "type",
+        "output",
+        "params",
+        "param bytes",
+        "grad + optim",
+        "saved acts",
+        "at peak",
+        "FLOPs",
+    )
+    foot = ("total", "", "", f"{total.parameters:,}", short_bytes(total.parameter_bytes),
+            short_bytes(total.gradient_bytes + total.optimizer_bytes), short_bytes(total.activation_bytes),
+            short_bytes(total.peak_bytes), _flops(total.flops))  # fmt: skip
+    for col, f in zip(cols, foot, strict=True):
+        table.add_column(col, footer=f, justify="left" if col in ("layer", "type", "output") else "right")
+    for r in rows:
+        table.add_row("  " * max(r.depth - 1, 0) + r.name, r.type, _shape(r.output_shape), f"{r.parameters:,}",
+                      short_bytes(r.parameter_bytes), short_bytes(r.gradient_bytes + r.optimizer_bytes),
+                      short_bytes(r.activation_bytes), short_bytes(r.peak_bytes), _flops(r.flops))  # fmt: skip
     return table

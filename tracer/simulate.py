@@ -12,6 +12,7 @@ from torch import nn
 from memtrace.tracer import analysis
 from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.errors import MemtraceError, first_line
+from memtrace.tracer.layers import ModuleFacts, module_rows
 from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs
 from memtrace.tracer.program import StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, meta_autocast
@@ -62,7 +63,7 @@ def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config
         raise
     except Exception as exc:
         raise MemtraceError(_failure(rec, model, exc)) from exc
-    return rec.trace(config.iterations, rec.flops // config.iterations)
+    return rec.trace(config.iterations)
 
 
 def plan_for(config: Config) -> StepPlan:
@@ -113,6 +114,7 @@ def analyse(
         recipe=config.recipe.text(),
         accumulate=config.recipe.accumulate,
         flops=trace.flops,
+        modules=module_rows(trace, peak, _facts(model), last),
         inputs=tuple(inputs),
         peak=peak,
         phases=analysis.phase_peaks(trace, last, rounding),
@@ -122,6 +124,13 @@ def analyse(
         verdict=verdict,
         notes=(f"model built on meta via the {built_path} path",) if built_path != "meta" else (),
     )
+
+
+def _facts(model: nn.Module) -> list[ModuleFacts]:
+    return [
+        ModuleFacts(name, type(m).__name__, sum(p.numel() for p in m.parameters(recurse=False)))
+        for name, m in model.named_modules()
+    ]
 
 
 def _model_info(model: nn.Module, built_path: str) -> ModelInfo:

@@ -1,0 +1,125 @@
+"""The per-layer table: each module's own figures from the trace, rolled up to a depth. Pure: no torch.
+
+Every storage of the step lands in exactly one row: its module's (parameters, their gradients and optimizer
+state belong to the module that holds the parameter; activations and temporaries to the module whose op made
+them), the root's row `(model)` for what runs outside any submodule, and `(inputs)`. So the columns sum to
+the summary's totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from memtrace.tracer.analysis import live_at, storages_in
+from memtrace.tracer.records import Category, LayerRow, Peak, Phase, Trace
+
+INPUTS = "(inputs)"
+ROOT = "(model)"
+
+
+@dataclass(frozen=True)
+class ModuleFacts:
+    """What only torch can tell: a module's type and how many parameters it holds itself."""
+
+    name: str
+    type: str
+    parameters: int
+
+
+def _depth(name: str) -> int:
+    return 0 if name in ("", ROOT, INPUTS) else name.count(".") + 1
+
+
+def module_rows(
+    trace: Trace, peak: Peak, facts: Sequence[ModuleFacts], iteration: int
+) -> tuple[LayerRow, ...]:
+    """Each module's own figures (not its children's)."""
+    rows = {f.name: _empty(f) for f in facts}
+    rows[INPUTS] = _empty(ModuleFacts(INPUTS, "", 0))
+    index = next((i for i, e in enumerate(trace.events) if e.seq == peak.seq), None)
+    at_peak = live_at(trace, index) if index is not None else set(trace.baseline)
+    for sid in storages_in(trace, iteration):
+        info = trace.storages[sid]
+        key = INPUTS if info.category is Category.INPUT else info.module
+        key = key if key in rows else ""
+        row = rows[key]
+        add = {
+            Category.PARAMETER: "parameter_bytes",
+            Category.BUFFER: "parameter_bytes",
+            Category.GRADIENT: "gradient_bytes",
+            Category.OPTIMIZER_STATE: "optimizer_bytes",
+        }.get(info.category)
+        if add is not None:
+            row = replace(row, **{add: getattr(row, add) + info.nbytes})
+        elif info.category is Category.ACTIVATION and info.phase in (Phase.FORWARD, Phase.RECOMPUTE):
+            row = replace(row, activation_bytes=row.activation_bytes + info.nbytes)
+        if sid in at_peak:
+            row = replace(row, peak_bytes=row.peak_bytes + info.nbytes)
+        rows[key] = row
+    for name, flops in trace.module_flops.items():
+        if name in rows:
+            rows[name] = replace(rows[name], flops=rows[name].flops + flops)
+    for name, shape in trace.output_shapes.items():
+        if name in rows:
+            rows[name] = replace(rows[name], output_shape=shape)
+    return tuple(rows.values())
+
+
+def _empty(f: ModuleFacts) -> LayerRow:
+    return LayerRow(f.name, f.type, _depth(f.name), (), f.parameters, 0, 0, 0, 0, 0, 0)
+
+
+def at_depth(rows: Iterable[LayerRow], depth: int) -> tuple[LayerRow, ...]:
+    """Roll each module's figures up into its ancestor at `depth`; the root's own go to `(model)`."""
+    own = list(rows)
+    by_name = {r.name: r for r in own}
+    out: dict[str, LayerRow] = {}
+    for r in own:
+        if r.name == INPUTS:
+            target = INPUTS
+        elif r.name == "":
+            target = ROOT
+        else:
+            target = _ancestor(r.name, depth)
+        if target not in out:
+            template = by_name.get("" if target == ROOT else target, r)
+            out[target] = replace(template, name=target, depth=_depth(target), **_zero())
+        out[target] = _plus(out[target], r)
+    return tuple(out.values())
+
+
+def _ancestor(name: str, depth: int) -> str:
+    return ".".join(name.split(".")[:depth])
+
+
+def _zero() -> dict[str, int]:
+    fields = ("parameters", "parameter_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes",
+              "peak_bytes", "flops")  # fmt: skip
+    return dict.fromkeys(fields, 0)
+
+
+def _plus(a: LayerRow, b: LayerRow) -> LayerRow:
+    return replace(a, **{k: getattr(a, k) + getattr(b, k) for k in _zero()})
+
+
+def totals(rows: Iterable[LayerRow]) -> LayerRow:
+    total = LayerRow("total", "", 0, (), 0, 0, 0, 0, 0, 0, 0)
+    for r in rows:
+        total = _plus(total, r)
+    return total
+
+
+SORT_KEYS = {
+    "memory": lambda r: -r.peak_bytes,
+    "params": lambda r: -r.parameters,
+    "flops": lambda r: -r.flops,
+}
+
+
+def sort_rows(rows: Sequence[LayerRow], key: str | None) -> list[LayerRow]:
+    if key is None:
+        return list(rows)
+    if key not in SORT_KEYS:
+        raise ValueError(f"unknown sort key {key!r} (memory, params, flops)")
+    return sorted(rows, key=SORT_KEYS[key])
