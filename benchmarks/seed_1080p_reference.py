@@ -44,7 +44,8 @@ def main() -> None:
     t2 = time.perf_counter()
     err = (result.peak_bytes - ref.peak) / ref.peak
     print(
-        f"seed CNN {spec} {opts.optimizer}: predicted {result.peak_bytes:,} ({human_bytes(result.peak_bytes)}) "
+        f"seed CNN {spec} {opts.optimizer}: predicted {result.peak_bytes:,} "
+        f"({human_bytes(result.peak_bytes)}) "
         f"in {t1 - t0:.1f}s; CPU allocator {ref.peak:,} ({human_bytes(ref.peak)}) in {t2 - t1:.1f}s; "
         f"error {100 * err:+.4f}%"
     )

@@ -31,7 +31,7 @@ from memtrace.tracer.specs import Headroom, human_bytes
     default=None,
     help="Recommend micro-batch x accumulation steps reaching at least this effective batch.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def fit(gpu: GpuSpec, headroom: Headroom, target_batch: int | None, as_json: bool, **options: Any) -> None:
     """Find the largest value of the --input symbol (e.g. B) whose predicted peak fits the GPU."""
     from memtrace.tracer.fit import fit as compute
@@ -60,13 +60,13 @@ def _print(result: Any, plan: Any, gpu: GpuSpec, target: int | None) -> None:
         if not result.suggestions:
             out("  no single change (bf16 autocast, checkpointing, SGD, half resolution) makes it fit")
     elif result.capped:
-        out(
-            f"[bold green]{sym}={result.max_value}[/] fits (the search cap: the peak stops growing with {sym})"
-        )
+        out(f"[bold green]{sym}={result.max_value}[/] fits (the search cap: the peak stops growing)")
     else:
         out(f"[bold green]{sym}={result.max_value}[/] fits: peak {human_bytes(result.peak_bytes)}")
         out(f"  {sym}={result.max_value + 1} does not: peak {human_bytes(result.next_peak_bytes)}")
     out(f"{result.simulations} simulations: " + ", ".join(f"{sym}={v}" for v, _ in result.probes))
     if plan is not None:
-        out(f"target batch {target}: micro-batch {plan.micro_batch} x {plan.steps} accumulation steps "
-            f"= {plan.effective_batch}, peak {human_bytes(plan.peak_bytes)}")  # fmt: skip
+        out(
+            f"target batch {target}: micro-batch {plan.micro_batch} x {plan.steps} accumulation steps "
+            f"= {plan.effective_batch}, peak {human_bytes(plan.peak_bytes)}"
+        )

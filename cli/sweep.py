@@ -50,8 +50,13 @@ class SetType(click.ParamType):  # type: ignore[type-arg]
 )
 @click.option("--gpu", "gpus", multiple=True, type=GpuType(), help="Verdict against this GPU; repeatable.")
 @click.option("--headroom", type=HeadroomType(), default="auto", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table",
-              show_default=True)  # fmt: skip
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "markdown"]),
+    default="table",
+    show_default=True,
+)
 def sweep(
     sets: tuple[Any, ...], gpus: tuple[GpuSpec, ...], headroom: Headroom, fmt: str, **options: Any
 ) -> None:
@@ -88,11 +93,19 @@ def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(keys + ["input_bytes", "model_state_bytes", "activation_bytes", "peak_bytes"]
-                        + [f"fits_{g.name}" for g in gpus] + ["error"])  # fmt: skip
+        writer.writerow(
+            keys
+            + ["input_bytes", "model_state_bytes", "activation_bytes", "peak_bytes"]
+            + [f"fits_{g.name}" for g in gpus]
+            + ["error"]
+        )
         for r in rows:
-            writer.writerow([r.values[k] for k in keys] + [r.input_bytes, r.model_state_bytes, r.activation_bytes,
-                            r.peak_bytes] + [r.fits.get(g.name, "") for g in gpus] + [r.error])  # fmt: skip
+            writer.writerow(
+                [r.values[k] for k in keys]
+                + [r.input_bytes, r.model_state_bytes, r.activation_bytes, r.peak_bytes]
+                + [r.fits.get(g.name, "") for g in gpus]
+                + [r.error]
+            )
         return buf.getvalue()
     body = [[str(r.values[k]) for k in keys] + _cells(r, gpus) for r in rows]
     if fmt == "markdown":

@@ -32,6 +32,7 @@ from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_requ
     is_flag=True,
     help="Also simulate each single change (autocast, checkpointing, accumulation, SGD) and tabulate.",
 )
+@click.option("--diagnose", is_flag=True, help="What dominates and what would help, each fix re-simulated.")
 @click.option("--layers", "show_layers", is_flag=True, help="Print the per-layer table.")
 @click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True, help="Layer table depth.")
 @click.option(
@@ -41,13 +42,25 @@ from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_requ
     help="Sort the layer table (default: model order).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the JSON result to this file.")  # fmt: skip
-def trace(what_if: bool, show_layers: bool, depth: int, sort: str | None, as_json: bool, output: Path | None,
-          **options: Any) -> None:  # fmt: skip
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the JSON result to this file.",
+)
+def trace(
+    diagnose: bool,
+    what_if: bool,
+    show_layers: bool,
+    depth: int,
+    sort: str | None,
+    as_json: bool,
+    output: Path | None,
+    **options: Any,
+) -> None:
     """Simulate a step of MODEL (FILE.py:FUNC or package.module:FUNC) on the meta device."""
     from memtrace.tracer.layers import at_depth, sort_rows, totals
-    from memtrace.tracer.report import layers_table, render, what_if_table
+    from memtrace.tracer.report import diagnosis_view, layers_table, render, what_if_table
     from memtrace.tracer.simulate import run
 
     request = make_request(**options)
@@ -55,7 +68,13 @@ def trace(what_if: bool, show_layers: bool, depth: int, sort: str | None, as_jso
     data = result.to_json()
     layer_rows = sort_rows(at_depth(result.modules, depth), sort)
     data["layers"] = [asdict(r) for r in layer_rows]
-    rows = []
+    diag = None
+    if diagnose:
+        from memtrace.tracer.diagnosis import diagnose as compute_diagnosis
+
+        diag = compute_diagnosis(request, result)
+        data["diagnosis"] = diag.to_json()
+    rows: list[Any] = []
     if what_if:
         from memtrace.tracer.whatif import what_if as compute
 
@@ -71,6 +90,8 @@ def trace(what_if: bool, show_layers: bool, depth: int, sort: str | None, as_jso
     if show_layers:
         console.print(Text())
         console.print(layers_table(layer_rows, totals(layer_rows), depth))
+    if diag is not None:
+        console.print(diagnosis_view(result, diag))
     if what_if:
         console.print(what_if_table(result, rows))
 

@@ -68,13 +68,15 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_seed_cnn_1080p_names_fc1_and_gives_a_verdict(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, SEED, "--arg", "h=1080", "--arg", "w=1920", "--input", "1x3x1080x1920",
-                         "--gpu", "rtx4070")  # fmt: skip
+    code, out, err = run(
+        capsys, SEED, "--arg", "h=1080", "--arg", "w=1920", "--input", "1x3x1080x1920", "--gpu", "rtx4070"
+    )
     assert code == 0, err
     assert "Dominant: fc1 (Linear)" in out
     assert "fit on rtx4070" in out.lower() or "fits on rtx4070" in out.lower()
-    code, out, err = run(capsys, SEED, "--arg", "h=1080", "--arg", "w=1920", "--input", "1x3x1080x1920",
-                         "--gpu", "8GiB")  # fmt: skip
+    code, out, err = run(
+        capsys, SEED, "--arg", "h=1080", "--arg", "w=1920", "--input", "1x3x1080x1920", "--gpu", "8GiB"
+    )
     assert code == 0 and "Does not fit on 8GiB" in out
 
 

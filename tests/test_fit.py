@@ -53,8 +53,22 @@ def test_seed_cnn_low_resolution_batch_above_256(capsys: pytest.CaptureFixture[s
 
 def test_seed_cnn_1080p_batch_1_does_not_fit_and_a_change_does(capsys: pytest.CaptureFixture[str]) -> None:
     # Single-tensor Adam (two full-size temporaries per step) needs 12.7 GB at batch 1: over a 12 GiB budget.
-    code, out, err = run(capsys, "fit", SEED, "--arg", "h=1080", "--arg", "w=1920", "--input", "Bx3x1080x1920",
-                         "--gpu", "rtx4070", "--optimizer", "adam:foreach=false", "--json")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "fit",
+        SEED,
+        "--arg",
+        "h=1080",
+        "--arg",
+        "w=1920",
+        "--input",
+        "Bx3x1080x1920",
+        "--gpu",
+        "rtx4070",
+        "--optimizer",
+        "adam:foreach=false",
+        "--json",
+    )
     assert code == 0, err
     data = json.loads(out)
     assert data["max_value"] == 0 and data["peak_bytes"] > data["budget_bytes"]
@@ -64,8 +78,20 @@ def test_seed_cnn_1080p_batch_1_does_not_fit_and_a_change_does(capsys: pytest.Ca
 
 
 def test_target_batch_plan_is_verified(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "fit", SEED, "--input", "Bx3x144x256", "--gpu", "2GB", "--headroom", "0",
-                         "--target-batch", "1000", "--json")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "fit",
+        SEED,
+        "--input",
+        "Bx3x144x256",
+        "--gpu",
+        "2GB",
+        "--headroom",
+        "0",
+        "--target-batch",
+        "1000",
+        "--json",
+    )
     assert code == 0, err
     data = json.loads(out)
     plan = data["target_batch"]
@@ -89,14 +115,31 @@ def test_fit_on_cpu_agrees_with_real_cpu_runs() -> None:
 
 
 def test_sweep_table_and_formats(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["sweep", SEED, "--arg", "h=H", "--arg", "w=W", "--input", "Bx3xHxW", "--set", "B=1,4",
-            "--set", "HxW=144x256,288x512", "--gpu", "rtx4070"]  # fmt: skip
+    args = [
+        "sweep",
+        SEED,
+        "--arg",
+        "h=H",
+        "--arg",
+        "w=W",
+        "--input",
+        "Bx3xHxW",
+        "--set",
+        "B=1,4",
+        "--set",
+        "HxW=144x256,288x512",
+        "--gpu",
+        "rtx4070",
+    ]
     code, out, err = run(capsys, *args, "--format", "json")
     assert code == 0, err
     rows = json.loads(out)
     assert len(rows) == 4 and {tuple(r["values"].values()) for r in rows} == {
-        (1, 144, 256), (1, 288, 512), (4, 144, 256), (4, 288, 512)
-    }  # fmt: skip
+        (1, 144, 256),
+        (1, 288, 512),
+        (4, 144, 256),
+        (4, 288, 512),
+    }
     by = {tuple(r["values"].values()): r for r in rows}
     assert by[(4, 144, 256)]["peak_bytes"] > by[(1, 144, 256)]["peak_bytes"]
     assert by[(4, 144, 256)]["input_bytes"] == 4 * 3 * 144 * 256 * 4
@@ -122,7 +165,7 @@ BAD = [
 
 @pytest.mark.parametrize("argv,needle", BAD, ids=[b[1] for b in BAD])
 def test_bad_fit_and_sweep_input(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
-    code, out, err = run(capsys, *argv)
+    code, _, err = run(capsys, *argv)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
 

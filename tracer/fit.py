@@ -142,8 +142,17 @@ def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, sugges
     suggestions = tuple(_suggest(request, gpu, headroom)) if best == 0 and suggest else ()
     at = max(best, 1)
     nxt = probe.peak(best + 1) if not capped else probe.peak(at)
-    return FitResult(symbol, best, probe.peak(at), nxt, budget, len(probe.peaks),
-                     tuple(sorted(probe.peaks.items())), suggestions, capped)  # fmt: skip
+    return FitResult(
+        symbol,
+        best,
+        probe.peak(at),
+        nxt,
+        budget,
+        len(probe.peaks),
+        tuple(sorted(probe.peaks.items())),
+        suggestions,
+        capped,
+    )
 
 
 def _suggest(request: Request, gpu: GpuSpec, headroom: Headroom | None) -> Iterator[Suggestion]:
@@ -157,14 +166,20 @@ def _suggest(request: Request, gpu: GpuSpec, headroom: Headroom | None) -> Itera
         ("bf16 autocast", "--amp bf16", recipe(amp="bf16")),
         ("SGD with momentum", "--optimizer sgd:momentum=0.9", _sgd),
         ("half resolution", "halve the last two input dimensions", _half_resolution),
-    ]  # fmt: skip
+    ]
     try:
         from memtrace.tracer.simulate import build
 
         blocks = top_level_blocks(build(request.builder, dict(request.builder_kwargs)).model)
         if blocks:
-            changes.insert(1, ("checkpoint blocks", " ".join(f"--checkpoint {b}" for b in blocks),
-                               recipe(checkpoint=tuple(blocks))))  # fmt: skip
+            changes.insert(
+                1,
+                (
+                    "checkpoint blocks",
+                    " ".join(f"--checkpoint {b}" for b in blocks),
+                    recipe(checkpoint=tuple(blocks)),
+                ),
+            )
     except MemtraceError:
         pass
     for change, flags, make in changes:
@@ -208,8 +223,9 @@ class Plan:
     peak_bytes: int
 
 
-def plan_accumulation(request: Request, gpu: GpuSpec, headroom: Headroom | None, target: int,
-                      fitted: FitResult) -> Plan:  # fmt: skip
+def plan_accumulation(
+    request: Request, gpu: GpuSpec, headroom: Headroom | None, target: int, fitted: FitResult
+) -> Plan:
     """Fewest accumulation steps reaching an effective batch >= target, each verified by simulation."""
     if target < 1:
         raise MemtraceError("--target-batch must be at least 1")
@@ -257,8 +273,13 @@ def parse_sets(sets: list[tuple[str, list[tuple[int, ...]]]]) -> list[list[dict[
     return axes
 
 
-def sweep(request: Request, axes: list[list[dict[str, int]]], gpus: list[GpuSpec], headroom: Headroom | None,
-          progress: Callable[[], None] = lambda: None) -> list[SweepRow]:  # fmt: skip
+def sweep(
+    request: Request,
+    axes: list[list[dict[str, int]]],
+    gpus: list[GpuSpec],
+    headroom: Headroom | None,
+    progress: Callable[[], None] = lambda: None,
+) -> list[SweepRow]:
     missing = set(input_symbols(request.inputs)) - {k for axis in axes for k in axis[0]}
     if missing:
         raise MemtraceError(f"--input symbol {sorted(missing)[0]} has no --set")
@@ -279,7 +300,9 @@ def _sweep_row(
     except MemtraceError as exc:
         return SweepRow(values, input_bytes, 0, 0, 0, {}, exc.one_line())
     cat = res.totals
-    states = sum(cat.get(c, 0) for c in (Category.PARAMETER, Category.BUFFER, Category.GRADIENT,
-                                         Category.OPTIMIZER_STATE))  # fmt: skip
+    states = sum(
+        cat.get(c, 0)
+        for c in (Category.PARAMETER, Category.BUFFER, Category.GRADIENT, Category.OPTIMIZER_STATE)
+    )
     fits = {g.name: res.peak_bytes <= budget_of(g, headroom) for g in gpus}
     return SweepRow(values, input_bytes, states, cat.get(Category.ACTIVATION, 0), res.peak_bytes, fits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from memtrace.tracer.analysis import live_at, storages_in
 from memtrace.tracer.records import Category, LayerRow, Peak, Phase, Trace
@@ -62,7 +63,7 @@ def module_rows(
             rows[name] = replace(rows[name], flops=rows[name].flops + flops)
     for name, shape in trace.output_shapes.items():
         if name in rows:
-            rows[name] = replace(rows[name], output_shape=shape)
+            rows[name] = replace(rows[name], output_shape=shape, input_shape=trace.input_shapes.get(name, ()))
     return tuple(rows.values())
 
 
@@ -84,7 +85,8 @@ def at_depth(rows: Iterable[LayerRow], depth: int) -> tuple[LayerRow, ...]:
             target = _ancestor(r.name, depth)
         if target not in out:
             template = by_name.get("" if target == ROOT else target, r)
-            out[target] = replace(template, name=target, depth=_depth(target), **_zero())
+            zeroed: Any = _zero()
+            out[target] = replace(template, name=target, depth=_depth(target), **zeroed)
         out[target] = _plus(out[target], r)
     return tuple(out.values())
 
@@ -94,8 +96,15 @@ def _ancestor(name: str, depth: int) -> str:
 
 
 def _zero() -> dict[str, int]:
-    fields = ("parameters", "parameter_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes",
-              "peak_bytes", "flops")  # fmt: skip
+    fields = (
+        "parameters",
+        "parameter_bytes",
+        "gradient_bytes",
+        "optimizer_bytes",
+        "activation_bytes",
+        "peak_bytes",
+        "flops",
+    )
     return dict.fromkeys(fields, 0)
 
 

@@ -73,6 +73,7 @@ class Recorder:
         self.flops = 0
         self.module_flops: dict[tuple[int, str], int] = {}
         self.output_shapes: dict[str, tuple[int, ...]] = {}
+        self.input_shapes: dict[str, tuple[int, ...]] = {}
         self.fx_node = ""
         self.recompute_depth = 0
         self.autograd_fx: dict[int, str] = {}
@@ -159,7 +160,7 @@ class Recorder:
         )
 
     def current_node(self) -> str:
-        """The fx node running (set by the fx map's interpreter), or in backward the node that made the grad_fn."""
+        """The fx node running (set by the fx map's interpreter); in backward, the grad_fn's node."""
         if self.phase is Phase.BACKWARD:
             node = torch._C._current_autograd_node()
             if node is not None:
@@ -208,7 +209,7 @@ class Recorder:
         self._track_outputs(out, name, None)
 
     def _track_outputs(self, out: Any, name: str, index: int | None) -> None:
-        """Track the op's outputs (all, or output `index` of a tuple result); known storages stay as they are."""
+        """Track the op's outputs (all, or output `index` of a tuple); known storages stay as they are."""
         chosen = out if index is None else (out[index] if isinstance(out, (tuple, list)) else out)
         for t in tree_leaves(chosen):
             if isinstance(t, torch.Tensor):
@@ -263,6 +264,7 @@ class Recorder:
             sum(module_flops.values()),
             module_flops,
             dict(self.output_shapes),
+            dict(self.input_shapes),
         )
 
 
@@ -319,6 +321,9 @@ def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
 def _pre_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any) -> None:
         rec.module_stack.append(name)
+        if rec.phase is Phase.FORWARD and name not in rec.input_shapes:
+            first = next((t for t in tree_leaves(args) if isinstance(t, torch.Tensor)), None)
+            rec.input_shapes[name] = tuple(first.shape) if first is not None else ()
         if rec.phase is Phase.BACKWARD:
             rec.phase = Phase.RECOMPUTE
             rec.recompute_depth = len(rec.module_stack)
@@ -342,7 +347,7 @@ def _post_hook(rec: Recorder, name: str) -> Any:
 
 
 def claim(table: dict[int, str], out: Any, name: str) -> None:
-    """Give the autograd nodes behind `out` that nothing claimed yet (an inner module, an earlier node) to name."""
+    """Give the autograd nodes behind `out` that nothing claimed yet (inner module, earlier node) to name."""
     stack = [t.grad_fn for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
     while stack:
         node = stack.pop()

@@ -79,6 +79,7 @@ class Trace:
     flops: int = 0  # the steady-state iteration's: forward, backward and recompute (2 per multiply-add)
     module_flops: dict[str, int] = field(default_factory=dict)
     output_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class LayerRow:
     activation_bytes: int  # saved for backward in the steady-state forward (and recompute)
     peak_bytes: int  # live at the peak
     flops: int
+    input_shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ def _tensor_from(d: dict[str, Any]) -> TensorRow:
 
 
 def _row_from(d: dict[str, Any]) -> LayerRow:
-    return LayerRow(**{**d, "output_shape": tuple(d["output_shape"])})
+    return LayerRow(**{**d, "output_shape": tuple(d["output_shape"]), "input_shape": tuple(d["input_shape"])})
 
 
 def _layer_from(d: dict[str, Any]) -> LayerShare:

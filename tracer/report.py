@@ -13,6 +13,7 @@ from memtrace.tracer.records import Category, LayerRow, Result
 from memtrace.tracer.specs import human_bytes, short_bytes
 
 if TYPE_CHECKING:
+    from memtrace.tracer.diagnosis import Diagnosis
     from memtrace.tracer.whatif import WhatIfRow
 
 CATEGORY_LABELS: dict[Category, str] = {
@@ -228,13 +229,64 @@ def layers_table(rows: Sequence[LayerRow], total: LayerRow, depth: int) -> Table
         "at peak",
         "FLOPs",
     )
-    foot = ("total", "", "", f"{total.parameters:,}", short_bytes(total.parameter_bytes),
-            short_bytes(total.gradient_bytes + total.optimizer_bytes), short_bytes(total.activation_bytes),
-            short_bytes(total.peak_bytes), _flops(total.flops))  # fmt: skip
+    foot = (
+        "total",
+        "",
+        "",
+        f"{total.parameters:,}",
+        short_bytes(total.parameter_bytes),
+        short_bytes(total.gradient_bytes + total.optimizer_bytes),
+        short_bytes(total.activation_bytes),
+        short_bytes(total.peak_bytes),
+        _flops(total.flops),
+    )
     for col, f in zip(cols, foot, strict=True):
         table.add_column(col, footer=f, justify="left" if col in ("layer", "type", "output") else "right")
     for r in rows:
-        table.add_row("  " * max(r.depth - 1, 0) + r.name, r.type, _shape(r.output_shape), f"{r.parameters:,}",
-                      short_bytes(r.parameter_bytes), short_bytes(r.gradient_bytes + r.optimizer_bytes),
-                      short_bytes(r.activation_bytes), short_bytes(r.peak_bytes), _flops(r.flops))  # fmt: skip
+        table.add_row(
+            "  " * max(r.depth - 1, 0) + r.name,
+            r.type,
+            _shape(r.output_shape),
+            f"{r.parameters:,}",
+            short_bytes(r.parameter_bytes),
+            short_bytes(r.gradient_bytes + r.optimizer_bytes),
+            short_bytes(r.activation_bytes),
+            short_bytes(r.peak_bytes),
+            _flops(r.flops),
+        )
     return table
+
+
+def diagnosis_view(result: Result, diag: Diagnosis) -> Group:
+    """What dominates the peak and what each common fix would do, each fix simulated."""
+    text = Text()
+    text.append("\nDiagnosis\n", style="bold")
+    dom = diag.dominant
+    if dom is not None:
+        parts = ", ".join(f"{CATEGORY_LABELS[c]} {short_bytes(b)}" for c, b in dom.by_category.items() if b)
+        text.append(
+            f"  {dom.module or '(model)'} ({dom.type}) dominates: {short_bytes(dom.bytes)}, "
+            f"{_pct(dom.bytes, result.peak_bytes)} of the peak ({parts})\n"
+        )
+    for h in diag.flatten_heads:
+        c, hh, w = h.feature_map
+        text.append(
+            f"  {h.linear} is fed by {h.flatten} of a {c}x{hh}x{w} feature map: {h.in_features:,} inputs "
+            f"x {h.out_features} outputs = {short_bytes(h.parameter_bytes)} of weights; a global-average-"
+            f"pooling head ({c} inputs) would hold {short_bytes(h.gap_parameter_bytes)}\n"
+        )
+    table = Table(title="What would help (each re-simulated)", title_justify="left", show_edge=False)
+    for col in ("change", "new peak", "saved", "saved %", "how"):
+        table.add_column(col, justify="left" if col in ("change", "how") else "right")
+    for f in diag.fixes:
+        if f.error:
+            table.add_row(f.change, "failed", "", "", f.error[:60])
+        else:
+            table.add_row(
+                f.change,
+                short_bytes(f.peak_bytes),
+                short_bytes(f.saved_bytes),
+                f"{100 * f.saved_fraction:.1f}%",
+                f.flags,
+            )
+    return Group(text, table)

@@ -76,7 +76,7 @@ def _failure(rec: Recorder, model: nn.Module, exc: Exception) -> str:
     where = rec.module_stack[-1] or type(model).__name__
     hint = ""
     if "meta" in str(exc) or "data-dependent" in str(exc).lower():
-        hint = " (data-dependent code such as .item(), nonzero or a Python if on tensor values cannot run on meta)"
+        hint = " (data-dependent code such as .item(), nonzero or an if on tensor values cannot run on meta)"
     return f"the {rec.phase.value} pass failed in module {where!r}: {first_line(exc)}{hint}"
 
 
@@ -163,11 +163,14 @@ class Request:
     config: Config = field(default_factory=Config)
     gpu: GpuSpec | None = None
     headroom: Headroom | None = None
+    transform: Callable[[nn.Module], None] | None = None  # model surgery before the step (diagnosis)
 
 
 def run(request: Request) -> Result:
     """Build on meta, run the step, analyse it."""
     built = build(request.builder, dict(request.builder_kwargs))
+    if request.transform is not None:
+        request.transform(built.model)
     specs = list(request.inputs) or list(built.example_inputs)
     if not specs:
         raise MemtraceError("no input given: pass --input SHAPE (or return example inputs from the builder)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from torch import nn
 
@@ -67,7 +68,7 @@ def _halve_batch(inputs: tuple[InputSpec, ...]) -> tuple[InputSpec, ...] | None:
 Variant = tuple[str, str, Callable[[Request], Request | None]]
 
 
-def _recipe(req: Request, **changes: object) -> Request:
+def _recipe(req: Request, **changes: Any) -> Request:
     return replace(req, config=replace(req.config, recipe=replace(req.config.recipe, **changes)))
 
 
@@ -85,13 +86,19 @@ def variants(blocks: list[str]) -> list[Variant]:
     return [
         ("bf16 autocast", "--amp bf16", lambda r: _recipe(r, amp="bf16")),
         ("fp16 autocast", "--amp fp16", lambda r: _recipe(r, amp="fp16")),
-        (f"checkpoint {len(blocks)} blocks", _checkpoint_flags(blocks),
-         lambda r: _recipe(r, checkpoint=tuple(blocks)) if blocks else None),
+        (
+            f"checkpoint {len(blocks)} blocks",
+            _checkpoint_flags(blocks),
+            lambda r: _recipe(r, checkpoint=tuple(blocks)) if blocks else None,
+        ),
         ("half micro-batch, accumulate x2", "--input B/2 --accumulate 2x", micro),
-        ("SGD with momentum", "--optimizer sgd:momentum=0.9",
-         lambda r: _optimizer(r, OptimizerSpec("sgd", (("momentum", 0.9),)))),
+        (
+            "SGD with momentum",
+            "--optimizer sgd:momentum=0.9",
+            lambda r: _optimizer(r, OptimizerSpec("sgd", (("momentum", 0.9),))),
+        ),
         ("no optimizer state (plain SGD)", "--optimizer sgd", lambda r: _optimizer(r, OptimizerSpec("sgd"))),
-    ]  # fmt: skip
+    ]
 
 
 def _has_children(model: nn.Module, name: str) -> bool:
@@ -121,11 +128,11 @@ def what_if(request: Request, baseline: Result | None = None) -> tuple[Result, l
         varied = make(request)
         if varied is None:
             continue
-        rows.append(_row(change, flags, varied, base))
+        rows.append(simulate_row(change, flags, varied, base))
     return base, rows
 
 
-def _row(change: str, flags: str, request: Request, base: Result) -> WhatIfRow:
+def simulate_row(change: str, flags: str, request: Request, base: Result) -> WhatIfRow:
     try:
         res = run(request)
     except MemtraceError as exc:

@@ -1,0 +1,356 @@
+"""Autocast on meta tensors (tracer/autocast.py) against PyTorch's own autocast on CPU tensors.
+
+Op by op, the emulation on meta runs the same aten ops with the same dtypes as real CPU autocast; whole
+training steps under `--amp` match the CPU allocator's peak. The allocator comparisons run with oneDNN off:
+its reduced-precision GEMM and convolution kernels book scratchpads (and reduced-precision convolutions
+im2col columns) that no workspace rule models yet; those are kernel buffers, not autocast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import reference
+import torch
+import torch.nn.functional as F
+from accuracy import compare
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from zoo import ZOO_BY_NAME
+
+from memtrace.tracer import attention, simulate
+from memtrace.tracer.autocast import (
+    AUTOCAST_KEYS,
+    POLICIES,
+    MetaGradScaler,
+    emulated_autocast,
+    policy_cast,
+    registered_ops,
+)
+from memtrace.tracer.devices import DeviceModel
+from memtrace.tracer.program import StepPlan
+from memtrace.tracer.recipes import Recipe
+
+TOLERANCE = 0.01
+
+
+@pytest.fixture
+def no_onednn() -> Iterator[None]:
+    before = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(before)
+
+
+@pytest.fixture
+def sdpa_casts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU SDPA patch calls the flash kernel directly; until attention.py casts with `policy_cast`
+    itself, wrap it here the same way (a second cast is a no-op)."""
+    if "policy_cast" in vars(attention):
+        return
+    original = attention._wrap
+
+    def wrap(fn: Any) -> Any:
+        inner = original(fn)
+
+        def sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if query.device.type == "meta":
+                query, key, value, attn_mask = policy_cast(
+                    "cpu", "scaled_dot_product_attention", query, key, value, attn_mask
+                )
+            return inner(query, key, value, attn_mask, *args, **kwargs)
+
+        return sdpa
+
+    monkeypatch.setattr(attention, "_wrap", wrap)
+
+
+@pytest.fixture(autouse=True)
+def _autocast_left_as_found() -> Iterator[None]:
+    yield
+    for device, key in AUTOCAST_KEYS.items():
+        assert not torch._C._dispatch_tls_is_dispatch_key_included(key)
+        assert not torch.is_autocast_enabled(device)
+
+
+# --------------------------------------------------------------------------- the policy lists
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_policy_lists_are_the_ops_this_torch_registers(device: str) -> None:
+    assert set(POLICIES[device]) == registered_ops(device)
+
+
+# --------------------------------------------------------------------------- op by op, meta vs CPU
+
+
+class _Ops(TorchDispatchMode):
+    """Every aten op below autograd, with its output dtypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, tuple[str, ...]]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        self.ops.append((str(func), tuple(str(o.dtype) for o in outs if isinstance(o, torch.Tensor))))
+        return out
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 32)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+        self.ln = nn.LayerNorm(32)
+        self.emb = nn.Embedding(50, 16)
+        self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+
+
+Snippet = Callable[[_Net, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _disabled_inside(m: _Net, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", enabled=False):
+        a = m.lin(x)
+    return a + m.lin(x)
+
+
+def _fp16_inside(m: _Net, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.float16):
+        a = m.lin(x)
+    return a.float() + m.lin(x)
+
+
+SNIPPETS: dict[str, Snippet] = {
+    "linear": lambda m, x, img, ids: m.lin(x),
+    "linear_reused": lambda m, x, img, ids: m.lin(x) + m.lin(x * 2),
+    "conv_bn": lambda m, x, img, ids: m.bn(m.conv(img)),
+    "layer_norm": lambda m, x, img, ids: m.ln(m.lin(x)),
+    "softmax": lambda m, x, img, ids: F.softmax(m.lin(x), -1) * F.log_softmax(x, -1).sum(),
+    "matmul": lambda m, x, img, ids: (x @ x.transpose(1, 2)).sum(-1),
+    "bmm_baddbmm": lambda m, x, img, ids: torch.baddbmm(x[:, :, :10], x, x.transpose(1, 2))
+    + torch.bmm(x, x.transpose(1, 2)),
+    "einsum": lambda m, x, img, ids: torch.einsum("bij,bkj->bik", m.lin(x), m.lin(x)),
+    "embedding": lambda m, x, img, ids: m.lin(m.emb(ids)),
+    "mha": lambda m, x, img, ids: m.mha(x, x, x)[0],
+    "mha_sdpa": lambda m, x, img, ids: m.mha(x, x, x, need_weights=False)[0],
+    "sdpa": lambda m, x, img, ids: F.scaled_dot_product_attention(m.lin(x), m.lin(x), x.repeat(1, 1, 2)),
+    "cross_entropy": lambda m, x, img, ids: F.cross_entropy(m.lin(x).flatten(0, 1), ids.flatten() % 32),
+    "mse": lambda m, x, img, ids: F.mse_loss(m.lin(x), x.repeat(1, 1, 2)),
+    "cat_stack": lambda m, x, img, ids: torch.cat([m.lin(x), x.repeat(1, 1, 2)], 0).sum(0)
+    + torch.stack([m.lin(x), m.lin(x)]).sum(0),
+    "prod_exp_pow": lambda m, x, img, ids: m.lin(x).prod(-1) + m.lin(x).exp().sum(-1) + (m.lin(x) ** 2).sum(-1),
+    "norm_sum": lambda m, x, img, ids: m.lin(x).norm(dim=-1) + m.lin(x).sum(-1),
+    "gelu_dropout": lambda m, x, img, ids: F.dropout(F.gelu(m.lin(x)), 0.1),
+    "disabled_inside": lambda m, x, img, ids: _disabled_inside(m, x),
+    "fp16_inside": lambda m, x, img, ids: _fp16_inside(m, x),
+}
+
+
+def _ops(snippet: Snippet, device: str) -> list[tuple[str, tuple[str, ...]]]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        with torch.device(device):
+            net = _Net()
+            x, img = torch.randn(4, 10, 16), torch.randn(2, 3, 12, 12)
+            ids = torch.randint(0, 50, (4, 10))
+    log = _Ops()
+    if device == "meta":
+        with DeviceModel("cpu").patched(), emulated_autocast("cpu", torch.bfloat16), log:
+            _forward_backward(snippet, net, x, img, ids)
+    else:
+        with torch.autocast("cpu", torch.bfloat16), log:
+            _forward_backward(snippet, net, x, img, ids)
+    return log.ops
+
+
+def _forward_backward(snippet: Snippet, net: _Net, *inputs: torch.Tensor) -> None:
+    out = snippet(net, *inputs)
+    if out.requires_grad:
+        out.float().sum().backward()
+
+
+@pytest.mark.usefixtures("sdpa_casts")
+@pytest.mark.parametrize("name", list(SNIPPETS))
+def test_meta_runs_the_ops_cpu_autocast_runs(name: str) -> None:
+    assert _ops(SNIPPETS[name], "meta") == _ops(SNIPPETS[name], "cpu")
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def test_casts_are_what_autograd_saves() -> None:
+    lin = nn.Linear(8, 4, device="meta")
+    saved: list[torch.dtype] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.dtype)
+        return t
+
+    with emulated_autocast("cpu", torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = lin(torch.empty(2, 8, device="meta"))
+    assert y.dtype == torch.bfloat16
+    assert saved and set(saved) == {torch.bfloat16}
+    assert y.grad_fn is not None
+    kinds = {type(n).__name__ for n, _ in y.grad_fn.next_functions if n is not None}
+    assert "ToCopyBackward0" in kinds
+
+
+def _weight_casts(log: _Ops) -> int:
+    return sum(1 for op, dtypes in log.ops if op == "aten._to_copy.default" and dtypes == ("torch.bfloat16",))
+
+
+def test_weight_cast_is_cached_until_the_outermost_region_exits() -> None:
+    lin = nn.Linear(8, 4, bias=False, device="meta")
+    x = torch.empty(2, 8, device="meta", dtype=torch.bfloat16)
+    log = _Ops()
+    with emulated_autocast("cpu", torch.bfloat16):
+        with log:
+            lin(x)
+            lin(x)
+        assert _weight_casts(log) == 1  # one cast of the weight, reused
+        with torch.autocast("cpu", torch.bfloat16):
+            cast = lin(x).grad_fn.next_functions[1][0].next_functions[0][0]  # type: ignore[union-attr]
+        cast_ref = weakref.ref(cast)
+        del cast
+        gc.collect()
+        assert cast_ref() is not None  # an inner region's exit keeps the cache
+    gc.collect()
+    log = _Ops()
+    with emulated_autocast("cpu", torch.bfloat16), log:
+        lin(x)
+    assert _weight_casts(log) == 1  # the outermost exit dropped it: cast again
+
+
+def test_cache_off_casts_every_time() -> None:
+    lin = nn.Linear(8, 4, bias=False, device="meta")
+    x = torch.empty(2, 8, device="meta", dtype=torch.bfloat16)
+    log = _Ops()
+    with emulated_autocast("cpu", torch.bfloat16, cache_enabled=False), log:
+        lin(x)
+        lin(x)
+    assert _weight_casts(log) == 2
+
+
+def test_user_code_sees_autocast_state() -> None:
+    with emulated_autocast("cuda", torch.float16):
+        assert torch.is_autocast_enabled("cuda")
+        assert torch.get_autocast_dtype("cuda") == torch.float16
+        with torch.autocast("cuda", enabled=False):
+            assert not torch.is_autocast_enabled("cuda")
+            assert torch.mm(*(torch.empty(4, 4, device="meta"),) * 2).dtype == torch.float32
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert torch.mm(*(torch.empty(4, 4, device="meta"),) * 2).dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cuda")
+
+
+def test_cuda_policies_on_meta() -> None:
+    x = torch.empty(4, 8, device="meta")
+    w = torch.empty(3, 8, device="meta", requires_grad=True)
+    h = torch.empty(4, 8, device="meta", dtype=torch.float16)
+    with emulated_autocast("cuda", torch.float16):
+        assert F.linear(x, w).dtype == torch.float16  # lower_precision_fp
+        assert torch.exp(h).dtype == torch.float32  # fp32
+        assert F.layer_norm(h, (8,)).dtype == torch.float32
+        assert F.softmax(h, -1).dtype == torch.float32  # fp32_set_opt_dtype
+        assert h.sum().dtype == torch.float32
+        assert F.softmax(h, -1, dtype=torch.float16).dtype == torch.float16  # an explicit dtype is kept
+        assert torch.ops.aten.norm.Scalar(h).dtype == torch.float32  # fp32_append_dtype
+        assert torch.addcmul(h, x, h).dtype == torch.float32  # promote
+        assert torch.cat([h, h]).dtype == torch.float16  # no CUDA policy for cat
+        logits = F.linear(x, w)
+        assert F.cross_entropy(logits, torch.zeros(4, dtype=torch.long, device="meta")).dtype == torch.float32
+        with pytest.raises(RuntimeError, match="unsafe to autocast"):
+            F.binary_cross_entropy(torch.sigmoid(logits), torch.empty_like(logits))
+    with emulated_autocast("cpu", torch.bfloat16):
+        assert torch.exp(h).dtype == torch.float16  # CPU: no fp32 policy for exp
+        assert torch.cat([h.bfloat16(), x]).dtype == torch.float32  # CPU: promote
+
+
+def test_only_meta_and_only_inside() -> None:
+    cpu = torch.randn(4, 8), torch.randn(3, 8)
+    meta = torch.empty(4, 8, device="meta"), torch.empty(3, 8, device="meta")
+    with emulated_autocast("cuda", torch.float16):
+        assert F.linear(*cpu).dtype == torch.float32  # cpu tensors are not cuda autocast's business
+    with torch.autocast("cpu", torch.bfloat16):
+        assert F.linear(*meta).dtype == torch.float32  # real autocast leaves meta alone
+        assert F.linear(*cpu).dtype == torch.bfloat16  # and PyTorch's own kernel is back
+    assert policy_cast("cpu", "linear", *meta) == meta  # autocast off: nothing to do
+
+
+# --------------------------------------------------------------------------- whole steps, allocator peaks
+
+MODELS = ["mlp", "seed_cnn", "transformer_sdpa", "transformer_mha", "resnet_block"]
+OPTIMIZERS = ["adam", "sgd:momentum=0.9"]
+
+
+def _param(name: str, optimizer: str, amp: str) -> Any:
+    marks = []
+    if name == "resnet_block":
+        marks.append(
+            pytest.mark.xfail(
+                reason="reduced-precision CPU convolution buffers (im2col columns) are not modelled by rules_cpu",
+                strict=True,
+            )
+        )
+    return pytest.param(name, optimizer, amp, marks=marks, id=f"{name}-{optimizer.split(':')[0]}-{amp}")
+
+
+CASES = [_param(n, o, "bf16") for n in MODELS for o in OPTIMIZERS]
+CASES += [_param(n, "adam", "fp16") for n in ("mlp", "transformer_sdpa")]
+
+
+@pytest.mark.usefixtures("no_onednn", "sdpa_casts")
+@pytest.mark.parametrize("name,optimizer,amp", CASES)
+def test_amp_step_matches_the_allocator(name: str, optimizer: str, amp: str) -> None:
+    cmp = compare(ZOO_BY_NAME[name], "train", optimizer, Recipe(amp=amp))
+    assert abs(cmp.error) <= TOLERANCE, (
+        f"predicted {cmp.predicted:,} vs measured {cmp.measured:,} ({100 * cmp.error:+.3f}%)"
+    )
+
+
+@pytest.mark.usefixtures("no_onednn", "sdpa_casts")
+@pytest.mark.parametrize("name", ["mlp", "transformer_sdpa"])
+def test_amp_inference_matches_the_allocator(name: str) -> None:
+    cmp = compare(ZOO_BY_NAME[name], "infer", "adam", Recipe(amp="bf16"))
+    assert abs(cmp.error) <= TOLERANCE, f"{100 * cmp.error:+.3f}%"
+
+
+@pytest.mark.usefixtures("no_onednn", "sdpa_casts")
+@pytest.mark.parametrize("name", ["mlp", "transformer_mha"])
+def test_grad_scaler_step_matches_the_allocator(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp16 with a GradScaler (init_scale 1: no overflow, so the real run takes its optimizer steps too)."""
+    monkeypatch.setattr(
+        reference, "StepPlan", lambda *a: StepPlan(*a, scaler=torch.amp.GradScaler("cpu", init_scale=1.0))
+    )
+    plan_for = simulate.plan_for
+    monkeypatch.setattr(
+        simulate,
+        "plan_for",
+        lambda config: dataclasses.replace(plan_for(config), scaler=MetaGradScaler("cpu", init_scale=1.0)),
+    )
+    cmp = compare(ZOO_BY_NAME[name], "train", "adam", Recipe(amp="fp16"))
+    assert abs(cmp.predicted - cmp.measured) <= 8  # the scale and growth tracker, not counted by live_bytes
+
+
+def test_meta_grad_scaler_for_cuda() -> None:
+    lin = nn.Linear(8, 4, device="meta")
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    scaler = MetaGradScaler("cuda")
+    assert scaler.is_enabled()
+    with emulated_autocast("cuda", torch.float16):
+        loss = lin(torch.empty(2, 8, device="meta")).float().sum()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert scaler._scale is not None and scaler._scale.device.type == "meta"

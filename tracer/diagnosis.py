@@ -1,0 +1,123 @@
+"""What dominates the peak and what would help, each fix predicted by re-simulating, not guessed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import nn
+
+from memtrace.tracer.fit import _half_resolution
+from memtrace.tracer.records import LayerRow, LayerShare, Result
+from memtrace.tracer.simulate import Request
+from memtrace.tracer.whatif import WhatIfRow, simulate_row, what_if
+
+
+@dataclass(frozen=True)
+class FlattenHead:
+    """A Linear fed by a Flatten of a feature map: what a global-average-pooling head would hold instead."""
+
+    flatten: str
+    linear: str
+    feature_map: tuple[int, ...]  # (C, H, W)
+    in_features: int
+    out_features: int
+    parameter_bytes: int
+    gap_parameter_bytes: int
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    dominant: LayerShare | None
+    flatten_heads: tuple[FlattenHead, ...]
+    fixes: tuple[WhatIfRow, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dominant": vars(self.dominant)
+            | {"by_category": {k.value: v for k, v in self.dominant.by_category.items()}}
+            if self.dominant
+            else None,
+            "flatten_heads": [vars(h) for h in self.flatten_heads],
+            "fixes": [vars(f) | {"saved_fraction": round(f.saved_fraction, 6)} for f in self.fixes],
+        }
+
+
+def flatten_heads(modules: tuple[LayerRow, ...]) -> list[FlattenHead]:
+    """Linears whose input is a Flatten of a (N, C, H, W) map with H*W > 1 (pure: from the layer rows)."""
+    heads = []
+    for f in (m for m in modules if m.type == "Flatten" and len(m.input_shape) == 4):
+        _, c, h, w = f.input_shape
+        if h * w <= 1:
+            continue
+        for lin in modules:
+            if lin.type == "Linear" and lin.input_shape and lin.input_shape[-1] == c * h * w:
+                out = lin.output_shape[-1]
+                elem = lin.parameter_bytes // max(lin.parameters, 1)
+                has_bias = lin.parameters == c * h * w * out + out
+                gap = (c * out + (out if has_bias else 0)) * elem
+                heads.append(
+                    FlattenHead(f.name, lin.name, (c, h, w), c * h * w, out, lin.parameter_bytes, gap)
+                )
+    return heads
+
+
+def _gap_surgery(head: FlattenHead) -> Any:
+    def transform(model: nn.Module) -> None:
+        lin = model.get_submodule(head.linear)
+        assert isinstance(lin, nn.Linear)
+        new = nn.Linear(
+            head.feature_map[0],
+            head.out_features,
+            bias=lin.bias is not None,
+            device=lin.weight.device,
+            dtype=lin.weight.dtype,
+        )
+        _set(model, head.linear, new)
+        _set(model, head.flatten, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+
+    return transform
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _half_batch(request: Request) -> Request | None:
+    specs = request.inputs
+    if not specs or not all(isinstance(s.shape[0], int) and s.shape[0] > 1 for s in specs if s.shape):
+        return None
+    halved = tuple(
+        replace(s, shape=(math.ceil(int(s.shape[0]) / 2), *s.shape[1:])) if s.shape else s for s in specs
+    )
+    return replace(request, inputs=halved)
+
+
+def diagnose(request: Request, base: Result) -> Diagnosis:
+    heads = flatten_heads(base.modules)
+    fixes: list[WhatIfRow] = []
+    for head in heads:
+        fixes.append(
+            simulate_row(
+                f"global average pooling head for {head.linear}",
+                f"replace {head.flatten} -> {head.linear} by a pooled head",
+                replace(request, transform=_gap_surgery(head)),
+                base,
+            )
+        )
+    if any(len(s.shape) >= 3 for s in request.inputs):
+        fixes.append(
+            simulate_row(
+                "half resolution", "halve the last two input dimensions", _half_resolution(request), base
+            )
+        )
+    half = _half_batch(request)
+    if half is not None:
+        fixes.append(simulate_row("half batch", "--input with half the batch", half, base))
+    _, rows = what_if(request, base)
+    wanted = ("bf16 autocast", "checkpoint", "SGD with momentum")
+    fixes += [r for r in rows if r.change.startswith(wanted)]
+    dominant = base.top_layers[0] if base.top_layers else None
+    return Diagnosis(dominant, tuple(heads), tuple(fixes))
