@@ -22,3 +22,12 @@ def _no_dispatch_mode_left() -> object:
     assert _get_current_dispatch_mode() is None
     assert F.scaled_dot_product_attention is sdpa
     assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--regen-golden", action="store_true", help="Rewrite tests/golden/*.out from this run.")
+
+
+@pytest.fixture()
+def regen_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--regen-golden"))

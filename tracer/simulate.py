@@ -127,10 +127,14 @@ def analyse(
 
 
 def _facts(model: nn.Module) -> list[ModuleFacts]:
-    return [
-        ModuleFacts(name, type(m).__name__, sum(p.numel() for p in m.parameters(recurse=False)))
-        for name, m in model.named_modules()
-    ]
+    """Each module's type and own parameter count; a tied parameter counts for its first owner only."""
+    seen: set[int] = set()
+    facts = []
+    for name, m in model.named_modules():
+        own = [p for p in m.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        facts.append(ModuleFacts(name, type(m).__name__, sum(p.numel() for p in own)))
+    return facts
 
 
 def _model_info(model: nn.Module, built_path: str) -> ModelInfo:

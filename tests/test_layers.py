@@ -1,0 +1,83 @@
+"""The layer table: golden files for the printed table, columns that sum to the summary's totals, and the
+diagnosis of the 1080p seed CNN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from test_cli import run
+from zoo import ZOO
+
+from memtrace.tracer.layers import at_depth, sort_rows, totals
+from memtrace.tracer.records import Category
+from memtrace.tracer.report import layers_table
+from memtrace.tracer.simulate import simulate
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+REPO = Path(__file__).resolve().parent.parent
+SEED = str(REPO / "benchmarks" / "models" / "seed_cnn.py") + ":build"
+
+
+def _render(depth: int, sort: str | None) -> str:
+    res = simulate(SEED, ["2x3x144x256"], device="cpu", optimizer="adam")
+    rows = sort_rows(at_depth(res.modules, depth), sort)
+    console = Console(width=140, record=True, force_terminal=False, color_system=None)
+    with console.capture() as cap:
+        console.print(layers_table(rows, totals(rows), depth))
+    return cap.get()
+
+
+@pytest.mark.parametrize("depth,sort", [(1, None), (2, "memory"), (1, "params"), (1, "flops")])
+def test_layer_table_golden(depth: int, sort: str | None, regen_golden: bool) -> None:
+    path = GOLDEN / f"seed_cnn_layers_d{depth}_{sort or 'model'}.out"
+    text = _render(depth, sort)
+    if regen_golden:
+        path.write_text(text)
+    assert text == path.read_text(), f"regenerate with pytest --regen-golden if {path.name} should change"
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in ZOO if c.name in ("resnet_block", "transformer_sdpa", "tied")], ids=lambda c: c.name
+)
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_columns_sum_to_the_summary(case, depth: int) -> None:  # type: ignore[no-untyped-def]
+    res = simulate(case.build, [f"{'x'.join(map(str, s))}:{d}" for s, d in case.inputs], device="cpu")
+    rows = at_depth(res.modules, depth)
+    total = totals(rows)
+    assert total.peak_bytes == res.peak_bytes
+    assert total.parameters == res.model.parameters
+    assert total.parameter_bytes == res.totals[Category.PARAMETER] + res.totals[Category.BUFFER]
+    assert total.gradient_bytes == res.totals[Category.GRADIENT]
+    assert total.optimizer_bytes == res.totals[Category.OPTIMIZER_STATE]
+    assert total.activation_bytes == res.totals[Category.ACTIVATION]
+    assert total.flops == res.flops
+    assert len({r.name for r in rows}) == len(rows)
+
+
+def test_layers_in_json_and_sorting(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, SEED, "--input", "2x3x144x256", "--json", "--depth", "1", "--sort", "params")
+    assert code == 0, err
+    layers = json.loads(out)["layers"]
+    assert layers[0]["name"] == "fc1"
+    assert [r["parameters"] for r in layers] == sorted((r["parameters"] for r in layers), reverse=True)
+
+
+def test_seed_1080p_diagnosis_names_fc1_gap_and_half_resolution(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, SEED, "--arg", "h=1080", "--arg", "w=1920", "--input", "1x3x1080x1920", "--diagnose", "--json"
+    )
+    assert code == 0, err
+    diag = json.loads(out)["diagnosis"]
+    peak = json.loads(out)["peak_bytes"]
+    assert diag["dominant"]["module"] == "fc1"
+    (head,) = diag["flatten_heads"]
+    assert head["linear"] == "fc1" and head["in_features"] == 128 * 67 * 120
+    assert head["gap_parameter_bytes"] == (128 * 512 + 512) * 4
+    fixes = {f["change"]: f for f in diag["fixes"]}
+    gap = fixes["global average pooling head for fc1"]
+    half = fixes["half resolution"]
+    assert 0 < gap["peak_bytes"] < peak / 5 and gap["saved_bytes"] == peak - gap["peak_bytes"]
+    assert 0 < half["peak_bytes"] < peak / 2
