@@ -88,3 +88,29 @@ def test_custom_optimizer_class(tmp_path) -> None:  # type: ignore[no-untyped-de
     res = simulate(mlp.build, ["64x512"], optimizer=f"{path}:Lion:lr=0.001", device="cpu")
     param_bytes = res.model.parameter_bytes
     assert res.peak.by_category["optimizer_state"] == param_bytes  # one momentum buffer per parameter
+
+
+def test_what_if_rows_equal_separate_runs(capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+    from pathlib import Path
+
+    from test_cli import run
+
+    seed = str(Path(__file__).resolve().parent.parent / "benchmarks" / "models" / "seed_cnn.py") + ":build"
+    code, out, err = run(capsys, seed, "--input", "256x3x144x256", "--what-if", "--json")
+    assert code == 0, err
+    rows = {r["change"]: r for r in json.loads(out)["what_if"]}
+    assert {
+        "bf16 autocast",
+        "fp16 autocast",
+        "half micro-batch, accumulate x2",
+        "SGD with momentum",
+        "no optimizer state (plain SGD)",
+    } <= set(rows)
+    assert all(not r["error"] for r in rows.values())
+    _, sgd, _ = run(capsys, seed, "--input", "256x3x144x256", "--optimizer", "sgd:momentum=0.9", "--json")
+    assert rows["SGD with momentum"]["peak_bytes"] == json.loads(sgd)["peak_bytes"]
+    _, micro, _ = run(capsys, seed, "--input", "128x3x144x256", "--accumulate", "2", "--json")
+    micro_data = json.loads(micro)
+    assert rows["half micro-batch, accumulate x2"]["peak_bytes"] == micro_data["peak_bytes"]
+    assert micro_data["effective_batch"] == 256
