@@ -6,6 +6,7 @@ import functools
 import json
 import operator
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import networkx as nx
@@ -198,9 +199,8 @@ class _Gate(nn.Module):
         self.fc = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] > 4:
-            return torch.relu(self.fc(x))
-        return self.fc(x)
+        y: torch.Tensor = self.fc(x)
+        return torch.relu(y) if x.shape[-1] > 4 else y
 
 
 class LeafNet(nn.Module):
@@ -211,14 +211,16 @@ class LeafNet(nn.Module):
         self.head = nn.Linear(256, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block(self.stem(x)) * 2)
+        y: torch.Tensor = self.head(self.block(self.stem(x)) * 2)
+        return y
 
 
 class RootBranch(LeafNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             x = x.unsqueeze(1)
-        return self.head(self.block(self.stem(x))).sum(1)
+        y: torch.Tensor = self.head(self.block(self.stem(x)))
+        return y.sum(1)
 
 
 def _fallback(cls: type[nn.Module]) -> tuple[Trace, Trace, FxMap]:
@@ -262,6 +264,22 @@ def test_module_fallback() -> None:
     assert sum(n.flops + n.backward_flops for n in fxmap.nodes) == trace.flops
 
 
+def test_a_graph_that_does_not_run_falls_back_to_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memtrace.tracer import fxmap as fxmap_module
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("no kernel for this on meta\nmore detail")
+
+    monkeypatch.setattr(fxmap_module, "fx_nodes", fail)
+    case = ZOO_BY_NAME["mlp"]
+    trace, fxmap = trace_with_map(_meta(case), make_inputs(case, "meta"), INFER)
+    assert fxmap.path is MapPath.MODULES
+    assert fxmap.reason == "the fx graph did not run on meta: RuntimeError: no kernel for this on meta"
+    assert {r.node for r in fxmap.runs} == {n.name for n in fxmap.nodes}
+    assert fxmap.node("fc2").flops == 2 * 64 * 2048 * 2048
+    assert analysis.step_peak(trace, LAST).bytes == analysis.step_peak(_traces("mlp", "infer")[0], LAST).bytes
+
+
 def _saved_at_backward(trace: Trace) -> list[StorageInfo]:
     """The activations live as the last iteration's backward begins, from the timeline alone."""
     first = next(i for i, e in enumerate(trace.events) if e.phase is Phase.BACKWARD and e.iteration == LAST)
@@ -274,6 +292,7 @@ def _saved_at_backward(trace: Trace) -> list[StorageInfo]:
 
 def _cpu_case(name: str) -> tuple[nn.Module, nn.Module, list[torch.Tensor], list[torch.Tensor]]:
     """The model on CPU (for fvcore) and on meta (for the map), with inputs for each."""
+    build: Callable[[], nn.Module]
     if name == "seed_cnn":
         build = functools.partial(_seed_cnn_module().build, h=32, w=32, classes=10)
         x = torch.randn(2, 3, 32, 32)
