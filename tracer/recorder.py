@@ -8,7 +8,7 @@ node running in backward give the module. The recorder emits events, nothing els
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +18,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
 from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.program import floating_leaves
@@ -42,6 +42,7 @@ class _Meta:
     iteration: int
     category: Category | None = None
     node: str = ""
+    grad_node: int = -1  # the autograd node that allocated it in backward
 
 
 _PRECEDENCE = {
@@ -104,11 +105,18 @@ class Recorder:
             category,
             self.current_node(),
         )
+        if self.phase is Phase.BACKWARD:
+            self.meta[sid].grad_node = _node_seq()
         if self.phase is Phase.SETUP and op == "":
             self.baseline.append(sid)
         else:
             self._emit(Kind.ALLOC, sid, nbytes, op)
         return sid
+
+    def storage_id(self, t: torch.Tensor) -> int | None:
+        """The id of the live storage behind a tensor, if the recorder knows it."""
+        found = self.live.get(StorageWeakRef(t.untyped_storage()).cdata)
+        return found.sid if found is not None and not found.ref.expired() else None
 
     def mark(self, sid: int, category: Category) -> None:
         meta = self.meta[sid]
@@ -187,6 +195,8 @@ class Recorder:
             self.flops += flops
             key = (self.iteration, self.current_module())
             self.module_flops[key] = self.module_flops.get(key, 0) + flops
+        if self.phase is Phase.BACKWARD and self._accumulates_in_place(func, args, kwargs, out):
+            return
         work = self.device.workspace(func, args, kwargs, out)
         if work is None:
             self._track_outputs(out, name, None)
@@ -207,6 +217,39 @@ class Recorder:
         for sid in buffers.values():
             self._emit(Kind.FREE, sid, self.meta[sid].nbytes, name)
         self._track_outputs(out, name, None)
+
+    def _accumulates_in_place(self, func: Any, args: Any, kwargs: Any, out: Any) -> bool:
+        """Autograd's InputBuffer sums two gradients for one input in place when one of them is referenced only
+        by the buffer; under any Python dispatch mode it always adds out of place (`isTensorSubclassLike`).
+        Recognise that sum (an add of an earlier node's gradient and the running node's) and record it as the
+        real engine runs it: the result takes over the storage of the operand it would have been written to."""
+        if func is not torch.ops.aten.add.Tensor or kwargs or len(args) != 2:
+            return False
+        old, new = args
+        if not all(
+            isinstance(t, torch.Tensor) and t.shape == out.shape and t.dtype == out.dtype for t in args
+        ):
+            return False
+        sids = [self.storage_id(t) for t in args]
+        if None in sids or self.storage_id(out) is not None:
+            return False
+        node = _node_seq()
+        old_meta, new_meta = self.meta[sids[0]], self.meta[sids[1]]
+        if (
+            new_meta.grad_node != node
+            or old_meta.grad_node in (-1, node)
+            or old_meta.iteration != self.iteration
+        ):
+            return False
+        target = old if _sole_owner(old) else new if _sole_owner(new) else None
+        if target is None:
+            return False
+        cdata = StorageWeakRef(target.untyped_storage()).cdata
+        reused = self.live.pop(cdata)
+        self.live[StorageWeakRef(out.untyped_storage()).cdata] = _Live(
+            StorageWeakRef(out.untyped_storage()), reused.sid
+        )
+        return True
 
     def _track_outputs(self, out: Any, name: str, index: int | None) -> None:
         """Track the op's outputs (all, or output `index` of a tuple); known storages stay as they are."""
@@ -268,10 +311,36 @@ class Recorder:
         )
 
 
+_EXTRA_FLOPS: dict[str, Callable[[Any], int]] = {
+    # the CPU's fused attention, which flop_counter has no formula for: the same count as any SDPA
+    "aten._scaled_dot_product_flash_attention_for_cpu": lambda a: int(
+        sdpa_flop_count(a[0].shape, a[1].shape, a[2].shape)
+    ),
+    "aten._scaled_dot_product_flash_attention_for_cpu_backward": lambda a: int(
+        sdpa_backward_flop_count(a[0].shape, a[1].shape, a[2].shape, a[3].shape)
+    ),
+}
+
+
+def _node_seq() -> int:
+    node = torch._C._current_autograd_node()
+    return int(node._sequence_nr()) if node is not None else -1
+
+
+def _sole_owner(t: torch.Tensor) -> bool:
+    """Whether only one owner holds the tensor's storage (the probe's own handle not counted)."""
+    storage = t.untyped_storage()
+    return t.is_contiguous() and torch._C._storage_Use_Count(storage._cdata) == 2
+
+
 def count_flops(func: Any, args: Any, kwargs: Any, out: Any) -> int:
     """FLOPs as torch.utils.flop_counter counts them (2 per multiply-add), without its module tracking,
     whose hooks would hold outputs alive and change the lifetimes being measured."""
-    fn = flop_registry.get(getattr(func, "overloadpacket", None))
+    packet = getattr(func, "overloadpacket", None)
+    extra = _EXTRA_FLOPS.get(str(packet))
+    if extra is not None:
+        return extra(args)
+    fn = flop_registry.get(packet)
     if fn is None:
         return 0
     try:
