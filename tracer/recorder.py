@@ -219,10 +219,10 @@ class Recorder:
         self._track_outputs(out, name, None)
 
     def _accumulates_in_place(self, func: Any, args: Any, kwargs: Any, out: Any) -> bool:
-        """Autograd's InputBuffer sums two gradients for one input in place when one of them is referenced only
-        by the buffer; under any Python dispatch mode it always adds out of place (`isTensorSubclassLike`).
-        Recognise that sum (an add of an earlier node's gradient and the running node's) and record it as the
-        real engine runs it: the result takes over the storage of the operand it would have been written to."""
+        """Autograd's InputBuffer sums two gradients of one input in place when the buffer alone holds one of
+        them; under any Python dispatch mode it adds out of place (`isTensorSubclassLike`). Recognise that sum
+        (an earlier node's gradient plus the running node's) and record it as the real engine runs it: the
+        result takes over the storage of the operand it would have been written to."""
         if func is not torch.ops.aten.add.Tensor or kwargs or len(args) != 2:
             return False
         old, new = args
@@ -230,11 +230,11 @@ class Recorder:
             isinstance(t, torch.Tensor) and t.shape == out.shape and t.dtype == out.dtype for t in args
         ):
             return False
-        sids = [self.storage_id(t) for t in args]
-        if None in sids or self.storage_id(out) is not None:
+        old_sid, new_sid = self.storage_id(old), self.storage_id(new)
+        if old_sid is None or new_sid is None or self.storage_id(out) is not None:
             return False
         node = _node_seq()
-        old_meta, new_meta = self.meta[sids[0]], self.meta[sids[1]]
+        old_meta, new_meta = self.meta[old_sid], self.meta[new_sid]
         if (
             new_meta.grad_node != node
             or old_meta.grad_node in (-1, node)
