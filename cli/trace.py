@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_request
+from memtrace.tracer.errors import MemtraceError
 
 
 @click.command("trace")
@@ -41,6 +42,13 @@ from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_requ
     default=None,
     help="Sort the layer table (default: model order).",
 )
+@click.option(
+    "--graph",
+    "graph_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Export the fx graph with per-node memory: .graphml, .dot or .json.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 @click.option(
     "--output",
@@ -49,6 +57,7 @@ from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_requ
     help="Also write the JSON result to this file.",
 )
 def trace(
+    graph_file: Path | None,
     diagnose: bool,
     what_if: bool,
     show_layers: bool,
@@ -80,14 +89,34 @@ def trace(
 
         _, rows = compute(request, result)
         data["what_if"] = [row_json(r) for r in rows]
+    map_line = ""
+    if graph_file is not None:
+        from memtrace.tracer.mapping import export, map_request
+
+        if graph_file.suffix not in (".graphml", ".dot", ".json"):
+            raise MemtraceError(f"--graph {graph_file}: the suffix must be .graphml, .dot or .json")
+        mapped = map_request(request)
+        export(mapped, graph_file)
+        map_line = f"{mapped.path_line()}; graph written to {graph_file}"
+        data["map"] = {
+            "path": mapped.fxmap.path.value,
+            "reason": mapped.fxmap.reason,
+            "file": str(graph_file),
+        }
     if output is not None:
         output.write_text(json.dumps(data, indent=2) + "\n")
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    console = Console() if Console().is_terminal else Console(width=120)
+    console = Console() if Console().is_terminal else Console(width=160)
     render(result, console)
+    if map_line:
+        console.print(map_line, style="dim")
     if show_layers:
+        if not map_line:
+            from memtrace.tracer.mapping import map_path
+
+            console.print(map_path(request), style="dim")
         console.print(Text())
         console.print(layers_table(layer_rows, totals(layer_rows), depth))
     if diag is not None:

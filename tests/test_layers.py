@@ -42,9 +42,9 @@ def test_layer_table_golden(depth: int, sort: str | None, regen_golden: bool) ->
 @pytest.mark.parametrize(
     "case", [c for c in ZOO if c.name in ("resnet_block", "transformer_sdpa", "tied")], ids=lambda c: c.name
 )
-@pytest.mark.parametrize("depth", [1, 2, 3])
-def test_columns_sum_to_the_summary(case, depth: int) -> None:  # type: ignore[no-untyped-def]
-    res = simulate(case.build, [f"{'x'.join(map(str, s))}:{d}" for s, d in case.inputs], device="cpu")
+@pytest.mark.parametrize("depth,device", [(1, "cpu"), (2, "cuda"), (3, "cpu")])
+def test_columns_sum_to_the_summary(case, depth: int, device: str) -> None:  # type: ignore[no-untyped-def]
+    res = simulate(case.build, [f"{'x'.join(map(str, s))}:{d}" for s, d in case.inputs], device=device)
     rows = at_depth(res.modules, depth)
     total = totals(rows)
     assert total.peak_bytes == res.peak_bytes

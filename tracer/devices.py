@@ -131,4 +131,4 @@ def round_size(device: str, nbytes: int) -> int:
 
 
 def _load_rules() -> None:
-    from memtrace.tracer import attention, rng, rnn_cpu, rules_blas, rules_cpu, rules_cuda  # noqa: F401
+    from memtrace.tracer import attention, compat, rng, rnn_cpu, rules_blas, rules_cpu, rules_cuda  # noqa: F401

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from memtrace.tracer.analysis import live_at, storages_in
+from memtrace.tracer.analysis import Rounding, exact, live_at, storages_in
 from memtrace.tracer.records import Category, LayerRow, Peak, Phase, Trace
 
 INPUTS = "(inputs)"
@@ -33,9 +33,9 @@ def _depth(name: str) -> int:
 
 
 def module_rows(
-    trace: Trace, peak: Peak, facts: Sequence[ModuleFacts], iteration: int
+    trace: Trace, peak: Peak, facts: Sequence[ModuleFacts], iteration: int, rounding: Rounding = exact
 ) -> tuple[LayerRow, ...]:
-    """Each module's own figures (not its children's)."""
+    """Each module's own figures (not its children's), in the device's allocation sizes."""
     rows = {f.name: _empty(f) for f in facts}
     rows[INPUTS] = _empty(ModuleFacts(INPUTS, "", 0))
     index = next((i for i, e in enumerate(trace.events) if e.seq == peak.seq), None)
@@ -52,11 +52,11 @@ def module_rows(
             Category.OPTIMIZER_STATE: "optimizer_bytes",
         }.get(info.category)
         if add is not None:
-            row = replace(row, **{add: getattr(row, add) + info.nbytes})
+            row = replace(row, **{add: getattr(row, add) + rounding(info.nbytes)})
         elif info.category is Category.ACTIVATION and info.phase in (Phase.FORWARD, Phase.RECOMPUTE):
-            row = replace(row, activation_bytes=row.activation_bytes + info.nbytes)
+            row = replace(row, activation_bytes=row.activation_bytes + rounding(info.nbytes))
         if sid in at_peak:
-            row = replace(row, peak_bytes=row.peak_bytes + info.nbytes)
+            row = replace(row, peak_bytes=row.peak_bytes + rounding(info.nbytes))
         rows[key] = row
     for name, flops in trace.module_flops.items():
         if name in rows:

@@ -240,8 +240,14 @@ def layers_table(rows: Sequence[LayerRow], total: LayerRow, depth: int) -> Table
         short_bytes(total.peak_bytes),
         _flops(total.flops),
     )
+    widest = max((len(r.name) + 2 * max(r.depth - 1, 0) for r in rows), default=5)
     for col, f in zip(cols, foot, strict=True):
-        table.add_column(col, footer=f, justify="left" if col in ("layer", "type", "output") else "right")
+        if col == "layer":
+            table.add_column(col, footer=f, no_wrap=True, min_width=widest)
+        elif col == "type":
+            table.add_column(col, footer=f, no_wrap=True, overflow="ellipsis", max_width=20)
+        else:
+            table.add_column(col, footer=f, justify="left" if col == "output" else "right", no_wrap=True)
     for r in rows:
         table.add_row(
             "  " * max(r.depth - 1, 0) + r.name,

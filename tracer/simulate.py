@@ -114,7 +114,7 @@ def analyse(
         recipe=config.recipe.text(),
         accumulate=config.recipe.accumulate,
         flops=trace.flops,
-        modules=module_rows(trace, peak, _facts(model), last),
+        modules=module_rows(trace, peak, _facts(model), last, rounding),
         inputs=tuple(inputs),
         peak=peak,
         phases=analysis.phase_peaks(trace, last, rounding),

@@ -1,0 +1,187 @@
+"""CPU convolution workspace rules against the allocator: one op on real tensors under the profiler, the
+same op's rule replayed by the recorder on meta tensors; the peak rise during the op must agree.
+
+The oneDNN configurations were measured on an AVX-512 machine (channel blocks of 16); elsewhere they are
+skipped, the slow-path ones always run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from reference import allocation_events
+from torch.profiler import ProfilerActivity, profile
+
+from memtrace.tracer.devices import DeviceModel
+from memtrace.tracer.recorder import Recorder
+from memtrace.tracer.records import Kind
+
+TOLERANCE = 0.005
+AVX512 = torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    x: tuple[int, ...]  # input shape: (N, C, L) or (N, C, H, W)
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+    bias: bool = True
+    grad_input: bool = True  # False: the first layer of a network
+    grad_weight: bool = True  # False: a frozen layer
+    dtype: torch.dtype = torch.float32
+    onednn: bool = True  # the case runs on oneDNN (skipped off AVX-512)
+
+
+CASES = [
+    Case("direct-3x3", (2, 32, 32, 32), 64, 3, padding=1),
+    Case("first-layer-strided", (4, 3, 32, 32), 32, 3, stride=2, padding=1, bias=False, grad_input=False),
+    Case("depthwise-strided", (4, 64, 32, 32), 64, 3, stride=2, padding=1, groups=64, bias=False),
+    Case("pointwise", (4, 64, 16, 16), 128, 1, bias=False),
+    Case("pointwise-strided", (2, 64, 32, 32), 128, 1, stride=2),
+    Case("strided-uneven", (2, 32, 33, 33), 40, 3, stride=2, padding=1),
+    Case("dilated", (2, 32, 24, 24), 32, 3, padding=2, dilation=2, bias=False),
+    Case("grouped-8-per-group", (2, 32, 16, 16), 64, 3, padding=1, groups=4),
+    Case("depthwise-5x5", (2, 32, 16, 16), 32, 5, padding=2, groups=32),
+    Case("frozen", (2, 48, 16, 16), 48, 3, padding=1, grad_weight=False),
+    Case("conv1d", (4, 16, 256), 32, 5, padding=2),
+    Case("slow-small-batch", (1, 8, 16, 16), 16, 3, padding=1, onednn=False),
+    Case("slow-dilated", (1, 8, 16, 16), 16, 3, padding=2, dilation=2, onednn=False),
+    Case("slow-float64", (3, 8, 16, 16), 16, 3, stride=2, padding=1, dtype=torch.float64, onednn=False),
+]
+
+
+def _params(case: Case) -> dict[str, Any]:
+    dims = len(case.x) - 2
+    return {
+        "stride": [case.stride] * dims,
+        "padding": [case.padding] * dims,
+        "dilation": [case.dilation] * dims,
+        "transposed": False,
+        "output_padding": [0] * dims,
+        "groups": case.groups,
+    }
+
+
+def _tensors(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    gen = torch.Generator().manual_seed(0)
+    weight_shape = (case.out_channels, case.x[1] // case.groups, *[case.kernel] * (len(case.x) - 2))
+    x = torch.randn(case.x, generator=gen, dtype=case.dtype)
+    w = torch.randn(weight_shape, generator=gen, dtype=case.dtype)
+    b = torch.randn(case.out_channels, generator=gen, dtype=case.dtype) if case.bias else None
+    return x, w, b
+
+
+def _forward(case: Case, x: Any, w: Any, b: Any) -> tuple[Any, tuple[Any, ...]]:
+    p = _params(case)
+    args = (
+        x,
+        w,
+        b,
+        p["stride"],
+        p["padding"],
+        p["dilation"],
+        p["transposed"],
+        p["output_padding"],
+        p["groups"],
+    )
+    return torch.ops.aten.convolution.default, args
+
+
+def _backward(case: Case, gy: Any, x: Any, w: Any) -> tuple[Any, tuple[Any, ...]]:
+    p = _params(case)
+    mask = [case.grad_input, case.grad_weight, case.bias]
+    args = (
+        gy, x, w, [case.out_channels] if case.bias else None, p["stride"], p["padding"], p["dilation"],
+        p["transposed"], p["output_padding"], p["groups"], mask,
+    )  # fmt: skip
+    return torch.ops.aten.convolution_backward.default, args
+
+
+def _measured_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
+    """The largest rise of the CPU allocator while the op runs (its outputs included, kept alive)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = func(*args)
+    del out
+    level = rise = 0
+    for _, size, _ in allocation_events(prof):
+        level += size
+        rise = max(rise, level)
+    return rise
+
+
+def _on_meta(t: Any) -> Any:
+    if isinstance(t, torch.Tensor):
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+    return t
+
+
+def _predicted_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
+    """The same op on meta tensors, its outputs and workspace replayed by the recorder."""
+    meta_args = tuple(_on_meta(a) for a in args)
+    out = func(*meta_args)
+    rec = Recorder(DeviceModel("cpu"))
+    rec.on_op(func, meta_args, {}, out)
+    level = rise = 0
+    for event in rec.events:
+        level += event.nbytes if event.kind is Kind.ALLOC else -event.nbytes
+        rise = max(rise, level)
+    return rise
+
+
+def _skip_off_avx512(case: Case) -> None:
+    if case.onednn and not AVX512:
+        pytest.skip("oneDNN workspaces were measured on AVX-512 kernels")
+
+
+def _check(func: Callable[..., Any], args: tuple[Any, ...], what: str) -> None:
+    measured = _measured_rise(func, args)
+    predicted = _predicted_rise(func, args)
+    error = (predicted - measured) / measured
+    assert abs(error) <= TOLERANCE, (
+        f"{what}: predicted rise {predicted:,} vs measured {measured:,} ({error:+.3%})"
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_forward_rise_matches_the_allocator(case: Case) -> None:
+    _skip_off_avx512(case)
+    x, w, b = _tensors(case)
+    func, args = _forward(case, x, w, b)
+    _check(func, args, f"{case.name} forward")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_backward_rise_matches_the_allocator(case: Case) -> None:
+    _skip_off_avx512(case)
+    x, w, b = _tensors(case)
+    func, args = _forward(case, x, w, b)
+    gy = torch.ones_like(func(*args))
+    func, args = _backward(case, gy, x, w)
+    _check(func, args, f"{case.name} backward")
+
+
+def test_backend_choice_follows_use_mkldnn() -> None:
+    """Float32 goes to oneDNN unless the input is one small image; other dtypes take the slow path."""
+    from memtrace.tracer.rules_cpu import convolution
+
+    def steps(shape: tuple[int, ...], dtype: torch.dtype) -> list[str]:
+        x = torch.empty(shape, dtype=dtype, device="meta")
+        w = torch.empty(16, shape[1], 3, 3, dtype=dtype, device="meta")
+        out = torch.empty(shape[0], 16, shape[2], shape[3], dtype=dtype, device="meta")
+        ws = convolution((x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1), {}, out)
+        return [] if ws is None else [s.kind for s in ws.steps]
+
+    if torch.backends.mkldnn.is_available():
+        assert steps((2, 16, 8, 8), torch.float32).count("alloc") >= 2  # reorders and a blocked output
+    assert steps((1, 8, 16, 16), torch.float32) == ["alloc", "output", "free"]  # im2col columns
+    assert steps((2, 16, 8, 8), torch.float64) == ["alloc", "output", "free"]
+    assert steps((2, 16, 8, 8), torch.bfloat16) == []  # not modelled
