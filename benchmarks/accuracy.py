@@ -38,9 +38,8 @@ def main() -> None:
             if opts.markdown:
                 print(f"| {case.name} | {mode} | {opt} | {cmp.predicted:,} | {cmp.measured:,} | {err} |")
             else:
-                print(
-                    f"{case.name:18s} {mode:5s} {opt:18s} {cmp.predicted:>12,} {cmp.measured:>12,} {err} ({dt:.1f}s)"
-                )
+                line = f"{case.name:18s} {mode:5s} {opt:18s} {cmp.predicted:>12,} {cmp.measured:>12,}"
+                print(f"{line} {err} ({dt:.1f}s)")
 
 
 if __name__ == "__main__":
