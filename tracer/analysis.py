@@ -144,6 +144,16 @@ def category_totals(trace: Trace, iteration: int, rounding: Rounding = exact) ->
     return by_category((trace.storages[s] for s in storages_in(trace, iteration)), rounding)
 
 
+OPTIMIZER_STEP = "(optimizer step)"
+
+
+def owner(info: StorageInfo) -> str:
+    """The module a storage belongs to; what the optimizer step makes outside any module is its own owner."""
+    if not info.module and info.phase is Phase.OPTIMIZER and info.category is Category.TEMPORARY:
+        return OPTIMIZER_STEP
+    return info.module
+
+
 def layers_at_peak(
     trace: Trace, peak: Peak, types: dict[str, str], n: int = 5, rounding: Rounding = exact
 ) -> tuple[LayerShare, ...]:
@@ -155,9 +165,14 @@ def layers_at_peak(
         info = trace.storages[sid]
         if info.category is Category.INPUT:
             continue
-        groups.setdefault(info.module, []).append(info)
+        groups.setdefault(owner(info), []).append(info)
     rows = [
-        LayerShare(m, types.get(m, ""), sum(rounding(s.nbytes) for s in infos), by_category(infos, rounding))
+        LayerShare(
+            m,
+            types.get(m, "") if m != OPTIMIZER_STEP else "",
+            sum(rounding(s.nbytes) for s in infos),
+            by_category(infos, rounding),
+        )
         for m, infos in groups.items()
     ]
     rows.sort(key=lambda r: (-r.bytes, r.module))

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from memtrace.tracer.analysis import Rounding, exact, live_at, storages_in
+from memtrace.tracer.analysis import OPTIMIZER_STEP, Rounding, exact, live_at, owner, storages_in
 from memtrace.tracer.records import Category, LayerRow, Peak, Phase, Trace
 
 INPUTS = "(inputs)"
@@ -29,7 +29,7 @@ class ModuleFacts:
 
 
 def _depth(name: str) -> int:
-    return 0 if name in ("", ROOT, INPUTS) else name.count(".") + 1
+    return 0 if name in ("", ROOT, INPUTS, OPTIMIZER_STEP) else name.count(".") + 1
 
 
 def module_rows(
@@ -37,12 +37,13 @@ def module_rows(
 ) -> tuple[LayerRow, ...]:
     """Each module's own figures (not its children's), in the device's allocation sizes."""
     rows = {f.name: _empty(f) for f in facts}
+    rows[OPTIMIZER_STEP] = _empty(ModuleFacts(OPTIMIZER_STEP, "", 0))
     rows[INPUTS] = _empty(ModuleFacts(INPUTS, "", 0))
     index = next((i for i, e in enumerate(trace.events) if e.seq == peak.seq), None)
     at_peak = live_at(trace, index) if index is not None else set(trace.baseline)
     for sid in storages_in(trace, iteration):
         info = trace.storages[sid]
-        key = INPUTS if info.category is Category.INPUT else info.module
+        key = INPUTS if info.category is Category.INPUT else owner(info)
         key = key if key in rows else ""
         row = rows[key]
         add = {
@@ -77,8 +78,8 @@ def at_depth(rows: Iterable[LayerRow], depth: int) -> tuple[LayerRow, ...]:
     by_name = {r.name: r for r in own}
     out: dict[str, LayerRow] = {}
     for r in own:
-        if r.name == INPUTS:
-            target = INPUTS
+        if r.name in (INPUTS, OPTIMIZER_STEP):
+            target = r.name
         elif r.name == "":
             target = ROOT
         else:
