@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from memtrace.tracer import specs
+from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.specs import SpecError
+
+if TYPE_CHECKING:
+    from memtrace.tracer.simulate import Request
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,7 +73,13 @@ def engine_options(fn: F) -> F:
             type=KeyValueType(),
             help="Keyword argument for the builder, key=value; repeatable.",
         ),
-        click.option("--mode", type=click.Choice(["train", "infer"]), default="train", show_default=True),
+        click.option(
+            "--mode",
+            type=click.Choice(["train", "infer"]),
+            default="train",
+            show_default=True,
+            help="train: forward, backward, optimizer step; infer: forward under no_grad in eval mode.",
+        ),
         click.option(
             "--device",
             type=click.Choice(["cuda", "cpu"]),
@@ -83,7 +94,9 @@ def engine_options(fn: F) -> F:
             show_default=True,
             help="Any torch.optim class (adam, adamw, sgd:momentum=0.9, ...), FILE.py:Class, or none.",
         ),
-        click.option("--amp", default=None, help="Mixed precision: bf16 or fp16 autocast."),
+        click.option(
+            "--amp", type=click.Choice(["bf16", "fp16"]), default=None, help="Mixed precision: autocast."
+        ),
         click.option(
             "--dtype",
             "param_dtype",
@@ -97,7 +110,7 @@ def engine_options(fn: F) -> F:
         ),
         click.option(
             "--accumulate",
-            type=int,
+            type=click.IntRange(min=1),
             default=1,
             show_default=True,
             help="Micro-batches (the --input batch) accumulated per optimizer step.",
@@ -106,6 +119,25 @@ def engine_options(fn: F) -> F:
     for deco in reversed(decorators):
         fn = deco(fn)
     return fn
+
+
+def gpu_option(required: bool = False) -> Callable[[F], F]:
+    return click.option(
+        "--gpu",
+        type=GpuType(),
+        required=required,
+        help="A GPU preset (rtx4070, a100-80gb; see `memtrace gpus`) or a size (12GB, 24GiB).",
+    )
+
+
+def headroom_option(fn: F) -> F:
+    return click.option(
+        "--headroom",
+        type=HeadroomType(),
+        default="auto",
+        show_default=True,
+        help="Memory kept free on the GPU: 0, 1GB, 5%; auto = 512 MiB CUDA-context estimate + 5% of the GPU.",
+    )(fn)
 
 
 def make_request(
@@ -121,7 +153,7 @@ def make_request(
     accumulate: int,
     gpu: Any = None,
     headroom: Any = None,
-) -> Any:
+) -> Request:
     """The engine request the common options describe (imports torch)."""
     from memtrace.tracer.recipes import Recipe
     from memtrace.tracer.simulate import Config, Request
@@ -129,3 +161,14 @@ def make_request(
     recipe = Recipe(amp, param_dtype, tuple(checkpoint), accumulate)
     config = Config(mode, optimizer, device, recipe=recipe)
     return Request(model, tuple(inputs), tuple(args), config, gpu, headroom)
+
+
+def writable(path: Path | None, what: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse an output path before any simulation runs: a wrong suffix or a missing directory."""
+    if path is None:
+        return
+    if suffixes and path.suffix not in suffixes:
+        raise MemtraceError(f"{what} {path}: the suffix must be one of {', '.join(suffixes)}")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise MemtraceError(f"{what} {path}: directory {parent} does not exist")

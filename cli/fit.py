@@ -8,26 +8,18 @@ from typing import Any
 import click
 from rich.console import Console
 
-from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_request
+from memtrace.cli.common import engine_options, gpu_option, headroom_option, make_request
 from memtrace.tracer.records import GpuSpec
 from memtrace.tracer.specs import Headroom, human_bytes
 
 
-@click.command("fit")
+@click.command("fit", short_help="The largest batch (or any --input symbol) that fits a GPU.")
 @engine_options
-@click.option(
-    "--gpu", type=GpuType(), required=True, help="A GPU name (rtx4070, a100-80gb, ...) or size (12GB)."
-)
-@click.option(
-    "--headroom",
-    type=HeadroomType(),
-    default="auto",
-    show_default=True,
-    help="Memory kept free: 0, 1GB, 5%; auto = 512 MiB CUDA context estimate + 5% of the GPU.",
-)
+@gpu_option(required=True)
+@headroom_option
 @click.option(
     "--target-batch",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Recommend micro-batch x accumulation steps reaching at least this effective batch.",
 )
@@ -40,7 +32,9 @@ def fit(gpu: GpuSpec, headroom: Headroom, target_batch: int | None, as_json: boo
     request = make_request(**options, gpu=gpu, headroom=headroom)
     result = compute(request, gpu, headroom)
     data = result.to_json()
-    plan = plan_accumulation(request, gpu, headroom, target_batch, result) if target_batch else None
+    plan = (
+        plan_accumulation(request, gpu, headroom, target_batch, result) if target_batch is not None else None
+    )
     if plan is not None:
         data["target_batch"] = {"target": target_batch, **vars(plan)}
     if as_json:
@@ -50,7 +44,7 @@ def fit(gpu: GpuSpec, headroom: Headroom, target_batch: int | None, as_json: boo
 
 
 def _print(result: Any, plan: Any, gpu: GpuSpec, target: int | None) -> None:
-    out = Console().print
+    out = (Console() if Console().is_terminal else Console(width=160)).print
     sym = result.symbol
     out(f"budget on {gpu.name}: {human_bytes(result.budget_bytes)} (GPU {human_bytes(gpu.bytes)} - headroom)")
     if result.max_value == 0:
@@ -60,11 +54,14 @@ def _print(result: Any, plan: Any, gpu: GpuSpec, target: int | None) -> None:
         if not result.suggestions:
             out("  no single change (bf16 autocast, checkpointing, SGD, half resolution) makes it fit")
     elif result.capped:
-        out(f"[bold green]{sym}={result.max_value}[/] fits (the search cap: the peak stops growing)")
+        out(f"[bold green]{sym}={result.max_value}[/] fits: the search's cap (the peak hardly grows)")
     else:
         out(f"[bold green]{sym}={result.max_value}[/] fits: peak {human_bytes(result.peak_bytes)}")
         out(f"  {sym}={result.max_value + 1} does not: peak {human_bytes(result.next_peak_bytes)}")
-    out(f"{result.simulations} simulations: " + ", ".join(f"{sym}={v}" for v, _ in result.probes))
+    out(
+        f"{result.simulations} simulation{'s' if result.simulations != 1 else ''}: "
+        + ", ".join(f"{sym}={v}" for v, _ in result.probes)
+    )
     if plan is not None:
         out(
             f"target batch {target}: micro-batch {plan.micro_batch} x {plan.steps} accumulation steps "

@@ -10,7 +10,7 @@ from memtrace.tracer.gpus import PRESETS
 from memtrace.tracer.specs import human_bytes
 
 
-@click.command("gpus")
+@click.command("gpus", short_help="List the GPU presets.")
 def gpus() -> None:
     """List the GPU presets: name, memory (as the driver reports it), compute capability."""
     table = Table(show_edge=False)

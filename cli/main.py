@@ -32,7 +32,9 @@ class DefaultGroup(click.Group):
 def cli() -> None:
     """Exact memory of a PyTorch training step, simulated on the meta device.
 
-    memtrace MODEL --input SHAPE [options]   (MODEL is FILE.py:FUNC or package.module:FUNC)
+    \b
+    memtrace MODEL --input SHAPE [options]     simulate a step (MODEL is FILE.py:FUNC or package.module:FUNC)
+    memtrace trace --help                      every option of that main command
     """
 
 
@@ -42,12 +44,13 @@ for command in (trace, fit, sweep, gpus):
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: every user error is one line on stderr and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        args = ["--help"]
     try:
-        return cli.main(args=argv, prog_name="memtrace", standalone_mode=False)
+        return cli.main(args=args, prog_name="memtrace", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.UsageError as exc:
-        _fail(exc.format_message())
     except click.ClickException as exc:
         _fail(exc.format_message())
     except click.Abort:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_request
+from memtrace.cli.common import GpuType, engine_options, headroom_option, make_request
 from memtrace.tracer.records import GpuSpec
 from memtrace.tracer.specs import Headroom, short_bytes
 
@@ -38,7 +38,7 @@ class SetType(click.ParamType):  # type: ignore[type-arg]
         return names.strip(), rows
 
 
-@click.command("sweep")
+@click.command("sweep", short_help="A table over every combination of --set values.")
 @engine_options
 @click.option(
     "--set",
@@ -48,8 +48,8 @@ class SetType(click.ParamType):  # type: ignore[type-arg]
     required=True,
     help="Values of symbols: B=1,2,4,8 or HxW=144x256,540x960; repeatable, one per symbol group.",
 )
-@click.option("--gpu", "gpus", multiple=True, type=GpuType(), help="Verdict against this GPU; repeatable.")
-@click.option("--headroom", type=HeadroomType(), default="auto", show_default=True)
+@click.option("--gpu", "gpus", multiple=True, type=GpuType(), help="A verdict against this GPU; repeatable.")
+@headroom_option
 @click.option(
     "--format",
     "fmt",

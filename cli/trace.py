@@ -11,22 +11,13 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from memtrace.cli.common import GpuType, HeadroomType, engine_options, make_request
-from memtrace.tracer.errors import MemtraceError
+from memtrace.cli.common import engine_options, gpu_option, headroom_option, make_request, writable
 
 
-@click.command("trace")
+@click.command("trace", short_help="Simulate a step (the default: `memtrace MODEL ...`).")
 @engine_options
-@click.option(
-    "--gpu", type=GpuType(), default=None, help="A GPU name (rtx4070, a100-80gb, ...) or size (12GB)."
-)
-@click.option(
-    "--headroom",
-    type=HeadroomType(),
-    default="auto",
-    show_default=True,
-    help="Memory kept free on the GPU: 0, 1GB, 5%; auto = CUDA context estimate + 5%.",
-)
+@gpu_option()
+@headroom_option
 @click.option(
     "--what-if",
     "what_if",
@@ -72,6 +63,8 @@ def trace(
     from memtrace.tracer.report import diagnosis_view, layers_table, render, what_if_table
     from memtrace.tracer.simulate import run
 
+    writable(output, "--output")
+    writable(graph_file, "--graph", (".graphml", ".dot", ".json"))
     request = make_request(**options)
     result = run(request)
     data = result.to_json()
@@ -93,8 +86,6 @@ def trace(
     if graph_file is not None:
         from memtrace.tracer.mapping import export, map_request
 
-        if graph_file.suffix not in (".graphml", ".dot", ".json"):
-            raise MemtraceError(f"--graph {graph_file}: the suffix must be .graphml, .dot or .json")
         mapped = map_request(request)
         export(mapped, graph_file)
         map_line = f"{mapped.path_line()}; graph written to {graph_file}"

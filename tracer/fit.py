@@ -14,7 +14,7 @@ from typing import Any
 from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.records import Category, GpuSpec, InputSpec, Result
 from memtrace.tracer.simulate import Request, run
-from memtrace.tracer.specs import Headroom, OptimizerSpec, bind_inputs, input_symbols
+from memtrace.tracer.specs import Headroom, OptimizerSpec, bind_inputs, budget, input_symbols
 
 MAX_VALUE = 1 << 16
 
@@ -29,10 +29,7 @@ def bind(request: Request, values: dict[str, int]) -> Request:
 
 
 def budget_of(gpu: GpuSpec, headroom: Headroom | None) -> int:
-    budget = gpu.bytes - (headroom or Headroom()).of(gpu.bytes)
-    if budget <= 0:
-        raise MemtraceError(f"the headroom leaves nothing of {gpu.name}'s memory")
-    return budget
+    return budget(gpu, headroom)
 
 
 @dataclass

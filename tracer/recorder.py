@@ -8,6 +8,7 @@ node running in backward give the module. The recorder emits events, nothing els
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class Recorder:
         self.input_shapes: dict[str, tuple[int, ...]] = {}
         self.fx_node = ""
         self.recompute_depth = 0
+        self.failed_in = ""  # the innermost module an exception left, for the error message
         self.autograd_fx: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count()
@@ -263,6 +265,7 @@ class Recorder:
         self.sweep()
         self.phase, self.iteration = phase, iteration
         self.module_stack = [""]
+        self.failed_in = ""
 
     def outputs(self, out: Any) -> None:
         for t in floating_leaves(out):
@@ -402,6 +405,8 @@ def _pre_hook(rec: Recorder, name: str) -> Any:
 
 def _post_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any, out: Any) -> None:
+        if sys.exc_info()[1] is not None and not rec.failed_in:
+            rec.failed_in = name or type(module).__name__
         if rec.phase is Phase.RECOMPUTE and len(rec.module_stack) == rec.recompute_depth:
             rec.phase = Phase.BACKWARD
         if len(rec.module_stack) > 1:

@@ -17,8 +17,8 @@ from memtrace.tracer.loader import Built, build_on_meta, load_object, make_input
 from memtrace.tracer.program import StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, meta_autocast
 from memtrace.tracer.recorder import Recorder, recording, register_baseline
-from memtrace.tracer.records import Category, GpuSpec, InputSpec, ModelInfo, Result, Trace, Verdict
-from memtrace.tracer.specs import Headroom, OptimizerSpec, parse_input, parse_optimizer
+from memtrace.tracer.records import Category, GpuSpec, InputSpec, ModelInfo, Phase, Result, Trace, Verdict
+from memtrace.tracer.specs import Headroom, OptimizerSpec, budget, parse_input, parse_optimizer
 
 MODES = ("train", "infer")
 
@@ -49,14 +49,13 @@ def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config
     """
     device = DeviceModel(config.device)
     rec = Recorder(device)
-    apply_to_model(model, config.recipe)
-    inputs = cast_inputs(list(inputs), config.recipe.dtype)
-    owners = _parameter_owners(model)
-    optimizer = None
-    if config.mode == "train":
-        optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
-    register_baseline(rec, model, inputs, owners)
     try:
+        apply_to_model(model, config.recipe)
+        inputs = cast_inputs(list(inputs), config.recipe.dtype)
+        optimizer = None
+        if config.mode == "train":
+            optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
+        register_baseline(rec, model, inputs, _parameter_owners(model))
         with device.patched(), recording(rec, model):
             run_program(model, inputs, optimizer, plan_for(config), rec, config.iterations)
     except MemtraceError:
@@ -73,10 +72,12 @@ def plan_for(config: Config) -> StepPlan:
 
 
 def _failure(rec: Recorder, model: nn.Module, exc: Exception) -> str:
-    where = rec.module_stack[-1] or type(model).__name__
+    where = rec.failed_in or rec.module_stack[-1] or type(model).__name__
     hint = ""
     if "meta" in str(exc) or "data-dependent" in str(exc).lower():
         hint = " (data-dependent code such as .item(), nonzero or an if on tensor values cannot run on meta)"
+    if rec.phase is Phase.SETUP:
+        return f"setting up the step failed: {first_line(exc)}"
     return f"the {rec.phase.value} pass failed in module {where!r}: {first_line(exc)}{hint}"
 
 
@@ -104,8 +105,8 @@ def analyse(
     types = {name: type(m).__name__ for name, m in model.named_modules()}
     verdict = None
     if gpu is not None:
-        budget = gpu.bytes - (headroom or Headroom()).of(gpu.bytes)
-        verdict = Verdict(gpu, peak.bytes <= budget, budget, budget - peak.bytes)
+        room = budget(gpu, headroom)
+        verdict = Verdict(gpu, peak.bytes <= room, room, room - peak.bytes)
     return Result(
         model=_model_info(model, built_path),
         device=config.device,

@@ -8,11 +8,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.gpus import PRESETS, default_headroom, normalise_gpu_name
 from memtrace.tracer.records import GpuSpec, InputSpec
 
 
-class SpecError(ValueError):
+class SpecError(MemtraceError, ValueError):
     """A malformed value on the command line or in an API call."""
 
 
@@ -236,11 +237,10 @@ class OptimizerSpec:
 def parse_optimizer(text: str) -> OptimizerSpec:
     """`adam`, `sgd:momentum=0.9`, `adamw:lr=1e-3,foreach=false`, `none`, `my_opt.py:Lion`."""
     head, _, rest = text.partition(":")
-    if rest and ("=" not in rest.split(",")[0] or head.endswith(".py")):
-        # `file.py:Class` or `pkg.mod:Class[:k=v,...]`
-        target, _, args = text.partition(":")
-        cls, _, args = args.partition(":")
-        head, rest = f"{target}:{cls}", args
+    if head.endswith(".py") or "/" in head or "." in head:
+        # `file.py:Class[:k=v,...]` or `pkg.mod:Class[:k=v,...]`
+        cls, _, rest = rest.partition(":")
+        head = f"{head}:{cls}"
     name = head.strip()
     if not name:
         raise SpecError(f"malformed --optimizer {text!r}: expected NAME[:key=value,...]")
@@ -273,3 +273,13 @@ def human_bytes(n: int) -> str:
         if n >= size:
             return f"{sign}{n / size:.2f} {unit} ({sign}{n / bin_size:.2f} {bin_unit})"
     return f"{sign}{n} B"  # pragma: no cover
+
+
+def budget(gpu: GpuSpec, headroom: Headroom | None) -> int:
+    """The bytes a step may use on the GPU: its memory less the headroom kept free."""
+    kept = (headroom or Headroom()).of(gpu.bytes)
+    if kept >= gpu.bytes:
+        raise SpecError(
+            f"the headroom ({human_bytes(kept)}) leaves nothing of {gpu.name}'s {human_bytes(gpu.bytes)}"
+        )
+    return gpu.bytes - kept
