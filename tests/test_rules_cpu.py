@@ -19,9 +19,10 @@ from torch.profiler import ProfilerActivity, profile
 from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.recorder import Recorder
 from memtrace.tracer.records import Kind
+from memtrace.tracer.rules_cpu import channel_block
 
 TOLERANCE = 0.005
-AVX512 = torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+AVX512 = torch.backends.mkldnn.is_available() and channel_block() == 16
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Case:
     grad_input: bool = True  # False: the first layer of a network
     grad_weight: bool = True  # False: a frozen layer
     dtype: torch.dtype = torch.float32
+    contiguous: bool = True  # False: the input is a transposed view, copied by the kernel
     onednn: bool = True  # the case runs on oneDNN (skipped off AVX-512)
 
 
@@ -53,9 +55,11 @@ CASES = [
     Case("depthwise-5x5", (2, 32, 16, 16), 32, 5, padding=2, groups=32),
     Case("frozen", (2, 48, 16, 16), 48, 3, padding=1, grad_weight=False),
     Case("conv1d", (4, 16, 256), 32, 5, padding=2),
+    Case("strided-view-input", (2, 32, 16, 24), 32, 3, padding=1, contiguous=False),
     Case("slow-small-batch", (1, 8, 16, 16), 16, 3, padding=1, onednn=False),
     Case("slow-dilated", (1, 8, 16, 16), 16, 3, padding=2, dilation=2, onednn=False),
     Case("slow-float64", (3, 8, 16, 16), 16, 3, stride=2, padding=1, dtype=torch.float64, onednn=False),
+    Case("slow-view-input", (1, 8, 16, 12), 16, 3, padding=1, contiguous=False, onednn=False),
 ]
 
 
@@ -75,6 +79,8 @@ def _tensors(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     gen = torch.Generator().manual_seed(0)
     weight_shape = (case.out_channels, case.x[1] // case.groups, *[case.kernel] * (len(case.x) - 2))
     x = torch.randn(case.x, generator=gen, dtype=case.dtype)
+    if not case.contiguous:
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
     w = torch.randn(weight_shape, generator=gen, dtype=case.dtype)
     b = torch.randn(case.out_channels, generator=gen, dtype=case.dtype) if case.bias else None
     return x, w, b

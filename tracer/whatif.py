@@ -34,20 +34,20 @@ class WhatIfRow:
 
 
 def top_level_blocks(model: nn.Module) -> list[str]:
-    """The model's blocks: its children that hold parameters, looking inside ModuleList/Sequential containers
-    (a transformer's `blocks`, GPT-2's `transformer.h`) for the repeated layers."""
-    names: list[str] = []
-    for name, child in model.named_children():
-        if not any(True for _ in child.parameters()):
-            continue
-        inner = _repeated_children(child)
-        names += [f"{name}.{n}" for n in inner] if inner else [name]
-    if len(names) == 1 and _repeated_children(model.get_submodule(names[0])) == []:
-        sub = model.get_submodule(names[0])
-        deeper = top_level_blocks(sub)
-        if len(deeper) > 1:
-            return [f"{names[0]}.{n}" for n in deeper]
-    return names
+    """Blocks worth checkpointing: the repeated layers of the model's main container (a Sequential of blocks,
+    a transformer's `blocks`, GPT-2's `transformer.h`), else its children that hold parameters. Only modules
+    with submodules count: checkpointing a single layer saves nothing."""
+    names = _repeated_children(model)
+    if not names:
+        for name, child in model.named_children():
+            if any(True for _ in child.parameters()):
+                inner = _repeated_children(child)
+                names += [f"{name}.{n}" for n in inner] if inner else [name]
+        if len(names) == 1:
+            deeper = top_level_blocks(model.get_submodule(names[0]))
+            if deeper:
+                return [f"{names[0]}.{n}" for n in deeper]
+    return [n for n in names if any(True for _ in model.get_submodule(n).children())]
 
 
 def _repeated_children(module: nn.Module) -> list[str]:
@@ -101,10 +101,6 @@ def variants(blocks: list[str]) -> list[Variant]:
     ]
 
 
-def _has_children(model: nn.Module, name: str) -> bool:
-    return any(True for _ in model.get_submodule(name).children())
-
-
 def _checkpoint_flags(blocks: list[str]) -> str:
     parents = {b.rpartition(".")[0] for b in blocks}
     if len(parents) == 1 and "." in blocks[0] and len(blocks) > 1:
@@ -117,8 +113,8 @@ def what_if(request: Request, baseline: Result | None = None) -> tuple[Result, l
     base = baseline or run(request)
     model = build(request.builder, dict(request.builder_kwargs)).model
     blocks = top_level_blocks(model)
-    if request.config.recipe.checkpoint or not any(_has_children(model, b) for b in blocks):
-        blocks = []  # already checkpointing, or only single layers to wrap, which saves nothing
+    if request.config.recipe.checkpoint:
+        blocks = []  # already checkpointing
     rows = []
     for change, flags, make in variants(blocks):
         if request.config.mode != "train" and (
