@@ -114,3 +114,40 @@ def test_what_if_rows_equal_separate_runs(capsys) -> None:  # type: ignore[no-un
     micro_data = json.loads(micro)
     assert rows["half micro-batch, accumulate x2"]["peak_bytes"] == micro_data["peak_bytes"]
     assert micro_data["effective_batch"] == 256
+
+
+class _FlatBlock(__import__("torch").nn.Module):
+    """A block with no submodules: its checkpointed recomputation is seen through the wrapper, not hooks."""
+
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.w1 = torch.nn.Parameter(torch.randn(256, 1024) * 0.01)
+        self.w2 = torch.nn.Parameter(torch.randn(1024, 256) * 0.01)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        import torch
+
+        return torch.tanh(x @ self.w1) @ self.w2
+
+
+def _flat_model():  # type: ignore[no-untyped-def]
+    import torch
+
+    return torch.nn.Sequential(_FlatBlock(), _FlatBlock())
+
+
+def test_recompute_of_a_module_without_children_is_its_own_phase() -> None:
+    import torch
+    from reference import measure
+
+    from memtrace.tracer.specs import parse_optimizer
+
+    recipe = Recipe(checkpoint=("0", "1"))
+    res = simulate(_flat_model, ["64x256"], device="cpu", optimizer="sgd", recipe=recipe)
+    phases = {p.phase.value: p for p in res.phases}
+    assert "recompute" in phases and phases["recompute"].module in ("0", "1")
+    torch.manual_seed(0)
+    ref = measure(_flat_model(), [torch.randn(64, 256)], "train", parse_optimizer("sgd"), recipe)
+    assert res.peak_bytes == ref.peak

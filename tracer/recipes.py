@@ -68,14 +68,24 @@ def wrap_checkpoint(model: nn.Module, globs: tuple[str, ...]) -> list[str]:
     targets = checkpoint_targets(model, globs)
     for name in targets:
         module = model.get_submodule(name)
-        module.forward = _checkpointed(module.forward)  # type: ignore[method-assign]
+        module.forward = _checkpointed(module.forward, name)  # type: ignore[method-assign]
     return targets
 
 
-def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
+def _checkpointed(forward: Callable[..., Any], name: str) -> Callable[..., Any]:
+    def body(*args: Any, **kwargs: Any) -> Any:
+        from memtrace.tracer.recorder import active_recorder
+        from memtrace.tracer.records import Phase
+
+        rec = active_recorder()
+        if rec is not None and rec.phase in (Phase.BACKWARD, Phase.RECOMPUTE):
+            with rec.recomputing(name):  # the recomputation inside backward, when simulating
+                return forward(*args, **kwargs)
+        return forward(*args, **kwargs)
+
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return checkpoint(body, *args, use_reentrant=False, **kwargs)
 
     return run
 

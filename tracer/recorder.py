@@ -115,6 +115,18 @@ class Recorder:
             self._emit(Kind.ALLOC, sid, nbytes, op)
         return sid
 
+    @contextmanager
+    def recomputing(self, module: str) -> Iterator[None]:
+        """A checkpointed forward run again inside backward: its own phase, attributed to its module."""
+        phase, depth, stack = self.phase, self.recompute_depth, len(self.module_stack)
+        self.phase, self.recompute_depth = Phase.RECOMPUTE, 0
+        self.module_stack.append(module)
+        try:
+            yield
+        finally:
+            self.phase, self.recompute_depth = phase, depth
+            del self.module_stack[stack:]
+
     def storage_id(self, t: torch.Tensor) -> int | None:
         """The id of the live storage behind a tensor, if the recorder knows it."""
         found = self.live.get(StorageWeakRef(t.untyped_storage()).cdata)
@@ -377,10 +389,20 @@ def register_baseline(
         rec.mark_tensor(x, Category.INPUT)
 
 
+_ACTIVE: list[Recorder] = []
+
+
+def active_recorder() -> Recorder | None:
+    """The recorder of the simulation in progress, if any."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
 @contextmanager
 def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
     """Module hooks, saved-tensor hooks and the dispatch mode, all removed on exit."""
     with ExitStack() as stack:
+        _ACTIVE.append(rec)
+        stack.callback(_ACTIVE.pop)
         for name, module in model.named_modules():
             stack.callback(module.register_forward_pre_hook(_pre_hook(rec, name)).remove)
             # always_call: a checkpoint's recomputation that stops early raises through the module
