@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.text import Text
 
 from memtrace.cli.common import engine_options, gpu_option, headroom_option, make_request, writable
+
+if TYPE_CHECKING:
+    from memtrace.tracer.whatif import WhatIfRow
 
 
 @click.command("trace", short_help="Simulate a step (the default: `memtrace MODEL ...`).")
@@ -70,18 +73,19 @@ def trace(
     data = result.to_json()
     layer_rows = sort_rows(at_depth(result.modules, depth), sort)
     data["layers"] = [asdict(r) for r in layer_rows]
+    rows: list[WhatIfRow] = []
+    if what_if or diagnose:
+        from memtrace.tracer.whatif import what_if as compute
+
+        _, rows = compute(request, result)
+    if what_if:
+        data["what_if"] = [r.to_json() for r in rows]
     diag = None
     if diagnose:
         from memtrace.tracer.diagnosis import diagnose as compute_diagnosis
 
-        diag = compute_diagnosis(request, result)
+        diag = compute_diagnosis(request, result, rows)
         data["diagnosis"] = diag.to_json()
-    rows: list[Any] = []
-    if what_if:
-        from memtrace.tracer.whatif import what_if as compute
-
-        _, rows = compute(request, result)
-        data["what_if"] = [row_json(r) for r in rows]
     map_line = ""
     if graph_file is not None:
         from memtrace.tracer.mapping import export, map_request
@@ -114,16 +118,3 @@ def trace(
         console.print(diagnosis_view(result, diag))
     if what_if:
         console.print(what_if_table(result, rows))
-
-
-def row_json(row: Any) -> dict[str, Any]:
-    return {
-        "change": row.change,
-        "flags": row.flags,
-        "peak_bytes": row.peak_bytes,
-        "saved_bytes": row.saved_bytes,
-        "saved_fraction": round(row.saved_fraction, 6),
-        "flops_ratio": round(row.flops_ratio, 6),
-        "effective_batch": row.effective_batch,
-        "error": row.error,
-    }

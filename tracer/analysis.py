@@ -177,3 +177,19 @@ def layers_at_peak(
     ]
     rows.sort(key=lambda r: (-r.bytes, r.module))
     return tuple(rows[:n])
+
+
+def category_peak(trace: Trace, iteration: int, category: Category, rounding: Rounding = exact) -> int:
+    """The most bytes of one category live at once during the iteration (saved activations: what the graph
+    holds when backward starts, one micro-batch's worth)."""
+    live = sum(
+        rounding(trace.storages[s].nbytes) for s in trace.baseline if trace.storages[s].category is category
+    )
+    best = live if any(e.iteration == iteration for e in trace.events) else 0
+    for ev in trace.events:
+        if trace.storages[ev.storage].category is not category:
+            continue
+        live += rounding(ev.nbytes) if ev.kind is Kind.ALLOC else -rounding(ev.nbytes)
+        if ev.iteration == iteration:
+            best = max(best, live)
+    return best

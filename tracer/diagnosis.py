@@ -40,7 +40,7 @@ class Diagnosis:
             if self.dominant
             else None,
             "flatten_heads": [vars(h) for h in self.flatten_heads],
-            "fixes": [vars(f) | {"saved_fraction": round(f.saved_fraction, 6)} for f in self.fixes],
+            "fixes": [f.to_json() for f in self.fixes],
         }
 
 
@@ -95,7 +95,7 @@ def _half_batch(request: Request) -> Request | None:
     return replace(request, inputs=halved)
 
 
-def diagnose(request: Request, base: Result) -> Diagnosis:
+def diagnose(request: Request, base: Result, what_if_rows: list[WhatIfRow] | None = None) -> Diagnosis:
     heads = flatten_heads(base.modules)
     fixes: list[WhatIfRow] = []
     for head in heads:
@@ -116,7 +116,7 @@ def diagnose(request: Request, base: Result) -> Diagnosis:
     half = _half_batch(request)
     if half is not None:
         fixes.append(simulate_row("half batch", "--input with half the batch", half, base))
-    _, rows = what_if(request, base)
+    rows = what_if_rows if what_if_rows is not None else what_if(request, base)[1]
     wanted = ("bf16 autocast", "checkpoint", "SGD with momentum")
     fixes += [r for r in rows if r.change.startswith(wanted)]
     dominant = base.top_layers[0] if base.top_layers else None

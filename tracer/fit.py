@@ -247,13 +247,10 @@ class SweepRow:
     values: dict[str, int]
     input_bytes: int
     model_state_bytes: int  # parameters, buffers, gradients and optimizer state of the step
-    activation_bytes: int  # everything saved for backward in the step
+    activation_bytes: int  # the most saved activations live at once (one micro-batch's graph)
     peak_bytes: int
     fits: dict[str, bool]
     error: str = ""
-
-
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}
 
 
 def parse_sets(sets: list[tuple[str, list[tuple[int, ...]]]]) -> list[list[dict[str, int]]]:
@@ -277,9 +274,13 @@ def sweep(
     headroom: Headroom | None,
     progress: Callable[[], None] = lambda: None,
 ) -> list[SweepRow]:
-    missing = set(input_symbols(request.inputs)) - {k for axis in axes for k in axis[0]}
+    given = {k for axis in axes for k in axis[0]}
+    used = set(input_symbols(request.inputs)) | {v for _, v in request.builder_kwargs if isinstance(v, str)}
+    missing = set(input_symbols(request.inputs)) - given
     if missing:
         raise MemtraceError(f"--input symbol {sorted(missing)[0]} has no --set")
+    if given - used:
+        raise MemtraceError(f"--set gives {sorted(given - used)[0]}, which no --input or --arg uses")
     rows = []
     for combo in itertools.product(*axes):
         values = {k: v for part in combo for k, v in part.items()}
@@ -291,15 +292,14 @@ def sweep(
 def _sweep_row(
     req: Request, values: dict[str, int], gpus: list[GpuSpec], headroom: Headroom | None
 ) -> SweepRow:
-    input_bytes = sum(math.prod(int(d) for d in s.shape) * _DTYPE_BYTES[s.dtype] for s in req.inputs)
     try:
         res = run(req)
     except MemtraceError as exc:
-        return SweepRow(values, input_bytes, 0, 0, 0, {}, exc.one_line())
+        return SweepRow(values, 0, 0, 0, 0, {}, exc.one_line())
     cat = res.totals
     states = sum(
         cat.get(c, 0)
         for c in (Category.PARAMETER, Category.BUFFER, Category.GRADIENT, Category.OPTIMIZER_STATE)
     )
     fits = {g.name: res.peak_bytes <= budget_of(g, headroom) for g in gpus}
-    return SweepRow(values, input_bytes, states, cat.get(Category.ACTIVATION, 0), res.peak_bytes, fits)
+    return SweepRow(values, cat[Category.INPUT], states, res.activation_peak, res.peak_bytes, fits)

@@ -194,6 +194,7 @@ class Result:
     accumulate: int = 1
     flops: int = 0
     modules: tuple[LayerRow, ...] = ()  # each module's own figures; roll up with layers.at_depth
+    activation_peak: int = 0  # the most saved-activation bytes live at once (one micro-batch's graph)
 
     @property
     def peak_bytes(self) -> int:
@@ -229,6 +230,7 @@ class Result:
                 "effective_batch": self.effective_batch,
                 "flops": self.flops,
                 "modules": [asdict(m) for m in self.modules],
+                "activation_peak_bytes": self.activation_peak,
             }
         )
         return data
@@ -259,6 +261,7 @@ class Result:
             accumulate=data.get("accumulate", 1),
             flops=data.get("flops", 0),
             modules=tuple(_row_from(m) for m in data.get("modules", ())),
+            activation_peak=data.get("activation_peak_bytes", 0),
         )
 
 

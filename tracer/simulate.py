@@ -116,6 +116,7 @@ def analyse(
         accumulate=config.recipe.accumulate,
         flops=trace.flops,
         modules=module_rows(trace, peak, _facts(model), last, rounding),
+        activation_peak=analysis.category_peak(trace, last, Category.ACTIVATION, rounding),
         inputs=tuple(inputs),
         peak=peak,
         phases=analysis.phase_peaks(trace, last, rounding),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -23,6 +23,13 @@ class WhatIfRow:
     flops_ratio: float  # this step's FLOPs / the baseline's: the recompute cost
     effective_batch: int | None
     error: str = ""  # why this row could not be simulated
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "saved_fraction": round(self.saved_fraction, 6),
+            "flops_ratio": round(self.flops_ratio, 6),
+        }
 
     @property
     def saved_fraction(self) -> float:
@@ -122,8 +129,8 @@ def what_if(request: Request, baseline: Result | None = None) -> tuple[Result, l
         ):
             continue
         varied = make(request)
-        if varied is None:
-            continue
+        if varied is None or (varied.config == request.config and varied.inputs == request.inputs):
+            continue  # does not apply, or changes nothing (bf16 autocast when --amp bf16 is set)
         rows.append(simulate_row(change, flags, varied, base))
     return base, rows
 
