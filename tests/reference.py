@@ -73,9 +73,17 @@ def measure(
     opt = None
     if mode == "train":
         opt = make_optimizer(optimizer or OptimizerSpec("adam"), list(model.parameters()), "cpu")
-    plan = StepPlan(mode, recipe.accumulate, real_autocast("cpu", recipe.amp))
+    scaler = None
+    if recipe.amp == "fp16" and mode == "train":
+        # init_scale 1: the default 2**16 overflows fp16 on random data, and the step would be skipped
+        scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    plan = StepPlan(mode, recipe.accumulate, real_autocast("cpu", recipe.amp), scaler)
     run_program(model, inputs, opt, plan, NullObserver(), iterations=1)
     start = live_bytes(model, inputs, opt)
+    if scaler is not None:
+        start += sum(
+            t.untyped_storage().nbytes() for t in (scaler._scale, scaler._growth_tracker) if t is not None
+        )
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run_program(model, inputs, opt, plan, NullObserver(), iterations=1, first=1)
     events = allocation_events(prof)

@@ -84,9 +84,13 @@ def _autocast_left_as_found() -> Iterator[None]:
 # --------------------------------------------------------------------------- the policy lists
 
 
+# Registered elsewhere with a policy of their own: cudnn/AutocastRNN.cpp (builds with cuDNN only).
+NOT_LISTED = {"_cudnn_rnn"}
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_policy_lists_are_the_ops_this_torch_registers(device: str) -> None:
-    assert set(POLICIES[device]) == registered_ops(device)
+    assert set(POLICIES[device]) == registered_ops(device) - NOT_LISTED
 
 
 # --------------------------------------------------------------------------- op by op, meta vs CPU
@@ -317,7 +321,7 @@ def _param(name: str, optimizer: str, amp: str) -> Any:
     if name == "resnet_block":
         marks.append(
             pytest.mark.xfail(
-                reason="reduced-precision CPU convolution buffers (im2col columns) are not modelled by rules_cpu",
+                reason="rules_cpu does not model reduced-precision CPU convolution buffers (im2col columns)",
                 strict=True,
             )
         )

@@ -151,3 +151,14 @@ def test_recompute_of_a_module_without_children_is_its_own_phase() -> None:
     torch.manual_seed(0)
     ref = measure(_flat_model(), [torch.randn(64, 256)], "train", parse_optimizer("sgd"), recipe)
     assert res.peak_bytes == ref.peak
+
+
+AMP_MODELS = ["mlp", "seed_cnn", "dict_output"]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", AMP_MODELS)
+def test_autocast_matches_the_allocator_with_onednn(name: str, amp: str) -> None:
+    """Mixed precision with the CPU build's defaults (oneDNN on); fp16 includes the GradScaler."""
+    cmp = compare(ZOO_BY_NAME[name], "train", "adam", Recipe(amp=amp))
+    assert abs(cmp.error) <= TOLERANCE, f"{100 * cmp.error:+.3f}%"

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _disable_current_modes
 
+from memtrace.tracer.autocast import policy_cast
 from memtrace.tracer.devices import patch
 
 _FLASH = 1  # torch.nn.attention.SDPBackend.FLASH_ATTENTION
@@ -39,23 +41,24 @@ def _cpu_choice(
     scale: Any,
     enable_gqa: bool,
 ) -> int:
-    smask = _stand_in(mask) if isinstance(mask, torch.Tensor) else None
     choose: Any = torch._fused_sdp_choice
-    try:
-        return int(
-            choose(
-                _stand_in(q),
-                _stand_in(k),
-                _stand_in(v),
-                smask,
-                dropout_p,
-                is_causal,
-                scale=scale,
-                enable_gqa=enable_gqa,
+    with _disable_current_modes():  # the stand-ins are not part of the simulated step
+        smask = _stand_in(mask) if isinstance(mask, torch.Tensor) else None
+        try:
+            return int(
+                choose(
+                    _stand_in(q),
+                    _stand_in(k),
+                    _stand_in(v),
+                    smask,
+                    dropout_p,
+                    is_causal,
+                    scale=scale,
+                    enable_gqa=enable_gqa,
+                )
             )
-        )
-    except (RuntimeError, TypeError):
-        return 0
+        except (RuntimeError, TypeError):
+            return 0
 
 
 def _wrap(original: Any) -> Any:
@@ -73,6 +76,10 @@ def _wrap(original: Any) -> Any:
             return original(
                 query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
             )
+        # autocast casts before the backend is chosen; the fused kernel below bypasses the dispatcher
+        query, key, value, attn_mask = policy_cast(
+            "cpu", "scaled_dot_product_attention", query, key, value, attn_mask
+        )
         choice = _cpu_choice(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
         if choice != _FLASH or enable_gqa:
             return original(

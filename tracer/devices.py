@@ -131,4 +131,13 @@ def round_size(device: str, nbytes: int) -> int:
 
 
 def _load_rules() -> None:
-    from memtrace.tracer import attention, compat, rng, rnn_cpu, rules_blas, rules_cpu, rules_cuda  # noqa: F401
+    from memtrace.tracer import (  # noqa: F401  (registering rules and patches)
+        attention,
+        autocast,
+        compat,
+        rng,
+        rnn_cpu,
+        rules_blas,
+        rules_cpu,
+        rules_cuda,
+    )

@@ -68,7 +68,12 @@ def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config
 def plan_for(config: Config) -> StepPlan:
     """The step on meta: the recipe's accumulation and the emulated autocast of the target device."""
     autocast = meta_autocast(config.device, config.recipe.amp)
-    return StepPlan(config.mode, config.recipe.accumulate, autocast)
+    scaler = None
+    if config.recipe.amp == "fp16" and config.mode == "train":
+        from memtrace.tracer.autocast import MetaGradScaler
+
+        scaler = MetaGradScaler(config.device)  # fp16 training scales the loss
+    return StepPlan(config.mode, config.recipe.accumulate, autocast, scaler)
 
 
 def _failure(rec: Recorder, model: nn.Module, exc: Exception) -> str:
