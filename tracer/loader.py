@@ -53,10 +53,21 @@ def load_object(target: Target | str, what: str = "builder") -> Any:
     return obj
 
 
+_LOADED: dict[tuple[str, int], Any] = {}
+
+
 def _load_file(source: str) -> Any:
+    """Import a builder file once per version of it (fit and sweep build the model many times)."""
     path = Path(source)
     if not path.is_file():
         raise MemtraceError(f"file not found: {source}")
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _LOADED:
+        _LOADED[key] = _exec_file(path, source)
+    return _LOADED[key]
+
+
+def _exec_file(path: Path, source: str) -> Any:
     name = "memtrace_user_" + path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

@@ -72,7 +72,6 @@ class Recorder:
         self.module_stack: list[str] = [""]
         self.node_module: dict[int, str] = {}
         self.owners: dict[int, str] = {}
-        self.flops = 0
         self.module_flops: dict[tuple[int, str], int] = {}
         self.output_shapes: dict[str, tuple[int, ...]] = {}
         self.input_shapes: dict[str, tuple[int, ...]] = {}
@@ -206,7 +205,6 @@ class Recorder:
         name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
         flops = count_flops(func, args, kwargs, out)
         if flops:
-            self.flops += flops
             key = (self.iteration, self.current_module())
             self.module_flops[key] = self.module_flops.get(key, 0) + flops
         if self.phase is Phase.BACKWARD and self._accumulates_in_place(func, args, kwargs, out):
