@@ -8,14 +8,12 @@ im2col columns) that no workspace rule models yet; those are kernel buffers, not
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import reference
 import torch
 import torch.nn.functional as F
 from accuracy import compare
@@ -24,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from zoo import ZOO_BY_NAME
 
-from memtrace.tracer import attention, simulate
+from memtrace.tracer import attention
 from memtrace.tracer.autocast import (
     AUTOCAST_KEYS,
     POLICIES,
@@ -34,7 +32,6 @@ from memtrace.tracer.autocast import (
     registered_ops,
 )
 from memtrace.tracer.devices import DeviceModel
-from memtrace.tracer.program import StepPlan
 from memtrace.tracer.recipes import Recipe
 
 TOLERANCE = 0.01
@@ -350,19 +347,12 @@ def test_amp_inference_matches_the_allocator(name: str) -> None:
 
 @pytest.mark.usefixtures("no_onednn", "sdpa_casts")
 @pytest.mark.parametrize("name", ["mlp", "transformer_mha"])
-def test_grad_scaler_step_matches_the_allocator(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """fp16 with a GradScaler (init_scale 1: no overflow, so the real run takes its optimizer steps too)."""
-    monkeypatch.setattr(
-        reference, "StepPlan", lambda *a: StepPlan(*a, scaler=torch.amp.GradScaler("cpu", init_scale=1.0))
-    )
-    plan_for = simulate.plan_for
-    monkeypatch.setattr(
-        simulate,
-        "plan_for",
-        lambda config: dataclasses.replace(plan_for(config), scaler=MetaGradScaler("cpu", init_scale=1.0)),
-    )
+def test_grad_scaler_step_matches_the_allocator(name: str) -> None:
+    """fp16 training scales the loss: the simulation's MetaGradScaler against the reference's GradScaler
+    (init_scale 1 there: no overflow, so the real run takes its optimizer steps too)."""
     cmp = compare(ZOO_BY_NAME[name], "train", "adam", Recipe(amp="fp16"))
-    assert abs(cmp.predicted - cmp.measured) <= 8  # the scale and growth tracker, not counted by live_bytes
+    assert cmp.result.recipe == "amp fp16"
+    assert abs(cmp.predicted - cmp.measured) <= 12  # Adam's wrapped Python scalars, as in fp32
 
 
 def test_meta_grad_scaler_for_cuda() -> None:
