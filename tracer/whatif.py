@@ -42,8 +42,8 @@ class WhatIfRow:
 
 def top_level_blocks(model: nn.Module) -> list[str]:
     """Blocks worth checkpointing: the repeated layers of the model's main container (a Sequential of blocks,
-    a transformer's `blocks`, GPT-2's `transformer.h`), else its children that hold parameters. Only modules
-    with submodules count: checkpointing a single layer saves nothing."""
+    a transformer's `blocks`, GPT-2's `transformer.h`), else its children that hold parameters. Modules with
+    submodules are preferred: checkpointing a single layer alone saves little."""
     names = _repeated_children(model)
     if not names:
         for name, child in model.named_children():
@@ -54,7 +54,8 @@ def top_level_blocks(model: nn.Module) -> list[str]:
             deeper = top_level_blocks(model.get_submodule(names[0]))
             if deeper:
                 return [f"{names[0]}.{n}" for n in deeper]
-    return [n for n in names if any(True for _ in model.get_submodule(n).children())]
+    blocks = [n for n in names if any(True for _ in model.get_submodule(n).children())]
+    return blocks or names  # a flat model: its layers, though checkpointing one layer alone saves little
 
 
 def _repeated_children(module: nn.Module) -> list[str]:
@@ -83,7 +84,7 @@ def _optimizer(req: Request, spec: OptimizerSpec) -> Request:
     return replace(req, config=replace(req.config, optimizer=spec))
 
 
-def variants(blocks: list[str]) -> list[Variant]:
+def variants(blocks: list[str], leaves: bool = False) -> list[Variant]:
     def micro(req: Request) -> Request | None:
         half = _halve_batch(req.inputs)
         if half is None:
@@ -94,7 +95,7 @@ def variants(blocks: list[str]) -> list[Variant]:
         ("bf16 autocast", "--amp bf16", lambda r: _recipe(r, amp="bf16")),
         ("fp16 autocast", "--amp fp16", lambda r: _recipe(r, amp="fp16")),
         (
-            f"checkpoint {len(blocks)} blocks",
+            f"checkpoint {len(blocks)} {'layers' if leaves else 'blocks'}",
             _checkpoint_flags(blocks),
             lambda r: _recipe(r, checkpoint=tuple(blocks)) if blocks else None,
         ),
@@ -123,7 +124,8 @@ def what_if(request: Request, baseline: Result | None = None) -> tuple[Result, l
     if request.config.recipe.checkpoint:
         blocks = []  # already checkpointing
     rows = []
-    for change, flags, make in variants(blocks):
+    leaves = bool(blocks) and not any(True for _ in model.get_submodule(blocks[0]).children())
+    for change, flags, make in variants(blocks, leaves):
         if request.config.mode != "train" and (
             "optimizer" in flags or "accumulate" in flags or "checkpoint" in flags
         ):
