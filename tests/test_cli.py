@@ -36,6 +36,22 @@ BUILDERS = textwrap.dedent(
         m.register_buffer("table", torch.zeros(4, device="cpu"))
         return m
 
+    LIBS = []
+
+    def no_meta_kernel():
+        try:  # an op with a CPU kernel only; an earlier import of this file may have defined it
+            lib = torch.library.Library("memtrace_cli_test", "DEF")
+            lib.define("twice(Tensor x) -> Tensor")
+            lib.impl("twice", lambda x: x * 2, "CPU")
+            LIBS.append(lib)
+        except RuntimeError:
+            pass
+
+        class M(nn.Module):
+            def forward(self, x):
+                return torch.ops.memtrace_cli_test.twice(x)
+        return nn.Sequential(nn.Linear(8, 8), M())
+
     def data_dependent():
         class M(nn.Module):
             def __init__(self):
@@ -129,6 +145,7 @@ BAD = [
         "Tensor.item() cannot be called on meta tensors (data-dependent",
     ),
     (["{b}:mlp"], "no input given"),
+    (["{b}:no_meta_kernel", "--input", "2x8"], "memtrace_cli_test::twice has no meta kernel"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,11 +79,19 @@ def plan_for(config: Config) -> StepPlan:
 
 def _failure(rec: Recorder, model: nn.Module, exc: Exception) -> str:
     where = rec.failed_in or rec.module_stack[-1] or type(model).__name__
-    hint = ""
-    if "meta" in str(exc) or "data-dependent" in str(exc).lower():
-        hint = " (data-dependent code such as .item(), nonzero or an if on tensor values cannot run on meta)"
+    text = str(exc)
     if rec.phase is Phase.SETUP:
         return f"setting up the step failed: {first_line(exc)}"
+    if "Meta kernel" in text or "'Meta' backend" in text:
+        found = re.match(r"(\S+::[\w.]+)", text)
+        op = found.group(1) if found else "an operator"
+        return (
+            f"the {rec.phase.value} pass failed in module {where!r}: {op} has no meta kernel; register one "
+            "with torch.library.register_fake to simulate this model"
+        )
+    hint = ""
+    if "meta tensors" in text or "data-dependent" in text.lower():
+        hint = " (data-dependent code such as .item(), nonzero or an if on tensor values cannot run on meta)"
     return f"the {rec.phase.value} pass failed in module {where!r}: {first_line(exc)}{hint}"
 
 
