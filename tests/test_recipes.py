@@ -154,7 +154,7 @@ def test_recompute_of_a_module_without_children_is_its_own_phase() -> None:
     assert res.peak_bytes == ref.peak
 
 
-AMP_MODELS = ["mlp", "seed_cnn", "dict_output"]
+AMP_MODELS = ["mlp", "seed_cnn", "dict_output", "transformer_mha", "transformer_sdpa", "tied"]
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

@@ -140,4 +140,5 @@ def _load_rules() -> None:
         rules_blas,
         rules_cpu,
         rules_cuda,
+        rules_lowp,
     )
