@@ -6,7 +6,7 @@ One warm-up step runs first so lazily created optimizer state exists, as in the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +87,41 @@ def measure(
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run_program(model, inputs, opt, plan, NullObserver(), iterations=1, first=1)
     events = allocation_events(prof)
+    rise = largest_rise(size for _, size, _ in events)
+    return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events))
+
+
+def largest_rise(sizes: Iterable[int]) -> int:
+    """The highest level signed allocation sizes reach above their start."""
     level = rise = 0
-    for _, size, _ in events:
+    for size in sizes:
         level += size
         rise = max(rise, level)
-    return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events))
+    return rise
+
+
+def measured_op_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
+    """The largest rise of the CPU allocator while one op runs (its outputs included, kept alive)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = func(*args)
+    del out
+    return largest_rise(size for _, size, _ in allocation_events(prof))
+
+
+def _on_meta(t: Any) -> Any:
+    if isinstance(t, torch.Tensor):
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+    return t
+
+
+def predicted_op_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
+    """The same op on meta tensors, its outputs and workspace replayed by the recorder's CPU rules."""
+    from memtrace.tracer.devices import DeviceModel
+    from memtrace.tracer.recorder import Recorder
+    from memtrace.tracer.records import Kind
+
+    meta_args = tuple(_on_meta(a) for a in args)
+    out = func(*meta_args)
+    rec = Recorder(DeviceModel("cpu"))
+    rec.on_op(func, meta_args, {}, out)
+    return largest_rise(e.nbytes if e.kind is Kind.ALLOC else -e.nbytes for e in rec.events)

@@ -13,12 +13,8 @@ from typing import Any
 
 import pytest
 import torch
-from reference import allocation_events
-from torch.profiler import ProfilerActivity, profile
+from reference import measured_op_rise, predicted_op_rise
 
-from memtrace.tracer.devices import DeviceModel
-from memtrace.tracer.recorder import Recorder
-from memtrace.tracer.records import Kind
 from memtrace.tracer.rules_cpu import channel_block
 
 TOLERANCE = 0.005
@@ -112,45 +108,14 @@ def _backward(case: Case, gy: Any, x: Any, w: Any) -> tuple[Any, tuple[Any, ...]
     return torch.ops.aten.convolution_backward.default, args
 
 
-def _measured_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
-    """The largest rise of the CPU allocator while the op runs (its outputs included, kept alive)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = func(*args)
-    del out
-    level = rise = 0
-    for _, size, _ in allocation_events(prof):
-        level += size
-        rise = max(rise, level)
-    return rise
-
-
-def _on_meta(t: Any) -> Any:
-    if isinstance(t, torch.Tensor):
-        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-    return t
-
-
-def _predicted_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
-    """The same op on meta tensors, its outputs and workspace replayed by the recorder."""
-    meta_args = tuple(_on_meta(a) for a in args)
-    out = func(*meta_args)
-    rec = Recorder(DeviceModel("cpu"))
-    rec.on_op(func, meta_args, {}, out)
-    level = rise = 0
-    for event in rec.events:
-        level += event.nbytes if event.kind is Kind.ALLOC else -event.nbytes
-        rise = max(rise, level)
-    return rise
-
-
 def _skip_off_avx512(case: Case) -> None:
     if case.onednn and not AVX512:
         pytest.skip("oneDNN workspaces were measured on AVX-512 kernels")
 
 
 def _check(func: Callable[..., Any], args: tuple[Any, ...], what: str) -> None:
-    measured = _measured_rise(func, args)
-    predicted = _predicted_rise(func, args)
+    measured = measured_op_rise(func, args)
+    predicted = predicted_op_rise(func, args)
     error = (predicted - measured) / measured
     assert abs(error) <= TOLERANCE, (
         f"{what}: predicted rise {predicted:,} vs measured {measured:,} ({error:+.3%})"

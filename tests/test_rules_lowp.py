@@ -15,12 +15,8 @@ from typing import Any
 
 import pytest
 import torch
-from reference import allocation_events
-from torch.profiler import ProfilerActivity, profile
+from reference import measured_op_rise, predicted_op_rise
 
-from memtrace.tracer.devices import DeviceModel
-from memtrace.tracer.recorder import Recorder
-from memtrace.tracer.records import Kind
 from memtrace.tracer.rules_lowp import gemm_workspace, modelled
 
 TOLERANCE = 0.005
@@ -109,37 +105,6 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _measured_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
-    """The largest rise of the CPU allocator while the op runs (its output included, kept alive)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = func(*args)
-    del out
-    level = rise = 0
-    for _, size, _ in allocation_events(prof):
-        level += size
-        rise = max(rise, level)
-    return rise
-
-
-def _on_meta(t: Any) -> Any:
-    if isinstance(t, torch.Tensor):
-        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-    return t
-
-
-def _predicted_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
-    """The same op on meta tensors, its output and workspace replayed by the recorder."""
-    meta_args = tuple(_on_meta(a) for a in args)
-    out = func(*meta_args)
-    rec = Recorder(DeviceModel("cpu"))
-    rec.on_op(func, meta_args, {}, out)
-    level = rise = 0
-    for event in rec.events:
-        level += event.nbytes if event.kind is Kind.ALLOC else -event.nbytes
-        rise = max(rise, level)
-    return rise
-
-
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_rise_matches_the_allocator(case: Case, dtype: str) -> None:
@@ -147,8 +112,8 @@ def test_rise_matches_the_allocator(case: Case, dtype: str) -> None:
         pytest.skip(f"this CPU's oneDNN {dtype} GEMM kernels are not modelled")
     func, args = _op(case, DTYPES[dtype])
     with _threads(case.threads):
-        measured = _measured_rise(func, args)
-        predicted = _predicted_rise(func, args)
+        measured = measured_op_rise(func, args)
+        predicted = predicted_op_rise(func, args)
     error = (predicted - measured) / measured
     assert abs(error) <= TOLERANCE, (
         f"{case.name} {dtype}: predicted rise {predicted:,} vs measured {measured:,} ({error:+.3%})"
