@@ -68,6 +68,12 @@ def live_at(trace: Trace, index: int) -> set[int]:
     return live
 
 
+def live_at_peak(trace: Trace, peak: Peak) -> set[int]:
+    """The storages live at a peak found by step_peak (the baseline when the step allocated nothing)."""
+    index = next((i for i, e in enumerate(trace.events) if e.seq == peak.seq), None)
+    return live_at(trace, index) if index is not None else set(trace.baseline)
+
+
 def by_category(storages: Iterable[StorageInfo], rounding: Rounding = exact) -> dict[Category, int]:
     sums = {c: 0 for c in Category}
     for s in storages:
@@ -158,8 +164,7 @@ def layers_at_peak(
     trace: Trace, peak: Peak, types: dict[str, str], n: int = 5, rounding: Rounding = exact
 ) -> tuple[LayerShare, ...]:
     """Group what is live at the peak by owning module (parameters count for the module that holds them)."""
-    tl_index = next(i for i, e in enumerate(trace.events) if e.seq == peak.seq) if peak.seq >= 0 else -1
-    live = live_at(trace, tl_index) if tl_index >= 0 else set(trace.baseline)
+    live = live_at_peak(trace, peak)
     groups: dict[str, list[StorageInfo]] = {}
     for sid in live:
         info = trace.storages[sid]

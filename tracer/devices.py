@@ -54,15 +54,19 @@ class Workspace:
 _RULES: dict[tuple[str, str], WorkspaceRule] = {}
 
 
+def _register(table: dict[tuple[str, str], Any], key: tuple[str, str], fn: Any, what: str) -> None:
+    """One registry rule for rules and patches: a second registration for the same key is refused."""
+    if key in table:
+        raise ValueError(f"a {what} for {key[1]} on {key[0]} is already registered")
+    table[key] = fn
+
+
 def rule(device: str, *ops: str) -> Callable[[WorkspaceRule], WorkspaceRule]:
     """Register a workspace rule for aten ops (`aten.convolution.default`); duplicates are refused."""
 
     def register(fn: WorkspaceRule) -> WorkspaceRule:
         for op in ops:
-            key = (device, op)
-            if key in _RULES:
-                raise ValueError(f"a workspace rule for {op} on {device} is already registered")
-            _RULES[key] = fn
+            _register(_RULES, (device, op), fn, "workspace rule")
         return fn
 
     return register
@@ -81,10 +85,7 @@ def patch(device: str, name: str) -> Callable[[PatchFactory], PatchFactory]:
     """
 
     def register(fn: PatchFactory) -> PatchFactory:
-        key = (device, name)
-        if key in _PATCHES:
-            raise ValueError(f"a kernel patch {name} on {device} is already registered")
-        _PATCHES[key] = fn
+        _register(_PATCHES, (device, name), fn, "kernel patch")
         return fn
 
     return register

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,7 +10,7 @@ from torch import nn
 from memtrace.tracer.fit import _half_resolution
 from memtrace.tracer.records import LayerRow, LayerShare, Result
 from memtrace.tracer.simulate import Request
-from memtrace.tracer.whatif import WhatIfRow, simulate_row, what_if
+from memtrace.tracer.whatif import WhatIfRow, halve_batch, simulate_row, what_if
 
 
 @dataclass(frozen=True)
@@ -85,16 +84,6 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _half_batch(request: Request) -> Request | None:
-    specs = request.inputs
-    if not specs or not all(isinstance(s.shape[0], int) and s.shape[0] > 1 for s in specs if s.shape):
-        return None
-    halved = tuple(
-        replace(s, shape=(math.ceil(int(s.shape[0]) / 2), *s.shape[1:])) if s.shape else s for s in specs
-    )
-    return replace(request, inputs=halved)
-
-
 def diagnose(request: Request, base: Result, what_if_rows: list[WhatIfRow] | None = None) -> Diagnosis:
     heads = flatten_heads(base.modules)
     fixes: list[WhatIfRow] = []
@@ -113,9 +102,11 @@ def diagnose(request: Request, base: Result, what_if_rows: list[WhatIfRow] | Non
                 "half resolution", "halve the last two input dimensions", _half_resolution(request), base
             )
         )
-    half = _half_batch(request)
+    half = halve_batch(request.inputs, exact=False)
     if half is not None:
-        fixes.append(simulate_row("half batch", "--input with half the batch", half, base))
+        fixes.append(
+            simulate_row("half batch", "--input with half the batch", replace(request, inputs=half), base)
+        )
     rows = what_if_rows if what_if_rows is not None else what_if(request, base)[1]
     wanted = ("bf16 autocast", "checkpoint", "SGD with momentum")
     fixes += [r for r in rows if r.change.startswith(wanted)]

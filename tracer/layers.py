@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from memtrace.tracer.analysis import OPTIMIZER_STEP, Rounding, exact, live_at, owner, storages_in
+from memtrace.tracer.analysis import OPTIMIZER_STEP, Rounding, exact, live_at_peak, owner, storages_in
 from memtrace.tracer.records import Category, LayerRow, Peak, Phase, Trace
 
 INPUTS = "(inputs)"
@@ -39,8 +39,7 @@ def module_rows(
     rows = {f.name: _empty(f) for f in facts}
     rows[OPTIMIZER_STEP] = _empty(ModuleFacts(OPTIMIZER_STEP, "", 0))
     rows[INPUTS] = _empty(ModuleFacts(INPUTS, "", 0))
-    index = next((i for i, e in enumerate(trace.events) if e.seq == peak.seq), None)
-    at_peak = live_at(trace, index) if index is not None else set(trace.baseline)
+    at_peak = live_at_peak(trace, peak)
     for sid in storages_in(trace, iteration):
         info = trace.storages[sid]
         key = INPUTS if info.category is Category.INPUT else owner(info)

@@ -67,10 +67,13 @@ def _repeated_children(module: nn.Module) -> list[str]:
     return []
 
 
-def _halve_batch(inputs: tuple[InputSpec, ...]) -> tuple[InputSpec, ...] | None:
-    if not inputs or not all(s.shape and isinstance(s.shape[0], int) and s.shape[0] % 2 == 0 for s in inputs):
+def halve_batch(inputs: tuple[InputSpec, ...], exact: bool) -> tuple[InputSpec, ...] | None:
+    """Every input with half its leading (batch) dimension: exactly half (for accumulation to keep the
+    effective batch), or rounded up; None when there is no batch to halve."""
+    heads = [s.shape[0] if s.shape else None for s in inputs]
+    if not inputs or not all(isinstance(h, int) and h > 1 and (h % 2 == 0 or not exact) for h in heads):
         return None
-    return tuple(InputSpec((s.shape[0] // 2, *s.shape[1:]), s.dtype) for s in inputs)  # type: ignore[operator]
+    return tuple(InputSpec((-(-int(s.shape[0]) // 2), *s.shape[1:]), s.dtype) for s in inputs)
 
 
 Variant = tuple[str, str, Callable[[Request], Request | None]]
@@ -86,7 +89,7 @@ def _optimizer(req: Request, spec: OptimizerSpec) -> Request:
 
 def variants(blocks: list[str], leaves: bool = False) -> list[Variant]:
     def micro(req: Request) -> Request | None:
-        half = _halve_batch(req.inputs)
+        half = halve_batch(req.inputs, exact=True)
         if half is None:
             return None
         return replace(_recipe(req, accumulate=req.config.recipe.accumulate * 2), inputs=half)
