@@ -3,11 +3,17 @@ the same op's rule replayed by the recorder on meta tensors; the peak rise durin
 
 The rise is the output plus oneDNN's scratchpad (and any operand copy), which depends on the shape, the
 operands' layouts, the sum post-op (`addmm`, `baddbmm`) and the number of threads. The model ports oneDNN's
-brgemm heuristics for AMX-BF16, AVX512-BF16 and AVX512-FP16 CPUs; elsewhere the oneDNN cases are skipped.
+brgemm heuristics for AMX-BF16, AVX512-BF16 and AVX512-FP16 and its GEMM-based bf16 matmul (AVX-512 without
+a bf16 brgemm); where PyTorch does not call oneDNN (AVX2, fp16 below AVX512-FP16, aarch64 without bf16) the
+rise is the output alone, and is checked too. Where an unported oneDNN kernel would run, tests skip. Every
+expectation follows this process's oneDNN ISA (`cpu_isa`, ONEDNN_MAX_CPU_ISA included) and the allocator.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +23,8 @@ import pytest
 import torch
 from reference import measured_op_rise, predicted_op_rise
 
-from memtrace.tracer.rules_lowp import gemm_workspace, modelled
+from memtrace.tracer import cpu_isa
+from memtrace.tracer.rules_lowp import GEMM, gemm_workspace, host, modelled
 
 TOLERANCE = 0.005
 
@@ -127,23 +134,43 @@ def _steps(m: int, k: int, n: int, dtype: torch.dtype) -> list[str]:
     return [] if ws is None else [s.kind for s in ws.steps]
 
 
+def _onednn_runs(dtype: torch.dtype) -> bool:
+    """PyTorch's mkldnn_bf16/fp16_device_check, from oneDNN's effective ISA (cpu_isa)."""
+    h = host()
+    return h is not None and (h.bf16_device if dtype == torch.bfloat16 else h.f16_device)
+
+
+def _mm_rises(m: int, k: int, n: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(measured, predicted, output bytes) of a real `mm` on this machine."""
+    gen = torch.Generator().manual_seed(0)
+    args = (torch.randn(m, k, generator=gen).to(dtype), torch.randn(k, n, generator=gen).to(dtype))
+    func = torch.ops.aten.mm.default
+    return measured_op_rise(func, args), predicted_op_rise(func, args), m * n * 2
+
+
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_scratchpad_only_where_onednn_runs(dtype: torch.dtype) -> None:
-    """A scratchpad after the output, freed inside the op; none for tiny products or off oneDNN."""
+    """A scratchpad after the output, freed inside the op, exactly where this machine's oneDNN runs the
+    GEMM (and the allocator sees one); none for tiny products or with oneDNN off."""
     if not modelled(dtype):
         pytest.skip("this CPU's oneDNN GEMM kernels are not modelled")
     assert _steps(16, 16, 16, dtype) == []  # M*N*K <= 4096: ATen's own kernel
-    if torch.backends.mkldnn.is_available():
-        assert _steps(256, 128, 384, dtype) == ["output", "alloc", "free"]
+    runs = _onednn_runs(dtype)
+    assert _steps(256, 128, 384, dtype) == (["output", "alloc", "free"] if runs else [])
+    measured, predicted, output = _mm_rises(256, 128, 384, dtype)
+    assert predicted == measured, f"predicted {predicted:,} vs measured {measured:,}"
+    assert (measured > output) == runs, f"measured {measured:,}, output {output:,}, oneDNN runs: {runs}"
     with torch.backends.mkldnn.flags(enabled=False):
         assert _steps(256, 128, 384, dtype) == []
+        assert _mm_rises(256, 128, 384, dtype)[:2] == (output, output)
 
 
 def test_scratchpad_follows_the_thread_count() -> None:
-    """oneDNN books per-thread buffers: the rule reads torch.get_num_threads() when it runs."""
-    if not modelled(torch.bfloat16) or not torch.backends.mkldnn.is_available():
-        pytest.skip("this CPU's oneDNN bf16 GEMM kernels are not modelled")
+    """oneDNN books per-thread buffers: the rule reads torch.get_num_threads() when it runs, and agrees
+    with the allocator at each count; brgemm's packed B buffers grow with the threads."""
+    if not modelled(torch.bfloat16) or not _onednn_runs(torch.bfloat16):
+        pytest.skip("no modelled oneDNN bf16 GEMM runs on this machine")
     a = torch.empty(1000, 256, dtype=torch.bfloat16, device="meta")
     b = torch.empty(256, 128, dtype=torch.bfloat16, device="meta")
     out = torch.empty(1000, 128, dtype=torch.bfloat16, device="meta")
@@ -151,6 +178,112 @@ def test_scratchpad_follows_the_thread_count() -> None:
     for n in (1, 2, 4):
         with _threads(n):
             ws = gemm_workspace(a, b, out)
+            measured, predicted, output = _mm_rises(1000, 256, 128, torch.bfloat16)
         assert ws is not None
         sizes.append(sum(s.nbytes for s in ws.steps if s.kind == "alloc"))
-    assert sizes[0] < sizes[1] < sizes[2]
+        assert measured == predicted == output + sizes[-1], (n, measured, predicted, output + sizes[-1])
+    h = host()
+    assert h is not None
+    if h.bf16_isas[0] == GEMM:  # gemm_bf16_matmul_t: an f32 copy of the output, split over the threads
+        assert sizes == [4 * 1000 * 128 + 128] * 3
+    else:
+        assert sizes[0] < sizes[1] < sizes[2]
+
+
+_VERBOSE_NAMES = {
+    "Intel AVX10.2 and Intel AMX with float8, float16, bfloat16 and 8-bit integer support": "avx10_2_amx_2",
+    "Intel AVX10.2": "avx10_2",
+    "Intel AVX10.1 and Intel AMX with bfloat16, float16 and 8-bit integer support": "avx512_core_amx_fp16",
+    "Intel AVX10.1 and Intel AMX with bfloat16 and 8-bit integer support": "avx512_core_amx",
+    "Intel AVX 10.1": "avx512_core_fp16",
+    "Intel AVX-512 with Intel DL Boost and bfloat16 support": "avx512_core_bf16",
+    "Intel AVX-512 with Intel DL Boost": "avx512_core_vnni",
+    "Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions": "avx512_core",
+    "Intel AVX2 with Intel DL Boost, float16 and bfloat16 support": "avx2_vnni_2",
+    "Intel AVX2 with Intel DL Boost": "avx2_vnni",
+    "Intel AVX2": "avx2",
+    "Intel AVX": "avx",
+    "Intel SSE4.1": "sse41",
+}
+_PROBE = """
+import torch
+from memtrace.tracer import cpu_isa
+torch.nn.functional.conv2d(torch.randn(2, 16, 8, 8), torch.randn(16, 16, 3, 3))
+print("simulated:" + cpu_isa.onednn_isa())
+"""
+
+
+@pytest.mark.parametrize("cap", [None, "AVX2", "SSE41", "AVX512_CORE", "avx512_core_bf16", "AVX512_CORE_AMX"])
+def test_effective_isa_is_onednns(cap: str | None) -> None:
+    """The ISA the rules assume is the one oneDNN reports (ONEDNN_VERBOSE) in a process with the same
+    environment, under each ONEDNN_MAX_CPU_ISA cap."""
+    if not cpu_isa.is_x86() or not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN's x86 ISAs do not apply here")
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    if cap is None:
+        env.update({k: v for k, v in os.environ.items() if k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")})
+    else:
+        env["ONEDNN_MAX_CPU_ISA"] = cap
+    env["ONEDNN_VERBOSE"] = "1"
+    run = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    reported = [line.split("isa:", 1)[1] for line in run.stdout.splitlines() if ",isa:" in line]
+    simulated = [line.split(":", 1)[1] for line in run.stdout.splitlines() if line.startswith("simulated:")]
+    assert reported and simulated, run.stdout[-2000:]
+    assert _VERBOSE_NAMES[reported[0].strip()] == simulated[0]
+
+
+_AVX512 = {"avx2", "avx", "sse4_1", "f16c", "avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"}
+_CPUS = {
+    "zen3": {"avx2", "avx", "sse4_1", "f16c"},
+    "cascade-lake": _AVX512 | {"avx512_vnni"},
+    "zen4": _AVX512 | {"avx512_vnni", "avx512_bf16"},
+    "sapphire-rapids": _AVX512
+    | {"avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"},
+}
+# (cpu, ONEDNN_MAX_CPU_ISA) -> (effective ISA, bf16 implementations, bf16 on oneDNN, fp16 implementations,
+# fp16 on oneDNN), as oneDNN v3.12's mayiuse/get_effective_cpu_isa and ideep's has_*_type_support decide
+_DECISIONS = {
+    ("zen3", ""): ("avx2", (), False, (), False),
+    ("zen4", ""): ("avx512_core_bf16", ("avx512_core_bf16", GEMM), True, (), False),
+    ("zen4", "AVX512_CORE"): ("avx512_core", (GEMM,), True, (), False),
+    ("zen4", "avx2"): ("avx2", (), False, (), False),
+    ("cascade-lake", ""): ("avx512_core_vnni", (GEMM,), True, (), False),
+    ("sapphire-rapids", ""): (
+        "avx512_core_amx", ("avx512_core_amx", "avx512_core_bf16", GEMM), True, ("avx512_core_fp16",), True,
+    ),
+    ("sapphire-rapids", "AVX512_CORE_FP16"): (
+        "avx512_core_fp16", ("avx512_core_bf16", GEMM), True, ("avx512_core_fp16",), True,
+    ),
+    ("sapphire-rapids", "AVX512_CORE_BF16"): (
+        "avx512_core_bf16", ("avx512_core_bf16", GEMM), True, (), False,
+    ),
+    ("sapphire-rapids", "AVX512_CORE"): ("avx512_core", (GEMM,), True, (), False),
+    ("sapphire-rapids", "AVX2"): ("avx2", (), False, (), False),
+}  # fmt: skip
+
+
+def _clear() -> None:
+    for f in (cpu_isa.onednn_cap, cpu_isa.mayiuse, cpu_isa.onednn_isa, host):
+        f.cache_clear()
+
+
+@pytest.mark.parametrize("key", list(_DECISIONS), ids=[f"{c}-{cap or 'default'}" for c, cap in _DECISIONS])
+def test_isa_decision_on_other_cpus(key: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one ISA decision the rules share, for CPUs this machine may not be (features stubbed)."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN")
+    cpu, cap = key
+    monkeypatch.setattr(cpu_isa, "is_x86", lambda: True)
+    monkeypatch.setattr(cpu_isa, "cpu_features", lambda: frozenset(_CPUS[cpu]))
+    monkeypatch.setattr(cpu_isa, "_amx_permitted", lambda: True)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    _clear()
+    try:
+        h = host()
+        assert h is not None
+        got = (cpu_isa.onednn_isa(), h.bf16_isas, h.bf16_device, h.f16_isas, h.f16_device)
+    finally:
+        monkeypatch.undo()
+        _clear()
+    assert got == _DECISIONS[key]

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from memtrace.tracer import cpu_isa
 from memtrace.tracer.devices import patch
 
 _F32 = 4  # bytes per float32 element
@@ -150,9 +151,12 @@ class Layer:
 
 
 def _n_block(batch: int) -> int:
-    """brgemm's output-channel block for float32 LSTM: 2 vectors, 4 on AVX2 with a batch of one."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability.startswith("AVX512"):
+    """brgemm's output-channel block for float32 LSTM: 2 vectors, 4 on AVX2 with a batch of one.
+
+    The vectors are oneDNN's (`brgemm_calc_isa`: avx512_core where it may use it, else avx2), not ATen's:
+    ATEN_CPU_CAPABILITY does not lower them, ONEDNN_MAX_CPU_ISA does.
+    """
+    if cpu_isa.mayiuse("avx512_core"):
         return 32
     return 32 if batch == 1 else 16
 

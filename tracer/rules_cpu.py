@@ -13,8 +13,10 @@ channels), jit_1x1, jit_dw, brgconv_strided (strided backward-data, NHWC, then a
 jit:avx2 (backward-weights of 4-15 channels or 8-channel groups) and gemm (the fallback). Sizes were
 measured exactly on an AVX-512 machine at 1 to 16 threads (`torch.get_num_threads()`, oneDNN's OpenMP
 pool); the GEMM forward's cache blocking is not modelled (its columns are an upper bound).
-Assumption: the channel block is 16 floats on AVX-512 hardware and 8 otherwise (`channel_block`); on AVX2
-the layouts follow but scratchpads are partly modelled. The slow paths (`_slow_conv2d_*`,
+The channel block is 16 floats where oneDNN may use AVX-512 and 8 on AVX2 (`channel_block`, from
+`cpu_isa.mayiuse`, so ONEDNN_MAX_CPU_ISA counts); on AVX2 the layouts follow and the scratchpads of the
+direct kernels are modelled, not those of the 1x1 and depthwise backward-weights kernels. Off x86 (aarch64:
+ACL) and below AVX2 the oneDNN path is not modelled (outputs only). The slow paths (`_slow_conv2d_*`,
 `slow_conv_dilated2d`: one small fp32 image, fp64) allocate im2col columns. A strided (non-contiguous)
 operand is first copied. Channels-last, transposed, 3-d and bf16/fp16 convolutions are not modelled (no
 rule: outputs only).
@@ -23,12 +25,12 @@ rule: outputs only).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from memtrace.tracer import cpu_isa
 from memtrace.tracer.devices import Workspace, rule
 
 _ALIGN = 128  # oneDNN scratchpad entries are aligned to 128 bytes (memory_tracking.hpp)
@@ -51,20 +53,17 @@ def _entry(nbytes: int, align: int = _ALIGN) -> int:
 
 @functools.cache
 def channel_block() -> int:
-    """oneDNN's channel block for fp32: 16 on AVX-512 (its avx512_core: F, BW, VL, DQ), 8 below (AVX2).
+    """oneDNN's channel block for fp32: 16 where it may use avx512_core (F, BW, VL, DQ), 8 below (AVX2).
 
-    Assumption: oneDNN dispatches on the hardware, read here from `torch.cpu.get_capabilities()` (older
-    torch: `torch.backends.cpu.get_cpu_capability()`, which ATEN_CPU_CAPABILITY can lower while oneDNN
-    still runs AVX-512), unless ONEDNN_MAX_CPU_ISA caps oneDNN below AVX-512.
+    oneDNN decides (`cpu_isa.mayiuse`: the CPU's features, capped by ONEDNN_MAX_CPU_ISA); ATen's
+    capability (ATEN_CPU_CAPABILITY) does not change it.
     """
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
-    if cap.startswith(("SSE", "AVX2", "AVX_")):
-        return 8
-    get = getattr(torch.cpu, "get_capabilities", None)
-    if get is not None:
-        caps = get()
-        return 16 if all(caps.get(f"avx512_{x}", False) for x in ("f", "bw", "vl", "dq")) else 8
-    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+    return 16 if cpu_isa.mayiuse("avx512_core") else 8
+
+
+def onednn_modelled() -> bool:
+    """Whether oneDNN's x86 convolution kernels (AVX2 or AVX-512) are the ones this process runs."""
+    return cpu_isa.mayiuse("avx2")
 
 
 def _block() -> int:
@@ -152,8 +151,8 @@ def _channels_last(t: torch.Tensor) -> bool:
 def _backend(cv: _Conv) -> str | None:
     """`_select_conv_backend` on the CPU for what is modelled: "mkldnn", "slow2d", "dilated2d" or None."""
     if cv.dtype == torch.float32:
-        if _use_mkldnn(cv):
-            return "mkldnn" if cv.plain else None
+        if _use_mkldnn(cv):  # x86 kernels only (aarch64: ACL; below AVX2: SSE4.1 kernels), else outputs only
+            return "mkldnn" if cv.plain and onednn_modelled() else None
     elif cv.dtype in (torch.bfloat16, torch.float16):
         return None  # oneDNN in reduced precision: other kernels, not modelled
     if cv.g > 1 or not cv.plain:

@@ -11,22 +11,24 @@ packed copy of B (always, for plain or transposed B), a copy of A (transposed A;
 AVX512-FP16, which computes in fp32), an fp32 accumulator buffer (when a block's K is split), the brgemm
 batch descriptors and, on AMX, the tile workspace; every entry plus 128 bytes of alignment.
 
-The blocking that sizes those buffers is the heuristic of oneDNN v3.12 (as bundled with PyTorch 2.13),
-ported here line by line: the AMX "macro" heuristic (amx_blocking_heuristics.cpp; plain A) and "micro"
-heuristic (transposed A or when the macro one finds nothing), the AVX-512 one
-(`compute_blocking_heuristic_avx512`, fp16 on AVX512-FP16, and bf16 on AVX512-BF16 or when AMX rejects a
-tiny problem), and the AMX kernel's tile decomposition (brgemm_utils.cpp `brgemm_blocking_tmm`) for the tile
-workspace. Float scores are evaluated in single precision as in C++ (ties pick the first candidate, so the
-iteration order of the `std::unordered_set` of M blocks is reproduced too). Inputs read at simulation time:
-`torch.get_num_threads()` (oneDNN's OpenMP pool), the CPU's ISA (`torch.cpu.get_capabilities()`, capped by
-ONEDNN_MAX_CPU_ISA) and its per-core L1d/L2 sizes, L2 ways and sets (/sys/devices/system/cpu/cpu0/cache).
+The blocking that sizes those buffers is the heuristic of oneDNN v3.12 (as bundled with PyTorch 2.13), ported
+here line by line: the AMX "macro" heuristic (amx_blocking_heuristics.cpp; plain A) and "micro" heuristic
+(transposed A or when the macro one finds nothing), the AVX-512 one (`compute_blocking_heuristic_avx512`, fp16
+on AVX512-FP16, and bf16 on AVX512-BF16 or when AMX rejects a tiny problem), and the AMX kernel's tile
+decomposition (brgemm_utils.cpp `brgemm_blocking_tmm`) for the tile workspace. bf16 on AVX-512 without a bf16
+brgemm (no AVX512-BF16, or ONEDNN_MAX_CPU_ISA below it) runs `gemm_bf16_matmul_t`, whose scratchpad is an f32
+copy of the output split over the threads. Float scores are evaluated in single precision as in C++ (ties pick
+the first candidate, so the iteration order of the `std::unordered_set` of M blocks is reproduced too). Inputs
+read at simulation time: `torch.get_num_threads()` (oneDNN's OpenMP pool), the ISAs oneDNN may use
+(`cpu_isa.mayiuse`: the CPU's features capped by ONEDNN_MAX_CPU_ISA; PyTorch's bf16/fp16 checks compare
+oneDNN's effective ISA) and its per-core L1d/L2 sizes, L2 ways and sets (/sys/devices/system/cpu/cpu0/cache).
 Exact on a Sapphire-Rapids-class machine (AMX-BF16, AVX512-FP16) for thousands of random shapes, layouts
 (plain, transposed, padded rows) and 1-16 threads (tests/test_rules_lowp.py keeps a sample).
 
 Also modelled: the operand copies of `addmm_impl_cpu_` (an operand BLAS cannot read) and of `mkldnn_matmul`
 (a batch operand neither contiguous nor transposed), made before the scratchpad and freed with it.
-Not modelled (no scratchpad predicted): bf16/fp16 through AVX2-VNNI-2, fp16 on AMX-FP16 CPUs and bf16 on
-AVX-512 CPUs without AVX512-BF16 (other oneDNN kernels and heuristics), other oneDNN versions (their
+Not modelled (no scratchpad predicted): bf16/fp16 through AVX2-VNNI-2, fp16 on AMX-FP16 CPUs (other
+oneDNN kernels and heuristics), bf16 on aarch64 (oneDNN's ACL kernels), other oneDNN versions (their
 heuristics differ), `mv`/`dot`/`addbmm`/`_addmm_activation`. `modelled(dtype)` says which case the host is.
 """
 
@@ -35,7 +37,6 @@ from __future__ import annotations
 import copy
 import ctypes
 import functools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +44,13 @@ from typing import Any
 
 import torch
 
+from memtrace.tracer import cpu_isa
 from memtrace.tracer.devices import Workspace, rule
 
 AMX, BF16, FP16 = "avx512_core_amx", "avx512_core_bf16", "avx512_core_fp16"
+AMX_FP16, VNNI2 = "avx512_core_amx_fp16", "avx2_vnni_2"  # their brgemm kernels are not ported
+GEMM = "gemm_bf16"  # gemm_bf16_matmul_t: bf16 on AVX-512 without a bf16 brgemm
+_PORTED, _UNPORTED = {AMX, BF16, FP16, GEMM}, {AMX_FP16, VNNI2}
 _ALIGN = 128  # every scratchpad entry is booked with 128 bytes of alignment (memory_tracking.hpp)
 _TILE = 1024  # one AMX tile (16 rows x 64 bytes)
 _BATCH_ELEMENT = 40  # sizeof(brgemm_batch_element_t)
@@ -77,11 +82,11 @@ def _is_pow2(v: int) -> bool:
 
 @dataclass(frozen=True)
 class Host:
-    """What oneDNN reads from the CPU: the brgemm ISAs it may use for bf16 and fp16, and the caches."""
+    """What PyTorch and oneDNN read from the CPU: the matmul implementations oneDNN tries, and the caches."""
 
-    bf16_isas: tuple[str, ...]  # in the order oneDNN's implementation list tries them
+    bf16_isas: tuple[str, ...]  # in the order oneDNN's implementation list tries them (AMX, BF16, GEMM...)
     f16_isas: tuple[str, ...]
-    bf16_device: bool  # PyTorch's mkldnn_bf16_device_check
+    bf16_device: bool  # PyTorch's mkldnn_bf16_device_check: bf16 GEMMs go to oneDNN
     f16_device: bool  # mkldnn_fp16_device_check
     bf16_gemv_bypass: bool  # no AVX512-BF16: bf16 gemv runs on ATen's kernel
     f16_gemv_bypass: bool  # F16C: fp16 gemv runs on ATen's kernel
@@ -90,19 +95,6 @@ class Host:
     l2_ways: int = 16
     l2_sets: int = 2048
     line: int = 64
-
-
-def _allowed_by_cap() -> set[str]:
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).lower()
-    if cap in ("", "all", "avx10_2_amx_2", "avx10_2_512_amx_2"):
-        return {AMX, FP16, BF16}
-    if cap in ("avx512_core_amx", "avx10_1_512_amx", "avx512_core_amx_fp16", "avx10_1_512_amx_fp16"):
-        return {AMX, FP16, BF16}
-    if cap in ("avx10_2", "avx10_2_512", "avx512_core_fp16", "avx10_1_512"):
-        return {FP16, BF16}
-    if cap == "avx512_core_bf16":
-        return {BF16}
-    return set()
 
 
 def _cache_sizes() -> dict[str, int]:
@@ -148,43 +140,39 @@ def _count_cpus(cpu_list: str) -> int:
 
 @functools.cache
 def host() -> Host | None:
-    """The simulated CPU is this machine; None where oneDNN or the ISA flags are not available."""
-    get = getattr(torch.cpu, "get_capabilities", None)
-    if get is None or not torch.backends.mkldnn.is_available():
+    """The simulated CPU is this machine as this process's oneDNN sees it; None without oneDNN."""
+    if not torch.backends.mkldnn.is_available():
         return None
-    caps = get()
-
-    def has(*names: str) -> bool:
-        return all(bool(caps.get(n, False)) for n in names)
-
-    allowed = _allowed_by_cap()
-    avx512_core = has("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq")
-    bf16 = avx512_core and has("avx512_bf16", "avx512_vnni")
-    f16 = bf16 and has("avx512_fp16", "avx_vnni")
-    amx = f16 and has("amx_tile", "amx_int8", "amx_bf16")
-    bf16_isas = tuple(isa for isa, ok in ((AMX, amx), (BF16, bf16)) if ok and isa in allowed)
-    f16_isas = tuple(isa for isa, ok in ((FP16, f16 and not has("amx_fp16")),) if ok and isa in allowed)
+    if not cpu_isa.is_x86():
+        # aarch64: bf16 GEMMs go to oneDNN's ACL/SVE kernels where the CPU has bf16 (not modelled), fp16
+        # never; no x86 brgemm scratchpad is predicted
+        arm_bf16 = "bf16" in cpu_isa.cpu_features()
+        return Host((), (), arm_bf16, False, False, False)
+    # brgemm_matmul_t<isa> in cpu_matmul_list order, as check_isa_with_datatype admits each data type,
+    # then the GEMM-based bf16 matmul (AVX-512); what declines falls through to the next
+    may = cpu_isa.mayiuse
+    bf16 = [isa for isa in (AMX, BF16, VNNI2) if may(isa)] + ([GEMM] if may("avx512_core") else [])
+    f16 = [isa for isa in (AMX_FP16, FP16, VNNI2) if may(isa)]
+    features = cpu_isa.cpu_features()
     return Host(
-        bf16_isas=bf16_isas,
-        f16_isas=f16_isas,
-        bf16_device=avx512_core or has("avx_ne_convert"),
-        f16_device=has("avx512_fp16") or has("avx_ne_convert"),
-        bf16_gemv_bypass=not has("avx512_bf16"),
-        f16_gemv_bypass=has("f16c"),
+        bf16_isas=tuple(bf16),
+        f16_isas=tuple(f16),
+        bf16_device=cpu_isa.onednn_isa_at_least(VNNI2),
+        f16_device=cpu_isa.onednn_isa_at_least(FP16) or cpu_isa.onednn_isa() == VNNI2,
+        bf16_gemv_bypass="avx512_bf16" not in features,
+        f16_gemv_bypass="f16c" in features,
         **_cache_sizes(),  # type: ignore[arg-type]
     )
 
 
 def modelled(dtype: torch.dtype) -> bool:
-    """Whether this machine's oneDNN GEMMs of `dtype` are modelled (every oneDNN ISA it may take)."""
+    """Whether this machine's oneDNN GEMMs of `dtype` are modelled: none run, or the first implementation
+    oneDNN tries is a ported one and no unported one can take a problem it declines."""
     h = host()
-    if h is None:
+    if h is None or dtype not in (torch.bfloat16, torch.float16):
         return False
-    if dtype == torch.bfloat16:
-        return bool(h.bf16_isas) or not h.bf16_device
-    if dtype == torch.float16:
-        return bool(h.f16_isas) or not h.f16_device
-    return False
+    device, isas = (h.bf16_device, h.bf16_isas) if dtype == torch.bfloat16 else (h.f16_device, h.f16_isas)
+    return not device or (bool(isas) and isas[0] in _PORTED and not set(isas) & _UNPORTED)
 
 
 # --------------------------------------------------------------------------- the oneDNN problem
@@ -1323,10 +1311,31 @@ def _scratchpad(c: _Conf) -> int:
     return sum(n + _ALIGN for n in entries if n > 0)
 
 
+def _gemm_bf16(p: Matmul) -> int | None:
+    """gemm_bf16_matmul_t<bf16> (cpu/matmul/gemm_bf16_matmul.cpp): an f32 accumulator per thread for its
+    share of the batch*M*N outputs in whole rows (`gemm_based::get_scratchpad_num_elements`), rounded up to
+    64 elements. None where its formats do not fit (then the reference matmul, no scratchpad)."""
+    for strides in (p.src_strides, p.wei_strides):
+        if 0 in strides or 1 not in strides[-2:]:
+            return None
+    if p.dst_strides[-1] != 1:
+        return None
+
+    def block(nthr: int) -> int:
+        work = _cdiv(max(p.batch, 1) * p.M * p.N, nthr)
+        return _rnd_up(min(p.M * p.N, work - work % p.N) if work >= p.N else work, 64)
+
+    return 4 * max(block(1), block(p.nthr) * p.nthr) + _ALIGN
+
+
 @functools.lru_cache(maxsize=4096)
 def scratchpad_bytes(p: Matmul, h: Host) -> int | None:
-    """The user scratchpad of the brgemm matmul oneDNN picks for `p`; None if no modelled one takes it."""
+    """The user scratchpad of the matmul oneDNN picks for `p`; None if no ported one takes it."""
     for isa in h.f16_isas if p.f16 else h.bf16_isas:
+        if isa == GEMM:
+            return _gemm_bf16(p)
+        if isa in _UNPORTED:
+            return None
         try:
             return _scratchpad(_configure(p, isa, h))
         except _Unimplemented:
@@ -1346,7 +1355,7 @@ def _nbytes(shape: tuple[int, ...]) -> int:
 
 def _gemm(
     sizes1: tuple[int, int], s1: tuple[int, ...], sizes2: tuple[int, int], s2: tuple[int, ...],
-    rs: tuple[int, ...], f16: bool, with_sum: bool, h: Host, copies: list[int],
+    rs: tuple[int, ...], f16: bool, with_sum: bool, alpha: float, h: Host, copies: list[int],
 ) -> Matmul | None:  # fmt: skip
     """`addmm_impl_cpu_` -> `cpublas::gemm` -> `mkldnn_gemm`: the oneDNN matmul it builds, None if none.
 
@@ -1391,7 +1400,7 @@ def _gemm(
     elif not tb and n == 1:
         ldb = k
     device, bypass = (h.f16_device, h.f16_gemv_bypass) if f16 else (h.bf16_device, h.bf16_gemv_bypass)
-    if not device or (bypass and ta and not tb and n == 1) or m * n * k <= 16 * 16 * 16:
+    if not device or (bypass and ta and not tb and n == 1 and alpha == 1) or m * n * k <= 16 * 16 * 16:
         return None
     return Matmul(
         0, n, k, m, f16, (1, ldb) if tb else (ldb, 1), (1, lda) if ta else (lda, 1), (ldc, 1), with_sum,
@@ -1474,7 +1483,7 @@ def gemm_workspace(m1: Any, m2: Any, out: Any, beta: float = 0.0, alpha: float =
     copies: list[int] = []
     s1, s2 = tuple(int(x) for x in m1.stride()), tuple(int(x) for x in m2.stride())
     rs = tuple(int(x) for x in out.stride())
-    problem = _gemm((M, K), s1, (K, N), s2, rs, m1.dtype == torch.float16, beta != 0, h, copies)
+    problem = _gemm((M, K), s1, (K, N), s2, rs, m1.dtype == torch.float16, beta != 0, alpha, h, copies)
     if alpha == 0 or not torch.backends.mkldnn.enabled:
         problem = None
     return _workspace(problem, copies, h)
