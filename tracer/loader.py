@@ -8,6 +8,7 @@ every parameter and buffer on meta and makes init functions no-ops.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.records import InputSpec
@@ -107,13 +109,31 @@ def build_on_meta(builder: Callable[..., Any], kwargs: dict[str, Any], name: str
     except Exception as exc:
         why = first_line(exc)
     try:
-        with _patched_build():
-            out = builder(**kwargs)
+        out = _run_patched(builder, kwargs)
     except Exception as exc:
         raise MemtraceError(f"builder {name} raised {first_line(exc)}") from exc
     model, examples = _split_result(out, name)
     _move_leftovers_to_meta(model)
     return Built(model, examples, f"patched ({why})")
+
+
+def _run_patched(builder: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """The patched build; if the builder reads values it computed with torch (RegNet's widths:
+    `torch.arange(depth) * w_a + w_0 ... .tolist()`, timm's `torch.linspace(...).tolist()`), which meta
+    tensors do not have, again with those value-computing factories on the CPU."""
+    try:
+        with _patched_build():
+            return builder(**kwargs)
+    except Exception as exc:
+        if not _reads_meta_values(exc):
+            raise
+    with _patched_build(values_on_cpu=True):
+        return builder(**kwargs)
+
+
+def _reads_meta_values(exc: BaseException) -> bool:
+    text = str(exc)
+    return "Cannot copy out of meta tensor" in text or "cannot be called on meta tensors" in text
 
 
 def _split_result(out: Any, name: str) -> tuple[nn.Module, tuple[InputSpec, ...]]:
@@ -150,9 +170,39 @@ def _move_leftovers_to_meta(model: nn.Module) -> None:
                 module._buffers[key] = b.to("meta")
 
 
+# Factories whose result is a computed value a builder may read (`.tolist()`, `.item()`), not storage to fill.
+_VALUE_FACTORIES = frozenset(
+    {"arange", "range", "linspace", "logspace", "tensor", "as_tensor", "asarray", "scalar_tensor"}
+    | {"randperm", "tril_indices", "triu_indices", "fft_fftfreq", "fft_rfftfreq"}
+)
+
+
+class _StorageOnMeta(TorchFunctionMode):
+    """Like `torch.device("meta")` for factories that allocate storage (empty, zeros, randn...); the
+    value-computing ones (arange, linspace, tensor...) stay on the CPU so the builder can read them."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if kwargs.get("device") is None and func in _storage_factories():
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+@functools.cache
+def _storage_factories() -> frozenset[Any]:
+    from torch.utils._device import _device_constructors
+
+    return frozenset(f for f in _device_constructors() if f.__name__ not in _VALUE_FACTORIES)
+
+
 @contextlib.contextmanager
-def _patched_build() -> Iterator[None]:
-    """Parameters and buffers land on meta as they are registered; init and device moves do nothing."""
+def _patched_build(values_on_cpu: bool = False) -> Iterator[None]:
+    """Parameters and buffers land on meta as they are registered; init and device moves do nothing.
+
+    Factory calls make meta tensors, or with `values_on_cpu` only the storage-allocating ones do
+    (`_StorageOnMeta`): values computed with arange/linspace/tensor stay readable on the CPU (and land on
+    meta if registered as a parameter or buffer).
+    """
     saved: list[tuple[Any, str, Any]] = []
 
     def patch(owner: Any, attr: str, value: Any) -> None:
@@ -184,7 +234,7 @@ def _patched_build() -> Iterator[None]:
         if callable(fn) and attr.endswith("_") and not attr.startswith("_"):
             patch(nn.init, attr, lambda t, *a, **k: t)
     try:
-        with torch.device("meta"):
+        with _StorageOnMeta() if values_on_cpu else torch.device("meta"):
             yield
     finally:
         for owner, attr, value in reversed(saved):
