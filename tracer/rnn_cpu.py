@@ -16,6 +16,9 @@ ref_rnn.cpp, x64/rnn/rnn_brgemm_utils.cpp): training uses the reference implemen
 leading dimensions; float32 inference uses the brgemm implementation (blocked weights, 32 output channels per
 block on AVX-512).
 
+The sizes assume oneDNN's x86 kernels at AVX2 or above (`cpu_isa`); below AVX2 (ONEDNN_MAX_CPU_ISA=SSE41)
+and off x86 (aarch64) oneDNN runs other kernels, whose buffers are not modelled.
+
 Left to PyTorch's own meta decomposition: oneDNN's bfloat16/float16 LSTM (also under CPU autocast), double
 backward through the oneDNN LSTM, calls on real tensors.
 """
