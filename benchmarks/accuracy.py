@@ -12,7 +12,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-RECIPES = [("train", "adam"), ("train", "adamw"), ("train", "sgd:momentum=0.9"), ("infer", "adam")]
+RECIPES = [
+    ("train", "adam"),
+    ("train", "adamw"),
+    ("train", "sgd:momentum=0.9"),
+    ("infer", "adam"),
+    ("no_grad", "adam"),
+]
 
 
 def main() -> None:

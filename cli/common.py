@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -45,6 +47,16 @@ class OptimizerType(_SpecType):
     parser = staticmethod(specs.parse_optimizer)
 
 
+class LossType(_SpecType):
+    name = "auto|sum|mean|ce|mse|FILE.py:FUNC"
+    parser = staticmethod(specs.parse_loss)
+
+
+class StepType(_SpecType):
+    name = "FILE.py:FUNC"
+    parser = staticmethod(lambda text: specs.parse_target(text, "--step").text())
+
+
 class HeadroomType(_SpecType):
     name = "SIZE|PERCENT"
     parser = staticmethod(specs.parse_headroom)
@@ -64,7 +76,8 @@ def engine_options(fn: F) -> F:
             "inputs",
             multiple=True,
             type=InputType(),
-            help="Input shape, e.g. 1x3x1080x1920 or 4x128:int64; repeat for several inputs.",
+            help="Input shape, e.g. 1x3x1080x1920 or 4x128:int64, or a keyword input input_ids=4x512:int64; "
+            "repeat for several inputs.",
         ),
         click.option(
             "--arg",
@@ -75,10 +88,11 @@ def engine_options(fn: F) -> F:
         ),
         click.option(
             "--mode",
-            type=click.Choice(["train", "infer"]),
+            type=click.Choice(["train", "infer", "no_grad"]),
             default="train",
             show_default=True,
-            help="train: forward, backward, optimizer step; infer: forward under no_grad in eval mode.",
+            help="train: forward, loss, backward, optimizer step; infer: the forward under "
+            "torch.inference_mode() in eval mode; no_grad: the same under torch.no_grad().",
         ),
         click.option(
             "--device",
@@ -114,6 +128,38 @@ def engine_options(fn: F) -> F:
             default=1,
             show_default=True,
             help="Micro-batches (the --input batch) accumulated per optimizer step.",
+        ),
+        click.option(
+            "--loss",
+            type=LossType(),
+            default=None,
+            help="The loss: auto (the output's own .loss, else the sum of the outputs), sum, mean, ce "
+            "(cross entropy), mse, or FILE.py:FUNC called as FUNC(output, *targets).  [default: auto]",
+        ),
+        click.option(
+            "--loss-class-dim",
+            "loss_class_dim",
+            type=int,
+            default=None,
+            help="The class dimension for --loss ce (default: the last for 2-D and 3-D outputs, else 1).",
+        ),
+        click.option(
+            "--target",
+            "targets",
+            multiple=True,
+            type=InputType(),
+            help="A target tensor for --loss FILE.py:FUNC, e.g. 4x512:int64; repeatable.",
+        ),
+        click.option(
+            "--free-output",
+            is_flag=True,
+            help="Drop the model's output before backward (the model(x).sum().backward() style).",
+        ),
+        click.option(
+            "--step",
+            type=StepType(),
+            default=None,
+            help="Your own step function, FILE.py:FUNC, called as FUNC(model, inputs, optimizer).",
         ),
     ]
     for deco in reversed(decorators):
@@ -151,6 +197,11 @@ def make_request(
     param_dtype: str | None,
     checkpoint: tuple[str, ...],
     accumulate: int,
+    loss: str | None = None,
+    loss_class_dim: int | None = None,
+    targets: tuple[Any, ...] = (),
+    free_output: bool = False,
+    step: str | None = None,
     gpu: Any = None,
     headroom: Any = None,
 ) -> Request:
@@ -159,8 +210,24 @@ def make_request(
     from memtrace.tracer.simulate import Config, Request
 
     recipe = Recipe(amp, param_dtype, tuple(checkpoint), accumulate)
-    config = Config(mode, optimizer, device, recipe=recipe)
+    loss_spec = None
+    if loss is not None or loss_class_dim is not None or targets:
+        loss_spec = specs.LossSpec(loss or "auto", tuple(targets), loss_class_dim)
+    config = Config(
+        mode, optimizer, device, recipe=recipe, loss=loss_spec, free_output=free_output, step=step
+    )
     return Request(model, tuple(inputs), tuple(args), config, gpu, headroom)
+
+
+@contextmanager
+def user_stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """While user code runs (builder, step, loss), what it prints goes to stderr, so that machine-readable
+    output on stdout stays the only thing there."""
+    if not enabled:
+        yield
+        return
+    with redirect_stdout(sys.stderr):
+        yield
 
 
 def writable(path: Path | None, what: str, suffixes: tuple[str, ...] = ()) -> None:

@@ -8,7 +8,13 @@ from typing import Any
 import click
 from rich.console import Console
 
-from memtrace.cli.common import engine_options, gpu_option, headroom_option, make_request
+from memtrace.cli.common import (
+    engine_options,
+    gpu_option,
+    headroom_option,
+    make_request,
+    user_stdout_to_stderr,
+)
 from memtrace.tracer.records import GpuSpec
 from memtrace.tracer.specs import Headroom, human_bytes
 
@@ -30,11 +36,12 @@ def fit(gpu: GpuSpec, headroom: Headroom, target_batch: int | None, as_json: boo
     from memtrace.tracer.fit import plan_accumulation
 
     request = make_request(**options, gpu=gpu, headroom=headroom)
-    result = compute(request, gpu, headroom)
+    with user_stdout_to_stderr(as_json):
+        result = compute(request, gpu, headroom)
+        plan = None
+        if target_batch is not None:
+            plan = plan_accumulation(request, gpu, headroom, target_batch, result)
     data = result.to_json()
-    plan = (
-        plan_accumulation(request, gpu, headroom, target_batch, result) if target_batch is not None else None
-    )
     if plan is not None:
         data["target_batch"] = {"target": target_batch, **vars(plan)}
     if as_json:

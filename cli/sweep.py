@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from memtrace.cli.common import GpuType, engine_options, headroom_option, make_request
+from memtrace.cli.common import GpuType, engine_options, headroom_option, make_request, user_stdout_to_stderr
 from memtrace.tracer.records import GpuSpec
 from memtrace.tracer.specs import Headroom, short_bytes
 
@@ -69,7 +69,7 @@ def sweep(
     total = 1
     for axis in axes:
         total *= len(axis)
-    with Progress(transient=True, disable=fmt != "table") as bar:
+    with user_stdout_to_stderr(fmt != "table"), Progress(transient=True, disable=fmt != "table") as bar:
         task = bar.add_task("simulating", total=total)
         rows = compute(request, axes, list(gpus), headroom, lambda: bar.advance(task))
     click.echo(render(rows, list(gpus), fmt), nl=False)

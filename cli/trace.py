@@ -11,7 +11,14 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from memtrace.cli.common import engine_options, gpu_option, headroom_option, make_request, writable
+from memtrace.cli.common import (
+    engine_options,
+    gpu_option,
+    headroom_option,
+    make_request,
+    user_stdout_to_stderr,
+    writable,
+)
 
 if TYPE_CHECKING:
     from memtrace.tracer.whatif import WhatIfRow
@@ -69,35 +76,36 @@ def trace(
     writable(output, "--output")
     writable(graph_file, "--graph", (".graphml", ".dot", ".json"))
     request = make_request(**options)
-    result = run(request)
-    data = result.to_json()
-    layer_rows = sort_rows(at_depth(result.modules, depth), sort)
-    data["layers"] = [asdict(r) for r in layer_rows]
-    rows: list[WhatIfRow] = []
-    if what_if or diagnose:
-        from memtrace.tracer.whatif import what_if as compute
+    with user_stdout_to_stderr(as_json):
+        result = run(request)
+        data = result.to_json()
+        layer_rows = sort_rows(at_depth(result.modules, depth), sort)
+        data["layers"] = [asdict(r) for r in layer_rows]
+        rows: list[WhatIfRow] = []
+        if what_if or diagnose:
+            from memtrace.tracer.whatif import what_if as compute
 
-        _, rows = compute(request, result)
-    if what_if:
-        data["what_if"] = [r.to_json() for r in rows]
-    diag = None
-    if diagnose:
-        from memtrace.tracer.diagnosis import diagnose as compute_diagnosis
+            _, rows = compute(request, result)
+        if what_if:
+            data["what_if"] = [r.to_json() for r in rows]
+        diag = None
+        if diagnose:
+            from memtrace.tracer.diagnosis import diagnose as compute_diagnosis
 
-        diag = compute_diagnosis(request, result, rows)
-        data["diagnosis"] = diag.to_json()
-    map_line = ""
-    if graph_file is not None:
-        from memtrace.tracer.mapping import export, map_request
+            diag = compute_diagnosis(request, result, rows)
+            data["diagnosis"] = diag.to_json()
+        map_line = ""
+        if graph_file is not None:
+            from memtrace.tracer.mapping import export, map_request
 
-        mapped = map_request(request)
-        export(mapped, graph_file)
-        map_line = f"{mapped.path_line()}; graph written to {graph_file}"
-        data["map"] = {
-            "path": mapped.fxmap.path.value,
-            "reason": mapped.fxmap.reason,
-            "file": str(graph_file),
-        }
+            mapped = map_request(request)
+            export(mapped, graph_file)
+            map_line = f"{mapped.path_line()}; graph written to {graph_file}"
+            data["map"] = {
+                "path": mapped.fxmap.path.value,
+                "reason": mapped.fxmap.reason,
+                "file": str(graph_file),
+            }
     if output is not None:
         output.write_text(json.dumps(data, indent=2) + "\n")
     if as_json:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from reference import measure
 from zoo import ZooCase, make_inputs
 
+from memtrace.tracer.batch import Batch
 from memtrace.tracer.recipes import Recipe
 from memtrace.tracer.records import InputSpec, Result
 from memtrace.tracer.simulate import Config, analyse, trace_model
@@ -25,13 +27,28 @@ class Comparison:
         return (self.predicted - self.measured) / self.measured
 
 
-def compare(case: ZooCase, mode: str, optimizer: str, recipe: Recipe | None = None) -> Comparison:
-    spec = parse_optimizer(optimizer)
-    recipe = recipe or Recipe()
-    ref = measure(case.build(), make_inputs(case, "cpu"), mode, spec, recipe)
+def compare(
+    case: ZooCase, mode: str, optimizer: str, recipe: Recipe | None = None, **step: Any
+) -> Comparison:
+    """`step` takes Config's step fields: loss, free_output, step."""
+    config = Config(mode, parse_optimizer(optimizer), "cpu", recipe=recipe or Recipe(), **step)
+    return compare_config(case, config)
+
+
+def compare_config(case: ZooCase, config: Config, names: tuple[str | None, ...] = ()) -> Comparison:
+    """Prediction and measurement of one case; `names` make its inputs keyword inputs."""
+    names = names or (None,) * len(case.inputs)
+    ref = measure(case.build(), _batch(case, "cpu", names), config=config)
     with torch.device("meta"):
         model = case.build()
-    config = Config(mode, spec, "cpu", recipe=recipe)
-    trace = trace_model(model, make_inputs(case, "meta"), config)
-    result = analyse(trace, model, "meta", [InputSpec(s, d) for s, d in case.inputs], config)
+    trace = trace_model(model, _batch(case, "meta", names), config)
+    specs = [InputSpec(s, d, n) for (s, d), n in zip(case.inputs, names, strict=True)]
+    result = analyse(trace, model, "meta", specs, config)
     return Comparison(result.peak_bytes, ref.peak, result)
+
+
+def _batch(case: ZooCase, device: str, names: tuple[str | None, ...]) -> Batch:
+    tensors = make_inputs(case, device)
+    args = tuple(t for t, n in zip(tensors, names, strict=True) if n is None)
+    kwargs = {n: t for t, n in zip(tensors, names, strict=True) if n is not None}
+    return Batch(args, kwargs)

@@ -6,6 +6,7 @@ One warm-up step runs first so lazily created optimizer state exists, as in the 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,13 @@ from torch import nn
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
+from memtrace.tracer.batch import Batch
+from memtrace.tracer.loader import load_object
+from memtrace.tracer.losses import make_loss
 from memtrace.tracer.program import NullObserver, StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, real_autocast
+from memtrace.tracer.routing import routed
+from memtrace.tracer.simulate import Config
 from memtrace.tracer.specs import OptimizerSpec
 
 
@@ -43,10 +49,8 @@ def allocation_events(prof: Any) -> list[tuple[int, int, str]]:
     return out
 
 
-def live_bytes(
-    model: nn.Module, inputs: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer | None
-) -> int:
-    tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers(), *inputs]
+def live_bytes(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer | None) -> int:
+    tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers(), *batch.tensors()]
     if optimizer is not None:
         for state in optimizer.state.values():
             tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
@@ -59,33 +63,55 @@ def live_bytes(
     return sum(seen.values())
 
 
+def reference_plan(config: Config) -> StepPlan:
+    """The simulated plan's twin on real CPU tensors: real autocast and GradScaler, the same loss or step."""
+    if config.step is not None:
+        with routed("cpu", "cpu"):
+            step = load_object(config.step, "--step") if isinstance(config.step, str) else config.step
+        return StepPlan(config.mode, user_step=step)
+    recipe = config.recipe
+    scaler = None
+    if recipe.amp == "fp16" and config.mode == "train":
+        # init_scale 1: the default 2**16 overflows fp16 on random data, and the step would be skipped
+        scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    autocast = real_autocast("cpu", recipe.amp)
+    loss_fn = make_loss(config.loss)
+    return StepPlan(config.mode, recipe.accumulate, autocast, scaler, loss_fn, config.free_output)
+
+
 def measure(
     model: nn.Module,
-    inputs: Sequence[torch.Tensor],
+    batch: Batch | Sequence[torch.Tensor],
     mode: str = "train",
     optimizer: OptimizerSpec | None = None,
     recipe: Recipe | None = None,
+    config: Config | None = None,
 ) -> Measured:
-    """Real CPU run of the program with the recipe applied; the model and inputs must be on the CPU."""
-    recipe = recipe or Recipe()
-    apply_to_model(model, recipe)
-    inputs = cast_inputs(list(inputs), recipe.dtype)
+    """Real CPU run of the program (with the recipe applied); the model and inputs must be on the CPU.
+
+    `config` describes the step in full (loss, free output, the user's step); without it, `mode`,
+    `optimizer` and `recipe` do.
+    """
+    if config is None:
+        config = Config(mode, optimizer or OptimizerSpec("adam"), "cpu", recipe=recipe or Recipe())
+    if not isinstance(batch, Batch):
+        batch = Batch(tuple(batch))
+    apply_to_model(model, config.recipe)
+    batch = cast_inputs(batch, config.recipe.dtype)
     opt = None
-    if mode == "train":
-        opt = make_optimizer(optimizer or OptimizerSpec("adam"), list(model.parameters()), "cpu")
-    scaler = None
-    if recipe.amp == "fp16" and mode == "train":
-        # init_scale 1: the default 2**16 overflows fp16 on random data, and the step would be skipped
-        scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
-    plan = StepPlan(mode, recipe.accumulate, real_autocast("cpu", recipe.amp), scaler)
-    run_program(model, inputs, opt, plan, NullObserver(), iterations=1)
-    start = live_bytes(model, inputs, opt)
-    if scaler is not None:
-        start += sum(
-            t.untyped_storage().nbytes() for t in (scaler._scale, scaler._growth_tracker) if t is not None
-        )
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        run_program(model, inputs, opt, plan, NullObserver(), iterations=1, first=1)
+    if config.mode == "train":
+        opt = make_optimizer(config.optimizer, list(model.parameters()), "cpu")
+    plan = reference_plan(config)
+    with routed("cpu", "cpu") if config.step is not None else contextlib.nullcontext():
+        run_program(model, batch, opt, plan, NullObserver(), iterations=1)
+        start = live_bytes(model, batch, opt)
+        if plan.scaler is not None:
+            scaler = plan.scaler
+            start += sum(
+                t.untyped_storage().nbytes() for t in (scaler._scale, scaler._growth_tracker) if t is not None
+            )
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run_program(model, batch, opt, plan, NullObserver(), iterations=1, first=1)
     events = allocation_events(prof)
     rise = largest_rise(size for _, size, _ in events)
     return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events))

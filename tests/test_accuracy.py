@@ -8,7 +8,13 @@ from accuracy import compare
 from zoo import ZOO
 
 TOLERANCE = 0.01
-RECIPES = [("train", "adam"), ("train", "adamw"), ("train", "sgd:momentum=0.9"), ("infer", "adam")]
+RECIPES = [
+    ("train", "adam"),
+    ("train", "adamw"),
+    ("train", "sgd:momentum=0.9"),
+    ("infer", "adam"),
+    ("no_grad", "adam"),
+]
 
 
 @pytest.mark.parametrize("mode,optimizer", RECIPES, ids=[f"{m}-{o.split(':')[0]}" for m, o in RECIPES])

@@ -118,7 +118,11 @@ def test_builder_args_examples_and_infer(capsys: pytest.CaptureFixture[str], bui
     assert code == 0 and wide == 16 * 128 + 128 + 128 * 4 + 4
     code, out, _ = run(capsys, f"{builders}:with_examples", "--mode", "infer", "--json", "--device", "cpu")
     data = json.loads(out)
-    assert code == 0 and data["inputs"] == [{"shape": [3, 8], "dtype": "float32"}] and data["mode"] == "infer"
+    assert (
+        code == 0
+        and data["inputs"] == [{"shape": [3, 8], "dtype": "float32", "name": None}]
+        and data["mode"] == "infer"
+    )
 
 
 def test_builder_with_real_tensors_falls_back(capsys: pytest.CaptureFixture[str], builders: str) -> None:

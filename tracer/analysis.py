@@ -121,7 +121,7 @@ def step_peak(trace: Trace, iteration: int, rounding: Rounding = exact) -> Peak:
 def phase_peaks(trace: Trace, iteration: int, rounding: Rounding = exact) -> tuple[PhasePeak, ...]:
     tl = timeline(trace, rounding)
     rows = []
-    for phase in (Phase.FORWARD, Phase.BACKWARD, Phase.RECOMPUTE, Phase.OPTIMIZER):
+    for phase in (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.RECOMPUTE, Phase.OPTIMIZER):
         idx = peak_index(tl, lambda e, p=phase: e.iteration == iteration and e.phase is p)  # type: ignore[misc]
         if idx is not None:
             ev = tl.events[idx]

@@ -24,6 +24,7 @@ installed version; tests/test_autocast.py checks that the lists are exactly the 
 from __future__ import annotations
 
 import enum
+import functools
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 from torch._C import DispatchKey, DispatchKeySet
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from memtrace.tracer.devices import patch
 
@@ -173,9 +175,32 @@ def eligible(t: Any, device_type: str) -> bool:
 _CACHE: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
 
 
+@functools.cache
+def caches_under_inference_mode() -> bool:
+    """Whether this PyTorch's autocast caches weight casts under `torch.inference_mode()`.
+
+    pytorch#158232 made `cached_cast` skip the cache there (`!InferenceMode::is_enabled()`); older versions
+    cache. Probed once on real CPU tensors: a weight used twice is cast once when it is cached.
+    """
+    weight = torch.nn.Parameter(torch.ones(2, 2))
+    casts = 0
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            nonlocal casts
+            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype) and args[0] is weight:
+                casts += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16), Count():
+        torch.mm(weight, weight)
+    return casts == 1
+
+
 def _cacheable(to: torch.dtype, t: torch.Tensor, device_type: str) -> bool:
     return (
-        to == torch.get_autocast_dtype(device_type)
+        (not torch.is_inference_mode_enabled() or caches_under_inference_mode())
+        and to == torch.get_autocast_dtype(device_type)
         and t.dtype == torch.float32
         and t.requires_grad
         and t.is_leaf
@@ -396,7 +421,7 @@ def _cache_cleared_with_autocast() -> Iterator[None]:
 
 
 @contextmanager
-def _cuda_amp_allowed() -> Iterator[None]:
+def cuda_amp_allowed() -> Iterator[None]:
     """torch.autocast("cuda") disables itself where CUDA is absent; the simulated device has it."""
     common = torch.cuda.amp.common
     saved = (common.amp_definitely_not_available, torch.cuda.is_bf16_supported)
@@ -426,12 +451,13 @@ def meta_autocast(device_type: str) -> Iterator[None]:
         finally:
             _DEPTH[device_type] -= 1
         return
+    caches_under_inference_mode()  # probed on real tensors before the emulated kernels are in place
     with ExitStack() as stack:
         stack.enter_context(_kernels(device_type))
         stack.enter_context(_included(device_type))
         stack.enter_context(_cache_cleared_with_autocast())
         if device_type == "cuda":
-            stack.enter_context(_cuda_amp_allowed())
+            stack.enter_context(cuda_amp_allowed())
         _DEPTH[device_type] = 1
         stack.callback(_DEPTH.pop, device_type)
         yield
@@ -467,7 +493,7 @@ class MetaGradScaler(torch.amp.GradScaler):
     """
 
     def __init__(self, device: str = "cuda", **kwargs: Any) -> None:
-        with _cuda_amp_allowed():
+        with cuda_amp_allowed():
             super().__init__(device, **kwargs)
 
     def _maybe_opt_step(

@@ -33,6 +33,7 @@ class Workspace:
     """
 
     steps: list[Step] = field(default_factory=list)
+    output_nbytes: int = 0  # when the kernel's output storage is larger than its meta kernel's
     _next: int = 0
 
     def alloc(self, nbytes: int) -> int:
@@ -136,10 +137,12 @@ def _load_rules() -> None:
         attention,
         autocast,
         compat,
+        compat_nn,
         rng,
         rnn_cpu,
         rules_blas,
         rules_cpu,
         rules_cuda,
+        rules_loss,
         rules_lowp,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.records import Category, GpuSpec, InputSpec, Result
+from memtrace.tracer.records import Category, GpuSpec, Result
 from memtrace.tracer.simulate import Request, run
 from memtrace.tracer.specs import Headroom, OptimizerSpec, bind_inputs, budget, input_symbols
 
@@ -199,7 +199,7 @@ _SIZE_ARGS = ("h", "w", "height", "width", "size", "image_size", "img_size", "re
 
 def _half_resolution(request: Request) -> Request:
     inputs = tuple(
-        InputSpec((*s.shape[:-2], *(_half(d) for d in s.shape[-2:])), s.dtype) if len(s.shape) >= 3 else s
+        replace(s, shape=(*s.shape[:-2], *(_half(d) for d in s.shape[-2:]))) if len(s.shape) >= 3 else s
         for s in request.inputs
     )
     kwargs = tuple(

@@ -38,10 +38,11 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 from torch.utils._pytree import tree_leaves
 
+from memtrace.tracer.batch import Batch, as_batch, floating_leaves
 from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.errors import first_line
 from memtrace.tracer.graph import ROOT, FxMap, MapPath, NodeInfo, NodeRun
-from memtrace.tracer.program import floating_leaves
+from memtrace.tracer.losses import LossFn
 from memtrace.tracer.recorder import Recorder, claim, count_flops
 from memtrace.tracer.records import Phase, Trace
 
@@ -212,24 +213,22 @@ class _Flops(TorchDispatchMode):
         return out
 
 
-def _propagate(
-    forward: Callable[..., Any], model: nn.Module, inputs: Sequence[torch.Tensor], config: Config
-) -> None:
+def _propagate(forward: Callable[..., Any], model: nn.Module, inputs: Batch, config: Config) -> None:
     """One forward (and backward in train mode) as the engine runs it, gradients left as they were."""
     from memtrace.tracer.recipes import cast_inputs, cast_parameters
     from memtrace.tracer.simulate import plan_for
 
     plan = plan_for(config)
     cast_parameters(model, config.recipe.dtype)
-    inputs = cast_inputs(list(inputs), config.recipe.dtype)
+    inputs = cast_inputs(inputs, config.recipe.dtype)
     params = list(model.parameters())
     grads = [p.grad for p in params]
     train = config.mode == "train"
     try:
         with DeviceModel(config.device).patched(), torch.set_grad_enabled(train):
             with plan.autocast() if plan.autocast is not None else contextlib.nullcontext():
-                out = forward(*inputs)
-                loss = _loss(plan.loss_fn, out) if train else None
+                out = forward(*inputs.args, **inputs.kwargs)
+                loss = _loss(plan.loss_fn, out, inputs) if train else None
             del out
             if loss is not None:
                 loss.backward()
@@ -238,10 +237,10 @@ def _propagate(
             p.grad = g
 
 
-def _loss(loss_fn: Callable[[Any], torch.Tensor], out: Any) -> torch.Tensor | None:
+def _loss(loss_fn: LossFn, out: Any, inputs: Batch) -> torch.Tensor | None:
     if not any(t.requires_grad for t in floating_leaves(out)):
         return None
-    return loss_fn(out)
+    return loss_fn(out, inputs)
 
 
 class _Prop(_Interpreter):
@@ -271,9 +270,7 @@ def _tensor_meta(obj: Any) -> Any:
     return _extract_tensor_metadata(obj) if isinstance(obj, torch.Tensor) else obj
 
 
-def fx_nodes(
-    traced: Traced, model: nn.Module, inputs: Sequence[torch.Tensor], config: Config
-) -> tuple[NodeInfo, ...]:
+def fx_nodes(traced: Traced, model: nn.Module, inputs: Batch, config: Config) -> tuple[NodeInfo, ...]:
     """Run the graph once on meta for shapes and FLOPs, and describe every node."""
     gm = traced.gm
     assert gm is not None
@@ -359,7 +356,7 @@ def _module_hooks(
         yield
 
 
-def module_nodes(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config) -> tuple[NodeInfo, ...]:
+def module_nodes(model: nn.Module, inputs: Batch, config: Config) -> tuple[NodeInfo, ...]:
     """A node per module (named_modules order); shapes and FLOPs from a run with module hooks, if it runs."""
     outs: dict[str, _Out] = {}
     flops = _Flops()
@@ -415,8 +412,8 @@ class _Runner(nn.Module):
         self.training = model.training
         self.call = call
 
-    def forward(self, *args: Any) -> Any:
-        return self.call(*args)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.call(*args, **kwargs)
 
 
 def _runner(model: nn.Module, call: Callable[..., Any]) -> nn.Module:
@@ -525,10 +522,10 @@ def _interpreting(traced: Traced, runs: list[NodeRun]) -> Callable[..., Any]:
 def _hooked(model: nn.Module, runs: list[NodeRun]) -> Callable[..., Any]:
     """The model's own forward, with a run recorded per module call (the module map's runs)."""
 
-    def call(*args: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
         found = active_recorder()
         if found is None:
-            return model(*args)
+            return model(*args, **kwargs)
         rec: Recorder = found
         starts: list[int] = []
 
@@ -541,7 +538,7 @@ def _hooked(model: nn.Module, runs: list[NodeRun]) -> Callable[..., Any]:
             runs.append(NodeRun(name or ROOT, rec.iteration, start, len(rec.events), storage_ids(rec, out)))
 
         with _module_hooks(model, enter, leave):
-            return model(*args)
+            return model(*args, **kwargs)
 
     return call
 
@@ -555,10 +552,15 @@ def checkpoint_leaves(model: nn.Module, config: Config) -> list[str]:
     return checkpoint_targets(model, config.recipe.checkpoint)
 
 
-def build_map(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config) -> tuple[FxMap, Traced]:
+def build_map(
+    model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config: Config
+) -> tuple[FxMap, Traced]:
     """The node map without an engine run (no runs): fx, fx with leaf modules, or modules."""
+    inputs = as_batch(inputs)
     model.train(config.mode == "train")
     traced = trace_graph(model, checkpoint_leaves(model, config))
+    if inputs.kwargs and traced.gm is not None:
+        traced = Traced(None, MapPath.MODULES, "keyword inputs: the fx map takes positional ones", (), {})
     if traced.gm is not None:
         try:
             nodes = fx_nodes(traced, model, inputs, config)
@@ -570,7 +572,9 @@ def build_map(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config) 
     return FxMap(traced.path, traced.reason, (), nodes), traced
 
 
-def trace_with_map(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config) -> tuple[Trace, FxMap]:
+def trace_with_map(
+    model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config: Config
+) -> tuple[Trace, FxMap]:
     """What `simulate.trace_model` does, with every event attributed to a node of the map.
 
     On the fx paths the program runs the graph through an interpreter (the peak is the eager one); on the
@@ -578,6 +582,7 @@ def trace_with_map(model: nn.Module, inputs: Sequence[torch.Tensor], config: Con
     """
     from memtrace.tracer.simulate import trace_model
 
+    inputs = as_batch(inputs)
     fxmap, traced = build_map(model, inputs, config)
     runs: list[NodeRun] = []
     call = _interpreting(traced, runs) if traced.gm is not None else _hooked(model, runs)

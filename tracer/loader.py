@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from memtrace.tracer.batch import Batch
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.records import InputSpec
 from memtrace.tracer.specs import Target, parse_target
@@ -140,11 +141,18 @@ def _split_result(out: Any, name: str) -> tuple[nn.Module, tuple[InputSpec, ...]
     examples: tuple[InputSpec, ...] = ()
     if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module):
         out, raw = out
-        items = raw if isinstance(raw, (tuple, list)) else (raw,)
-        examples = tuple(spec_of(t) for t in items)
+        examples = specs_of(raw)
     if not isinstance(out, nn.Module):
         raise MemtraceError(f"builder {name} returned {type(out).__name__}, not an nn.Module")
     return out, examples
+
+
+def specs_of(raw: Any) -> tuple[InputSpec, ...]:
+    """Example inputs as specs: a tensor, a tuple/list of them (positional), or a dict (keyword inputs)."""
+    if isinstance(raw, dict):
+        return tuple(replace(spec_of(t), name=str(k)) for k, t in raw.items())
+    items = raw if isinstance(raw, (tuple, list)) else (raw,)
+    return tuple(spec_of(t) for t in items)
 
 
 def spec_of(t: Any) -> InputSpec:
@@ -241,19 +249,27 @@ def _patched_build(values_on_cpu: bool = False) -> Iterator[None]:
             setattr(owner, attr, value)
 
 
-def make_inputs(specs: Sequence[InputSpec], device: str | torch.device) -> list[torch.Tensor]:
-    """Meta inputs are empty; real ones are random (ids in [0, 2) so any embedding accepts them)."""
-    out = []
+def make_inputs(
+    specs: Sequence[InputSpec], device: str | torch.device, targets: Sequence[InputSpec] = ()
+) -> Batch:
+    """The step's batch. Meta tensors are empty; real ones (the reference run) hold random normals for
+    floating inputs, ids in [0, 2) for integer ones (any embedding accepts them), random booleans, and
+    ones for an input named `attention_mask`."""
     gen = torch.Generator().manual_seed(0)
-    for spec in specs:
-        shape = tuple(int(d) for d in spec.shape)
-        dtype = DTYPES[spec.dtype]
-        if torch.device(device).type == "meta":
-            out.append(torch.empty(shape, dtype=dtype, device=device))
-        elif dtype.is_floating_point:
-            out.append(torch.randn(shape, generator=gen).to(dtype=dtype, device=device))
-        elif dtype == torch.bool:
-            out.append((torch.rand(shape, generator=gen) > 0.5).to(device))
-        else:
-            out.append(torch.randint(0, 2, shape, generator=gen, dtype=dtype).to(device))
-    return out
+    args = tuple(_tensor(s, device, gen) for s in specs if s.name is None)
+    kwargs = {s.name: _tensor(s, device, gen) for s in specs if s.name is not None}
+    return Batch(args, kwargs, tuple(_tensor(s, device, gen) for s in targets))
+
+
+def _tensor(spec: InputSpec, device: str | torch.device, gen: torch.Generator) -> torch.Tensor:
+    shape = tuple(int(d) for d in spec.shape)
+    dtype = DTYPES[spec.dtype]
+    if torch.device(device).type == "meta":
+        return torch.empty(shape, dtype=dtype, device=device)
+    if spec.name == "attention_mask":
+        return torch.ones(shape, dtype=dtype, device=device)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dtype=dtype, device=device)
+    if dtype == torch.bool:
+        return (torch.rand(shape, generator=gen) > 0.5).to(device)
+    return torch.randint(0, 2, shape, generator=gen, dtype=dtype).to(device)

@@ -9,8 +9,7 @@ import networkx as nx
 
 from memtrace.tracer.fxmap import checkpoint_leaves, trace_graph, trace_with_map
 from memtrace.tracer.graph import FxMap, MapPath, build_graph, export_graph, node_memory
-from memtrace.tracer.loader import make_inputs
-from memtrace.tracer.simulate import Request, build
+from memtrace.tracer.simulate import Request, build, step_batch, step_specs
 
 
 def path_line(path: MapPath, reason: str, leaves: tuple[str, ...]) -> str:
@@ -43,8 +42,8 @@ def map_request(request: Request) -> MapResult:
     built = build(request.builder, dict(request.builder_kwargs))
     if request.transform is not None:
         request.transform(built.model)
-    specs = list(request.inputs) or list(built.example_inputs)
-    trace, fxmap = trace_with_map(built.model, make_inputs(specs, "meta"), request.config)
+    specs = step_specs(request, built)
+    trace, fxmap = trace_with_map(built.model, step_batch(request, specs), request.config)
     memory = node_memory(trace, fxmap, request.config.iterations - 1)
     return MapResult(fxmap, build_graph(fxmap, memory))
 

@@ -1,14 +1,28 @@
-"""The user's step as eager PyTorch: forward, loss, backward, optimizer step, zero_grad.
+"""The user's step as eager PyTorch, the same code on meta tensors (simulated) and on real ones (reference).
 
-The same code runs on meta tensors under the recorder and on real tensors for the reference
-measurement, so both see the same program order.
+The default training step is a function, and its locals live as a user's do:
+
+    def step(model, batch, optimizer):
+        for micro_batch in range(accumulate):
+            with autocast:                       # --amp
+                out = model(*args, **kwargs)     # the previous micro-batch's `out` lives until rebound here
+                loss = loss_fn(out, ...)         # --loss
+            (loss / accumulate).backward()       # scaled by GradScaler under --amp fp16
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # `out` and `loss` are freed when the step returns
+
+`--free-output` drops `out` before backward (the `model(x).sum().backward()` style). Inference runs the
+forward under `torch.inference_mode()` (`--mode infer`) or `torch.no_grad()` (`--mode no_grad`), in eval
+mode. A user's own step function (`--step`) replaces all of this and runs as it is; its phases are found by
+the recorder's hooks (the model's forward, the autograd engine, the optimizer's step hooks).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,61 +30,37 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from memtrace.tracer.batch import Batch
 from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.losses import LossFn, auto_loss
 from memtrace.tracer.records import Phase
 from memtrace.tracer.specs import OptimizerSpec
 
+MODES = ("train", "infer", "no_grad")
+
 
 class Observer(Protocol):
-    def begin(self, phase: Phase, iteration: int) -> None: ...
+    def start(self, iteration: int) -> None: ...
 
-    def outputs(self, out: Any) -> None: ...
+    def enter(self, phase: Phase) -> None: ...
 
-    def gradients(self, params: Sequence[nn.Parameter]) -> None: ...
+    def targets(self, batch: Batch) -> None: ...
 
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def settle(self) -> None: ...
 
 
 class NullObserver:
-    def begin(self, phase: Phase, iteration: int) -> None:
+    def start(self, iteration: int) -> None:
         pass
 
-    def outputs(self, out: Any) -> None:
+    def enter(self, phase: Phase) -> None:
         pass
 
-    def gradients(self, params: Sequence[nn.Parameter]) -> None:
+    def targets(self, batch: Batch) -> None:
         pass
 
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+    def settle(self) -> None:
         pass
-
-
-def floating_leaves(out: Any) -> Iterator[torch.Tensor]:
-    """Tensors in any output structure: tensor, tuple/list, dict, dataclass, HF-style ModelOutput."""
-    if isinstance(out, torch.Tensor):
-        if out.is_floating_point() or out.is_complex():
-            yield out
-    elif isinstance(out, dict):
-        for v in out.values():
-            yield from floating_leaves(v)
-    elif isinstance(out, (list, tuple)):
-        for v in out:
-            yield from floating_leaves(v)
-    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
-        for f in dataclasses.fields(out):
-            yield from floating_leaves(getattr(out, f.name))
-    elif hasattr(out, "to_tuple"):
-        yield from floating_leaves(out.to_tuple())
-
-
-def default_loss(out: Any) -> torch.Tensor:
-    leaves = [t for t in floating_leaves(out) if t.requires_grad]
-    if not leaves:
-        raise MemtraceError("the model's output has no floating tensor that requires grad: nothing to train")
-    loss = leaves[0].sum()
-    for t in leaves[1:]:
-        loss = loss + t.sum()
-    return loss
 
 
 def make_optimizer(
@@ -95,8 +85,6 @@ def make_optimizer(
 
 
 def _takes(cls: type, name: str) -> bool:
-    import inspect
-
     try:
         return name in inspect.signature(cls).parameters
     except (TypeError, ValueError):
@@ -122,89 +110,90 @@ def _optimizer_class(name: str) -> type:
     return cls
 
 
-def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return list(model.parameters())  # parameters() already drops tied duplicates
-
-
-LossFn = Callable[[Any], torch.Tensor]
 ContextFactory = Callable[[], AbstractContextManager[Any]]
+UserStep = Callable[[nn.Module, Any, "torch.optim.Optimizer | None"], Any]
 
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How one step runs: train or infer, micro-batches accumulated per optimizer step, the autocast context
-    entered around forward and loss (real autocast for real tensors, the emulation on meta), a grad scaler."""
+    """How one step runs: train, infer (inference_mode) or no_grad; micro-batches accumulated per optimizer
+    step; the autocast context around forward and loss (real autocast for real tensors, the emulation on
+    meta); a grad scaler; the loss; whether the output is dropped before backward; or the user's own step."""
 
     mode: str = "train"
     accumulate: int = 1
     autocast: ContextFactory | None = None
     scaler: Any = None
-    loss_fn: LossFn = default_loss
+    loss_fn: LossFn = auto_loss
+    free_output: bool = False
+    user_step: UserStep | None = None
 
-
-def _forward(model: nn.Module, inputs: Sequence[torch.Tensor], plan: StepPlan, observer: Observer) -> Any:
-    with plan.autocast() if plan.autocast is not None else contextlib.nullcontext():
-        out = model(*inputs)
-        observer.outputs(out)
-        if plan.mode != "train":
-            return None
-        return plan.loss_fn(out)
+    def amp(self) -> AbstractContextManager[Any]:
+        return self.autocast() if self.autocast is not None else contextlib.nullcontext()
 
 
 def train_step(
     model: nn.Module,
-    inputs: Sequence[torch.Tensor],
+    batch: Batch,
     optimizer: torch.optim.Optimizer | None,
-    observer: Observer,
-    iteration: int,
     plan: StepPlan,
+    observer: Observer,
 ) -> None:
-    params = unique_parameters(model)
+    """memtrace's default training step; `out` and `loss` are locals, alive until it returns."""
+    out: Any = None
+    loss: Any = None
     for _ in range(plan.accumulate):
-        observer.begin(Phase.FORWARD, iteration)
-        loss = _forward(model, inputs, plan, observer)
+        observer.enter(Phase.FORWARD)
+        with plan.amp():
+            out = model(*batch.args, **batch.kwargs)
+            observer.enter(Phase.LOSS)
+            loss = plan.loss_fn(out, batch)
+        observer.targets(batch)
+        if plan.free_output:
+            out = None
         if plan.accumulate > 1:
             loss = loss / plan.accumulate
-        observer.begin(Phase.BACKWARD, iteration)
+        observer.enter(Phase.BACKWARD)
         (plan.scaler.scale(loss) if plan.scaler is not None else loss).backward()
-        del loss
-    observer.gradients(params)
-    observer.begin(Phase.OPTIMIZER, iteration)
-    if optimizer is not None:
-        if plan.scaler is not None:
-            plan.scaler.step(optimizer)
-            plan.scaler.update()
-        else:
-            optimizer.step()
-        observer.optimizer_state(optimizer)
-        optimizer.zero_grad(set_to_none=True)
-    else:
-        for p in params:
+        if plan.free_output:
+            loss = None
+    observer.enter(Phase.OPTIMIZER)
+    if optimizer is None:
+        for p in model.parameters():
             p.grad = None
-    observer.begin(Phase.SETUP, iteration + 1)
+        return
+    if plan.scaler is not None:
+        plan.scaler.step(optimizer)
+        plan.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
-def infer_step(
-    model: nn.Module, inputs: Sequence[torch.Tensor], observer: Observer, iteration: int, plan: StepPlan
-) -> None:
-    observer.begin(Phase.FORWARD, iteration)
-    with torch.no_grad():
-        _forward(model, inputs, plan, observer)
-    observer.begin(Phase.SETUP, iteration + 1)
+def infer_step(model: nn.Module, batch: Batch, plan: StepPlan, observer: Observer) -> None:
+    observer.enter(Phase.FORWARD)
+    grad_off = torch.inference_mode() if plan.mode == "infer" else torch.no_grad()
+    with grad_off, plan.amp():
+        model(*batch.args, **batch.kwargs)
 
 
 def run_program(
     model: nn.Module,
-    inputs: Sequence[torch.Tensor],
+    batch: Batch,
     optimizer: torch.optim.Optimizer | None,
     plan: StepPlan,
     observer: Observer,
     iterations: int = 2,
     first: int = 0,
 ) -> None:
+    """The step, `iterations` times; each iteration's locals are freed before the next one starts."""
     model.train(plan.mode == "train")
     for it in range(first, first + iterations):
-        if plan.mode == "train":
-            train_step(model, inputs, optimizer, observer, it, plan)
+        observer.start(it)
+        if plan.user_step is not None:
+            plan.user_step(model, batch.for_step(), optimizer)
+        elif plan.mode == "train":
+            train_step(model, batch, optimizer, plan, observer)
         else:
-            infer_step(model, inputs, observer, it, plan)
+            infer_step(model, batch, plan, observer)
+        observer.settle()

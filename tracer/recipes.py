@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from memtrace.tracer.batch import Batch
 from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.program import ContextFactory
 
@@ -74,11 +75,10 @@ def wrap_checkpoint(model: nn.Module, globs: tuple[str, ...]) -> list[str]:
 
 def _checkpointed(forward: Callable[..., Any], name: str) -> Callable[..., Any]:
     def body(*args: Any, **kwargs: Any) -> Any:
-        from memtrace.tracer.recorder import active_recorder
-        from memtrace.tracer.records import Phase
+        from memtrace.tracer.recorder import active_recorder, in_engine
 
         rec = active_recorder()
-        if rec is not None and rec.phase in (Phase.BACKWARD, Phase.RECOMPUTE):
+        if rec is not None and in_engine():
             with rec.recomputing(name):  # the recomputation inside backward, when simulating
                 return forward(*args, **kwargs)
         return forward(*args, **kwargs)
@@ -95,11 +95,9 @@ def cast_parameters(model: nn.Module, dtype: str | None) -> None:
         model.to(PARAM_DTYPES[dtype])
 
 
-def cast_inputs(inputs: list[torch.Tensor], dtype: str | None) -> list[torch.Tensor]:
+def cast_inputs(batch: Batch, dtype: str | None) -> Batch:
     """Pure low-precision training feeds the model floating inputs of its own dtype."""
-    if dtype is None:
-        return inputs
-    return [x.to(PARAM_DTYPES[dtype]) if x.is_floating_point() else x for x in inputs]
+    return batch.cast(PARAM_DTYPES[dtype] if dtype is not None else None)
 
 
 def apply_to_model(model: nn.Module, recipe: Recipe) -> list[str]:

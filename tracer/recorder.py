@@ -7,6 +7,7 @@ node running in backward give the module. The recorder emits events, nothing els
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -16,13 +17,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._C import DispatchKey
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
+from memtrace.tracer.batch import Batch, floating_leaves
 from memtrace.tracer.devices import DeviceModel
-from memtrace.tracer.program import floating_leaves
 from memtrace.tracer.records import Category, Event, Kind, Phase, StorageInfo, Trace
 
 
@@ -72,6 +75,7 @@ class Recorder:
         self.module_stack: list[str] = [""]
         self.node_module: dict[int, str] = {}
         self.owners: dict[int, str] = {}
+        self.params: list[nn.Parameter] = []
         self.module_flops: dict[tuple[int, str], int] = {}
         self.output_shapes: dict[str, tuple[int, ...]] = {}
         self.input_shapes: dict[str, tuple[int, ...]] = {}
@@ -213,6 +217,8 @@ class Recorder:
         if work is None:
             self._track_outputs(out, name, None)
             return
+        if work.output_nbytes and work.output_nbytes > out.untyped_storage().nbytes():
+            out.untyped_storage().resize_(work.output_nbytes)  # meta: the size only, nothing to copy
         buffers: dict[int, int] = {}
         placed = False
         for step in work.steps:
@@ -270,19 +276,34 @@ class Recorder:
             if isinstance(t, torch.Tensor):
                 self.track(t, None, name)
 
-    # --- program observer -----------------------------------------------------------------------
-    def begin(self, phase: Phase, iteration: int) -> None:
+    # --- program observer and phases -------------------------------------------------------------
+    def start(self, iteration: int) -> None:
+        """A new step starts: what the previous one left behind is settled first."""
         self.sweep()
-        self.phase, self.iteration = phase, iteration
+        self.phase, self.iteration = Phase.SETUP, iteration
         self.module_stack = [""]
         self.failed_in = ""
+
+    def enter(self, phase: Phase) -> None:
+        """The step moves to `phase` (said by the default step, or found by a hook)."""
+        if phase is not self.phase and self.phase is not Phase.RECOMPUTE:
+            self.sweep()
+            self.phase = phase
+
+    def targets(self, batch: Batch) -> None:
+        """Targets a built-in loss made belong to the batch, as a data loader's labels do."""
+        for t in batch.made.values():
+            self.mark_tensor(t, Category.INPUT)
+
+    def settle(self) -> None:
+        self.sweep()
 
     def outputs(self, out: Any) -> None:
         for t in floating_leaves(out):
             self.mark_tensor(t, Category.OUTPUT)
 
-    def gradients(self, params: Sequence[nn.Parameter]) -> None:
-        for p in params:
+    def gradients(self) -> None:
+        for p in self.params:
             if p.grad is not None:
                 self.mark_tensor(p.grad, Category.GRADIENT, self.owners.get(id(p), ""))
 
@@ -368,10 +389,25 @@ class _Mode(TorchDispatchMode):
         self.rec = rec
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if _composite(func):  # under inference_mode composite ops reach the mode whole: run their parts
+            with self:  # ATen's own C++ decomposition, not a Python one (dropout's clones its input)
+                return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **(kwargs or {}))
         self.rec.sweep()
         out = func(*args, **(kwargs or {}))
         self.rec.on_op(func, args, kwargs, out)
         return out
+
+
+@functools.cache
+def _composite(func: Any) -> bool:
+    """An op the CPU runs as its CompositeImplicitAutograd decomposition. Autograd's key decomposes such ops
+    before any dispatch mode sees them, except under inference_mode, which skips that key: there the parts
+    (convolution, native_batch_norm, addmm) must still meet the recorder and the device rules."""
+    name = func.name() if hasattr(func, "name") else ""
+    return bool(name) and (
+        torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CompositeImplicitAutograd)
+        and not torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CPU)
+    )
 
 
 def register_baseline(
@@ -379,6 +415,7 @@ def register_baseline(
 ) -> None:
     """Parameters, buffers and inputs exist before the step; parameters remember their module."""
     rec.owners = owners
+    rec.params = list(model.parameters())
     for p in model.parameters():
         rec.mark_tensor(p, Category.PARAMETER, owners.get(id(p), ""))
     for b in model.buffers():
@@ -402,23 +439,75 @@ def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
         _ACTIVE.append(rec)
         stack.callback(_ACTIVE.pop)
         for name, module in model.named_modules():
+            if isinstance(module, torch.jit.ScriptModule):
+                continue  # takes no Python hooks: its ops count for the module around it
             stack.callback(module.register_forward_pre_hook(_pre_hook(rec, name)).remove)
             # always_call: a checkpoint's recomputation that stops early raises through the module
             stack.callback(module.register_forward_hook(_post_hook(rec, name), always_call=True).remove)
+        stack.callback(register_optimizer_step_pre_hook(_optimizer_pre(rec)).remove)
+        stack.callback(register_optimizer_step_post_hook(_optimizer_post(rec)).remove)
+        for fn in ("backward", "grad"):
+            stack.enter_context(_engine_watched(rec, fn))
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(_pack(rec), _unpack))
         stack.enter_context(_Mode(rec))
         yield rec
 
 
+def in_engine() -> bool:
+    """Whether the autograd engine is running a node now (backward, or a recomputation inside it)."""
+    return torch._C._current_autograd_node() is not None
+
+
+@contextmanager
+def _engine_watched(rec: Recorder, fn: str) -> Iterator[None]:
+    """`torch.autograd.backward` (what `loss.backward()` calls) and `torch.autograd.grad` start the backward
+    phase; when the outermost call returns, the parameters' `.grad` are gradients."""
+    original = getattr(torch.autograd, fn)
+
+    @functools.wraps(original)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if in_engine():  # a reentrant checkpoint's backward inside the engine
+            return original(*args, **kwargs)
+        rec.enter(Phase.BACKWARD)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            rec.gradients()
+
+    setattr(torch.autograd, fn, run)
+    try:
+        yield
+    finally:
+        setattr(torch.autograd, fn, original)
+
+
+def _optimizer_pre(rec: Recorder) -> Any:
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        rec.enter(Phase.OPTIMIZER)
+        rec.gradients()
+
+    return hook
+
+
+def _optimizer_post(rec: Recorder) -> Any:
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        rec.optimizer_state(optimizer)
+
+    return hook
+
+
 def _pre_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any) -> None:
         rec.module_stack.append(name)
+        if rec.phase is not Phase.RECOMPUTE and in_engine():
+            rec.sweep()
+            rec.phase = Phase.RECOMPUTE
+            rec.recompute_depth = len(rec.module_stack)
+        elif rec.phase is not Phase.RECOMPUTE:
+            rec.enter(Phase.FORWARD)  # a forward starts: the model's, or a submodule a user's step calls
         if rec.phase is Phase.FORWARD and name not in rec.input_shapes:
             first = next((t for t in tree_leaves(args) if isinstance(t, torch.Tensor)), None)
             rec.input_shapes[name] = tuple(first.shape) if first is not None else ()
-        if rec.phase is Phase.BACKWARD:
-            rec.phase = Phase.RECOMPUTE
-            rec.recompute_depth = len(rec.module_stack)
 
     return hook
 
@@ -436,6 +525,10 @@ def _post_hook(rec: Recorder, name: str) -> Any:
             rec.output_shapes[name] = tuple(first.shape) if first is not None else ()
         if rec.phase is Phase.FORWARD and torch.is_grad_enabled():
             claim(rec.node_module, out, name)
+        if not name and rec.phase is Phase.FORWARD and sys.exc_info()[1] is None:
+            rec.outputs(out)
+            if torch.is_grad_enabled():
+                rec.enter(Phase.LOSS)  # the model returned: what runs until backward is the loss
 
     return hook
 

@@ -27,6 +27,7 @@ class Category(str, Enum):
 class Phase(str, Enum):
     SETUP = "setup"
     FORWARD = "forward"
+    LOSS = "loss"  # after the model's forward returned, before the autograd engine starts
     BACKWARD = "backward"
     RECOMPUTE = "recompute"  # a checkpointed forward run again inside backward
     OPTIMIZER = "optimizer"
@@ -80,6 +81,7 @@ class Trace:
     module_flops: dict[str, int] = field(default_factory=dict)
     output_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the user should know of how the step ran (lazy modules, TorchScript)
 
 
 @dataclass(frozen=True)
@@ -140,12 +142,23 @@ class PhasePeak:
 
 @dataclass(frozen=True)
 class InputSpec:
+    """One input of the step: positional, or a keyword argument of the model when it has a name."""
+
     shape: tuple[int | str, ...]
     dtype: str = "float32"
+    name: str | None = None
 
     def text(self) -> str:
         dims = "x".join(str(d) for d in self.shape)
-        return dims if self.dtype == "float32" else f"{dims}:{self.dtype}"
+        text = dims if self.dtype == "float32" else f"{dims}:{self.dtype}"
+        return text if self.name is None else f"{self.name}={text}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "name": self.name}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InputSpec:
+        return cls(tuple(data["shape"]), data["dtype"], data.get("name"))
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,9 @@ class Result:
     flops: int = 0
     modules: tuple[LayerRow, ...] = ()  # each module's own figures; roll up with layers.at_depth
     activation_peak: int = 0  # the most saved-activation bytes live at once (one micro-batch's graph)
+    step: str = "default"  # "default" (memtrace's loop), or the user's FILE.py:FUNC
+    loss: str = "auto"  # the loss of the default step ("" with a user step or in inference)
+    free_output: bool = False  # the default step drops the output before backward
 
     @property
     def peak_bytes(self) -> int:
@@ -217,7 +233,7 @@ class Result:
                 "device": self.device,
                 "mode": self.mode,
                 "optimizer": self.optimizer,
-                "inputs": [{"shape": list(i.shape), "dtype": i.dtype} for i in self.inputs],
+                "inputs": [i.to_json() for i in self.inputs],
                 "model": asdict(self.model),
                 "peak": asdict(self.peak),
                 "totals": self.totals,
@@ -231,6 +247,9 @@ class Result:
                 "flops": self.flops,
                 "modules": [asdict(m) for m in self.modules],
                 "activation_peak_bytes": self.activation_peak,
+                "step": self.step,
+                "loss": self.loss,
+                "free_output": self.free_output,
             }
         )
         return data
@@ -245,7 +264,7 @@ class Result:
             device=data["device"],
             mode=data["mode"],
             optimizer=data["optimizer"],
-            inputs=tuple(InputSpec(tuple(i["shape"]), i["dtype"]) for i in data["inputs"]),
+            inputs=tuple(InputSpec.from_json(i) for i in data["inputs"]),
             peak=_peak_from(data["peak"]),
             phases=tuple(_phase_from(p) for p in data["phases"].values()),
             totals={Category(k): v for k, v in data["totals"].items()},
@@ -262,6 +281,9 @@ class Result:
             flops=data.get("flops", 0),
             modules=tuple(_row_from(m) for m in data.get("modules", ())),
             activation_peak=data.get("activation_peak_bytes", 0),
+            step=data.get("step", "default"),
+            loss=data.get("loss", "auto"),
+            free_output=data.get("free_output", False),
         )
 
 

@@ -44,6 +44,7 @@ def header(result: Result) -> Text:
     if result.mode == "train":
         text.append(f", optimizer {result.optimizer}")
     text.append("; inputs " + ", ".join(i.text() for i in result.inputs))
+    text.append(f"\n  step: {step_text(result)}")
     if result.recipe != "fp32":
         text.append(f"\n  recipe: {result.recipe}")
     if result.accumulate > 1 and result.effective_batch:
@@ -53,6 +54,18 @@ def header(result: Result) -> Text:
     for note in result.notes:
         text.append(f"\n  note: {note}", style="yellow")
     return text
+
+
+def step_text(result: Result) -> str:
+    """Which program was simulated, in the words the README uses."""
+    if result.step != "default":
+        return f"your {result.step} (its own loss, autocast and accumulation)"
+    if result.mode == "infer":
+        return "forward under torch.inference_mode(), eval mode"
+    if result.mode == "no_grad":
+        return "forward under torch.no_grad(), eval mode"
+    held = "output freed before backward" if result.free_output else "output held through backward"
+    return f"default training step, loss {result.loss}, {held}"
 
 
 def peak_line(result: Result) -> Text:
@@ -191,7 +204,8 @@ def what_if_table(result: Result, rows: Sequence[WhatIfRow]) -> Table:
     table.add_row("current: " + result.recipe, short_bytes(result.peak_bytes), "-", "-", "1.00", "")
     for row in rows:
         if row.error:
-            table.add_row(row.change, "failed", "", "", "", row.error[:60])
+            status = "skipped" if row.error.startswith("skipped") else "failed"
+            table.add_row(row.change, status, "", "", "", row.error.removeprefix("skipped: ")[:60])
             continue
         table.add_row(
             row.change,

@@ -2,79 +2,141 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from memtrace.tracer import analysis
+from memtrace.tracer.batch import Batch, as_batch
 from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.layers import ModuleFacts, module_rows
-from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs
-from memtrace.tracer.program import StepPlan, make_optimizer, run_program
+from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs, spec_of
+from memtrace.tracer.losses import make_loss
+from memtrace.tracer.prepare import materialize
+from memtrace.tracer.program import MODES, StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, meta_autocast
 from memtrace.tracer.recorder import Recorder, recording, register_baseline
 from memtrace.tracer.records import Category, GpuSpec, InputSpec, ModelInfo, Phase, Result, Trace, Verdict
-from memtrace.tracer.specs import Headroom, OptimizerSpec, budget, parse_input, parse_optimizer
+from memtrace.tracer.routing import routed
+from memtrace.tracer.specs import (
+    Headroom,
+    LossSpec,
+    OptimizerSpec,
+    budget,
+    check_input_names,
+    parse_input,
+    parse_loss,
+    parse_optimizer,
+)
 
-MODES = ("train", "infer")
+StepFn = Callable[..., Any]
 
 
 @dataclass(frozen=True)
 class Config:
-    """How to simulate: train or infer, the optimizer, the target device, how many iterations."""
+    """How to simulate: the mode, the optimizer, the target device, iterations, the recipe, and the step:
+    memtrace's default step with its loss (`loss`, `free_output`), or the user's own `step` function."""
 
     mode: str = "train"
     optimizer: OptimizerSpec = field(default_factory=lambda: OptimizerSpec("adam"))
     device: str = "cuda"
     iterations: int = 2
     recipe: Recipe = field(default_factory=Recipe)
+    loss: LossSpec | None = None  # None: auto
+    free_output: bool = False
+    step: str | StepFn | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise MemtraceError(f"unknown mode {self.mode!r} (train or infer)")
+            raise MemtraceError(f"unknown mode {self.mode!r} ({', '.join(MODES)})")
         if self.device not in ("cpu", "cuda"):
             raise MemtraceError(f"unknown device {self.device!r} (cpu or cuda)")
         if self.iterations < 1:
             raise MemtraceError("iterations must be at least 1")
+        if self.step is not None:
+            _refuse_with_step(self)
+
+    def step_text(self) -> str:
+        if self.step is None:
+            return "default"
+        return (
+            self.step if isinstance(self.step, str) else getattr(self.step, "__qualname__", repr(self.step))
+        )
+
+    def loss_text(self) -> str:
+        if self.step is not None or self.mode != "train":
+            return ""
+        return (self.loss or LossSpec()).text()
 
 
-def trace_model(model: nn.Module, inputs: Sequence[torch.Tensor], config: Config) -> Trace:
+def _refuse_with_step(config: Config) -> None:
+    """A user's step is their own code: flags that would change it are refused, one line each."""
+    changes = {
+        "--loss": config.loss is not None,
+        "--amp": config.recipe.amp is not None,
+        "--accumulate": config.recipe.accumulate > 1,
+        "--free-output": config.free_output,
+    }
+    for flag, given in changes.items():
+        if given:
+            raise MemtraceError(
+                f"{flag} would change your own step: with --step, write it in the step function"
+            )
+
+
+def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config: Config) -> Trace:
     """Run the program on the model's (meta) tensors and return every event.
 
     The recipe is applied to the model here (cast, checkpoint wrapping): pass a freshly built model.
     """
+    batch = as_batch(inputs)
     device = DeviceModel(config.device)
     rec = Recorder(device)
     try:
-        apply_to_model(model, config.recipe)
-        inputs = cast_inputs(list(inputs), config.recipe.dtype)
-        optimizer = None
-        if config.mode == "train":
-            optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
-        register_baseline(rec, model, inputs, _parameter_owners(model))
-        with device.patched(), recording(rec, model):
-            run_program(model, inputs, optimizer, plan_for(config), rec, config.iterations)
+        with routed(config.device, "meta") if config.step is not None else contextlib.nullcontext():
+            plan = plan_for(config)
+            notes = materialize(model, batch.args, batch.kwargs)  # lazy and in-forward parameters
+            apply_to_model(model, config.recipe)
+            batch = cast_inputs(batch, config.recipe.dtype)
+            optimizer = None
+            if config.mode == "train":
+                optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
+            register_baseline(rec, model, batch.tensors(), _parameter_owners(model))
+            with device.patched(), recording(rec, model):
+                run_program(model, batch, optimizer, plan, rec, config.iterations)
     except MemtraceError:
         raise
     except Exception as exc:
         raise MemtraceError(_failure(rec, model, exc)) from exc
-    return rec.trace(config.iterations)
+    return replace(rec.trace(config.iterations), notes=tuple(notes))
 
 
 def plan_for(config: Config) -> StepPlan:
-    """The step on meta: the recipe's accumulation and the emulated autocast of the target device."""
+    """The step on meta: the recipe's accumulation and the emulated autocast of the target device, the loss,
+    or the user's own step function (loaded here, so a GradScaler it makes at import is routed too)."""
+    if config.step is not None:
+        return StepPlan(config.mode, user_step=_step_function(config.step))
     autocast = meta_autocast(config.device, config.recipe.amp)
     scaler = None
     if config.recipe.amp == "fp16" and config.mode == "train":
         from memtrace.tracer.autocast import MetaGradScaler
 
         scaler = MetaGradScaler(config.device)  # fp16 training scales the loss
-    return StepPlan(config.mode, config.recipe.accumulate, autocast, scaler)
+    loss_fn = make_loss(config.loss)
+    return StepPlan(config.mode, config.recipe.accumulate, autocast, scaler, loss_fn, config.free_output)
+
+
+def _step_function(step: str | StepFn) -> StepFn:
+    fn = load_object(step, "--step") if isinstance(step, str) else step
+    if not callable(fn):
+        raise MemtraceError(f"--step {step!r} is not callable")
+    return fn  # type: ignore[no-any-return]
 
 
 def _failure(rec: Recorder, model: nn.Module, exc: Exception) -> str:
@@ -138,7 +200,11 @@ def analyse(
         first_iteration_peak=first,
         top_layers=analysis.layers_at_peak(trace, peak, types, rounding=rounding),
         verdict=verdict,
-        notes=(f"model built on meta via the {built_path} path",) if built_path != "meta" else (),
+        notes=((f"model built on meta via the {built_path} path",) if built_path != "meta" else ())
+        + trace.notes,
+        step=config.step_text(),
+        loss=config.loss_text(),
+        free_output=config.free_output,
     )
 
 
@@ -191,20 +257,36 @@ def run(request: Request) -> Result:
     built = build(request.builder, dict(request.builder_kwargs))
     if request.transform is not None:
         request.transform(built.model)
-    specs = list(request.inputs) or list(built.example_inputs)
-    if not specs:
-        raise MemtraceError("no input given: pass --input SHAPE (or return example inputs from the builder)")
-    if any(isinstance(d, str) for s in specs for d in s.shape):
-        raise MemtraceError(
-            "an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)"
-        )
-    trace = trace_model(built.model, make_inputs(specs, "meta"), request.config)
+    specs = step_specs(request, built)
+    trace = trace_model(built.model, step_batch(request, specs), request.config)
     return analyse(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
 
 
+def step_specs(request: Request, built: Built) -> list[InputSpec]:
+    """The inputs of the step: --input, else the builder's examples; numbers only, distinct names."""
+    specs = list(request.inputs) or list(built.example_inputs)
+    if not specs:
+        raise MemtraceError("no input given: pass --input SHAPE (or return example inputs from the builder)")
+    targets = request.config.loss.targets if request.config.loss else ()
+    if any(isinstance(d, str) for s in (*specs, *targets) for d in s.shape):
+        raise MemtraceError(
+            "an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)"
+        )
+    check_input_names(specs)
+    return specs
+
+
+def step_batch(request: Request, specs: Sequence[InputSpec]) -> Batch:
+    targets = request.config.loss.targets if request.config.loss else ()
+    return make_inputs(specs, "meta", targets)
+
+
+Inputs = Sequence["InputSpec | str | torch.Tensor"] | dict[str, "InputSpec | str | torch.Tensor"]
+
+
 def simulate(
-    builder: str | Callable[..., Any],
-    inputs: Sequence[InputSpec | str] = (),
+    model: str | Callable[..., Any] | nn.Module,
+    inputs: Inputs = (),
     *,
     builder_kwargs: dict[str, Any] | None = None,
     mode: str = "train",
@@ -214,13 +296,50 @@ def simulate(
     headroom: Headroom | None = None,
     iterations: int = 2,
     recipe: Recipe | None = None,
+    loss: str | LossSpec | None = None,
+    free_output: bool = False,
+    step: str | StepFn | None = None,
 ) -> Result:
-    """Simulate `iterations` steps of the model on meta and report the steady-state step."""
+    """Simulate `iterations` steps of the model on meta and report the steady-state step.
+
+    `model` is a builder (`"FILE.py:FUNC"`, a callable) or a real `nn.Module`, copied to meta without its
+    weights. `inputs` are specs (`"4x512:int64"`), tensors (their shape and dtype), or a dict of them for
+    keyword inputs. `step` is the user's own step function, called as `step(model, inputs, optimizer)`.
+    """
     opt = parse_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
-    config = Config(mode, opt, device, iterations, recipe or Recipe())
-    specs = tuple(parse_input(s) if isinstance(s, str) else s for s in inputs)
+    loss_spec = LossSpec(parse_loss(loss)) if isinstance(loss, str) else loss
+    config = Config(mode, opt, device, iterations, recipe or Recipe(), loss_spec, free_output, step)
     kwargs = tuple((builder_kwargs or {}).items())
-    return run(Request(builder, specs, kwargs, config, gpu, headroom))
+    return run(Request(as_builder(model), input_specs(inputs), kwargs, config, gpu, headroom))
+
+
+def as_builder(model: str | Callable[..., Any] | nn.Module) -> str | Callable[..., Any]:
+    """A real module becomes a builder of its meta copy (a fresh copy per simulation)."""
+    if not isinstance(model, nn.Module):
+        return model
+    from memtrace.tracer.metacopy import to_meta
+
+    def copy() -> nn.Module:
+        return to_meta(model)
+
+    copy.__name__ = type(model).__name__
+    return copy
+
+
+def input_specs(inputs: Inputs) -> tuple[InputSpec, ...]:
+    if isinstance(inputs, dict):
+        return tuple(replace(_spec(v), name=str(k)) for k, v in inputs.items())
+    if isinstance(inputs, (str, InputSpec, torch.Tensor)):
+        inputs = [inputs]
+    return tuple(_spec(x) for x in inputs)
+
+
+def _spec(value: InputSpec | str | torch.Tensor) -> InputSpec:
+    if isinstance(value, InputSpec):
+        return value
+    if isinstance(value, str):
+        return parse_input(value)
+    return spec_of(value)
 
 
 __all__ = ["Category", "Config", "Request", "analyse", "build", "run", "simulate", "trace_model"]

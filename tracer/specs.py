@@ -6,7 +6,7 @@ No torch import. Every parser raises SpecError with a one-line message naming wh
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.gpus import PRESETS, default_headroom, normalise_gpu_name
@@ -61,8 +61,14 @@ def parse_dtype(text: str) -> str:
     return dtype
 
 
+_NAMED = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
+
+
 def parse_input(text: str) -> InputSpec:
-    """`1x3x1080x1920`, `Bx3x224x224:bf16`, `4x128:int64`."""
+    """`1x3x1080x1920`, `Bx3x224x224:bf16`, `4x128:int64`; `input_ids=4x512:int64` is a keyword input."""
+    named = _NAMED.fullmatch(text)
+    if named is not None:
+        return replace(parse_input(named.group(2)), name=named.group(1))
     shape_text, _, dtype_text = text.partition(":")
     if not shape_text.strip():
         raise SpecError(f"malformed --input {text!r}: expected dimensions like 1x3x224x224[:dtype]")
@@ -114,8 +120,52 @@ def bind_inputs(
         missing = [d for d in shape if isinstance(d, str)]
         if missing:
             raise SpecError(f"input {spec.text()} has symbol {missing[0]} with no value")
-        bound.append(InputSpec(shape, spec.dtype))
+        bound.append(replace(spec, shape=shape))
     return tuple(bound)
+
+
+def check_input_names(specs: tuple[InputSpec, ...] | list[InputSpec]) -> None:
+    """Keyword inputs have distinct names."""
+    names = [s.name for s in specs if s.name is not None]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SpecError(f"input {twice[0]!r} is given twice")
+
+
+LOSSES = ("auto", "sum", "mean", "ce", "mse")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The default step's loss: a built-in name or a user function `FILE.py:FUNC` called as
+    `FUNC(output, *targets)`; `class_dim` overrides the class dimension of `ce`."""
+
+    name: str = "auto"
+    targets: tuple[InputSpec, ...] = ()
+    class_dim: int | None = None
+
+    @property
+    def is_function(self) -> bool:
+        return self.name not in LOSSES
+
+    def text(self) -> str:
+        text = self.name
+        if self.class_dim is not None:
+            text += f" (class dim {self.class_dim})"
+        if self.targets:
+            text += " with targets " + ", ".join(t.text() for t in self.targets)
+        return text
+
+
+def parse_loss(text: str) -> str:
+    """`auto`, `sum`, `mean`, `ce`, `mse`, or `FILE.py:FUNC` / `package.module:FUNC`."""
+    name = text.strip()
+    if name.lower() in LOSSES:
+        return name.lower()
+    if ":" not in name:
+        raise SpecError(f"unknown --loss {text!r} (auto, sum, mean, ce, mse, or FILE.py:FUNC)")
+    parse_target(name, "--loss")
+    return name
 
 
 def parse_size(text: str, *, allow_zero: bool = False) -> int:

@@ -73,7 +73,7 @@ def halve_batch(inputs: tuple[InputSpec, ...], exact: bool) -> tuple[InputSpec, 
     heads = [s.shape[0] if s.shape else None for s in inputs]
     if not inputs or not all(isinstance(h, int) and h > 1 and (h % 2 == 0 or not exact) for h in heads):
         return None
-    return tuple(InputSpec((-(-int(s.shape[0]) // 2), *s.shape[1:]), s.dtype) for s in inputs)
+    return tuple(replace(s, shape=(-(-int(s.shape[0]) // 2), *s.shape[1:])) for s in inputs)
 
 
 Variant = tuple[str, str, Callable[[Request], Request | None]]
@@ -133,7 +133,11 @@ def what_if(request: Request, baseline: Result | None = None) -> tuple[Result, l
             "optimizer" in flags or "accumulate" in flags or "checkpoint" in flags
         ):
             continue
-        varied = make(request)
+        try:
+            varied = make(request)
+        except MemtraceError as exc:  # a change the user's own --step would have to make itself
+            rows.append(WhatIfRow(change, flags, 0, 0, 0.0, None, f"skipped: {exc.one_line()}"))
+            continue
         if varied is None or (varied.config == request.config and varied.inputs == request.inputs):
             continue  # does not apply, or changes nothing (bf16 autocast when --amp bf16 is set)
         rows.append(simulate_row(change, flags, varied, base))
