@@ -145,4 +145,5 @@ def _load_rules() -> None:
         rules_cuda,
         rules_loss,
         rules_lowp,
+        rules_norm,
     )
