@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from memtrace.tracer.gpus import PRESETS
+from memtrace.tracer.devices.cuda.presets import PRESETS
 from memtrace.tracer.specs import human_bytes
 
 

@@ -22,7 +22,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from zoo import ZOO_BY_NAME
 
-from memtrace.tracer import attention
 from memtrace.tracer.autocast import (
     AUTOCAST_KEYS,
     POLICIES,
@@ -32,6 +31,7 @@ from memtrace.tracer.autocast import (
     registered_ops,
 )
 from memtrace.tracer.devices import DeviceModel
+from memtrace.tracer.devices.cpu import attention
 from memtrace.tracer.recipes import Recipe
 
 TOLERANCE = 0.01

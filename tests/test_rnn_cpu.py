@@ -1,5 +1,5 @@
-"""The CPU's recurrent kernels emulated on meta (tracer/rnn_cpu.py): oneDNN's LSTM buffers byte for byte, and
-the simulated peak of LSTM, GRU and RNN steps against the CPU allocator."""
+"""The CPU's recurrent kernels emulated on meta (tracer/devices/cpu/rnn.py): oneDNN's LSTM buffers byte for
+byte, and the simulated peak of LSTM, GRU and RNN steps against the CPU allocator."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from zoo import ZooCase
 
-from memtrace.tracer import cpu_isa
 from memtrace.tracer.devices import DeviceModel
-from memtrace.tracer.rnn_cpu import Layer
+from memtrace.tracer.devices.cpu import isa as cpu_isa
+from memtrace.tracer.devices.cpu.rnn import Layer
 
 # oneDNN's RNN buffers are modelled for its x86 kernels (AVX2 and up, as this process's oneDNN may use
 # them, ONEDNN_MAX_CPU_ISA included); below AVX2 and off x86 (aarch64) other kernels run

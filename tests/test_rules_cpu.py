@@ -16,7 +16,7 @@ import pytest
 import torch
 from reference import measured_op_rise, predicted_op_rise
 
-from memtrace.tracer.rules_cpu import channel_block, onednn_modelled
+from memtrace.tracer.devices.cpu.conv import channel_block, onednn_modelled
 
 TOLERANCE = 0.005
 ONEDNN = torch.backends.mkldnn.is_available() and onednn_modelled()
@@ -167,7 +167,7 @@ def test_backward_rise_matches_the_allocator(case: Case) -> None:
 
 def test_backend_choice_follows_use_mkldnn() -> None:
     """Float32 goes to oneDNN unless the input is one small image; other dtypes take the slow path."""
-    from memtrace.tracer.rules_cpu import convolution
+    from memtrace.tracer.devices.cpu.conv import convolution
 
     def steps(shape: tuple[int, ...], dtype: torch.dtype) -> list[str]:
         x = torch.empty(shape, dtype=dtype, device="meta")

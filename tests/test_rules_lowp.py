@@ -23,8 +23,8 @@ import pytest
 import torch
 from reference import measured_op_rise, predicted_op_rise
 
-from memtrace.tracer import cpu_isa
-from memtrace.tracer.rules_lowp import GEMM, gemm_workspace, host, modelled
+from memtrace.tracer.devices.cpu import isa as cpu_isa
+from memtrace.tracer.devices.cpu.gemm_lowp import GEMM, gemm_workspace, host, modelled
 
 TOLERANCE = 0.005
 
@@ -207,7 +207,7 @@ _VERBOSE_NAMES = {
 }
 _PROBE = """
 import torch
-from memtrace.tracer import cpu_isa
+from memtrace.tracer.devices.cpu import isa as cpu_isa
 torch.nn.functional.conv2d(torch.randn(2, 16, 8, 8), torch.randn(16, 16, 3, 3))
 print("simulated:" + cpu_isa.onednn_isa())
 """

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from memtrace.tracer.devices.cuda.presets import PRESETS, default_headroom, normalise_gpu_name
 from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.gpus import PRESETS, default_headroom, normalise_gpu_name
 from memtrace.tracer.records import GpuSpec, InputSpec
 
 

@@ -133,17 +133,16 @@ def round_size(device: str, nbytes: int) -> int:
 
 
 def _load_rules() -> None:
-    from memtrace.tracer import (  # noqa: F401  (registering rules and patches)
+    from memtrace.tracer import autocast, compat, compat_nn  # noqa: F401  (patches for both devices)
+    from memtrace.tracer.devices.cpu import (  # noqa: F401  (registering rules and patches)
         attention,
-        autocast,
-        compat,
-        compat_nn,
+        blas,
+        conv,
+        gemm_lowp,
+        loss,
+        norm,
         rng,
-        rnn_cpu,
-        rules_blas,
-        rules_cpu,
-        rules_cuda,
-        rules_loss,
-        rules_lowp,
-        rules_norm,
+        rnn,
     )
+    from memtrace.tracer.devices.cuda import blas as cuda_blas  # noqa: F401
+    from memtrace.tracer.devices.cuda import loss as cuda_loss  # noqa: F401

@@ -1,0 +1,32 @@
+"""CPU matrix multiplies: BLAS operand copies (devices/shared.py), and for bfloat16/float16 the oneDNN
+GEMM scratchpad on top (gemm_lowp)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from memtrace.tracer.devices import Workspace, rule
+from memtrace.tracer.devices.cpu import gemm_lowp
+from memtrace.tracer.devices.shared import operand_copies
+
+
+def _lowp(*mats: Any) -> bool:
+    return all(isinstance(m, torch.Tensor) and m.dtype in (torch.bfloat16, torch.float16) for m in mats)
+
+
+@rule("cpu", "aten.mm.default")
+def mm_cpu(args: Any, kwargs: Any, out: Any) -> Workspace | None:
+    if _lowp(args[0], args[1]):
+        return gemm_lowp.gemm_workspace(args[0], args[1], out)
+    return operand_copies(args[0], args[1])
+
+
+@rule("cpu", "aten.addmm.default")
+def addmm_cpu(args: Any, kwargs: Any, out: Any) -> Workspace | None:
+    if _lowp(args[1], args[2]):
+        beta = float(kwargs.get("beta", args[3] if len(args) > 3 else 1))
+        alpha = float(kwargs.get("alpha", args[4] if len(args) > 4 else 1))
+        return gemm_lowp.gemm_workspace(args[1], args[2], out, beta, alpha)
+    return operand_copies(args[1], args[2])

@@ -1,0 +1,13 @@
+"""CPU loss kernels: `mse_loss`'s full-size output storage and intermediate (devices/shared.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memtrace.tracer.devices import Workspace, rule
+from memtrace.tracer.devices.shared import mse_loss
+
+
+@rule("cpu", "aten.mse_loss.default")
+def mse(args: Any, kwargs: Any, out: Any) -> Workspace | None:
+    return mse_loss("cpu", args, kwargs)

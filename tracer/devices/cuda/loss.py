@@ -1,0 +1,14 @@
+"""CUDA loss kernels: `mse_loss`'s full-size output storage and intermediate (devices/shared.py; the
+structured kernel is the same as the CPU's, and CUDA's `mean_out` books no scalar)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memtrace.tracer.devices import Workspace, rule
+from memtrace.tracer.devices.shared import mse_loss
+
+
+@rule("cuda", "aten.mse_loss.default")
+def mse(args: Any, kwargs: Any, out: Any) -> Workspace | None:
+    return mse_loss("cuda", args, kwargs)
