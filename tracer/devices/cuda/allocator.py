@@ -1,0 +1,171 @@
+"""The CUDA caching allocator, replayed: a pure-Python model of PyTorch 2.13's
+`c10/cuda/CUDACachingAllocator.cpp` fed with a request sequence (no torch import).
+
+- `AllocatorConfig.parse("max_split_size_mb:128,roundup_power2_divisions:4,...")` or `.from_env()`
+  (PYTORCH_CUDA_ALLOC_CONF, then PYTORCH_HIP_ALLOC_CONF, then PYTORCH_ALLOC_CONF, as the source reads them).
+- `CachingAllocator(config, capacity_bytes)`: `malloc(size, stream) -> address`, `free(address)`,
+  `memory_stats()` (torch.cuda.memory_stats keys), `segments()` (torch.cuda.memory._snapshot segments).
+- `replay(requests)` / `replay_events(events)`: the peaks of allocated (block sizes after the split
+  decision: `torch.cuda.max_memory_allocated`), requested (the sizes asked for) and reserved (segments:
+  `torch.cuda.max_memory_reserved`), and the segment list at the reserved peak.
+
+The rules themselves live in `allocator_config` (rounding, segment sizes, option parsing),
+`allocator_core` (best fit, split, merge, free-and-retry, garbage collection) and
+`allocator_expandable` (expandable segments). What is left out is listed in those modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .allocator_blocks import Block
+from .allocator_config import AllocatorConfig, AllocatorConfigError
+from .allocator_core import CachingAllocator, OutOfMemoryError
+
+__all__ = [
+    "AllocatorConfig",
+    "AllocatorConfigError",
+    "CachingAllocator",
+    "OutOfMemoryError",
+    "ReplayStats",
+    "Request",
+    "replay",
+    "replay_events",
+    "restore_segment",
+]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One allocator call: "alloc" of `size` bytes under `key`, or "free" of `key`; on `stream`."""
+
+    action: str
+    key: int
+    size: int = 0
+    stream: int = 0
+
+
+@dataclass
+class ReplayStats:
+    """What a replay reports; `*_peak_bytes` are the allocator's own peaks (Stat.peak)."""
+
+    allocated_peak_bytes: int = 0
+    requested_peak_bytes: int = 0
+    reserved_peak_bytes: int = 0
+    allocated_bytes: int = 0
+    reserved_bytes: int = 0
+    segments_at_reserved_peak: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    num_segments_peak: int = 0
+    num_alloc_retries: int = 0
+    num_ooms: int = 0
+    oom_at: int | None = None  # index of the request that ran out of memory, if one did
+
+    @property
+    def fragmentation_bytes(self) -> int:
+        """Reserved but not allocated at the reserved peak."""
+        allocated = sum(int(s["allocated_size"]) for s in self.segments_at_reserved_peak)
+        return self.reserved_peak_bytes - allocated
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "allocated_peak_bytes": self.allocated_peak_bytes,
+            "requested_peak_bytes": self.requested_peak_bytes,
+            "reserved_peak_bytes": self.reserved_peak_bytes,
+            "num_segments_peak": self.num_segments_peak,
+            "segments": [_segment_summary(s) for s in self.segments_at_reserved_peak],
+        }
+
+
+def _segment_summary(segment: dict[str, Any]) -> dict[str, Any]:
+    return {k: segment[k] for k in ("address", "total_size", "segment_type", "allocated_size", "stream")}
+
+
+def replay(
+    requests: Iterable[Request],
+    config: AllocatorConfig | None = None,
+    capacity_bytes: int | None = None,
+    allocator: CachingAllocator | None = None,
+) -> ReplayStats:
+    """Run the requests through a (fresh, or the given) allocator; stop at the first OOM."""
+    alloc = allocator or CachingAllocator(config, capacity_bytes)
+    stats = ReplayStats()
+    ptrs: dict[int, int] = {}
+    seen_peak = alloc.stats.get("reserved_bytes").peak
+    stats.segments_at_reserved_peak = alloc.segments()
+    for index, req in enumerate(requests):
+        if req.action == "free":
+            alloc.free(ptrs.pop(req.key))
+            continue
+        try:
+            ptrs[req.key] = alloc.malloc(req.size, req.stream)
+        except OutOfMemoryError:
+            stats.oom_at = index
+            break
+        peak = alloc.stats.get("reserved_bytes").peak
+        if peak > seen_peak:
+            seen_peak = peak
+            stats.segments_at_reserved_peak = alloc.segments()
+    return _finish(alloc, stats)
+
+
+def _finish(alloc: CachingAllocator, stats: ReplayStats) -> ReplayStats:
+    s = alloc.stats
+    stats.allocated_peak_bytes = s.get("allocated_bytes").peak
+    stats.requested_peak_bytes = s.get("requested_bytes").peak
+    stats.reserved_peak_bytes = s.get("reserved_bytes").peak
+    stats.allocated_bytes = s.get("allocated_bytes").current
+    stats.reserved_bytes = s.get("reserved_bytes").current
+    stats.num_segments_peak = s.get("segment").peak
+    stats.num_alloc_retries = s.counters["num_alloc_retries"]
+    stats.num_ooms = s.counters["num_ooms"]
+    stats.segments = alloc.segments()
+    return stats
+
+
+def replay_events(
+    events: Iterable[tuple[str, int, int]],
+    config: AllocatorConfig | None = None,
+    capacity_bytes: int | None = None,
+) -> ReplayStats:
+    """The simulator's storage events, ("alloc"|"free", storage_id, nbytes_requested), on one stream."""
+    return replay((Request(action, key, size) for action, key, size in events), config, capacity_bytes)
+
+
+def restore_segment(
+    alloc: CachingAllocator,
+    address: int,
+    stream: int,
+    is_small: bool,
+    blocks: list[tuple[int, int, bool]],
+) -> None:
+    """Put an existing segment into `alloc`: `blocks` are (size, requested_size, allocated) in address
+    order, covering the segment; adjacent free blocks must already be merged. Peaks restart from here."""
+    pool = alloc.small if is_small else alloc.large
+    total = sum(size for size, _, _ in blocks)
+    chain: list[Block] = []
+    ptr = address
+    for size, requested, allocated in blocks:
+        block = Block(stream, size, ptr, pool, requested_size=requested, allocated=allocated)
+        block.splice(chain[-1] if chain else None, None)
+        chain.append(block)
+        ptr += size
+    split = len(chain) > 1
+    for block in chain:
+        if block.allocated:
+            alloc.active[block.ptr] = block
+            for name, amount in (("allocation", 1), ("active", 1)):
+                alloc.stats.change(name, is_small, amount)
+            for name in ("allocated_bytes", "active_bytes"):
+                alloc.stats.change(name, is_small, block.size)
+            alloc.stats.change("requested_bytes", is_small, block.requested_size)
+        else:
+            pool.insert_into_blocks(block)
+            if split:
+                alloc.stats.change("inactive_split", is_small, 1)
+                alloc.stats.change("inactive_split_bytes", is_small, block.size)
+    alloc.total_allocated_memory += total
+    alloc.stats.change("segment", is_small, 1)
+    alloc.stats.change("reserved_bytes", is_small, total)

@@ -1,0 +1,201 @@
+"""Blocks, block pools and statistics of the CUDA caching allocator model (pure Python, no torch).
+
+Ported from `c10/cuda/CUDACachingAllocator.cpp` (PyTorch 2.13): `struct Block` (size, requested_size,
+ptr, allocated, mapped, prev/next of a split segment), `struct BlockPool` whose free blocks are a
+`std::set` ordered by `BlockComparatorSize` (stream, size, address) and whose unmapped expandable ranges
+are ordered by `BlockComparatorAddress` (stream, address); and `c10/core/CachingDeviceAllocator.h`'s
+`Stat` (current, peak, allocated, freed) kept for the aggregate, small and large pools.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class ExpandableSegment:
+    """`struct ExpandableSegment`: a reserved address range mapped in pages of `page_size`."""
+
+    base: int
+    page_size: int
+    max_pages: int
+    stream: int
+    mapped: set[int] = field(default_factory=set)  # page indices backed by physical memory
+
+    @property
+    def size(self) -> int:
+        return self.page_size * self.max_pages
+
+
+@dataclass(eq=False)
+class Block:
+    """One block of a segment: allocated, cached free, or (expandable) unmapped address space."""
+
+    stream: int
+    size: int
+    ptr: int
+    pool: BlockPool
+    requested_size: int = 0
+    allocated: bool = False
+    mapped: bool = True
+    prev: Block | None = None
+    next: Block | None = None
+    expandable: ExpandableSegment | None = None
+    gc_count_base: int = 0
+    key: tuple[int, ...] = ()  # the key it was inserted under, while in a sorted set
+
+    def is_split(self) -> bool:
+        return self.prev is not None or self.next is not None
+
+    def splice(self, before: Block | None, after: Block | None) -> None:
+        """`Block::splice`: insert this block between `before` and `after`."""
+        if before is not None:
+            before.next = self
+        self.prev = before
+        if after is not None:
+            after.prev = self
+        self.next = after
+
+
+class SortedBlocks:
+    """A `std::set<Block*>` with the given order: `by_size` (stream, size, ptr) or by (stream, ptr)."""
+
+    def __init__(self, by_size: bool) -> None:
+        self.by_size = by_size
+        self.keys: list[tuple[int, ...]] = []
+        self.items: list[Block] = []
+
+    def key_of(self, block: Block) -> tuple[int, ...]:
+        return (block.stream, block.size, block.ptr) if self.by_size else (block.stream, block.ptr)
+
+    def insert(self, block: Block) -> None:
+        key = self.key_of(block)
+        block.key = key
+        i = bisect.bisect_left(self.keys, key)
+        self.keys.insert(i, key)
+        self.items.insert(i, block)
+
+    def remove(self, block: Block) -> None:
+        i = bisect.bisect_left(self.keys, block.key)
+        if i >= len(self.items) or self.items[i] is not block:
+            raise KeyError("block not in the set")
+        del self.keys[i]
+        del self.items[i]
+
+    def discard(self, block: Block) -> bool:
+        i = bisect.bisect_left(self.keys, block.key)
+        if i < len(self.items) and self.items[i] is block:
+            del self.keys[i]
+            del self.items[i]
+            return True
+        return False
+
+    def lower_bound(self, key: tuple[int, ...]) -> int:
+        return bisect.bisect_left(self.keys, key)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class BlockPool:
+    """`struct BlockPool`: the cached free blocks of one pool (small: <= 1 MiB, or large)."""
+
+    def __init__(self, is_small: bool) -> None:
+        self.is_small = is_small
+        self.blocks = SortedBlocks(by_size=True)
+        self.unmapped = SortedBlocks(by_size=False)
+        self.get_free_blocks_call_count = 0
+
+    def insert_into_blocks(self, block: Block) -> None:
+        """`BlockPool::insert_into_blocks`: insert and stamp the garbage-collection age base."""
+        block.gc_count_base = self.get_free_blocks_call_count
+        self.blocks.insert(block)
+
+    def gc_count(self, block: Block) -> int:
+        return self.get_free_blocks_call_count - block.gc_count_base
+
+
+@dataclass
+class Stat:
+    """`c10::CachingDeviceAllocator::Stat`: current, peak, and the running totals allocated and freed."""
+
+    current: int = 0
+    peak: int = 0
+    allocated: int = 0
+    freed: int = 0
+
+    def increase(self, amount: int) -> None:
+        self.current += amount
+        self.peak = max(self.peak, self.current)
+        self.allocated += amount
+
+    def decrease(self, amount: int) -> None:
+        self.current -= amount
+        self.freed += amount
+
+    def reset_peak(self) -> None:
+        self.peak = self.current
+
+
+STAT_NAMES = (
+    "allocation",
+    "segment",
+    "active",
+    "inactive_split",
+    "allocated_bytes",
+    "reserved_bytes",
+    "active_bytes",
+    "inactive_split_bytes",
+    "requested_bytes",
+)
+POOL_NAMES = ("all", "small_pool", "large_pool")
+
+
+class DeviceStats:
+    """`DeviceStats`: each array stat for the aggregate, small pool and large pool, plus counters."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, dict[str, Stat]] = {n: {p: Stat() for p in POOL_NAMES} for n in STAT_NAMES}
+        self.counters: dict[str, int] = {
+            "num_alloc_retries": 0,
+            "num_ooms": 0,
+            "num_sync_all_streams": 0,
+            "num_device_alloc": 0,
+            "num_device_free": 0,
+        }
+        self.oversize_allocations = Stat()
+        self.oversize_segments = Stat()
+
+    def change(self, name: str, is_small: bool, amount: int) -> None:
+        """Increase (amount > 0) or decrease the aggregate and the pool's stat, as the source pairs them."""
+        pool = "small_pool" if is_small else "large_pool"
+        for key in ("all", pool):
+            stat = self.arrays[name][key]
+            if amount >= 0:
+                stat.increase(amount)
+            else:
+                stat.decrease(-amount)
+
+    def get(self, name: str, pool: str = "all") -> Stat:
+        return self.arrays[name][pool]
+
+    def as_dict(self) -> dict[str, int]:
+        """Flat keys as `torch.cuda.memory_stats()` writes them: `allocated_bytes.all.peak`, ..."""
+        out: dict[str, int] = {}
+        for name, pools in self.arrays.items():
+            for pool, stat in pools.items():
+                for metric in ("current", "peak", "allocated", "freed"):
+                    out[f"{name}.{pool}.{metric}"] = getattr(stat, metric)
+        for metric in ("current", "peak", "allocated", "freed"):
+            out[f"oversize_allocations.{metric}"] = getattr(self.oversize_allocations, metric)
+            out[f"oversize_segments.{metric}"] = getattr(self.oversize_segments, metric)
+        out.update(self.counters)
+        return out
+
+    def reset_peak(self) -> None:
+        for pools in self.arrays.values():
+            for stat in pools.values():
+                stat.reset_peak()
+        self.oversize_allocations.reset_peak()
+        self.oversize_segments.reset_peak()
