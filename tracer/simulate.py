@@ -18,6 +18,7 @@ from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.layers import ModuleFacts, module_rows
 from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs, spec_of
 from memtrace.tracer.losses import make_loss
+from memtrace.tracer.optim_meta import fused_on_meta
 from memtrace.tracer.prepare import materialize
 from memtrace.tracer.program import MODES, StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, meta_autocast
@@ -106,7 +107,8 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
             batch = cast_inputs(batch, config.recipe.dtype)
             optimizer = None
             if config.mode == "train":
-                optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
+                with fused_on_meta():  # the patch for the step registers the meta kernels
+                    optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
             register_baseline(rec, model, batch.tensors(), _parameter_owners(model))
             with device.patched(), recording(rec, model):
                 run_program(model, batch, optimizer, plan, rec, config.iterations)
