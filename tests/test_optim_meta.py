@@ -1,5 +1,5 @@
-"""Fused optimizers (`fused=True`) on meta: PyTorch's fused kernels, held against the CPU allocator, which runs
-them too."""
+"""Fused optimizers (`fused=True`) on meta: PyTorch's fused kernels, held against the CPU allocator, which
+runs them too."""
 
 from __future__ import annotations
 

@@ -27,16 +27,17 @@ from memtrace.tracer.devices import patch
 
 @contextmanager
 def fused_on_meta() -> Iterator[None]:
-    original = optimizer_module._get_fused_kernels_supported_devices
+    name = "_get_fused_kernels_supported_devices"
+    original = getattr(optimizer_module, name)
 
     def supported() -> list[str]:
         return [*original(), "meta"]
 
-    optimizer_module._get_fused_kernels_supported_devices = supported
+    setattr(optimizer_module, name, supported)
     try:
         yield
     finally:
-        optimizer_module._get_fused_kernels_supported_devices = original
+        setattr(optimizer_module, name, original)
 
 
 _IN_PLACE = ("_fused_sgd_", "_fused_adagrad_", "_fused_adam_", "_fused_adamw_")
