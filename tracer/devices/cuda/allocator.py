@@ -89,7 +89,8 @@ def replay(
     capacity_bytes: int | None = None,
     allocator: CachingAllocator | None = None,
 ) -> ReplayStats:
-    """Run the requests through a (fresh, or the given) allocator; stop at the first OOM."""
+    """Run the requests through a (fresh, or the given) allocator; stop at the first OOM.
+    Zero-byte requests get no block, as `NativeCachingAllocator::allocate` returns nullptr for them."""
     alloc = allocator or CachingAllocator(config, capacity_bytes)
     stats = ReplayStats()
     ptrs: dict[int, int] = {}
@@ -97,7 +98,12 @@ def replay(
     stats.segments_at_reserved_peak = alloc.segments()
     for index, req in enumerate(requests):
         if req.action == "free":
-            alloc.free(ptrs.pop(req.key))
+            ptr = ptrs.pop(req.key)
+            if ptr:
+                alloc.free(ptr)
+            continue
+        if req.size == 0:  # NativeCachingAllocator::allocate hands out nullptr for 0 bytes
+            ptrs[req.key] = 0
             continue
         try:
             ptrs[req.key] = alloc.malloc(req.size, req.stream)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 K_MIN_BLOCK_SIZE = 512  # all sizes are rounded to at least 512 bytes
 K_SMALL_SIZE = 1048576  # largest "small" allocation is 1 MiB
@@ -48,6 +48,20 @@ _CUDA_ONLY_KEYS = frozenset(
         "pinned_use_background_threads",
         "pinned_max_round_threshold",
         "pinned_max_cached_size",
+    }
+)
+
+
+_BOOL_KEYS = frozenset(
+    {
+        "release_lock_on_cudamalloc",
+        "pinned_use_cuda_host_register",
+        "release_lock_on_hipmalloc",
+        "pinned_use_hip_host_register",
+        "graph_capture_record_stream_reuse",
+        "pinned_free_catch_all",
+        "throw_on_cudamalloc_oom",
+        "pinned_use_background_threads",
     }
 )
 
@@ -111,6 +125,20 @@ class AllocatorConfig:
             if name in env:
                 return cls.parse(env[name])
         return cls()
+
+    def updated(self, text: str) -> AllocatorConfig:
+        """`_set_allocator_settings(text)`: max_split_size, roundup_power2_divisions and the GC threshold
+        return to their defaults unless given; expandable_segments and large_segment_size_mb persist."""
+        new = AllocatorConfig.parse(text)
+        keys = set(_tokenize(text))
+        keep: dict[str, object] = {}
+        if "expandable_segments" not in keys:
+            keep["expandable_segments"] = self.expandable_segments
+        if "large_segment_size_mb" not in keys:
+            keep["large_segment_size"] = self.large_segment_size
+            if "max_non_split_rounding_mb" not in keys:
+                keep["max_non_split_rounding_size"] = self.large_segment_size
+        return replace(new, **keep)  # type: ignore[arg-type]
 
     def roundup_power2_divisions(self, size: int) -> int:
         """`AcceleratorAllocatorConfig::roundup_power2_divisions(size)`: the interval of floor(log2(size))."""
@@ -204,7 +232,16 @@ class _Parser:
         elif key == "expandable_segments":
             self.values["expandable_segments"] = _to_bool(self._value(i))
         elif key == "per_process_memory_fraction":
-            self.values["per_process_memory_fraction"] = float(self._value(i))
+            value = float(self._value(i))
+            if not 0.0 <= value <= 1.0:
+                raise AllocatorConfigError("per_process_memory_fraction is invalid, set it in [0.0, 1.0]")
+            self.values["per_process_memory_fraction"] = value
+        elif key in _BOOL_KEYS:
+            _to_bool(self._value(i))
+        elif key == "pinned_num_register_threads":
+            threads = int(self._value(i)) if self._value(i).isdigit() else 0
+            if not _is_pow2(threads) or threads > 128:
+                raise AllocatorConfigError("pinned_num_register_threads: a power of 2, at most 128")
         elif key == "backend":
             self.values["backend"] = self._value(i)
         elif key == "large_segment_size_mb" or key in _CUDA_ONLY_KEYS:

@@ -67,6 +67,10 @@ class CachingAllocator(ExpandableMixin):
             self.set_memory_fraction(fraction)
 
     # ---- public API -------------------------------------------------------------------------------
+    def set_allocator_settings(self, text: str) -> None:
+        """`torch.cuda.memory._set_allocator_settings(text)` between requests."""
+        self.config = self.config.updated(text)
+
     def set_memory_fraction(self, fraction: float) -> None:
         """`setMemoryFraction`: cap the bytes reserved; this also arms garbage_collection_threshold."""
         if self.capacity_bytes is None:
