@@ -57,6 +57,11 @@ class StepType(_SpecType):
     parser = staticmethod(lambda text: specs.parse_target(text, "--step").text())
 
 
+class CudnnType(_SpecType):
+    name = "VERSION"
+    parser = staticmethod(specs.parse_cudnn_version)
+
+
 class HeadroomType(_SpecType):
     name = "SIZE|PERCENT"
     parser = staticmethod(specs.parse_headroom)
@@ -156,6 +161,31 @@ def engine_options(fn: F) -> F:
             help="Drop the model's output before backward (the model(x).sum().backward() style).",
         ),
         click.option(
+            "--alloc-conf",
+            "alloc_conf",
+            default=None,
+            metavar="OPTIONS",
+            help="The CUDA caching allocator's settings as PyTorch reads them "
+            "(max_split_size_mb:128,expandable_segments:True); default: PYTORCH_CUDA_ALLOC_CONF etc.",
+        ),
+        click.option(
+            "--sdpa-backend",
+            "sdpa_backend",
+            type=click.Choice(["auto", "flash", "efficient", "cudnn", "math"]),
+            default="auto",
+            show_default=True,
+            help="On cuda, the scaled-dot-product-attention kernel: auto follows PyTorch's choice for the "
+            "GPU (sdp_utils.cpp); a name enables only that one, as sdpa_kernel([...]) does.",
+        ),
+        click.option(
+            "--cudnn-version",
+            "cudnn_version",
+            type=CudnnType(),
+            default=None,
+            help="The runtime cuDNN the GPU would use, e.g. 9.10.2 (default 9.10.2): newer than 9.15 puts "
+            "cuDNN attention first on sm 9.x/10.x.",
+        ),
+        click.option(
             "--step",
             type=StepType(),
             default=None,
@@ -202,6 +232,9 @@ def make_request(
     targets: tuple[Any, ...] = (),
     free_output: bool = False,
     step: str | None = None,
+    alloc_conf: str | None = None,
+    sdpa_backend: str = "auto",
+    cudnn_version: int | None = None,
     gpu: Any = None,
     headroom: Any = None,
 ) -> Request:
@@ -214,7 +247,16 @@ def make_request(
     if loss is not None or loss_class_dim is not None or targets:
         loss_spec = specs.LossSpec(loss or "auto", tuple(targets), loss_class_dim)
     config = Config(
-        mode, optimizer, device, recipe=recipe, loss=loss_spec, free_output=free_output, step=step
+        mode,
+        optimizer,
+        device,
+        recipe=recipe,
+        loss=loss_spec,
+        free_output=free_output,
+        step=step,
+        alloc_conf=alloc_conf,
+        sdpa_backend=sdpa_backend,
+        cudnn_version=cudnn_version,
     )
     return Request(model, tuple(inputs), tuple(args), config, gpu, headroom)
 

@@ -15,6 +15,7 @@ from memtrace.cli.fit import fit
 from memtrace.cli.gpus import gpus
 from memtrace.cli.sweep import sweep
 from memtrace.cli.trace import trace
+from memtrace.cli.verify import verify
 from memtrace.tracer.errors import MemtraceError
 
 
@@ -38,7 +39,7 @@ def cli() -> None:
     """
 
 
-for command in (trace, fit, sweep, gpus):
+for command in (trace, fit, sweep, gpus, verify):
     cli.add_command(command)
 
 

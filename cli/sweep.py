@@ -75,14 +75,17 @@ def sweep(
     click.echo(render(rows, list(gpus), fmt), nl=False)
 
 
-HEAD = ["input", "model states", "activations", "peak"]
+HEAD = ["input", "model states", "activations", "peak", "reserved"]
 
 
 def _cells(row: Any, gpus: list[GpuSpec]) -> list[str]:
     if row.error:
         return ["error: " + row.error] + [""] * (len(HEAD) - 1 + len(gpus))
     sizes = [row.input_bytes, row.model_state_bytes, row.activation_bytes, row.peak_bytes]
-    return [short_bytes(s) for s in sizes] + ["fits" if row.fits[g.name] else "OOM" for g in gpus]
+    reserved = short_bytes(row.reserved_bytes) if row.reserved_bytes else "-"
+    return [*(short_bytes(s) for s in sizes), reserved] + [
+        "fits" if row.fits[g.name] else "OOM" for g in gpus
+    ]
 
 
 def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
@@ -95,14 +98,14 @@ def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
         writer = csv.writer(buf)
         writer.writerow(
             keys
-            + ["input_bytes", "model_state_bytes", "activation_bytes", "peak_bytes"]
+            + ["input_bytes", "model_state_bytes", "activation_bytes", "peak_bytes", "reserved_bytes"]
             + [f"fits_{g.name}" for g in gpus]
             + ["error"]
         )
         for r in rows:
             writer.writerow(
                 [r.values[k] for k in keys]
-                + [r.input_bytes, r.model_state_bytes, r.activation_bytes, r.peak_bytes]
+                + [r.input_bytes, r.model_state_bytes, r.activation_bytes, r.peak_bytes, r.reserved_bytes]
                 + [r.fits.get(g.name, "") for g in gpus]
                 + [r.error]
             )

@@ -27,6 +27,7 @@ from memtrace.tracer.devices.cuda.presets import PRESETS
 from memtrace.tracer.devices.cuda.sdp_choice import Call, Flags, Gpu, Operand, choose, prefer_cudnn
 from memtrace.tracer.recipes import Recipe
 from memtrace.tracer.simulate import simulate
+from memtrace.tracer.specs import parse_gpu
 
 _SIZES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
@@ -264,25 +265,29 @@ class Llama(nn.Module):
         return out
 
 
-def _saved(cc: str, seq: int, backend: str = "auto") -> tuple[int, dict[str, int]]:
-    with target(cc, backend=backend) as t:
-        r = simulate(Llama, [f"1x{seq}:int64"], device="cuda", recipe=Recipe(amp="bf16"))
-    return r.activation_peak, t.summary()
+def _saved(preset: str, seq: int, backend: str = "auto") -> tuple[int, str]:
+    """The saved-activation peak and the report's SDPA note, simulated for the preset's GPU."""
+    r = simulate(
+        Llama, [f"1x{seq}:int64"], recipe=Recipe(amp="bf16"), gpu=parse_gpu(preset), sdpa_backend=backend
+    )
+    (note,) = [n for n in r.notes if n.startswith("SDPA")]
+    return r.activation_peak, note
 
 
 @pytest.mark.parametrize("preset", ["a100-80gb", "h100-80gb"])
 def test_saved_activations_grow_linearly(preset: str) -> None:
-    cc = PRESETS[preset].compute_capability
-    small, used = _saved(cc, 1024)
-    large, _ = _saved(cc, 4096)
-    assert set(used) == {"flash"}
+    cc = PRESETS[preset].compute_capability.replace(".", "")
+    small, note = _saved(preset, 1024)
+    large, _ = _saved(preset, 4096)
+    assert note.startswith(f"SDPA on sm{cc}, cuDNN 9.10.2") and note.endswith(": flash x4")  # 2 layers x 2
     assert large / small <= 4.3
 
 
 def test_math_backend_would_not_grow_linearly() -> None:
     """The acceptance bound separates the fused kernels from the math decomposition."""
-    small, _ = _saved("8.0", 1024, "math")
-    large, _ = _saved("8.0", 4096, "math")
+    small, note = _saved("a100-80gb", 1024, "math")
+    large, _ = _saved("a100-80gb", 4096, "math")
+    assert note.endswith("--sdpa-backend math: math x4")
     assert large / small > 4.3
 
 

@@ -28,8 +28,9 @@ def bind(request: Request, values: dict[str, int]) -> Request:
     return replace(request, inputs=inputs, builder_kwargs=kwargs)
 
 
-def budget_of(gpu: GpuSpec, headroom: Headroom | None) -> int:
-    return budget(gpu, headroom)
+def budget_of(gpu: GpuSpec, headroom: Headroom | None, device: str) -> int:
+    """The GPU's budget for the figure `Result.fit_bytes` gives: reserved memory on cuda."""
+    return budget(gpu, headroom, reserved=device == "cuda")
 
 
 @dataclass
@@ -38,14 +39,19 @@ class Probe:
 
     request: Request
     symbol: str
-    peaks: dict[int, int] = field(default_factory=dict)
+    peaks: dict[int, int] = field(default_factory=dict)  # the figure held against the budget
     results: dict[int, Result] = field(default_factory=dict)
 
     def peak(self, value: int) -> int:
         if value not in self.peaks:
             res = run(bind(self.request, {self.symbol: value}))
-            self.peaks[value], self.results[value] = res.peak_bytes, res
+            self.peaks[value], self.results[value] = res.fit_bytes, res
         return self.peaks[value]
+
+    def allocated(self, value: int) -> int:
+        """The allocated peak, which grows about affinely, where reserved memory grows in segment steps."""
+        self.peak(value)
+        return self.results[value].peak_bytes
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class FitResult:
     probes: tuple[tuple[int, int], ...]
     suggestions: tuple[Suggestion, ...] = ()
     capped: bool = False  # the peak stopped growing: max_value is the search cap, not a boundary
+    basis: str = "allocated"  # the figure held against the budget: "reserved" on cuda
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +85,7 @@ class FitResult:
             "simulations": self.simulations,
             "probes": [{"value": v, "peak_bytes": p} for v, p in self.probes],
             "capped": self.capped,
+            "basis": self.basis,
             "suggestions": [vars(s) for s in self.suggestions],
         }
 
@@ -98,20 +106,24 @@ def boundary(probe: Probe, budget: int, limit: int = MAX_VALUE) -> tuple[int, bo
 
     Peaks grow about affinely with a batch size: a line through probed peaks predicts the boundary, the
     prediction is probed, and a value that fits next to one that does not ends the search. When the line
-    only creeps along the bracket's edge, bisection takes over.
+    only creeps along the bracket's edge, or fails to halve a closed bracket (reserved memory grows in
+    segment steps, not along a line), bisection takes over.
     """
     if probe.peak(1) > budget:
         return 0, False
     probe.peak(2 if limit >= 2 else 1)
     creep = 0  # probes in a row that only moved the bracket by one
+    width = limit + 1
     while True:
         lo = max(v for v, p in probe.peaks.items() if p <= budget)
         hi = min((v for v, p in probe.peaks.items() if p > budget), default=limit + 1)
         if hi - lo <= 1 or lo >= limit:
             return min(lo, limit), hi > limit
         guess = min(max(_line_guess(probe, lo, hi, budget, limit), lo + 1), hi - 1)
-        if creep >= 2:
+        stepwise = probe.peak(lo) != probe.allocated(lo)  # reserved memory: segment steps
+        if creep >= 2 or (stepwise and hi <= limit and hi - lo > width // 2):
             guess = (lo + hi) // 2
+        width = hi - lo if hi <= limit else width
         fits = probe.peak(guess) <= budget
         creep = (
             creep + 1 if (fits and guess == lo + 1 and hi - lo > 2) or (not fits and guess == hi - 1) else 0
@@ -125,15 +137,16 @@ def _line_guess(probe: Probe, lo: int, hi: int, budget: int, limit: int) -> int:
     else:
         fitting = sorted(v for v, p in probe.peaks.items() if p <= budget)
         a, b = (fitting[-2], fitting[-1]) if len(fitting) > 1 else (lo, lo)
-    slope = (probe.peak(b) - probe.peak(a)) / (b - a) if b != a else 0.0
+    slope = (probe.allocated(b) - probe.allocated(a)) / (b - a) if b != a else 0.0
     if slope <= 0:
         return min(limit, lo * 4)
-    return a + int((budget - probe.peak(a)) // slope)
+    overhead = probe.peak(a) - probe.allocated(a)  # reserved beyond allocated (0 off cuda)
+    return a + int((budget - overhead - probe.allocated(a)) // slope)
 
 
 def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, suggest: bool = True) -> FitResult:
     symbol = the_symbol(request)
-    budget = budget_of(gpu, headroom)
+    budget = budget_of(gpu, headroom, request.config.device)
     probe = Probe(request, symbol)
     best, capped = boundary(probe, budget)
     suggestions = tuple(_suggest(request, gpu, headroom)) if best == 0 and suggest else ()
@@ -149,6 +162,7 @@ def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, sugges
         tuple(sorted(probe.peaks.items())),
         suggestions,
         capped,
+        "reserved" if request.config.device == "cuda" else "allocated",
     )
 
 
@@ -228,14 +242,14 @@ def plan_accumulation(
         raise MemtraceError("--target-batch must be at least 1")
     if fitted.max_value == 0:
         raise MemtraceError("even a batch of 1 does not fit: no accumulation plan can help")
-    budget = budget_of(gpu, headroom)
+    budget = budget_of(gpu, headroom, request.config.device)
     steps = math.ceil(target / fitted.max_value)
     while steps <= target:
         micro = math.ceil(target / steps)
         req = replace(
             request, config=replace(request.config, recipe=replace(request.config.recipe, accumulate=steps))
         )
-        peak = run(bind(req, {fitted.symbol: micro})).peak_bytes
+        peak = run(bind(req, {fitted.symbol: micro})).fit_bytes
         if peak <= budget:
             return Plan(micro, steps, micro * steps, peak)
         steps += 1
@@ -251,6 +265,7 @@ class SweepRow:
     peak_bytes: int
     fits: dict[str, bool]
     error: str = ""
+    reserved_bytes: int = 0  # on cuda: what max_memory_reserved would say (the verdicts hold this)
 
 
 def parse_sets(sets: list[tuple[str, list[tuple[int, ...]]]]) -> list[list[dict[str, int]]]:
@@ -301,5 +316,8 @@ def _sweep_row(
         cat.get(c, 0)
         for c in (Category.PARAMETER, Category.BUFFER, Category.GRADIENT, Category.OPTIMIZER_STATE)
     )
-    fits = {g.name: res.peak_bytes <= budget_of(g, headroom) for g in gpus}
-    return SweepRow(values, cat[Category.INPUT], states, res.activation_peak, res.peak_bytes, fits)
+    fits = {g.name: res.fit_bytes <= budget_of(g, headroom, req.config.device) for g in gpus}
+    reserved = res.cuda.reserved_peak_bytes if res.cuda is not None else 0
+    return SweepRow(
+        values, cat[Category.INPUT], states, res.activation_peak, res.peak_bytes, fits, "", reserved
+    )

@@ -215,6 +215,7 @@ class _Flops(TorchDispatchMode):
 
 def _propagate(forward: Callable[..., Any], model: nn.Module, inputs: Batch, config: Config) -> None:
     """One forward (and backward in train mode) as the engine runs it, gradients left as they were."""
+    from memtrace.tracer.gpu import gpu_target
     from memtrace.tracer.recipes import cast_inputs, cast_parameters
     from memtrace.tracer.simulate import plan_for
 
@@ -225,7 +226,7 @@ def _propagate(forward: Callable[..., Any], model: nn.Module, inputs: Batch, con
     grads = [p.grad for p in params]
     train = config.mode == "train"
     try:
-        with DeviceModel(config.device).patched(), torch.set_grad_enabled(train):
+        with gpu_target(config), DeviceModel(config.device).patched(), torch.set_grad_enabled(train):
             with plan.autocast() if plan.autocast is not None else contextlib.nullcontext():
                 out = forward(*inputs.args, **inputs.kwargs)
                 loss = _loss(plan.loss_fn, out, inputs) if train else None

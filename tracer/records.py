@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `cuda` figures, `step`/`loss`/`free_output`, named inputs, the verdict's basis
 
 
 class Category(str, Enum):
@@ -169,12 +169,36 @@ class GpuSpec:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Peak against the GPU: budget = GPU memory - headroom kept free; spare = budget - peak (< 0: short)."""
+    """Peak against the GPU: budget = GPU memory - headroom kept free; spare = budget - peak (< 0: short).
+    `basis` is the figure held against it: "reserved" (what runs out on a GPU) or "allocated"."""
 
     gpu: GpuSpec
     fits: bool
     budget_bytes: int
     spare_bytes: int
+    basis: str = "allocated"
+
+
+@dataclass(frozen=True)
+class CudaFigures:
+    """The caching allocator's figures for the simulated steps (the allocator model replayed).
+
+    allocated: block sizes after the split decision, `torch.cuda.max_memory_allocated()`, the steady-state
+    step's (equals `peak_bytes`); requested: the sizes asked for (`requested_bytes.all.peak`), steady state;
+    reserved: segments (`torch.cuda.max_memory_reserved()`) after both steps; context: what the CUDA context
+    adds on nvidia-smi, an estimate; segments: at the reserved peak.
+    """
+
+    allocated_peak_bytes: int
+    requested_peak_bytes: int
+    reserved_peak_bytes: int
+    context_bytes_estimate: int
+    fragmentation_bytes: int  # reserved but not allocated at the reserved peak
+    segments: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def nvidia_smi_estimate_bytes(self) -> int:
+        return self.reserved_peak_bytes + self.context_bytes_estimate
 
 
 @dataclass(frozen=True)
@@ -211,6 +235,12 @@ class Result:
     step: str = "default"  # "default" (memtrace's loop), or the user's FILE.py:FUNC
     loss: str = "auto"  # the loss of the default step ("" with a user step or in inference)
     free_output: bool = False  # the default step drops the output before backward
+    cuda: CudaFigures | None = None  # on --device cuda: allocated, requested, reserved
+
+    @property
+    def fit_bytes(self) -> int:
+        """What must fit the GPU's budget: reserved memory when the allocator is modelled, else the peak."""
+        return self.cuda.reserved_peak_bytes if self.cuda is not None else self.peak.bytes
 
     @property
     def peak_bytes(self) -> int:
@@ -250,13 +280,14 @@ class Result:
                 "step": self.step,
                 "loss": self.loss,
                 "free_output": self.free_output,
+                "cuda": {**asdict(self.cuda), "segments": list(self.cuda.segments)} if self.cuda else None,
             }
         )
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Result:
-        if data.get("schema") != SCHEMA_VERSION:
+        if data.get("schema") not in (1, SCHEMA_VERSION):
             raise ValueError(f"unsupported memtrace result schema {data.get('schema')!r}")
         verdict = data.get("verdict")
         return cls(
@@ -271,7 +302,11 @@ class Result:
             first_iteration_peak=data["first_iteration_peak_bytes"],
             top_layers=tuple(_layer_from(t) for t in data["top_layers"]),
             verdict=Verdict(
-                GpuSpec(**verdict["gpu"]), verdict["fits"], verdict["budget_bytes"], verdict["spare_bytes"]
+                GpuSpec(**verdict["gpu"]),
+                verdict["fits"],
+                verdict["budget_bytes"],
+                verdict["spare_bytes"],
+                verdict.get("basis", "allocated"),
             )
             if verdict
             else None,
@@ -284,7 +319,14 @@ class Result:
             step=data.get("step", "default"),
             loss=data.get("loss", "auto"),
             free_output=data.get("free_output", False),
+            cuda=_cuda_from(data.get("cuda")),
         )
+
+
+def _cuda_from(d: dict[str, Any] | None) -> CudaFigures | None:
+    if d is None:
+        return None
+    return CudaFigures(**{**d, "segments": tuple(d.get("segments", ()))})
 
 
 def _tensor_from(d: dict[str, Any]) -> TensorRow:

@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from memtrace.tracer.records import Category, LayerRow, Result
+from memtrace.tracer.records import Category, CudaFigures, LayerRow, Result
 from memtrace.tracer.specs import human_bytes, short_bytes
 
 if TYPE_CHECKING:
@@ -76,6 +76,23 @@ def peak_line(result: Result) -> Text:
     text.append(f"\n  during {where} (steady-state iteration)")
     if result.first_iteration_peak > p.bytes:
         text.append(f"\n  the first iteration peaks higher: {human_bytes(result.first_iteration_peak)}")
+    if result.cuda is not None:
+        text.append(cuda_lines(result.cuda))
+    return text
+
+
+def cuda_lines(c: CudaFigures) -> Text:
+    """The caching allocator's figures, named as torch.cuda reports them."""
+    text = Text()
+    text.append(f"\n  allocated {human_bytes(c.allocated_peak_bytes)}  (torch.cuda.max_memory_allocated)")
+    text.append(f"\n  requested {human_bytes(c.requested_peak_bytes)}  (the sizes asked for)")
+    text.append(f"\n  reserved  {human_bytes(c.reserved_peak_bytes)}  (torch.cuda.max_memory_reserved)")
+    text.append(f", of which {human_bytes(c.fragmentation_bytes)} cached but unused at its peak", style="dim")
+    text.append(
+        f"\n  nvidia-smi ~ {human_bytes(c.nvidia_smi_estimate_bytes)}  (reserved + a "
+        f"{human_bytes(c.context_bytes_estimate)} CUDA context estimate)",
+        style="dim",
+    )
     return text
 
 
@@ -170,7 +187,9 @@ def verdict_line(result: Result) -> Text:
     text.append(
         f"\n  budget {human_bytes(v.budget_bytes)} = GPU memory - {human_bytes(kept)} kept free", style="dim"
     )
-    if result.device == "cuda":
+    if v.basis == "reserved":
+        text.append(" (CUDA context); reserved memory is held against it", style="dim")
+    elif result.device == "cuda":
         text.append(" (CUDA context and fragmentation)", style="dim")
     return text
 

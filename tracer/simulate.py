@@ -14,7 +14,11 @@ from torch import nn
 from memtrace.tracer import analysis
 from memtrace.tracer.batch import Batch, as_batch
 from memtrace.tracer.devices import DeviceModel
+from memtrace.tracer.devices.cuda.placement import place
+from memtrace.tracer.devices.cuda.presets import PRESETS, normalise_gpu_name
 from memtrace.tracer.errors import MemtraceError, first_line
+from memtrace.tracer.gpu import allocator_config, cuda_figures, gpu_notes, gpu_target
+from memtrace.tracer.gpu import verdict as verdict_for
 from memtrace.tracer.layers import ModuleFacts, module_rows
 from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs, spec_of
 from memtrace.tracer.losses import make_loss
@@ -23,13 +27,20 @@ from memtrace.tracer.prepare import materialize
 from memtrace.tracer.program import MODES, StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, meta_autocast
 from memtrace.tracer.recorder import Recorder, recording, register_baseline
-from memtrace.tracer.records import Category, GpuSpec, InputSpec, ModelInfo, Phase, Result, Trace, Verdict
+from memtrace.tracer.records import (
+    Category,
+    GpuSpec,
+    InputSpec,
+    ModelInfo,
+    Phase,
+    Result,
+    Trace,
+)
 from memtrace.tracer.routing import routed
 from memtrace.tracer.specs import (
     Headroom,
     LossSpec,
     OptimizerSpec,
-    budget,
     check_input_names,
     parse_input,
     parse_loss,
@@ -37,6 +48,7 @@ from memtrace.tracer.specs import (
 )
 
 StepFn = Callable[..., Any]
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,10 @@ class Config:
     loss: LossSpec | None = None  # None: auto
     free_output: bool = False
     step: str | StepFn | None = None
+    alloc_conf: str | None = None  # the CUDA allocator's settings; None: PYTORCH_CUDA_ALLOC_CONF etc.
+    arch: str | None = None  # the target GPU's compute capability; None: the default (an A100, sm80)
+    sdpa_backend: str = "auto"  # --sdpa-backend
+    cudnn_version: int | None = None  # --cudnn-version, as cuDNN's integer (91002 for 9.10.2)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -62,6 +78,8 @@ class Config:
             raise MemtraceError("iterations must be at least 1")
         if self.step is not None:
             _refuse_with_step(self)
+        if self.sdpa_backend not in SDPA_BACKENDS:
+            raise MemtraceError(f"unknown --sdpa-backend {self.sdpa_backend!r} ({', '.join(SDPA_BACKENDS)})")
 
     def step_text(self) -> str:
         if self.step is None:
@@ -110,13 +128,13 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                 with fused_on_meta():  # the patch for the step registers the meta kernels
                     optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
             register_baseline(rec, model, batch.tensors(), _parameter_owners(model))
-            with device.patched(), recording(rec, model):
+            with gpu_target(config) as gpu, device.patched(), recording(rec, model):
                 run_program(model, batch, optimizer, plan, rec, config.iterations)
     except MemtraceError:
         raise
     except Exception as exc:
         raise MemtraceError(_failure(rec, model, exc)) from exc
-    return replace(rec.trace(config.iterations), notes=tuple(notes))
+    return replace(rec.trace(config.iterations), notes=(*notes, *gpu_notes(config, gpu)))
 
 
 def plan_for(config: Config) -> StepPlan:
@@ -176,15 +194,18 @@ def analyse(
     gpu: GpuSpec | None = None,
     headroom: Headroom | None = None,
 ) -> Result:
-    rounding = DeviceModel(config.device).round
     last = config.iterations - 1
+    requested, cuda_trace, stats = trace, None, None
+    if config.device == "cuda":  # every storage counts for its caching-allocator block
+        cuda_trace, stats = place(trace, allocator_config(config.alloc_conf))
+        trace = cuda_trace
+    rounding = analysis.exact
     peak = analysis.step_peak(trace, last, rounding)
     first = analysis.step_peak(trace, 0, rounding).bytes
     types = {name: type(m).__name__ for name, m in model.named_modules()}
-    verdict = None
-    if gpu is not None:
-        room = budget(gpu, headroom)
-        verdict = Verdict(gpu, peak.bytes <= room, room, room - peak.bytes)
+    cuda = None
+    if stats is not None:
+        cuda = cuda_figures(peak.bytes, analysis.step_peak(requested, last).bytes, stats)
     return Result(
         model=_model_info(model, built_path),
         device=config.device,
@@ -201,7 +222,8 @@ def analyse(
         totals=analysis.category_totals(trace, last, rounding),
         first_iteration_peak=first,
         top_layers=analysis.layers_at_peak(trace, peak, types, rounding=rounding),
-        verdict=verdict,
+        verdict=verdict_for(gpu, headroom, peak.bytes, cuda),
+        cuda=cuda,
         notes=((f"model built on meta via the {built_path} path",) if built_path != "meta" else ())
         + trace.notes,
         step=config.step_text(),
@@ -254,8 +276,19 @@ class Request:
     transform: Callable[[nn.Module], None] | None = None  # model surgery before the step (diagnosis)
 
 
+def with_gpu_arch(request: Request) -> Request:
+    """The compute capability of the `--gpu` preset, for the kernels chosen per GPU (a size has none)."""
+    if request.gpu is None or request.config.arch is not None or request.config.device != "cuda":
+        return request
+    preset = PRESETS.get(normalise_gpu_name(request.gpu.name))
+    if preset is None:
+        return request
+    return replace(request, config=replace(request.config, arch=preset.compute_capability))
+
+
 def run(request: Request) -> Result:
     """Build on meta, run the step, analyse it."""
+    request = with_gpu_arch(request)
     built = build(request.builder, dict(request.builder_kwargs))
     if request.transform is not None:
         request.transform(built.model)
@@ -301,6 +334,9 @@ def simulate(
     loss: str | LossSpec | None = None,
     free_output: bool = False,
     step: str | StepFn | None = None,
+    sdpa_backend: str = "auto",
+    cudnn_version: int | None = None,
+    alloc_conf: str | None = None,
 ) -> Result:
     """Simulate `iterations` steps of the model on meta and report the steady-state step.
 
@@ -310,7 +346,19 @@ def simulate(
     """
     opt = parse_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     loss_spec = LossSpec(parse_loss(loss)) if isinstance(loss, str) else loss
-    config = Config(mode, opt, device, iterations, recipe or Recipe(), loss_spec, free_output, step)
+    config = Config(
+        mode,
+        opt,
+        device,
+        iterations,
+        recipe or Recipe(),
+        loss_spec,
+        free_output,
+        step,
+        alloc_conf,
+        sdpa_backend=sdpa_backend,
+        cudnn_version=cudnn_version,
+    )
     kwargs = tuple((builder_kwargs or {}).items())
     return run(Request(as_builder(model), input_specs(inputs), kwargs, config, gpu, headroom))
 

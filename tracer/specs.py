@@ -132,6 +132,21 @@ def check_input_names(specs: tuple[InputSpec, ...] | list[InputSpec]) -> None:
         raise SpecError(f"input {twice[0]!r} is given twice")
 
 
+def parse_cudnn_version(text: str) -> int:
+    """`9.10.2` or cuDNN's own integer `91002` (major * 10000 + minor * 100 + patch)."""
+    parts = text.strip().split(".")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1 and numbers[0] > 0:
+        return numbers[0]
+    if len(numbers) in (2, 3) and all(n >= 0 for n in numbers):
+        major, minor, patch = (*numbers, 0)[:3]
+        return major * 10000 + minor * 100 + patch
+    raise SpecError(f"malformed --cudnn-version {text!r}: expected a version like 9.10.2 or 91002")
+
+
 LOSSES = ("auto", "sum", "mean", "ce", "mse")
 
 
@@ -198,19 +213,19 @@ class Headroom:
     nbytes: int | None = None
     fraction: float | None = None
 
-    def of(self, gpu_bytes: int) -> int:
+    def of(self, gpu_bytes: int, reserved: bool = False) -> int:
         if self.nbytes is not None:
             return self.nbytes
         if self.fraction is not None:
             return int(self.fraction * gpu_bytes)
-        return default_headroom(gpu_bytes)
+        return default_headroom(gpu_bytes, reserved)
 
     def text(self) -> str:
         if self.nbytes is not None:
             return human_bytes(self.nbytes)
         if self.fraction is not None:
             return f"{100 * self.fraction:g}%"
-        return "default (CUDA context estimate + 5%)"
+        return "default (CUDA context estimate, + 5% when reserved memory is not modelled)"
 
 
 def parse_headroom(text: str) -> Headroom:
@@ -325,9 +340,10 @@ def human_bytes(n: int) -> str:
     return f"{sign}{n} B"  # pragma: no cover
 
 
-def budget(gpu: GpuSpec, headroom: Headroom | None) -> int:
-    """The bytes a step may use on the GPU: its memory less the headroom kept free."""
-    kept = (headroom or Headroom()).of(gpu.bytes)
+def budget(gpu: GpuSpec, headroom: Headroom | None, reserved: bool = False) -> int:
+    """The bytes a step may use on the GPU: its memory less the headroom kept free. Held against reserved
+    memory (`reserved`), the default headroom is the CUDA context alone: fragmentation is already counted."""
+    kept = (headroom or Headroom()).of(gpu.bytes, reserved)
     if kept >= gpu.bytes:
         raise SpecError(
             f"the headroom ({human_bytes(kept)}) leaves nothing of {gpu.name}'s {human_bytes(gpu.bytes)}"

@@ -133,7 +133,7 @@ def round_size(device: str, nbytes: int) -> int:
 
 
 def _load_rules() -> None:
-    from memtrace.tracer import autocast, compat, compat_nn  # noqa: F401  (patches for both devices)
+    from memtrace.tracer import autocast, compat, compat_nn, optim_meta  # noqa: F401  (both devices' patches)
     from memtrace.tracer.devices.cpu import (  # noqa: F401  (registering rules and patches)
         attention,
         blas,
@@ -144,5 +144,6 @@ def _load_rules() -> None:
         rng,
         rnn,
     )
+    from memtrace.tracer.devices.cuda import attention as cuda_attention  # noqa: F401
     from memtrace.tracer.devices.cuda import blas as cuda_blas  # noqa: F401
     from memtrace.tracer.devices.cuda import loss as cuda_loss  # noqa: F401

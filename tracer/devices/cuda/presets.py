@@ -58,6 +58,7 @@ CUDA_CONTEXT_BYTES = 512 * _MIB
 DEFAULT_HEADROOM_FRACTION = 0.05
 
 
-def default_headroom(gpu_bytes: int) -> int:
-    """The CUDA context estimate plus 5% of the GPU for allocator fragmentation."""
-    return CUDA_CONTEXT_BYTES + int(DEFAULT_HEADROOM_FRACTION * gpu_bytes)
+def default_headroom(gpu_bytes: int, reserved: bool = False) -> int:
+    """The CUDA context estimate, plus 5% of the GPU for allocator fragmentation unless the figure held
+    against the budget is reserved memory (which already counts it)."""
+    return CUDA_CONTEXT_BYTES + (0 if reserved else int(DEFAULT_HEADROOM_FRACTION * gpu_bytes))

@@ -1,0 +1,70 @@
+"""`memtrace verify MODEL ...`: run the real step on this machine and hold the prediction against it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from memtrace.cli.common import engine_options, make_request, user_stdout_to_stderr, writable
+
+
+@click.command("verify", short_help="Run the real step here and compare it with the prediction.")
+@engine_options
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Exit 1 when a figure's error exceeds this many percent.",
+)
+@click.option(
+    "--snapshot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="On CUDA, also record a memory snapshot of the real run (torch.cuda.memory._dump_snapshot).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: Any) -> None:
+    """Simulate the step of MODEL, run it for real on --device (cuda or cpu), and compare each figure."""
+    from memtrace.tracer.measure import CudaMeasured, measure_request
+    from memtrace.tracer.simulate import run
+    from memtrace.tracer.verify import cpu_checks, cuda_checks, failing
+
+    writable(snapshot, "--snapshot", (".pickle",))
+    request = make_request(**options)
+    with user_stdout_to_stderr(as_json):
+        result = run(request)
+        measured = measure_request(request, snapshot)
+    if isinstance(measured, CudaMeasured):
+        checks = cuda_checks(result, measured.allocated_peak, measured.reserved_peak, measured.requested_peak)
+    else:
+        checks = cpu_checks(result, measured.peak)
+    bad = failing(checks, tolerance / 100)
+    if as_json:
+        data = {
+            "device": result.device,
+            "tolerance": tolerance / 100,
+            "checks": [c.to_json() for c in checks],
+        }
+        click.echo(json.dumps({**data, "ok": not bad}, indent=2))
+    else:
+        _print(result.device, checks, tolerance)
+    if bad:
+        sys.exit(1)
+
+
+def _print(device: str, checks: Any, tolerance: float) -> None:
+    table = Table(title=f"predicted vs measured on {device}", title_justify="left", show_edge=False)
+    for col in ("figure", "predicted", "measured", "error"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for c in checks:
+        err = f"{100 * c.error:+.4f}%"
+        style = "red" if abs(c.error) > tolerance / 100 else "green"
+        table.add_row(c.figure, f"{c.predicted:,}", f"{c.measured:,}", f"[{style}]{err}[/]")
+    (Console() if Console().is_terminal else Console(width=120)).print(table)

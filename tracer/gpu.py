@@ -1,0 +1,77 @@
+"""The GPU side of a simulation: the target GPU for kernel choices (SDPA), the caching allocator's figures,
+and the verdict against a GPU's memory. Torch-light: only the attention target touches torch."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from memtrace.tracer.devices.cuda import attention as cuda_attention
+from memtrace.tracer.devices.cuda import sdp_choice
+from memtrace.tracer.devices.cuda.allocator import AllocatorConfig, AllocatorConfigError, ReplayStats
+from memtrace.tracer.devices.cuda.presets import CUDA_CONTEXT_BYTES
+from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.records import CudaFigures, GpuSpec, Verdict
+from memtrace.tracer.specs import Headroom, budget
+
+if TYPE_CHECKING:
+    from memtrace.tracer.simulate import Config
+
+
+@contextlib.contextmanager
+def gpu_target(config: Config) -> Iterator[cuda_attention.Target | None]:
+    """On cuda, the GPU the kernels are chosen for (SDPA's backend), else nothing."""
+    if config.device != "cuda":
+        yield None
+        return
+    arch = config.arch or sdp_choice.DEFAULT_COMPUTE_CAPABILITY
+    with cuda_attention.target(arch, config.cudnn_version, config.sdpa_backend) as target:
+        yield target
+
+
+def gpu_notes(config: Config, target: cuda_attention.Target | None) -> tuple[str, ...]:
+    """Which SDPA kernels ran, for which GPU (a default one is said to be assumed)."""
+    if target is None or not target.choices:
+        return ()
+    counts = ", ".join(f"{backend} x{n}" for backend, n in sorted(target.summary().items()))
+    gpu = target.gpu
+    where = f"sm{gpu.compute_capability.replace('.', '')}"
+    if config.arch is None:
+        where += " (no --gpu preset: an A100 is assumed)"
+    version = config.cudnn_version or sdp_choice.DEFAULT_CUDNN_VERSION
+    cudnn = f"{version // 10000}.{version // 100 % 100}.{version % 100}"
+    default = "" if config.cudnn_version else ", the default"
+    return (f"SDPA on {where}, cuDNN {cudnn}{default}, --sdpa-backend {config.sdpa_backend}: {counts}",)
+
+
+def allocator_config(text: str | None) -> AllocatorConfig:
+    """`--alloc-conf`, else PyTorch's environment variables, parsed as PyTorch parses them."""
+    try:
+        return AllocatorConfig.parse(text) if text is not None else AllocatorConfig.from_env()
+    except AllocatorConfigError as exc:
+        raise MemtraceError(f"allocator settings {text!r}: {exc}") from exc
+
+
+def cuda_figures(allocated: int, requested: int, stats: ReplayStats) -> CudaFigures:
+    segments = tuple(stats.to_json()["segments"])
+    return CudaFigures(
+        allocated,
+        requested,
+        stats.reserved_peak_bytes,
+        CUDA_CONTEXT_BYTES,
+        stats.fragmentation_bytes,
+        segments,
+    )
+
+
+def verdict(
+    gpu: GpuSpec | None, headroom: Headroom | None, peak: int, cuda: CudaFigures | None
+) -> Verdict | None:
+    """Reserved memory against the GPU when the allocator is modelled (the headroom then covers the CUDA
+    context only), else the peak (with the default headroom's fragmentation allowance)."""
+    if gpu is None:
+        return None
+    used, basis = (cuda.reserved_peak_bytes, "reserved") if cuda is not None else (peak, "allocated")
+    room = budget(gpu, headroom, reserved=cuda is not None)
+    return Verdict(gpu, used <= room, room, room - used, basis)

@@ -1,0 +1,189 @@
+"""The real step, measured: the same program on real tensors, for `memtrace verify` and the tests.
+
+CPU: the allocator's events under `torch.profiler.profile(profile_memory=True)`, after one warm-up step; peak
+= bytes live at the step's start + the largest rise of the allocation events in time order. CUDA: the peak
+statistics of the caching allocator (`torch.cuda.memory_stats()`) over the simulated number of steps, from
+a reset, optionally with a memory snapshot recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from memtrace.tracer.batch import Batch
+from memtrace.tracer.loader import load_object
+from memtrace.tracer.losses import make_loss
+from memtrace.tracer.program import NullObserver, StepPlan, make_optimizer, run_program
+from memtrace.tracer.recipes import apply_to_model, cast_inputs, real_autocast
+from memtrace.tracer.routing import routed
+from memtrace.tracer.simulate import Config
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A CPU measurement: the steady-state peak, what was live at the step's start, and the largest rise."""
+
+    peak: int
+    start: int
+    rise: int
+    allocations: tuple[tuple[int, str], ...]  # (signed size, op) in time order
+
+
+@dataclass(frozen=True)
+class CudaMeasured:
+    """The caching allocator's peaks over the steps: what `max_memory_allocated` and friends return."""
+
+    allocated_peak: int
+    reserved_peak: int
+    requested_peak: int
+
+
+def _walk(nodes: Sequence[Any]) -> Iterator[Any]:
+    for n in nodes:
+        yield n
+        yield from _walk(n.children)
+
+
+def allocation_events(prof: Any) -> list[tuple[int, int, str]]:
+    """(time, signed size, op) of every CPU allocation and free the profiler saw, in time order."""
+    from torch._C._profiler import _EventType
+
+    out = []
+    for n in _walk(prof.profiler.kineto_results.experimental_event_tree()):
+        if n.tag == _EventType.Allocation:
+            out.append((n.start_time_ns, int(n.extra_fields.alloc_size), n.parent.name if n.parent else ""))
+    out.sort(key=lambda e: e[0])
+    return out
+
+
+def largest_rise(sizes: Iterable[int]) -> int:
+    """The highest level signed allocation sizes reach above their start."""
+    level = rise = 0
+    for size in sizes:
+        level += size
+        rise = max(rise, level)
+    return rise
+
+
+def live_bytes(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer | None) -> int:
+    """Bytes of the distinct CPU storages the step starts with: model, batch, optimizer state, gradients."""
+    tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers(), *batch.tensors()]
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t.device.type == "cpu":
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
+
+
+def real_plan(config: Config, device: str) -> StepPlan:
+    """The simulated plan's twin on real tensors: real autocast and GradScaler, the same loss or user step."""
+    if config.step is not None:
+        with routed(device, device):
+            step = load_object(config.step, "--step") if isinstance(config.step, str) else config.step
+        return StepPlan(config.mode, user_step=step)
+    recipe = config.recipe
+    scaler = None
+    if recipe.amp == "fp16" and config.mode == "train":
+        # init_scale 1: the default 2**16 overflows fp16 on random data, and the step would be skipped
+        scaler = torch.amp.GradScaler(device, init_scale=1.0)
+    loss_fn = make_loss(config.loss)
+    autocast = real_autocast(device, recipe.amp)
+    return StepPlan(config.mode, recipe.accumulate, autocast, scaler, loss_fn, config.free_output)
+
+
+def _prepared(model: nn.Module, batch: Batch, config: Config, device: str) -> torch.optim.Optimizer | None:
+    """Recipe applied, lazy modules materialized by one forward (as a user does before building the
+    optimizer), the optimizer built."""
+    from memtrace.tracer.prepare import lazy_names
+
+    apply_to_model(model, config.recipe)
+    if lazy_names(model):
+        with torch.no_grad():
+            model(*batch.args, **batch.kwargs)
+    if config.mode != "train":
+        return None
+    return make_optimizer(config.optimizer, list(model.parameters()), device)
+
+
+def measure_cpu(model: nn.Module, batch: Batch, config: Config) -> Measured:
+    """One warm-up step, then the steady-state step under the profiler; model and batch on the CPU."""
+    batch = cast_inputs(batch, config.recipe.dtype)
+    opt = _prepared(model, batch, config, "cpu")
+    plan = real_plan(config, "cpu")
+    with routed("cpu", "cpu") if config.step is not None else contextlib.nullcontext():
+        run_program(model, batch, opt, plan, NullObserver(), iterations=1)
+        start = live_bytes(model, batch, opt)
+        if plan.scaler is not None:
+            scaler = plan.scaler
+            start += sum(
+                t.untyped_storage().nbytes() for t in (scaler._scale, scaler._growth_tracker) if t is not None
+            )
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        ) as p:
+            run_program(model, batch, opt, plan, NullObserver(), iterations=1, first=1)
+    events = allocation_events(p)
+    rise = largest_rise(size for _, size, _ in events)
+    return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events))
+
+
+def measure_cuda(
+    model: nn.Module, batch: Batch, config: Config, snapshot: Path | None = None
+) -> CudaMeasured:
+    """The steps on the GPU from reset peak statistics; model and batch on the GPU."""
+    batch = cast_inputs(batch, config.recipe.dtype)
+    opt = _prepared(model, batch, config, "cuda")
+    plan = real_plan(config, "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    if snapshot is not None:
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    with routed("cuda", "cuda") if config.step is not None else contextlib.nullcontext():
+        run_program(model, batch, opt, plan, NullObserver(), iterations=config.iterations)
+    torch.cuda.synchronize()
+    if snapshot is not None:
+        torch.cuda.memory._dump_snapshot(str(snapshot))
+        torch.cuda.memory._record_memory_history(enabled=None)
+    stats = torch.cuda.memory_stats()
+    return CudaMeasured(
+        int(stats.get("allocated_bytes.all.peak", 0)),
+        int(stats.get("reserved_bytes.all.peak", 0)),
+        int(stats.get("requested_bytes.all.peak", 0)),
+    )
+
+
+def measure_request(request: Any, snapshot: Path | None = None) -> Measured | CudaMeasured:
+    """Build the model for real on the target device and measure the step the request describes."""
+    from memtrace.tracer.errors import MemtraceError
+    from memtrace.tracer.loader import Built, load_object, make_inputs, specs_of
+    from memtrace.tracer.simulate import step_specs
+
+    config: Config = request.config
+    device = config.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MemtraceError("no CUDA device here: `--device cpu` verifies against the CPU allocator")
+    fn = load_object(request.builder) if isinstance(request.builder, str) else request.builder
+    out = fn(**dict(request.builder_kwargs))
+    model = out[0] if isinstance(out, tuple) else out
+    if not isinstance(model, nn.Module):
+        raise MemtraceError(f"builder returned {type(model).__name__}, not an nn.Module")
+    model.to(device)
+    examples = specs_of(out[1]) if isinstance(out, tuple) else ()
+    specs = step_specs(request, Built(model, examples, "real"))
+    targets = config.loss.targets if config.loss else ()
+    batch = make_inputs(specs, device, targets)
+    if device == "cuda":
+        return measure_cuda(model, batch, config, snapshot)
+    return measure_cpu(model, batch, config)
