@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from memtrace import __version__
+from memtrace.cli.compare import compare
 from memtrace.cli.fit import fit
 from memtrace.cli.gpus import gpus
 from memtrace.cli.sweep import sweep
@@ -39,7 +40,7 @@ def cli() -> None:
     """
 
 
-for command in (trace, fit, sweep, gpus, verify):
+for command in (trace, fit, sweep, gpus, verify, compare):
     cli.add_command(command)
 
 
