@@ -14,7 +14,7 @@ from zoo import ZOO_BY_NAME
 from memtrace.tracer.devices.cuda.allocator import replay_events
 from memtrace.tracer.records import Kind, Result
 from memtrace.tracer.simulate import Config, simulate, trace_model
-from memtrace.tracer.specs import parse_cudnn_version, parse_gpu
+from memtrace.tracer.specs import parse_cudnn_version, parse_gpu, parse_input
 
 
 def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
@@ -130,3 +130,22 @@ def test_verify_on_cuda(capsys: pytest.CaptureFixture[str]) -> None:
     _code, out, err = run(capsys, "verify", SEED, "--input", "8x3x144x256", "--json", "--tolerance", "5")
     data = json.loads(out)
     assert {c["figure"] for c in data["checks"]} >= {"allocated", "reserved"}, err
+
+
+def test_sweep_simulates_once_per_gpu_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memtrace.tracer import fit as fit_module
+    from memtrace.tracer.simulate import Request
+
+    archs: list[str | None] = []
+    real_run = fit_module.run
+
+    def counting(req: Request) -> Result:
+        archs.append(req.config.arch)
+        return real_run(req)
+
+    monkeypatch.setattr(fit_module, "run", counting)
+    gpus = [parse_gpu(g) for g in ("a100-80gb", "a100-40gb", "h100-80gb", "24GB")]
+    request = Request(SEED, (parse_input("Bx3x144x256"),))
+    rows = fit_module.sweep(request, fit_module.parse_sets([("B", [(1,), (2,)])]), gpus, None)
+    assert archs == ["8.0", "9.0", None] * 2  # the two A100s share one simulation
+    assert all(set(r.fits) == {g.name for g in gpus} for r in rows)

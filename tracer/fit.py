@@ -13,7 +13,7 @@ from typing import Any
 
 from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.records import Category, GpuSpec, Result
-from memtrace.tracer.simulate import Request, run
+from memtrace.tracer.simulate import Request, run, with_gpu_arch
 from memtrace.tracer.specs import Headroom, OptimizerSpec, bind_inputs, budget, input_symbols
 
 MAX_VALUE = 1 << 16
@@ -304,19 +304,35 @@ def sweep(
     return rows
 
 
+def _per_gpu(req: Request, gpus: list[GpuSpec]) -> dict[str, Result]:
+    """One simulation per distinct GPU architecture (SDPA's kernel and workspaces depend on it), by GPU."""
+    by_arch: dict[str | None, Result] = {}
+    results: dict[str, Result] = {}
+    choices: list[GpuSpec | None] = [*gpus] or [None]
+    for gpu in choices:
+        target = with_gpu_arch(replace(req, gpu=gpu))
+        arch = target.config.arch
+        if arch not in by_arch:
+            by_arch[arch] = run(replace(target, gpu=None))
+        results[gpu.name if gpu is not None else ""] = by_arch[arch]
+    return results
+
+
 def _sweep_row(
     req: Request, values: dict[str, int], gpus: list[GpuSpec], headroom: Headroom | None
 ) -> SweepRow:
     try:
-        res = run(req)
+        per_gpu = _per_gpu(req, gpus)
     except MemtraceError as exc:
         return SweepRow(values, 0, 0, 0, 0, {}, exc.one_line())
+    res = next(iter(per_gpu.values()))
     cat = res.totals
     states = sum(
         cat.get(c, 0)
         for c in (Category.PARAMETER, Category.BUFFER, Category.GRADIENT, Category.OPTIMIZER_STATE)
     )
-    fits = {g.name: res.fit_bytes <= budget_of(g, headroom, req.config.device) for g in gpus}
+    device = req.config.device
+    fits = {g.name: per_gpu[g.name].fit_bytes <= budget_of(g, headroom, device) for g in gpus}
     reserved = res.cuda.reserved_peak_bytes if res.cuda is not None else 0
     return SweepRow(
         values, cat[Category.INPUT], states, res.activation_peak, res.peak_bytes, fits, "", reserved
