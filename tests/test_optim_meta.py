@@ -26,3 +26,27 @@ def test_fused_adamw_on_cuda_holds_no_foreach_temporary() -> None:
     foreach = simulate(build, ["64x512"], optimizer="adamw")
     assert fused.peak_bytes < foreach.peak_bytes
     assert fused.optimizer == "adamw:fused=True"
+
+
+@pytest.mark.parametrize("optimizer", ["adamw:capturable=true", "adam:capturable=true,foreach=true"])
+def test_capturable_optimizers_run_on_meta(optimizer: str) -> None:
+    res = simulate(ZOO_BY_NAME["mlp"].build, ["64x512"], optimizer=optimizer)
+    plain = simulate(ZOO_BY_NAME["mlp"].build, ["64x512"], optimizer=optimizer.split(":")[0])
+    assert res.peak_bytes >= plain.peak_bytes > 0
+
+
+def test_a_users_own_fused_optimizer_in_a_step() -> None:
+    import torch
+
+    made: list[torch.optim.Optimizer] = []
+
+    def step(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], optimizer: object) -> None:
+        if not made:
+            made.append(torch.optim.AdamW(model.parameters(), fused=True))
+        model(inputs[0]).sum().backward()
+        made[0].step()
+        made[0].zero_grad()
+
+    res = simulate(ZOO_BY_NAME["mlp"].build, ["64x512"], step=step, optimizer="none")
+    state = res.peak.by_category
+    assert made and state[next(c for c in state if c.value == "optimizer_state")] > 0

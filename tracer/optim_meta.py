@@ -8,13 +8,15 @@ consumers and state in place (`aten/src/ATen/native/cuda/fused_adam_impl.cu` thr
 `multi_tensor_apply_for_fused_optimizer`, `aten/src/ATen/native/FusedAdam.cpp` on the CPU) and allocate no
 temporaries, and their `step` counters are float32 tensors on the parameters' device. While simulating, meta
 counts as a supported device; construction (in memtrace's step or inside a user's `--step`) and `step()`
-then run PyTorch's own fused code path. `_fused_sgd_` and `_fused_adagrad_` (and the tensor-lr overloads)
-have no meta kernel in PyTorch: they update in place and return nothing, so their meta kernel here does
-nothing. Held against the CPU allocator in tests/test_optim_meta.py.
+then run PyTorch's own fused code path; the same for `capturable=True` (step counters on the device).
+`_fused_sgd_` and `_fused_adagrad_` (and the tensor-lr overloads) have no meta kernel in PyTorch: they
+update in place and return nothing, so their meta kernel here does nothing. Held against the CPU allocator
+in tests/test_optim_meta.py.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,19 +27,31 @@ import torch.optim.optimizer as optimizer_module
 from memtrace.tracer.devices import patch
 
 
+def _with_meta(original: Any) -> Any:
+    def supported(*args: Any, **kwargs: Any) -> list[str]:
+        return [*original(*args, **kwargs), "meta"]
+
+    return supported
+
+
 @contextmanager
 def fused_on_meta() -> Iterator[None]:
-    name = "_get_fused_kernels_supported_devices"
-    original = getattr(optimizer_module, name)
-
-    def supported() -> list[str]:
-        return [*original(), "meta"]
-
-    setattr(optimizer_module, name, supported)
+    """Meta counts as a device of the fused kernels, and of `capturable=True` (each optimizer module imports
+    `_get_capturable_supported_devices` by name)."""
+    owners = [(optimizer_module, "_get_fused_kernels_supported_devices")]
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("torch.optim.") and hasattr(
+            module, "_get_capturable_supported_devices"
+        ):
+            owners.append((module, "_get_capturable_supported_devices"))
+    saved = [(owner, name, getattr(owner, name)) for owner, name in owners]
+    for owner, name, original in saved:
+        setattr(owner, name, _with_meta(original))
     try:
         yield
     finally:
-        setattr(optimizer_module, name, original)
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 _IN_PLACE = ("_fused_sgd_", "_fused_adagrad_", "_fused_adam_", "_fused_adamw_")
