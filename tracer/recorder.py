@@ -58,6 +58,7 @@ _PRECEDENCE = {
     Category.ACTIVATION: 5,
     Category.OUTPUT: 6,
     Category.TEMPORARY: 7,
+    Category.WORKSPACE: 8,
 }
 
 
@@ -85,6 +86,8 @@ class Recorder:
         self.autograd_fx: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count()
+        self.persistent: dict[str, int] = {}  # library workspaces kept for the run, by name
+        self.estimate: tuple[int, int] | None = None  # the largest unplaced workspace estimate
 
     # --- storages -------------------------------------------------------------------------------
     def track(self, t: torch.Tensor, category: Category | None, op: str) -> int | None:
@@ -168,6 +171,14 @@ class Recorder:
         self._emit(Kind.ALLOC, sid, nbytes, op)
         return sid
 
+    def _persist(self, name: str, nbytes: int, op: str) -> None:
+        """A library workspace: allocated once per name, owned by no module, never freed."""
+        if name in self.persistent or nbytes <= 0:
+            return
+        sid = self._buffer(nbytes, op)
+        self.meta[sid].category, self.meta[sid].module, self.meta[sid].node = Category.WORKSPACE, "", ""
+        self.persistent[name] = sid
+
     def _emit(self, kind: Kind, sid: int, nbytes: int, op: str) -> None:
         meta = self.meta[sid]
         self.events.append(
@@ -217,6 +228,8 @@ class Recorder:
         if work is None:
             self._track_outputs(out, name, None)
             return
+        if work.estimate is not None:
+            self.estimate = max(self.estimate or work.estimate, work.estimate, key=lambda e: e[1])
         if work.output_nbytes and work.output_nbytes > out.untyped_storage().nbytes():
             out.untyped_storage().resize_(work.output_nbytes)  # meta: the size only, nothing to copy
         buffers: dict[int, int] = {}
@@ -227,6 +240,8 @@ class Recorder:
             elif step.kind == "free" and step.key in buffers:
                 sid = buffers.pop(step.key)
                 self._emit(Kind.FREE, sid, self.meta[sid].nbytes, name)
+            elif step.kind == "persist":
+                self._persist(step.name, step.nbytes, f"{name} ({step.name.split(':')[0]} workspace)")
             elif step.kind == "output":
                 placed = True
                 self._track_outputs(out, name, None if step.key < 0 else step.key)
@@ -342,6 +357,7 @@ class Recorder:
             module_flops,
             dict(self.output_shapes),
             dict(self.input_shapes),
+            workspace_estimate=self.estimate,
         )
 
 

@@ -22,6 +22,7 @@ class Category(str, Enum):
     OPTIMIZER_STATE = "optimizer_state"
     TEMPORARY = "temporary"
     OUTPUT = "output"
+    WORKSPACE = "workspace"  # a library's persistent workspace (cuBLAS), allocated once and kept
 
 
 class Phase(str, Enum):
@@ -82,6 +83,7 @@ class Trace:
     output_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # what the user should know of how the step ran (lazy modules, TorchScript)
+    workspace_estimate: tuple[int, int] | None = None  # the largest unplaced kernel workspace (cuDNN conv)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,9 @@ class CudaFigures:
     context_bytes_estimate: int
     fragmentation_bytes: int  # reserved but not allocated at the reserved peak
     segments: tuple[dict[str, Any], ...] = ()
+    # one cuDNN convolution's workspace, chosen by cuDNN's heuristics and not in the peak: an estimate
+    # {low_bytes, high_bytes} of the largest call's (tracer/devices/cuda/conv.py), None without convolutions
+    cudnn_workspace_estimate: dict[str, int] | None = None
 
     @property
     def nvidia_smi_estimate_bytes(self) -> int:

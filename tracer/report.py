@@ -25,6 +25,7 @@ CATEGORY_LABELS: dict[Category, str] = {
     Category.TEMPORARY: "temporaries",
     Category.INPUT: "inputs",
     Category.OUTPUT: "outputs",
+    Category.WORKSPACE: "library workspaces",
 }
 _ORDER = list(CATEGORY_LABELS)
 
@@ -93,6 +94,13 @@ def cuda_lines(c: CudaFigures) -> Text:
         f"{human_bytes(c.context_bytes_estimate)} CUDA context estimate)",
         style="dim",
     )
+    if c.cudnn_workspace_estimate is not None:
+        low, high = c.cudnn_workspace_estimate["low_bytes"], c.cudnn_workspace_estimate["high_bytes"]
+        text.append(
+            f"\n  cuDNN conv workspace not in the peak: +{human_bytes(low)}..+{human_bytes(high)} "
+            "(estimate: one call's, chosen by cuDNN's heuristics)",
+            style="yellow",
+        )
     return text
 
 

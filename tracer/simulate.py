@@ -14,6 +14,7 @@ from torch import nn
 from memtrace.tracer import analysis
 from memtrace.tracer.batch import Batch, as_batch
 from memtrace.tracer.devices import DeviceModel
+from memtrace.tracer.devices.cuda.conv import estimate_json
 from memtrace.tracer.devices.cuda.placement import place
 from memtrace.tracer.devices.cuda.presets import PRESETS, normalise_gpu_name
 from memtrace.tracer.errors import MemtraceError, first_line
@@ -206,6 +207,7 @@ def analyse(
     cuda = None
     if stats is not None:
         cuda = cuda_figures(peak.bytes, analysis.step_peak(requested, last).bytes, stats)
+        cuda = replace(cuda, cudnn_workspace_estimate=estimate_json(trace.workspace_estimate))
     return Result(
         model=_model_info(model, built_path),
         device=config.device,

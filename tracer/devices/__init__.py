@@ -16,11 +16,13 @@ WorkspaceRule = Callable[[Any, Any, Any], "Workspace | None"]
 
 @dataclass(frozen=True)
 class Step:
-    """One step inside a kernel: allocate a buffer, free one, or allocate the op's output `index`."""
+    """One step inside a kernel: allocate a buffer, free one, allocate the op's output `index`, or keep a
+    buffer for the rest of the run (`persist`: a library workspace, allocated once per `name`)."""
 
-    kind: str  # "alloc" | "free" | "output"
+    kind: str  # "alloc" | "free" | "output" | "persist"
     key: int
     nbytes: int = 0
+    name: str = ""
 
 
 @dataclass
@@ -29,11 +31,14 @@ class Workspace:
 
     A rule builds it step by step: `buf = ws.alloc(n)`, `ws.output(0)`, `ws.free(buf)`. Outputs the rule
     does not place are allocated where `ws.outputs()` stands, or after every step if it never does.
-    Buffers still allocated at the end are freed there.
+    Buffers still allocated at the end are freed there. `ws.persist(name, n)` allocates a buffer the first
+    time a `name` is seen in the run and never frees it. `estimate` is a (low, high) range of bytes the
+    kernel allocates and frees that no rule can place (a heuristic's choice): recorded, not simulated.
     """
 
     steps: list[Step] = field(default_factory=list)
     output_nbytes: int = 0  # when the kernel's output storage is larger than its meta kernel's
+    estimate: tuple[int, int] | None = None
     _next: int = 0
 
     def alloc(self, nbytes: int) -> int:
@@ -44,6 +49,9 @@ class Workspace:
 
     def free(self, key: int) -> None:
         self.steps.append(Step("free", key))
+
+    def persist(self, name: str, nbytes: int) -> None:
+        self.steps.append(Step("persist", 0, int(nbytes), name))
 
     def output(self, index: int) -> None:
         self.steps.append(Step("output", index))
@@ -146,4 +154,5 @@ def _load_rules() -> None:
     )
     from memtrace.tracer.devices.cuda import attention as cuda_attention  # noqa: F401
     from memtrace.tracer.devices.cuda import blas as cuda_blas  # noqa: F401
+    from memtrace.tracer.devices.cuda import conv as cuda_conv  # noqa: F401
     from memtrace.tracer.devices.cuda import loss as cuda_loss  # noqa: F401

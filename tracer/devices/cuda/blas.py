@@ -1,19 +1,59 @@
 """CUDA matrix multiplies: `prepare_matrix_for_cublas` clones operands cuBLAS cannot read in place
-(devices/shared.py)."""
+(devices/shared.py), and the first call on a host thread allocates that thread's cuBLAS (or cuBLASLt)
+workspace, kept for the run (cublas_workspace.py). The workspace comes after the output and the operand
+copies: `getCurrentCUDABlasHandle()` runs inside `at::cuda::blas::gemm`, once the operands are ready."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from memtrace.tracer.devices import Workspace, rule
+from memtrace.tracer.devices.cuda import attention, cublas_workspace
 from memtrace.tracer.devices.shared import operand_copies
+
+
+def with_workspace(work: Workspace | None, lt: bool = False) -> Workspace:
+    """The kernel's steps, then its thread's library workspace (allocated on the thread's first call).
+
+    Backward runs on autograd's CUDA device thread (a node is running there), which holds its own handle.
+    """
+    ws = work or Workspace()
+    if not ws.steps:
+        ws.outputs()
+    arch = attention.current().gpu.compute_capability
+    backward_thread = torch._C._current_autograd_node() is not None
+    nbytes = cublas_workspace.cublaslt_bytes(arch) if lt else cublas_workspace.cublas_bytes(arch)
+    ws.persist(cublas_workspace.workspace_key(lt, backward_thread), nbytes)
+    return ws
 
 
 @rule("cuda", "aten.mm.default")
 def mm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
-    return operand_copies(args[0], args[1])
+    return with_workspace(operand_copies(args[0], args[1]))
 
 
 @rule("cuda", "aten.addmm.default")
 def addmm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
-    return operand_copies(args[1], args[2])
+    """A 1-d bias goes to cuBLASLt's fused epilogue (`gemm_and_bias`); a full matrix to cuBLAS."""
+    return with_workspace(operand_copies(args[1], args[2]), lt=args[0].dim() == 1)
+
+
+@rule(
+    "cuda",
+    "aten.bmm.default",
+    "aten.baddbmm.default",
+    "aten.addbmm.default",
+    "aten.addmv.default",
+    "aten.mv.default",
+    "aten.dot.default",
+    "aten.vdot.default",
+)
+def cublas_call(args: Any, kwargs: Any, out: Any) -> Workspace | None:
+    return with_workspace(None)
+
+
+@rule("cuda", "aten._addmm_activation.default", "aten._scaled_mm.default", "aten._int_mm.default")
+def cublaslt_call(args: Any, kwargs: Any, out: Any) -> Workspace | None:
+    return with_workspace(None, lt=True)
