@@ -106,22 +106,24 @@ def boundary(probe: Probe, budget: int, limit: int = MAX_VALUE) -> tuple[int, bo
 
     Peaks grow about affinely with a batch size: a line through probed peaks predicts the boundary, the
     prediction is probed, and a value that fits next to one that does not ends the search. When the line
-    only creeps along the bracket's edge, or fails to halve a closed bracket (reserved memory grows in
-    segment steps, not along a line), bisection takes over.
+    only creeps along the bracket's edge, bisection takes over. On cuda the figure held against the budget is
+    reserved memory, which grows in segment steps and need not be monotone: the line follows the allocated
+    peak (plus what reserved holds beyond it) until the boundary is bracketed, and bisection finishes it.
     """
     if probe.peak(1) > budget:
         return 0, False
     probe.peak(2 if limit >= 2 else 1)
     creep = 0  # probes in a row that only moved the bracket by one
-    width = limit + 1
+    width = limit + 1  # the closed bracket's width before the last probe
     while True:
-        lo = max(v for v, p in probe.peaks.items() if p <= budget)
         hi = min((v for v, p in probe.peaks.items() if p > budget), default=limit + 1)
+        lo = max(v for v, p in probe.peaks.items() if p <= budget and v < hi)
         if hi - lo <= 1 or lo >= limit:
             return min(lo, limit), hi > limit
         guess = min(max(_line_guess(probe, lo, hi, budget, limit), lo + 1), hi - 1)
         stepwise = probe.peak(lo) != probe.allocated(lo)  # reserved memory: segment steps
-        if creep >= 2 or (stepwise and hi <= limit and hi - lo > width // 2):
+        halving = hi - lo <= width // 2  # the line's last guess at least halved the bracket
+        if creep >= 2 or (stepwise and hi <= limit and not (halving and hi - lo > max(64, lo // 8))):
             guess = (lo + hi) // 2
         width = hi - lo if hi <= limit else width
         fits = probe.peak(guess) <= budget
@@ -131,7 +133,8 @@ def boundary(probe: Probe, budget: int, limit: int = MAX_VALUE) -> tuple[int, bo
 
 
 def _line_guess(probe: Probe, lo: int, hi: int, budget: int, limit: int) -> int:
-    """Where the line through the bracket's ends (or the two largest values that fit) crosses the budget."""
+    """Where the allocated peak's line through the bracket's ends (or the two largest values that fit)
+    crosses the budget, less what the figure holds beyond the allocated peak at the line's start."""
     if hi <= limit:
         a, b = lo, hi
     else:
