@@ -53,7 +53,7 @@ def allocator_config(text: str | None) -> AllocatorConfig:
         raise MemtraceError(f"allocator settings {text!r}: {exc}") from exc
 
 
-def cuda_figures(allocated: int, requested: int, stats: ReplayStats) -> CudaFigures:
+def cuda_figures(allocated: int, requested: int, stats: ReplayStats, arch: str | None) -> CudaFigures:
     segments = tuple(stats.to_json()["segments"])
     return CudaFigures(
         allocated,
@@ -62,6 +62,8 @@ def cuda_figures(allocated: int, requested: int, stats: ReplayStats) -> CudaFigu
         CUDA_CONTEXT_BYTES,
         stats.fragmentation_bytes,
         segments,
+        compute_capability=arch or sdp_choice.DEFAULT_COMPUTE_CAPABILITY,
+        compute_capability_assumed=arch is None,
     )
 
 

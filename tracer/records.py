@@ -200,6 +200,10 @@ class CudaFigures:
     # one cuDNN convolution's workspace, chosen by cuDNN's heuristics and not in the peak: an estimate
     # {low_bytes, high_bytes} of the largest call's (tracer/devices/cuda/conv.py), None without convolutions
     cudnn_workspace_estimate: dict[str, int] | None = None
+    # the GPU architecture the kernels (attention, cuBLAS workspace) were chosen for, and whether it was
+    # assumed (no --gpu preset: an A100) rather than the preset's
+    compute_capability: str = "8.0"
+    compute_capability_assumed: bool = True
 
     @property
     def nvidia_smi_estimate_bytes(self) -> int:

@@ -85,6 +85,9 @@ def peak_line(result: Result) -> Text:
 def cuda_lines(c: CudaFigures) -> Text:
     """The caching allocator's figures, named as torch.cuda reports them."""
     text = Text()
+    arch = f"sm{c.compute_capability.replace('.', '')}"
+    assumed = " (assumed: an A100; --gpu PRESET names the GPU)" if c.compute_capability_assumed else ""
+    text.append(f"\n  for {arch}{assumed}", style="dim")
     text.append(f"\n  allocated {human_bytes(c.allocated_peak_bytes)}  (torch.cuda.max_memory_allocated)")
     text.append(f"\n  requested {human_bytes(c.requested_peak_bytes)}  (the sizes asked for)")
     text.append(f"\n  reserved  {human_bytes(c.reserved_peak_bytes)}  (torch.cuda.max_memory_reserved)")

@@ -206,7 +206,7 @@ def analyse(
     types = {name: type(m).__name__ for name, m in model.named_modules()}
     cuda = None
     if stats is not None:
-        cuda = cuda_figures(peak.bytes, analysis.step_peak(requested, last).bytes, stats)
+        cuda = cuda_figures(peak.bytes, analysis.step_peak(requested, last).bytes, stats, config.arch)
         cuda = replace(cuda, cudnn_workspace_estimate=estimate_json(trace.workspace_estimate))
     return Result(
         model=_model_info(model, built_path),
