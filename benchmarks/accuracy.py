@@ -12,14 +12,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-RECIPES = [
-    ("train", "adam"),
-    ("train", "adamw"),
-    ("train", "sgd:momentum=0.9"),
-    ("infer", "adam"),
-    ("no_grad", "adam"),
-]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -27,7 +19,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     opts = parser.parse_args()
 
-    from accuracy import compare
+    from accuracy import RECIPES, compare
     from zoo import ZOO
 
     if opts.markdown:

@@ -15,6 +15,15 @@ from memtrace.tracer.records import InputSpec, Result
 from memtrace.tracer.simulate import Config, analyse, trace_model
 from memtrace.tracer.specs import parse_optimizer
 
+# (mode, optimizer) each zoo model is held against the allocator with (tests and benchmarks/accuracy.py)
+RECIPES = [
+    ("train", "adam"),
+    ("train", "adamw"),
+    ("train", "sgd:momentum=0.9"),
+    ("infer", "adam"),
+    ("no_grad", "adam"),
+]
+
 
 @dataclass(frozen=True)
 class Comparison:

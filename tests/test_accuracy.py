@@ -4,17 +4,10 @@ predicted on meta is within 1% of the CPU allocator's peak for the same step on 
 from __future__ import annotations
 
 import pytest
-from accuracy import compare
+from accuracy import RECIPES, compare
 from zoo import ZOO
 
 TOLERANCE = 0.01
-RECIPES = [
-    ("train", "adam"),
-    ("train", "adamw"),
-    ("train", "sgd:momentum=0.9"),
-    ("infer", "adam"),
-    ("no_grad", "adam"),
-]
 
 
 @pytest.mark.parametrize("mode,optimizer", RECIPES, ids=[f"{m}-{o.split(':')[0]}" for m, o in RECIPES])

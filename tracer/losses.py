@@ -48,20 +48,21 @@ def auto_loss(out: Any, batch: Batch) -> torch.Tensor:
     return own if own is not None else sum_loss(out, batch)
 
 
-def sum_loss(out: Any, batch: Batch) -> torch.Tensor:
+def _reduced(out: Any, reduce: str) -> torch.Tensor:
+    """The floating outputs that require grad, each reduced (`sum`, `mean`), added up in order."""
     leaves = _trainable(out)
-    loss = leaves[0].sum()
+    loss: torch.Tensor = getattr(leaves[0], reduce)()
     for t in leaves[1:]:
-        loss = loss + t.sum()
+        loss = loss + getattr(t, reduce)()
     return loss
+
+
+def sum_loss(out: Any, batch: Batch) -> torch.Tensor:
+    return _reduced(out, "sum")
 
 
 def mean_loss(out: Any, batch: Batch) -> torch.Tensor:
-    leaves = _trainable(out)
-    loss = leaves[0].mean()
-    for t in leaves[1:]:
-        loss = loss + t.mean()
-    return loss
+    return _reduced(out, "mean")
 
 
 def _made(batch: Batch, key: str, like: torch.Tensor, shape: tuple[int, ...], classes: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """ATen kernels that CPU and CUDA run the same way, and what each allocates beyond its meta kernel.
 
+- `F.scaled_dot_product_attention`: each device's patch swaps in its own kernel choice (`sdpa_replaced`).
 - BLAS operands (`addmm_impl_cpu_`, CUDA's `prepare_matrix_for_cublas`): a matrix BLAS cannot read in place
   (row- or column-major with a leading dimension at least its size) is cloned contiguous inside the kernel,
   after the output exists, and freed when the kernel returns; the expanded (stride 0) gradient of `sum` is
@@ -15,9 +16,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from memtrace.tracer.devices import Workspace
 
@@ -56,3 +60,20 @@ def mse_loss(device: str, args: Any, kwargs: Any) -> Workspace | None:
         ws.alloc(8)  # div_'s wrapped scalar
         ws.alloc(4)
     return ws
+
+
+SdpaFn = Callable[..., torch.Tensor]
+
+
+@contextmanager
+def sdpa_replaced(wrap: Callable[[SdpaFn], SdpaFn]) -> Iterator[None]:
+    """`F.scaled_dot_product_attention` (and its `torch._C._nn` twin) replaced by `wrap(original)`."""
+    original = F.scaled_dot_product_attention
+    wrapped = wrap(original)
+    saved = (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention)
+    F.scaled_dot_product_attention = wrapped
+    torch._C._nn.scaled_dot_product_attention = wrapped
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention = saved

@@ -8,16 +8,15 @@ that hold one row of memory, and calls the fused kernel on meta when it is chose
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import _disable_current_modes
 
 from memtrace.tracer.autocast import policy_cast
 from memtrace.tracer.devices import patch
+from memtrace.tracer.devices.shared import sdpa_replaced
 
 _FLASH = 1  # torch.nn.attention.SDPBackend.FLASH_ATTENTION
 
@@ -94,14 +93,5 @@ def _wrap(original: Any) -> Any:
 
 
 @patch("cpu", "sdpa")
-@contextlib.contextmanager
-def cpu_sdpa() -> Iterator[None]:
-    original = F.scaled_dot_product_attention
-    wrapped = _wrap(original)
-    saved = (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention)
-    F.scaled_dot_product_attention = wrapped
-    torch._C._nn.scaled_dot_product_attention = wrapped
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention = saved
+def cpu_sdpa() -> AbstractContextManager[None]:
+    return sdpa_replaced(_wrap)

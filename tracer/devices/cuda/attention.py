@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ from memtrace.tracer.devices.cuda.sdp_choice import (
     Operand,
     choose,
 )
+from memtrace.tracer.devices.shared import sdpa_replaced
 
 BACKEND_CHOICES = ("auto", "flash", "efficient", "cudnn", "math")
 
@@ -307,17 +309,8 @@ def _wrap(original: Any) -> Any:
 
 
 @patch("cuda", "sdpa")
-@contextlib.contextmanager
-def cuda_sdpa() -> Iterator[None]:
-    original = F.scaled_dot_product_attention
-    wrapped = _wrap(original)
-    saved = (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention)
-    F.scaled_dot_product_attention = wrapped
-    torch._C._nn.scaled_dot_product_attention = wrapped
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention = saved
+def cuda_sdpa() -> AbstractContextManager[None]:
+    return sdpa_replaced(_wrap)
 
 
 # --- flash: the kernels' temporaries (flash_api.cpp) -----------------------------------------------------
