@@ -31,7 +31,6 @@ from memtrace.tracer.autocast import (
     registered_ops,
 )
 from memtrace.tracer.devices import DeviceModel
-from memtrace.tracer.devices.cpu import attention
 from memtrace.tracer.recipes import Recipe
 
 TOLERANCE = 0.01
@@ -45,29 +44,6 @@ def no_onednn() -> Iterator[None]:
         yield
     finally:
         torch._C._set_mkldnn_enabled(before)
-
-
-@pytest.fixture
-def sdpa_casts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CPU SDPA patch calls the flash kernel directly; until attention.py casts with `policy_cast`
-    itself, wrap it here the same way (a second cast is a no-op)."""
-    if "policy_cast" in vars(attention):
-        return
-    original = attention._wrap
-
-    def wrap(fn: Any) -> Any:
-        inner = original(fn)
-
-        def sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, *args: Any, **kwargs: Any) -> Any:
-            if query.device.type == "meta":
-                query, key, value, attn_mask = policy_cast(
-                    "cpu", "scaled_dot_product_attention", query, key, value, attn_mask
-                )
-            return inner(query, key, value, attn_mask, *args, **kwargs)
-
-        return sdpa
-
-    monkeypatch.setattr(attention, "_wrap", wrap)
 
 
 @pytest.fixture(autouse=True)
@@ -199,7 +175,6 @@ def _forward_backward(snippet: Snippet, net: _Net, *inputs: torch.Tensor) -> Non
         out.float().sum().backward()
 
 
-@pytest.mark.usefixtures("sdpa_casts")
 @pytest.mark.parametrize("name", list(SNIPPETS))
 def test_meta_runs_the_ops_cpu_autocast_runs(name: str) -> None:
     assert _ops(SNIPPETS[name], "meta") == _ops(SNIPPETS[name], "cpu")
@@ -331,7 +306,7 @@ CASES = [_param(n, o, "bf16") for n in MODELS for o in OPTIMIZERS]
 CASES += [_param(n, "adam", "fp16") for n in ("mlp", "transformer_sdpa")]
 
 
-@pytest.mark.usefixtures("no_onednn", "sdpa_casts")
+@pytest.mark.usefixtures("no_onednn")
 @pytest.mark.parametrize("name,optimizer,amp", CASES)
 def test_amp_step_matches_the_allocator(name: str, optimizer: str, amp: str) -> None:
     cmp = compare(ZOO_BY_NAME[name], "train", optimizer, Recipe(amp=amp))
@@ -340,14 +315,14 @@ def test_amp_step_matches_the_allocator(name: str, optimizer: str, amp: str) -> 
     )
 
 
-@pytest.mark.usefixtures("no_onednn", "sdpa_casts")
+@pytest.mark.usefixtures("no_onednn")
 @pytest.mark.parametrize("name", ["mlp", "transformer_sdpa"])
 def test_amp_inference_matches_the_allocator(name: str) -> None:
     cmp = compare(ZOO_BY_NAME[name], "infer", "adam", Recipe(amp="bf16"))
     assert abs(cmp.error) <= TOLERANCE, f"{100 * cmp.error:+.3f}%"
 
 
-@pytest.mark.usefixtures("no_onednn", "sdpa_casts")
+@pytest.mark.usefixtures("no_onednn")
 @pytest.mark.parametrize("name", ["mlp", "transformer_mha"])
 def test_grad_scaler_step_matches_the_allocator(name: str) -> None:
     """fp16 training scales the loss: the simulation's MetaGradScaler against the reference's GradScaler

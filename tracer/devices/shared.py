@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,6 +64,62 @@ def mse_loss(device: str, args: Any, kwargs: Any) -> Workspace | None:
 
 
 SdpaFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SdpaCall:
+    """One `F.scaled_dot_product_attention` call on meta tensors, after autocast's cast, and the original
+    function (the math path) to fall back to."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    attn_mask: Any
+    dropout_p: float
+    is_causal: bool
+    scale: Any
+    enable_gqa: bool
+    original: SdpaFn
+
+    def fallback(self) -> torch.Tensor:
+        return self.original(
+            self.query,
+            self.key,
+            self.value,
+            self.attn_mask,
+            self.dropout_p,
+            self.is_causal,
+            scale=self.scale,
+            enable_gqa=self.enable_gqa,
+        )
+
+
+def meta_sdpa(device: str, kernel: Callable[[SdpaCall], torch.Tensor]) -> Callable[[SdpaFn], SdpaFn]:
+    """A replacement for SDPA: real tensors go to PyTorch's own function; meta tensors are cast as the
+    device's autocast casts them (before the backend is chosen: the fused kernels bypass the dispatcher) and
+    go to the device's `kernel`."""
+    from memtrace.tracer.autocast import policy_cast
+
+    def wrap(original: SdpaFn) -> SdpaFn:
+        def sdpa(
+            query: torch.Tensor,
+            key: torch.Tensor,
+            value: torch.Tensor,
+            attn_mask: Any = None,
+            dropout_p: float = 0.0,
+            is_causal: bool = False,
+            scale: Any = None,
+            enable_gqa: bool = False,
+        ) -> torch.Tensor:
+            call = SdpaCall(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, original)
+            if query.device.type != "meta":
+                return call.fallback()
+            q, k, v, mask = policy_cast(device, "scaled_dot_product_attention", query, key, value, attn_mask)
+            return kernel(SdpaCall(q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, original))
+
+        return sdpa
+
+    return wrap
 
 
 @contextmanager

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from memtrace.tracer.autocast import policy_cast
 from memtrace.tracer.devices import patch
-from memtrace.tracer.devices.shared import sdpa_replaced
+from memtrace.tracer.devices.shared import SdpaCall, meta_sdpa, sdpa_replaced
 
 _FLASH = 1  # torch.nn.attention.SDPBackend.FLASH_ATTENTION
 
@@ -60,38 +59,20 @@ def _cpu_choice(
             return 0
 
 
-def _wrap(original: Any) -> Any:
-    def sdpa(
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attn_mask: Any = None,
-        dropout_p: float = 0.0,
-        is_causal: bool = False,
-        scale: Any = None,
-        enable_gqa: bool = False,
-    ) -> Any:
-        if query.device.type != "meta":
-            return original(
-                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
-            )
-        # autocast casts before the backend is chosen; the fused kernel below bypasses the dispatcher
-        query, key, value, attn_mask = policy_cast(
-            "cpu", "scaled_dot_product_attention", query, key, value, attn_mask
-        )
-        choice = _cpu_choice(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-        if choice != _FLASH or enable_gqa:
-            return original(
-                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
-            )
-        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale
-        )
-        return out[0]
-
-    return sdpa
+def _cpu_kernel(c: SdpaCall) -> torch.Tensor:
+    """The fused flash kernel when PyTorch's CPU choice says so (not with GQA), else the math path."""
+    choice = _cpu_choice(
+        c.query, c.key, c.value, c.attn_mask, c.dropout_p, c.is_causal, c.scale, c.enable_gqa
+    )
+    if choice != _FLASH or c.enable_gqa:
+        return c.fallback()
+    out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        c.query, c.key, c.value, c.dropout_p, c.is_causal, attn_mask=c.attn_mask, scale=c.scale
+    )
+    result: torch.Tensor = out[0]
+    return result
 
 
 @patch("cpu", "sdpa")
 def cpu_sdpa() -> AbstractContextManager[None]:
-    return sdpa_replaced(_wrap)
+    return sdpa_replaced(meta_sdpa("cpu", _cpu_kernel))

@@ -40,7 +40,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from memtrace.tracer.autocast import policy_cast
 from memtrace.tracer.devices import Workspace, patch, rule
 from memtrace.tracer.devices.cuda.sdp_choice import (
     DEFAULT_COMPUTE_CAPABILITY,
@@ -53,7 +52,7 @@ from memtrace.tracer.devices.cuda.sdp_choice import (
     Operand,
     choose,
 )
-from memtrace.tracer.devices.shared import sdpa_replaced
+from memtrace.tracer.devices.shared import SdpaCall, meta_sdpa, sdpa_replaced
 
 BACKEND_CHOICES = ("auto", "flash", "efficient", "cudnn", "math")
 
@@ -263,54 +262,33 @@ def _needs_logsumexp(*ts: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
-def _wrap(original: Any) -> Any:
-    def sdpa(
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attn_mask: Any = None,
-        dropout_p: float = 0.0,
-        is_causal: bool = False,
-        scale: Any = None,
-        enable_gqa: bool = False,
-    ) -> Any:
-        def fallback() -> Any:
-            return original(
-                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
-            )
-
-        if query.device.type != "meta":
-            return fallback()
-        query, key, value, attn_mask = policy_cast(
-            "cuda", "scaled_dot_product_attention", query, key, value, attn_mask
+def _cuda_kernel(c: SdpaCall) -> torch.Tensor:
+    """The backend PyTorch would choose on the target GPU, recorded, then run on meta."""
+    t = current()
+    choice = decide(describe(c.query, c.key, c.value, c.attn_mask, c.dropout_p, c.is_causal, c.enable_gqa), t)
+    t.choices.append(
+        ChoiceRecord(
+            choice.backend,
+            choice.rejected,
+            tuple(c.query.shape),
+            tuple(c.key.shape),
+            str(c.query.dtype).removeprefix("torch."),
         )
-        t = current()
-        choice = decide(describe(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa), t)
-        t.choices.append(
-            ChoiceRecord(
-                choice.backend,
-                choice.rejected,
-                tuple(query.shape),
-                tuple(key.shape),
-                str(query.dtype).removeprefix("torch."),
-            )
-        )
-        if choice.backend == "flash":
-            return run_flash(query, key, value, dropout_p, is_causal, scale)
-        if choice.backend == "efficient":
-            return run_efficient(query, key, value, attn_mask, dropout_p, is_causal, scale)
-        if choice.backend == "cudnn":
-            return run_cudnn(query, key, value, attn_mask, dropout_p, is_causal, scale)
-        if choice.backend == "error":
-            raise RuntimeError(f"No available kernel. Aborting execution. Rejected: {choice.rejected}")
-        return fallback()
-
-    return sdpa
+    )
+    if choice.backend == "flash":
+        return run_flash(c.query, c.key, c.value, c.dropout_p, c.is_causal, c.scale)
+    if choice.backend == "efficient":
+        return run_efficient(c.query, c.key, c.value, c.attn_mask, c.dropout_p, c.is_causal, c.scale)
+    if choice.backend == "cudnn":
+        return run_cudnn(c.query, c.key, c.value, c.attn_mask, c.dropout_p, c.is_causal, c.scale)
+    if choice.backend == "error":
+        raise RuntimeError(f"No available kernel. Aborting execution. Rejected: {choice.rejected}")
+    return c.fallback()
 
 
 @patch("cuda", "sdpa")
 def cuda_sdpa() -> AbstractContextManager[None]:
-    return sdpa_replaced(_wrap)
+    return sdpa_replaced(meta_sdpa("cuda", _cuda_kernel))
 
 
 # --- flash: the kernels' temporaries (flash_api.cpp) -----------------------------------------------------
