@@ -212,7 +212,8 @@ def headroom_option(fn: F) -> F:
         type=HeadroomType(),
         default="auto",
         show_default=True,
-        help="Memory kept free on the GPU: 0, 1GB, 5%; auto = 512 MiB CUDA-context estimate + 5% of the GPU.",
+        help="Memory kept free on the GPU: 0, 1GB, 5%; auto = a 512 MiB CUDA-context estimate (+ 5% of the "
+        "GPU for fragmentation on --device cpu, where reserved memory is not modelled).",
     )(fn)
 
 

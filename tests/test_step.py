@@ -238,3 +238,82 @@ def test_user_step_with_its_own_checkpointing(tmp_path: Path) -> None:
     cmp = compare_config(ZOO_BY_NAME["transformer_sdpa"], config)
     _exact(cmp)
     assert Phase.RECOMPUTE in {p.phase for p in cmp.result.phases}
+
+
+README_LOOP = """
+import torch
+import torch.nn.functional as F
+
+TARGETS = []  # made at the first step and kept, as --loss mse keeps its target with the batch
+
+def step(model, inputs, optimizer):
+    for micro in range(2):
+        out = model(*inputs)
+        if not TARGETS:
+            TARGETS.append(torch.empty_like(out))
+        loss = F.mse_loss(out, TARGETS[0])
+        (loss / 2).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+"""
+
+
+def test_the_default_step_is_the_readme_loop(tmp_path: Path) -> None:
+    """The default step with --accumulate 2 --loss mse allocates what the README's loop, written by hand as a
+    --step, allocates: the loss lives through backward (mse's loss holds an input-sized storage)."""
+    build = ZOO_BY_NAME["mlp"].build
+    default = simulate(build, ["64x512"], loss="mse", recipe=Recipe(accumulate=2), device="cpu")
+    own = simulate(build, ["64x512"], step=_step_file(tmp_path, README_LOOP), device="cpu")
+    assert default.peak_bytes == own.peak_bytes
+
+
+SCALER_STEP = """
+import torch
+scaler = torch.amp.GradScaler("cuda")
+
+def step(model, inputs, optimizer):
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss = model(*inputs).float().sum()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+"""
+
+
+def test_a_step_file_is_imported_anew_for_each_simulation(tmp_path: Path) -> None:
+    step = _step_file(tmp_path, SCALER_STEP)
+    first = simulate(ZOO_BY_NAME["mlp"].build, ["64x512"], step=step)
+    second = simulate(ZOO_BY_NAME["mlp"].build, ["64x512"], step=step)
+    assert first.peak_bytes == second.peak_bytes
+    assert first.cuda is not None and second.cuda is not None
+    assert first.cuda.reserved_peak_bytes == second.cuda.reserved_peak_bytes
+
+
+def test_cpu_step_counters_are_host_memory_on_cuda() -> None:
+    from memtrace.tracer.records import Category
+
+    res = simulate(ZOO_BY_NAME["mlp"].build, ["64x512"], optimizer="adam")
+    params = [p for p in ZOO_BY_NAME["mlp"].build().parameters()]
+    blocks = sum(2 * ((p.numel() * 4 + 511) // 512 * 512) for p in params)  # exp_avg, exp_avg_sq
+    assert res.totals[Category.OPTIMIZER_STATE] == blocks
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"loss": LossSpec("ce", (parse_input("4x4"),))}, "--target is for --loss FILE.py:FUNC"),
+        ({"loss": LossSpec("mse", class_dim=1)}, "--loss-class-dim is for --loss ce"),
+        ({"device": "cpu", "alloc_conf": "expandable_segments:True"}, "--alloc-conf describes the GPU"),
+        ({"device": "cpu", "sdpa_backend": "math"}, "--sdpa-backend describes the GPU"),
+        ({"alloc_conf": "max_split_size_mb:1"}, "allocator settings in --alloc-conf"),
+    ],
+)
+def test_flags_that_would_be_ignored_are_refused(kwargs: dict[str, object], needle: str) -> None:
+    with pytest.raises(MemtraceError, match=needle):
+        Config(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_step_takes_named_or_positional_inputs_not_both(tmp_path: Path) -> None:
+    with pytest.raises(MemtraceError, match="name all of them, or none"):
+        simulate(ZOO_BY_NAME["mlp"].build, ["64x512", "x=64x512"], step=_step_file(tmp_path))

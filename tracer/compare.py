@@ -16,7 +16,7 @@ from typing import Any
 
 from memtrace.tracer.devices.cuda.snapshot import load_plain_pickle, parse_snapshot
 from memtrace.tracer.devices.cuda.snapshot_replay import replay_snapshot
-from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.records import Result
 
 
@@ -65,10 +65,9 @@ def compare(result: Result, real: Path, top: int = 5) -> Comparison:
         return _with_monitor(result, real)
     try:
         raw = load_plain_pickle(real)
-        snap = parse_snapshot(raw)
-    except Exception as exc:
-        raise MemtraceError(f"{real} is not a readable memory snapshot: {exc}") from exc
-    replayed = replay_snapshot(snap)
+        replayed = replay_snapshot(parse_snapshot(raw))
+    except Exception as exc:  # refused globals, a truncated trace freeing what it never allocated, ...
+        raise MemtraceError(f"{real} is not a readable memory snapshot: {first_line(exc)}") from exc
     figures = [
         Figure(
             "allocated peak",

@@ -50,7 +50,8 @@ def allocator_config(text: str | None) -> AllocatorConfig:
     try:
         return AllocatorConfig.parse(text) if text is not None else AllocatorConfig.from_env()
     except AllocatorConfigError as exc:
-        raise MemtraceError(f"allocator settings {text!r}: {exc}") from exc
+        where = f"--alloc-conf {text!r}" if text is not None else "PYTORCH_CUDA_ALLOC_CONF (or _ALLOC_CONF)"
+        raise MemtraceError(f"allocator settings in {where}: {exc}") from exc
 
 
 def cuda_figures(allocated: int, requested: int, stats: ReplayStats, arch: str | None) -> CudaFigures:

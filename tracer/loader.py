@@ -44,10 +44,17 @@ class Built:
     path: str  # "meta" or "patched: <why>"
 
 
-def load_object(target: Target | str, what: str = "builder") -> Any:
+def load_object(target: Target | str, what: str = "builder", fresh: bool = False) -> Any:
+    """`FILE.py:NAME` or `package.module:NAME`. A file is imported once per version, or anew with `fresh`
+    (a step or loss file: what it makes at import, a GradScaler say, must not carry over between runs)."""
     if isinstance(target, str):
         target = parse_target(target, what)
-    module = _load_file(target.source) if target.is_file else _import(target.source)
+    if target.is_file and fresh:
+        module = _exec_file(Path(target.source), target.source) if Path(target.source).is_file() else None
+        if module is None:
+            raise MemtraceError(f"file not found: {target.source}")
+    else:
+        module = _load_file(target.source) if target.is_file else _import(target.source)
     obj: Any = module
     for part in target.attr.split("."):
         if not hasattr(obj, part):
@@ -100,7 +107,7 @@ def build_on_meta(builder: Callable[..., Any], kwargs: dict[str, Any], name: str
     try:
         with torch.device("meta"):
             out = builder(**kwargs)
-        model, examples = _split_result(out, name)
+        model, examples = split_result(out, name)
         real = _real_tensors(model)
         if not real:
             return Built(model, examples, "meta")
@@ -113,7 +120,7 @@ def build_on_meta(builder: Callable[..., Any], kwargs: dict[str, Any], name: str
         out = _run_patched(builder, kwargs)
     except Exception as exc:
         raise MemtraceError(f"builder {name} raised {first_line(exc)}") from exc
-    model, examples = _split_result(out, name)
+    model, examples = split_result(out, name)
     _move_leftovers_to_meta(model)
     return Built(model, examples, f"patched ({why})")
 
@@ -137,7 +144,7 @@ def _reads_meta_values(exc: BaseException) -> bool:
     return "Cannot copy out of meta tensor" in text or "cannot be called on meta tensors" in text
 
 
-def _split_result(out: Any, name: str) -> tuple[nn.Module, tuple[InputSpec, ...]]:
+def split_result(out: Any, name: str) -> tuple[nn.Module, tuple[InputSpec, ...]]:
     examples: tuple[InputSpec, ...] = ()
     if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], nn.Module):
         out, raw = out

@@ -114,7 +114,7 @@ def mse_loss(out: Any, batch: Batch) -> torch.Tensor:
 def _user_loss(target: str) -> LossFn:
     from memtrace.tracer.loader import load_object
 
-    fn = load_object(target, "--loss")
+    fn = load_object(target, "--loss", fresh=True)
     if not callable(fn):
         raise MemtraceError(f"--loss {target!r} is not callable")
 

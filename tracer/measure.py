@@ -90,9 +90,10 @@ def live_bytes(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer 
 def real_plan(config: Config, device: str) -> StepPlan:
     """The simulated plan's twin on real tensors: real autocast and GradScaler, the same loss or user step."""
     if config.step is not None:
+        from memtrace.tracer.simulate import step_function
+
         with routed(device, device):
-            step = load_object(config.step, "--step") if isinstance(config.step, str) else config.step
-        return StepPlan(config.mode, user_step=step)
+            return StepPlan(config.mode, user_step=step_function(config.step))
     recipe = config.recipe
     scaler = None
     if recipe.amp == "fp16" and config.mode == "train":
@@ -166,8 +167,8 @@ def measure_cuda(
 
 def measure_request(request: Any, snapshot: Path | None = None) -> Measured | CudaMeasured:
     """Build the model for real on the target device and measure the step the request describes."""
-    from memtrace.tracer.errors import MemtraceError
-    from memtrace.tracer.loader import Built, load_object, make_inputs, specs_of
+    from memtrace.tracer.errors import MemtraceError, first_line
+    from memtrace.tracer.loader import Built, make_inputs, split_result
     from memtrace.tracer.simulate import step_specs
 
     config: Config = request.config
@@ -175,15 +176,20 @@ def measure_request(request: Any, snapshot: Path | None = None) -> Measured | Cu
     if device == "cuda" and not torch.cuda.is_available():
         raise MemtraceError("no CUDA device here: `--device cpu` verifies against the CPU allocator")
     fn = load_object(request.builder) if isinstance(request.builder, str) else request.builder
-    out = fn(**dict(request.builder_kwargs))
-    model = out[0] if isinstance(out, tuple) else out
-    if not isinstance(model, nn.Module):
-        raise MemtraceError(f"builder returned {type(model).__name__}, not an nn.Module")
-    model.to(device)
-    examples = specs_of(out[1]) if isinstance(out, tuple) else ()
+    try:
+        model, examples = split_result(fn(**dict(request.builder_kwargs)), "builder")
+        model.to(device)
+    except MemtraceError:
+        raise
+    except Exception as exc:
+        raise MemtraceError(f"building the model for real failed: {first_line(exc)}") from exc
     specs = step_specs(request, Built(model, examples, "real"))
-    targets = config.loss.targets if config.loss else ()
-    batch = make_inputs(specs, device, targets)
-    if device == "cuda":
-        return measure_cuda(model, batch, config, snapshot)
-    return measure_cpu(model, batch, config)
+    batch = make_inputs(specs, device, config.loss.targets if config.loss else ())
+    try:
+        if device == "cuda":
+            return measure_cuda(model, batch, config, snapshot)
+        return measure_cpu(model, batch, config)
+    except MemtraceError:
+        raise
+    except Exception as exc:  # a CUDA out-of-memory error among them: the prediction said so, or should have
+        raise MemtraceError(f"the real step failed on {device}: {first_line(exc)}") from exc

@@ -151,10 +151,10 @@ def train_step(
         observer.targets(batch)
         if plan.free_output:
             out = None
-        if plan.accumulate > 1:
-            loss = loss / plan.accumulate
         observer.enter(Phase.BACKWARD)
-        (plan.scaler.scale(loss) if plan.scaler is not None else loss).backward()
+        divided = loss / plan.accumulate if plan.accumulate > 1 else loss  # a temporary, as in `(loss / n)`
+        (plan.scaler.scale(divided) if plan.scaler is not None else divided).backward()
+        divided = None
         if plan.free_output:
             loss = None
     observer.enter(Phase.OPTIMIZER)

@@ -91,7 +91,10 @@ class Recorder:
 
     # --- storages -------------------------------------------------------------------------------
     def track(self, t: torch.Tensor, category: Category | None, op: str) -> int | None:
-        """Register a tensor's storage if new; returns its id. New storages emit an alloc event."""
+        """Register a tensor's storage if new; returns its id. New storages emit an alloc event. On the cuda
+        target, tensors off meta (the optimizers' CPU step counters) are host memory: not counted."""
+        if self.device.name == "cuda" and t.device.type != "meta":
+            return None
         storage = t.untyped_storage()
         ref = StorageWeakRef(storage)
         found = self.live.get(ref.cdata)

@@ -186,7 +186,8 @@ class CudaFigures:
     """The caching allocator's figures for the simulated steps (the allocator model replayed).
 
     allocated: block sizes after the split decision, `torch.cuda.max_memory_allocated()`, the steady-state
-    step's (equals `peak_bytes`); requested: the sizes asked for (`requested_bytes.all.peak`), steady state;
+    step's (equals `peak_bytes`); requested: the sizes asked for (`requested_bytes.all.peak`), over all the
+    simulated steps, as `torch.cuda` counts it from a reset;
     reserved: segments (`torch.cuda.max_memory_reserved()`) after both steps; context: what the CUDA context
     adds on nvidia-smi, an estimate; segments: at the reserved peak.
     """

@@ -81,6 +81,8 @@ class Config:
             _refuse_with_step(self)
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise MemtraceError(f"unknown --sdpa-backend {self.sdpa_backend!r} ({', '.join(SDPA_BACKENDS)})")
+        _check_loss(self.loss)
+        _check_gpu_flags(self)
 
     def step_text(self) -> str:
         if self.step is None:
@@ -95,10 +97,37 @@ class Config:
         return (self.loss or LossSpec()).text()
 
 
+def _check_loss(loss: LossSpec | None) -> None:
+    if loss is None:
+        return
+    if loss.targets and not loss.is_function:
+        raise MemtraceError(f"--target is for --loss FILE.py:FUNC; --loss {loss.name} makes its own targets")
+    if loss.class_dim is not None and loss.name != "ce":
+        raise MemtraceError("--loss-class-dim is for --loss ce")
+
+
+def _check_gpu_flags(config: Config) -> None:
+    """The GPU's settings need the GPU target; the allocator's are parsed before any simulation."""
+    if config.device != "cuda":
+        given = {
+            "--alloc-conf": config.alloc_conf is not None,
+            "--sdpa-backend": config.sdpa_backend != "auto",
+            "--cudnn-version": config.cudnn_version is not None,
+        }
+        for flag, used in given.items():
+            if used:
+                raise MemtraceError(f"{flag} describes the GPU: it needs --device cuda")
+        return
+    allocator_config(config.alloc_conf)
+
+
 def _refuse_with_step(config: Config) -> None:
     """A user's step is their own code: flags that would change it are refused, one line each."""
+    loss = config.loss
     changes = {
-        "--loss": config.loss is not None,
+        "--target": loss is not None and bool(loss.targets),
+        "--loss-class-dim": loss is not None and loss.class_dim is not None,
+        "--loss": loss is not None,
         "--amp": config.recipe.amp is not None,
         "--accumulate": config.recipe.accumulate > 1,
         "--free-output": config.free_output,
@@ -142,7 +171,7 @@ def plan_for(config: Config) -> StepPlan:
     """The step on meta: the recipe's accumulation and the emulated autocast of the target device, the loss,
     or the user's own step function (loaded here, so a GradScaler it makes at import is routed too)."""
     if config.step is not None:
-        return StepPlan(config.mode, user_step=_step_function(config.step))
+        return StepPlan(config.mode, user_step=step_function(config.step))
     autocast = meta_autocast(config.device, config.recipe.amp)
     scaler = None
     if config.recipe.amp == "fp16" and config.mode == "train":
@@ -153,8 +182,9 @@ def plan_for(config: Config) -> StepPlan:
     return StepPlan(config.mode, config.recipe.accumulate, autocast, scaler, loss_fn, config.free_output)
 
 
-def _step_function(step: str | StepFn) -> StepFn:
-    fn = load_object(step, "--step") if isinstance(step, str) else step
+def step_function(step: str | StepFn) -> StepFn:
+    """The user's step: a callable, or `FILE.py:FUNC` imported anew (its import-time state is its own)."""
+    fn = load_object(step, "--step", fresh=True) if isinstance(step, str) else step
     if not callable(fn):
         raise MemtraceError(f"--step {step!r} is not callable")
     return fn  # type: ignore[no-any-return]
@@ -206,7 +236,8 @@ def analyse(
     types = {name: type(m).__name__ for name, m in model.named_modules()}
     cuda = None
     if stats is not None:
-        cuda = cuda_figures(peak.bytes, analysis.step_peak(requested, last).bytes, stats, config.arch)
+        asked = max(analysis.step_peak(requested, it).bytes for it in range(config.iterations))
+        cuda = cuda_figures(peak.bytes, asked, stats, config.arch)
         cuda = replace(cuda, cudnn_workspace_estimate=estimate_json(trace.workspace_estimate))
     return Result(
         model=_model_info(model, built_path),
@@ -310,6 +341,9 @@ def step_specs(request: Request, built: Built) -> list[InputSpec]:
             "an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)"
         )
     check_input_names(specs)
+    named = {s.name is not None for s in specs}
+    if request.config.step is not None and len(named) > 1:
+        raise MemtraceError("--step receives its inputs as a tuple or a dict: name all of them, or none")
     return specs
 
 

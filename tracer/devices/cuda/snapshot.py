@@ -89,7 +89,10 @@ class Snapshot:
 def _event(raw: Any) -> TraceEvent:
     if not isinstance(raw, dict):
         raise ValueError("a trace entry is not a dict")
-    return TraceEvent(str(raw["action"]), int(raw.get("addr", 0)), int(raw.get("size", 0)), _stream(raw))
+    size = int(raw.get("size", 0))
+    if size < 0:
+        raise ValueError(f"a trace entry has a negative size ({size})")
+    return TraceEvent(str(raw["action"]), int(raw.get("addr", 0)), size, _stream(raw))
 
 
 def _stream(raw: dict[str, Any]) -> int:
