@@ -32,7 +32,7 @@ def compare(result_file: Path, real: Path, as_json: bool) -> None:
     for col in ("figure", "predicted", "real", "error"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     for f in cmp.figures:
-        table.add_row(f.name, human_bytes(f.predicted), human_bytes(f.real), f"{100 * f.error:+.2f}%")
+        table.add_row(f.figure, human_bytes(f.predicted), human_bytes(f.measured), f"{100 * f.error:+.2f}%")
     console.print(table)
     if cmp.real_largest:
         console.print("\nLargest real allocations:")

@@ -53,7 +53,7 @@ def test_a_snapshot_of_the_predicted_step_agrees(capsys: pytest.CaptureFixture[s
     code, out, err = run(capsys, "compare", str(result), str(real), "--json")
     assert code == 0, err
     data = json.loads(out)
-    assert {f["name"]: f["error"] for f in data["figures"]} == {"allocated peak": 0.0, "reserved peak": 0.0}
+    assert {f["figure"]: f["error"] for f in data["figures"]} == {"allocated peak": 0.0, "reserved peak": 0.0}
     assert data["unmatched_predicted"] == [] and data["real_largest"][0]["where"]
 
 

@@ -18,17 +18,7 @@ from memtrace.tracer.devices.cuda.snapshot import load_plain_pickle, parse_snaps
 from memtrace.tracer.devices.cuda.snapshot_replay import replay_snapshot
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.records import Result
-
-
-@dataclass(frozen=True)
-class Figure:
-    name: str
-    predicted: int
-    real: int
-
-    @property
-    def error(self) -> float:
-        return (self.predicted - self.real) / self.real if self.real else 0.0
+from memtrace.tracer.verify import Check
 
 
 @dataclass(frozen=True)
@@ -39,14 +29,14 @@ class RealAllocation:
 
 @dataclass(frozen=True)
 class Comparison:
-    figures: tuple[Figure, ...]
+    figures: tuple[Check, ...]  # predicted against the real run's figure
     real_largest: tuple[RealAllocation, ...]
     unmatched_predicted: tuple[int, ...]  # predicted largest tensors (block bytes) no real allocation matches
     unmatched_real: tuple[int, ...]
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "figures": [{**asdict(f), "error": f.error} for f in self.figures],
+            "figures": [f.to_json() for f in self.figures],
             "real_largest": [asdict(a) for a in self.real_largest],
             "unmatched_predicted": list(self.unmatched_predicted),
             "unmatched_real": list(self.unmatched_real),
@@ -69,14 +59,14 @@ def compare(result: Result, real: Path, top: int = 5) -> Comparison:
     except Exception as exc:  # refused globals, a truncated trace freeing what it never allocated, ...
         raise MemtraceError(f"{real} is not a readable memory snapshot: {first_line(exc)}") from exc
     figures = [
-        Figure(
+        Check(
             "allocated peak",
-            max(result.peak_bytes, result.first_iteration_peak),
+            result.all_steps_peak_bytes,
             replayed.allocated_peak_bytes,
         )
     ]
     if result.cuda is not None:
-        figures.append(Figure("reserved peak", result.cuda.reserved_peak_bytes, replayed.reserved_peak_bytes))
+        figures.append(Check("reserved peak", result.cuda.reserved_peak_bytes, replayed.reserved_peak_bytes))
     largest = _largest(raw, top)
     predicted = [t.nbytes for t in result.peak.top_tensors]
     real_sizes = [a.nbytes for a in largest]
@@ -117,7 +107,7 @@ def _with_monitor(result: Result, path: Path) -> Comparison:
         reserved = max(int(r.get("reserved_bytes", 0)) for r in rows)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MemtraceError(f"{path} is not a memtrace monitor file (history rows): {exc}") from exc
-    figures = [Figure("allocated peak", max(result.peak_bytes, result.first_iteration_peak), measured)]
+    figures = [Check("allocated peak", result.all_steps_peak_bytes, measured)]
     if result.cuda is not None and reserved:
-        figures.append(Figure("reserved peak", result.cuda.reserved_peak_bytes, reserved))
+        figures.append(Check("reserved peak", result.cuda.reserved_peak_bytes, reserved))
     return Comparison(tuple(figures), (), (), ())

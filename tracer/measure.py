@@ -8,7 +8,6 @@ a reset, optionally with a memory snapshot recorded.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from memtrace.tracer.loader import load_object
 from memtrace.tracer.losses import make_loss
 from memtrace.tracer.program import NullObserver, StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import apply_to_model, cast_inputs, real_autocast
-from memtrace.tracer.routing import routed
+from memtrace.tracer.routing import routed, routed_if
 from memtrace.tracer.simulate import Config
 
 
@@ -123,7 +122,7 @@ def measure_cpu(model: nn.Module, batch: Batch, config: Config) -> Measured:
     batch = cast_inputs(batch, config.recipe.dtype)
     opt = _prepared(model, batch, config, "cpu")
     plan = real_plan(config, "cpu")
-    with routed("cpu", "cpu") if config.step is not None else contextlib.nullcontext():
+    with routed_if(config.step is not None, "cpu", "cpu"):
         run_program(model, batch, opt, plan, NullObserver(), iterations=1)
         start = live_bytes(model, batch, opt)
         if plan.scaler is not None:
@@ -151,7 +150,7 @@ def measure_cuda(
     torch.cuda.reset_peak_memory_stats()
     if snapshot is not None:
         torch.cuda.memory._record_memory_history(max_entries=1_000_000)
-    with routed("cuda", "cuda") if config.step is not None else contextlib.nullcontext():
+    with routed_if(config.step is not None, "cuda", "cuda"):
         run_program(model, batch, opt, plan, NullObserver(), iterations=config.iterations)
     torch.cuda.synchronize()
     if snapshot is not None:
@@ -184,7 +183,7 @@ def measure_request(request: Any, snapshot: Path | None = None) -> Measured | Cu
     except Exception as exc:
         raise MemtraceError(f"building the model for real failed: {first_line(exc)}") from exc
     specs = step_specs(request, Built(model, examples, "real"))
-    batch = make_inputs(specs, device, config.loss.targets if config.loss else ())
+    batch = make_inputs(specs, device, config.targets)
     try:
         if device == "cuda":
             return measure_cuda(model, batch, config, snapshot)

@@ -248,6 +248,11 @@ class Result:
     cuda: CudaFigures | None = None  # on --device cuda: allocated, requested, reserved
 
     @property
+    def all_steps_peak_bytes(self) -> int:
+        """The allocated peak over every simulated step: what a real run measures from a reset."""
+        return max(self.peak.bytes, self.first_iteration_peak)
+
+    @property
     def fit_bytes(self) -> int:
         """What must fit the GPU's budget: reserved memory when the allocator is modelled, else the peak."""
         return self.cuda.reserved_peak_bytes if self.cuda is not None else self.peak.bytes

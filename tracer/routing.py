@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -84,6 +84,11 @@ def _patched(owner: Any, attr: str, value: Any) -> Iterator[None]:
         yield
     finally:
         setattr(owner, attr, saved)
+
+
+def routed_if(user_step: bool, target: str, tensors: str) -> AbstractContextManager[None]:
+    """`routed(target, tensors)` around a user's step; memtrace's own step needs no routing."""
+    return routed(target, tensors) if user_step else nullcontext()
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,7 +36,7 @@ from memtrace.tracer.records import (
     Result,
     Trace,
 )
-from memtrace.tracer.routing import routed
+from memtrace.tracer.routing import routed_if
 from memtrace.tracer.specs import (
     Headroom,
     LossSpec,
@@ -83,6 +82,11 @@ class Config:
             raise MemtraceError(f"unknown --sdpa-backend {self.sdpa_backend!r} ({', '.join(SDPA_BACKENDS)})")
         _check_loss(self.loss)
         _check_gpu_flags(self)
+
+    @property
+    def targets(self) -> tuple[InputSpec, ...]:
+        """The `--target` tensors of a user loss."""
+        return self.loss.targets if self.loss is not None else ()
 
     def step_text(self) -> str:
         if self.step is None:
@@ -148,7 +152,7 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
     device = DeviceModel(config.device)
     rec = Recorder(device)
     try:
-        with routed(config.device, "meta") if config.step is not None else contextlib.nullcontext():
+        with routed_if(config.step is not None, config.device, "meta"):
             plan = plan_for(config)
             notes = materialize(model, batch.args, batch.kwargs)  # lazy and in-forward parameters
             apply_to_model(model, config.recipe)
@@ -335,7 +339,7 @@ def step_specs(request: Request, built: Built) -> list[InputSpec]:
     specs = list(request.inputs) or list(built.example_inputs)
     if not specs:
         raise MemtraceError("no input given: pass --input SHAPE (or return example inputs from the builder)")
-    targets = request.config.loss.targets if request.config.loss else ()
+    targets = request.config.targets
     if any(isinstance(d, str) for s in (*specs, *targets) for d in s.shape):
         raise MemtraceError(
             "an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)"
@@ -348,7 +352,7 @@ def step_specs(request: Request, built: Built) -> list[InputSpec]:
 
 
 def step_batch(request: Request, specs: Sequence[InputSpec]) -> Batch:
-    targets = request.config.loss.targets if request.config.loss else ()
+    targets = request.config.targets
     return make_inputs(specs, "meta", targets)
 
 

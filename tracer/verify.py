@@ -7,6 +7,7 @@ simulated number of steps from reset peak statistics (the prediction's figure ov
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +28,8 @@ class Check:
         return (self.predicted - self.measured) / self.measured
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "error": self.error}
+        """The check with its error (null when the measured figure is 0 and the prediction is not)."""
+        return {**asdict(self), "error": self.error if math.isfinite(self.error) else None}
 
 
 def cpu_checks(result: Result, measured_peak: int) -> tuple[Check, ...]:
@@ -36,7 +38,7 @@ def cpu_checks(result: Result, measured_peak: int) -> tuple[Check, ...]:
 
 def cuda_checks(result: Result, allocated: int, reserved: int, requested: int) -> tuple[Check, ...]:
     """Peaks over all the steps run: the first step's (optimizer state appears there) or the steady state."""
-    rows = [Check("allocated", max(result.peak_bytes, result.first_iteration_peak), allocated)]
+    rows = [Check("allocated", result.all_steps_peak_bytes, allocated)]
     if result.cuda is not None:
         rows.append(Check("reserved", result.cuda.reserved_peak_bytes, reserved))
         if requested:
