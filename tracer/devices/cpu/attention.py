@@ -29,30 +29,22 @@ def _stand_in(t: torch.Tensor | None) -> torch.Tensor | None:
     return base.as_strided(shape, (0,) * (len(shape) - 1) + (1,)) if shape else base[0]
 
 
-def _cpu_choice(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: Any,
-    dropout_p: float,
-    is_causal: bool,
-    scale: Any,
-    enable_gqa: bool,
-) -> int:
+def _cpu_choice(c: SdpaCall) -> int:
+    """PyTorch's own CPU backend choice, asked on stand-in CPU tensors of the same shapes."""
     choose: Any = torch._fused_sdp_choice
     with _disable_current_modes():  # the stand-ins are not part of the simulated step
-        smask = _stand_in(mask) if isinstance(mask, torch.Tensor) else None
+        smask = _stand_in(c.attn_mask) if isinstance(c.attn_mask, torch.Tensor) else None
         try:
             return int(
                 choose(
-                    _stand_in(q),
-                    _stand_in(k),
-                    _stand_in(v),
+                    _stand_in(c.query),
+                    _stand_in(c.key),
+                    _stand_in(c.value),
                     smask,
-                    dropout_p,
-                    is_causal,
-                    scale=scale,
-                    enable_gqa=enable_gqa,
+                    c.dropout_p,
+                    c.is_causal,
+                    scale=c.scale,
+                    enable_gqa=c.enable_gqa,
                 )
             )
         except (RuntimeError, TypeError):
@@ -61,10 +53,7 @@ def _cpu_choice(
 
 def _cpu_kernel(c: SdpaCall) -> torch.Tensor:
     """The fused flash kernel when PyTorch's CPU choice says so (not with GQA), else the math path."""
-    choice = _cpu_choice(
-        c.query, c.key, c.value, c.attn_mask, c.dropout_p, c.is_causal, c.scale, c.enable_gqa
-    )
-    if choice != _FLASH or c.enable_gqa:
+    if _cpu_choice(c) != _FLASH or c.enable_gqa:
         return c.fallback()
     out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         c.query, c.key, c.value, c.dropout_p, c.is_causal, attn_mask=c.attn_mask, scale=c.scale

@@ -205,10 +205,9 @@ def efficient_mask(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torc
     return m
 
 
-def run_flash(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, is_causal: bool, scale: Any
-) -> torch.Tensor:
+def run_flash(c: SdpaCall) -> torch.Tensor:
     """attention.cpp's flash case: pad the head dim to a multiple of 8, scale from the original size."""
+    q, k, v, dropout_p, is_causal, scale = c.query, c.key, c.value, c.dropout_p, c.is_causal, c.scale
     og = q.size(-1)
     og_scale = scale if scale is not None else 1.0 / math.sqrt(og)
     if og % 8:
@@ -218,16 +217,10 @@ def run_flash(
     return result
 
 
-def run_efficient(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: Any,
-    dropout_p: float,
-    is_causal: bool,
-    scale: Any,
-) -> torch.Tensor:
-    mask = additive_mask(mask, q.dtype)
+def run_efficient(c: SdpaCall) -> torch.Tensor:
+    """attention.cpp's efficient case: an additive mask padded as `preprocess_mask` does."""
+    q, k, v, dropout_p, is_causal, scale = c.query, c.key, c.value, c.dropout_p, c.is_causal, c.scale
+    mask = additive_mask(c.attn_mask, q.dtype)
     if isinstance(mask, torch.Tensor):
         mask = efficient_mask(mask, q, k)
     if k.size(1) != q.size(1):  # GQA: assumed expanded to the query heads (a fact to confirm on a GPU)
@@ -239,16 +232,10 @@ def run_efficient(
     return result
 
 
-def run_cudnn(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: Any,
-    dropout_p: float,
-    is_causal: bool,
-    scale: Any,
-) -> torch.Tensor:
-    mask = additive_mask(mask, q.dtype)
+def run_cudnn(c: SdpaCall) -> torch.Tensor:
+    """attention.cpp's cuDNN case."""
+    q, k, v, dropout_p, is_causal, scale = c.query, c.key, c.value, c.dropout_p, c.is_causal, c.scale
+    mask = additive_mask(c.attn_mask, q.dtype)
     lse = _needs_logsumexp(q, k, v)
     out = _ATEN._scaled_dot_product_cudnn_attention(
         q, k, v, mask, lse, dropout_p, is_causal, False, scale=scale
@@ -276,11 +263,11 @@ def _cuda_kernel(c: SdpaCall) -> torch.Tensor:
         )
     )
     if choice.backend == "flash":
-        return run_flash(c.query, c.key, c.value, c.dropout_p, c.is_causal, c.scale)
+        return run_flash(c)
     if choice.backend == "efficient":
-        return run_efficient(c.query, c.key, c.value, c.attn_mask, c.dropout_p, c.is_causal, c.scale)
+        return run_efficient(c)
     if choice.backend == "cudnn":
-        return run_cudnn(c.query, c.key, c.value, c.attn_mask, c.dropout_p, c.is_causal, c.scale)
+        return run_cudnn(c)
     if choice.backend == "error":
         raise RuntimeError(f"No available kernel. Aborting execution. Rejected: {choice.rejected}")
     return c.fallback()
