@@ -75,7 +75,7 @@ def wrap_checkpoint(model: nn.Module, globs: tuple[str, ...]) -> list[str]:
 
 def _checkpointed(forward: Callable[..., Any], name: str) -> Callable[..., Any]:
     def body(*args: Any, **kwargs: Any) -> Any:
-        from memtrace.tracer.recorder import active_recorder, in_engine
+        from memtrace.tracer.hooks import active_recorder, in_engine
 
         rec = active_recorder()
         if rec is not None and in_engine():

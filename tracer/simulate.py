@@ -19,6 +19,7 @@ from memtrace.tracer.devices.cuda.presets import PRESETS, normalise_gpu_name
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.gpu import allocator_config, cuda_figures, gpu_notes, gpu_target
 from memtrace.tracer.gpu import verdict as verdict_for
+from memtrace.tracer.hooks import recording, register_baseline
 from memtrace.tracer.layers import ModuleFacts, module_rows
 from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs, spec_of
 from memtrace.tracer.losses import make_loss
@@ -26,7 +27,7 @@ from memtrace.tracer.optim_meta import fused_on_meta
 from memtrace.tracer.prepare import materialize
 from memtrace.tracer.program import MODES, StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, meta_autocast
-from memtrace.tracer.recorder import Recorder, recording, register_baseline
+from memtrace.tracer.recorder import Recorder
 from memtrace.tracer.records import (
     Category,
     GpuSpec,
