@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from memtrace.tracer.batch import Batch
-from memtrace.tracer.loader import load_object
+from memtrace.tracer.errors import MemtraceError, first_line
+from memtrace.tracer.loader import Built, load_object, split_result
 from memtrace.tracer.losses import make_loss
 from memtrace.tracer.program import NullObserver, StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import apply_to_model, cast_inputs, real_autocast
 from memtrace.tracer.routing import routed, routed_if
-from memtrace.tracer.simulate import Config
+from memtrace.tracer.simulate import Config, step_batch, step_function, step_specs
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,6 @@ def live_bytes(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer 
 def real_plan(config: Config, device: str) -> StepPlan:
     """The simulated plan's twin on real tensors: real autocast and GradScaler, the same loss or user step."""
     if config.step is not None:
-        from memtrace.tracer.simulate import step_function
-
         with routed(device, device):
             return StepPlan(config.mode, user_step=step_function(config.step))
     recipe = config.recipe
@@ -166,9 +165,6 @@ def measure_cuda(
 
 def measure_request(request: Any, snapshot: Path | None = None) -> Measured | CudaMeasured:
     """Build the model for real on the target device and measure the step the request describes."""
-    from memtrace.tracer.errors import MemtraceError, first_line
-    from memtrace.tracer.loader import Built, make_inputs, split_result
-    from memtrace.tracer.simulate import step_specs
 
     config: Config = request.config
     device = config.device
@@ -183,7 +179,7 @@ def measure_request(request: Any, snapshot: Path | None = None) -> Measured | Cu
     except Exception as exc:
         raise MemtraceError(f"building the model for real failed: {first_line(exc)}") from exc
     specs = step_specs(request, Built(model, examples, "real"))
-    batch = make_inputs(specs, device, config.targets)
+    batch = step_batch(request, specs, device)
     try:
         if device == "cuda":
             return measure_cuda(model, batch, config, snapshot)

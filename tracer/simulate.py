@@ -352,9 +352,9 @@ def step_specs(request: Request, built: Built) -> list[InputSpec]:
     return specs
 
 
-def step_batch(request: Request, specs: Sequence[InputSpec]) -> Batch:
-    targets = request.config.targets
-    return make_inputs(specs, "meta", targets)
+def step_batch(request: Request, specs: Sequence[InputSpec], device: str = "meta") -> Batch:
+    """The step's inputs and a user loss's targets: empty on meta, random values for a real run."""
+    return make_inputs(specs, device, request.config.targets)
 
 
 Inputs = Sequence["InputSpec | str | torch.Tensor"] | dict[str, "InputSpec | str | torch.Tensor"]

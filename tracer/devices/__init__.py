@@ -1,7 +1,8 @@
 """Device models: what the target's allocator does with the recorded storages.
 
-Two parts: per-op workspace rules (buffers a kernel allocates and frees inside itself, invisible at the
-dispatch level) registered per device, and the allocator's size rounding applied at replay.
+Per-op workspace rules (buffers a kernel allocates and frees inside itself, invisible at the dispatch
+level) and kernel patches, registered per device. The CPU allocator is exact; the CUDA caching allocator is
+replayed over the trace by `cuda/placement.py`.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def rules_for(device: str) -> dict[str, WorkspaceRule]:
 
 
 class DeviceModel:
-    """The target device: its name, its workspace rules, and its allocation rounding."""
+    """The target device: its name, its workspace rules and its kernel patches."""
 
     def __init__(self, name: str) -> None:
         if name not in ("cpu", "cuda"):
@@ -126,18 +127,6 @@ class DeviceModel:
                 if dev == self.name:
                     stack.enter_context(factory())
             yield
-
-    def round(self, nbytes: int) -> int:
-        return round_size(self.name, nbytes)
-
-
-def round_size(device: str, nbytes: int) -> int:
-    """CPU: exact. CUDA: the caching allocator's block rounding (at least 512 bytes, multiples of 512)."""
-    if device == "cpu":
-        return nbytes
-    if nbytes < 512:
-        return 512
-    return (nbytes + 511) // 512 * 512
 
 
 def _load_rules() -> None:
