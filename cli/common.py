@@ -67,6 +67,11 @@ class HeadroomType(_SpecType):
     parser = staticmethod(specs.parse_headroom)
 
 
+class ToleranceType(_SpecType):
+    name = "PERCENT|FRACTION"
+    parser = staticmethod(specs.parse_tolerance)
+
+
 class KeyValueType(_SpecType):
     name = "KEY=VALUE"
     parser = staticmethod(specs.parse_kv)

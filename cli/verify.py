@@ -11,17 +11,17 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from memtrace.cli.common import engine_options, make_request, user_stdout_to_stderr, writable
+from memtrace.cli.common import ToleranceType, engine_options, make_request, user_stdout_to_stderr, writable
 
 
 @click.command("verify", short_help="Run the real step here and compare it with the prediction.")
 @engine_options
 @click.option(
     "--tolerance",
-    type=click.FloatRange(min=0),
-    default=1.0,
+    type=ToleranceType(),
+    default="1%",
     show_default=True,
-    help="Exit 1 when a figure's error exceeds this many percent.",
+    help="Exit 1 when a figure's error exceeds this: a percentage (1%) or a fraction (0.01).",
 )
 @click.option(
     "--snapshot",
@@ -45,11 +45,11 @@ def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: An
         checks = cuda_checks(result, measured.allocated_peak, measured.reserved_peak, measured.requested_peak)
     else:
         checks = cpu_checks(result, measured.peak)
-    bad = failing(checks, tolerance / 100)
+    bad = failing(checks, tolerance)
     if as_json:
         data = {
             "device": result.device,
-            "tolerance": tolerance / 100,
+            "tolerance": tolerance,
             "checks": [c.to_json() for c in checks],
         }
         click.echo(json.dumps({**data, "ok": not bad}, indent=2))
@@ -65,6 +65,6 @@ def _print(device: str, checks: Any, tolerance: float) -> None:
         table.add_column(col, justify="left" if col == "figure" else "right")
     for c in checks:
         err = f"{100 * c.error:+.4f}%"
-        style = "red" if abs(c.error) > tolerance / 100 else "green"
+        style = "red" if abs(c.error) > tolerance else "green"
         table.add_row(c.figure, f"{c.predicted:,}", f"{c.measured:,}", f"[{style}]{err}[/]")
     (Console() if Console().is_terminal else Console(width=120)).print(table)

@@ -12,6 +12,7 @@ from memtrace.tracer.specs import (
     parse_optimizer,
     parse_size,
     parse_target,
+    parse_tolerance,
 )
 
 
@@ -76,3 +77,16 @@ def test_targets_values_optimizers() -> None:
 def test_human_bytes() -> None:
     assert human_bytes(12 * 10**9) == "12.00 GB (11.18 GiB)"
     assert human_bytes(512) == "512 B"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("1%", 0.01), ("0.01", 0.01), (" 5% ", 0.05), ("0", 0.0), ("0%", 0.0)]
+)
+def test_tolerance_takes_a_percentage_or_a_fraction(text: str, expected: float) -> None:
+    assert parse_tolerance(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["1", "2.5", "-1%", "abc", "%", "nan"])
+def test_tolerance_refuses_what_is_ambiguous_or_malformed(text: str) -> None:
+    with pytest.raises(SpecError, match="tolerance"):
+        parse_tolerance(text)

@@ -206,6 +206,32 @@ def parse_gpu(text: str) -> GpuSpec:
     raise SpecError(f"unknown GPU {text!r}: give a size like 12GB or one of: {known}")
 
 
+def parse_tolerance(text: str | float) -> float:
+    """A tolerance as a fraction: `1%` and `0.01` are both 0.01. Every tolerance option goes through here.
+
+    A bare number is a fraction and must be below 1 (`1` would silently mean 100%): `1%` is one percent.
+    """
+    if isinstance(text, float | int):
+        text = repr(float(text))
+    raw = text.strip()
+    percent = raw.endswith("%")
+    try:
+        value = float(raw[:-1] if percent else raw)
+    except ValueError:
+        raise SpecError(
+            f"malformed tolerance {text!r}: expected a percentage like 1% or a fraction like 0.01"
+        ) from None
+    if percent:
+        value /= 100
+    if not (value >= 0 and value == value):
+        raise SpecError(f"tolerance {text!r} must not be negative")
+    if not percent and value >= 1:
+        raise SpecError(
+            f"tolerance {text!r} is ambiguous: write {raw}% for a percentage or a fraction below 1"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Headroom:
     """Memory kept free on the GPU: bytes, a fraction of the GPU, or the default estimate (both None)."""
