@@ -32,12 +32,12 @@ from memtrace.cli.common import ToleranceType, engine_options, make_request, use
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: Any) -> None:
     """Simulate the step of MODEL, run it for real on --device (cuda or cpu), and compare each figure."""
-    from memtrace.tracer.measure import CudaMeasured, measure_request
+    from memtrace.tracer.measure import CudaMeasured, measure_request, on_this_gpu
     from memtrace.tracer.simulate import run
     from memtrace.tracer.verify import cpu_checks, cuda_checks, failing
 
     writable(snapshot, "--snapshot", (".pickle",))
-    request = make_request(**options)
+    request = on_this_gpu(make_request(**options))
     with user_stdout_to_stderr(as_json):
         result = run(request)
         measured = measure_request(request, snapshot)

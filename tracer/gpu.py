@@ -26,7 +26,8 @@ def gpu_target(config: Config) -> Iterator[cuda_attention.Target | None]:
         yield None
         return
     arch = config.arch or sdp_choice.DEFAULT_COMPUTE_CAPABILITY
-    with cuda_attention.target(arch, config.cudnn_version, config.sdpa_backend) as target:
+    cuda = config.cuda_version or sdp_choice.DEFAULT_CUDA_VERSION
+    with cuda_attention.target(arch, config.cudnn_version, config.sdpa_backend, cuda_version=cuda) as target:
         yield target
 
 
@@ -42,7 +43,9 @@ def gpu_notes(config: Config, target: cuda_attention.Target | None) -> tuple[str
     version = config.cudnn_version or sdp_choice.DEFAULT_CUDNN_VERSION
     cudnn = f"{version // 10000}.{version // 100 % 100}.{version % 100}"
     default = "" if config.cudnn_version else ", the default"
-    return (f"SDPA on {where}, cuDNN {cudnn}{default}, --sdpa-backend {config.sdpa_backend}: {counts}",)
+    cuda = f", CUDA {config.cuda_version}" if config.cuda_version else ""
+    text = f"SDPA on {where}, cuDNN {cudnn}{default}{cuda}, --sdpa-backend {config.sdpa_backend}: {counts}"
+    return (text,)
 
 
 def allocator_config(text: str | None) -> AllocatorConfig:

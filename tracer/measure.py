@@ -9,7 +9,7 @@ a reset, optionally with a memory snapshot recorded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,20 @@ def measure_cuda(
         int(stats.get("reserved_bytes.all.peak", 0)),
         int(stats.get("requested_bytes.all.peak", 0)),
     )
+
+
+def on_this_gpu(request: Any) -> Any:
+    """The request aimed at the GPU of this machine: its compute capability and cuDNN version, where the
+    request names none (verify holds the prediction for *this* GPU against it). Unchanged off CUDA."""
+    config: Config = request.config
+    if config.device != "cuda" or not torch.cuda.is_available():
+        return request
+    arch = config.arch or "{}.{}".format(*torch.cuda.get_device_capability())
+    cudnn = config.cudnn_version
+    if cudnn is None and torch.backends.cudnn.is_available():
+        cudnn = torch.backends.cudnn.version()
+    cuda = config.cuda_version or torch.version.cuda
+    return replace(request, config=replace(config, arch=arch, cudnn_version=cudnn, cuda_version=cuda))
 
 
 def measure_request(request: Any, snapshot: Path | None = None) -> Measured | CudaMeasured:

@@ -16,6 +16,7 @@ from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.devices.cuda.conv import estimate_json
 from memtrace.tracer.devices.cuda.placement import place
 from memtrace.tracer.devices.cuda.presets import PRESETS, normalise_gpu_name
+from memtrace.tracer.distributed import simulated_world
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.gpu import allocator_config, cuda_figures, gpu_notes, gpu_target
 from memtrace.tracer.gpu import verdict as verdict_for
@@ -24,6 +25,7 @@ from memtrace.tracer.layers import ModuleFacts, module_rows
 from memtrace.tracer.loader import Built, build_on_meta, load_object, make_inputs, spec_of
 from memtrace.tracer.losses import make_loss
 from memtrace.tracer.optim_meta import fused_on_meta
+from memtrace.tracer.parallel import Parallel
 from memtrace.tracer.prepare import materialize
 from memtrace.tracer.program import MODES, StepPlan, make_optimizer, run_program
 from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs, meta_autocast
@@ -47,6 +49,7 @@ from memtrace.tracer.specs import (
     parse_loss,
     parse_optimizer,
 )
+from memtrace.tracer.timeline import step_timeline
 
 StepFn = Callable[..., Any]
 SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
@@ -69,6 +72,8 @@ class Config:
     arch: str | None = None  # the target GPU's compute capability; None: the default (an A100, sm80)
     sdpa_backend: str = "auto"  # --sdpa-backend
     cudnn_version: int | None = None  # --cudnn-version, as cuDNN's integer (91002 for 9.10.2)
+    parallel: Parallel | None = None  # --ddp N / --fsdp N: one rank of a data-parallel job
+    cuda_version: str | None = None  # the CUDA runtime PyTorch was built with (12.8); None: the default
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -153,18 +158,24 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
     device = DeviceModel(config.device)
     rec = Recorder(device)
     try:
-        with routed_if(config.step is not None, config.device, "meta"):
+        with (
+            routed_if(config.step is not None, config.device, "meta"),
+            simulated_world(config.parallel) as world,
+        ):
             plan = plan_for(config)
             notes = materialize(model, batch.args, batch.kwargs)  # lazy and in-forward parameters
             apply_to_model(model, config.recipe)
             batch = cast_inputs(batch, config.recipe.dtype)
+            runner = model
+            if world is not None:  # DDP or FSDP2 on fake tensors: the model is what the step calls
+                runner, batch = world.wrap(model, batch, rec)
             optimizer = None
             if config.mode == "train":
                 with fused_on_meta():  # the patch for the step registers the meta kernels
                     optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
             register_baseline(rec, model, batch.tensors(), _parameter_owners(model))
             with gpu_target(config) as gpu, device.patched(), recording(rec, model):
-                run_program(model, batch, optimizer, plan, rec, config.iterations)
+                run_program(runner, batch, optimizer, plan, rec, config.iterations)
     except MemtraceError:
         raise
     except Exception as exc:
@@ -239,8 +250,11 @@ def analyse(
     peak = analysis.step_peak(trace, last, rounding)
     first = analysis.step_peak(trace, 0, rounding).bytes
     types = {name: type(m).__name__ for name, m in model.named_modules()}
-    cuda = None
+    cuda, reserved = None, tuple[int, ...]()
     if stats is not None:
+        from memtrace.tracer.devices.cuda.served import serve
+
+        reserved = tuple(s.reserved for s in serve(requested, allocator_config(config.alloc_conf)).events)
         asked = max(analysis.step_peak(requested, it).bytes for it in range(config.iterations))
         cuda = cuda_figures(peak.bytes, asked, stats, config.arch)
         cuda = replace(cuda, cudnn_workspace_estimate=estimate_json(trace.workspace_estimate))
@@ -267,6 +281,7 @@ def analyse(
         step=config.step_text(),
         loss=config.loss_text(),
         free_output=config.free_output,
+        timeline=step_timeline(trace, last, peak.seq, reserved),
     )
 
 
@@ -326,13 +341,20 @@ def with_gpu_arch(request: Request) -> Request:
 
 def run(request: Request) -> Result:
     """Build on meta, run the step, analyse it."""
+    return run_traced(request)[1]
+
+
+def run_traced(request: Request) -> tuple[Trace, Result]:
+    """`run`, also giving the recorded trace (sizes as requested), for the exports."""
     request = with_gpu_arch(request)
     built = build(request.builder, dict(request.builder_kwargs))
     if request.transform is not None:
         request.transform(built.model)
     specs = step_specs(request, built)
     trace = trace_model(built.model, step_batch(request, specs), request.config)
-    return analyse(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
+    return trace, analyse(
+        trace, built.model, built.path, specs, request.config, request.gpu, request.headroom
+    )
 
 
 def step_specs(request: Request, built: Built) -> list[InputSpec]:

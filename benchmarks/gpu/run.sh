@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU session's one prepared check: install memtrace into the machine's Python (no network), record the
+# environment, check benchmarks/results/cuda-facts.md, then `memtrace verify --device cuda` over every case.
+# bash benchmarks/gpu/run.sh OUT_DIR [verify_cases.py flags...]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:?OUT_DIR}; shift
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$out/log.txt" 2>&1; then
+  # fall back to the installed layout by hand: memtrace/, memtrace/tracer, memtrace/cli
+  site=/tmp/memtrace-site; rm -rf "$site"; mkdir -p "$site"
+  cp -r src/memtrace "$site/" && cp -r tracer "$site/memtrace/tracer" && cp -r cli "$site/memtrace/cli"
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -c "import memtrace.tracer.simulate, torch; print('memtrace ok, torch', torch.__version__)" 2>&1 | tee -a "$out/log.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$out/log.txt"
+timeout 120 python3 benchmarks/gpu/cuda_facts.py >"$out/facts.json" 2>>"$out/log.txt"
+echo "facts rc=$?" | tee -a "$out/log.txt"
+timeout "${VERIFY_TIMEOUT:-330}" python3 benchmarks/gpu/verify_cases.py --out "$out" "$@" 2>&1 | tee -a "$out/log.txt"
+echo "verify rc=$?" | tee -a "$out/log.txt"
