@@ -11,9 +11,11 @@ from typing import Any
 import click
 
 from memtrace import __version__
+from memtrace.cli.bench import bench
 from memtrace.cli.compare import compare
 from memtrace.cli.fit import fit
 from memtrace.cli.gpus import gpus
+from memtrace.cli.show import show
 from memtrace.cli.sweep import sweep
 from memtrace.cli.trace import trace
 from memtrace.cli.verify import verify
@@ -40,7 +42,7 @@ def cli() -> None:
     """
 
 
-for command in (trace, fit, sweep, gpus, verify, compare):
+for command in (trace, fit, sweep, gpus, verify, compare, bench, show):
     cli.add_command(command)
 
 

@@ -1,0 +1,166 @@
+"""`memtrace bench`, the running half: load a suite, simulate each case, measure it for real, key the host.
+
+Each case is simulated with `simulate.run` and, unless told not to, measured with `measure.measure_request`
+on the same device: the CUDA caching allocator's peaks on a GPU, the CPU allocator's peak otherwise. Asked
+for `--device cuda` where there is no GPU, the case is simulated only (measured null, no error gate).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from memtrace import __version__
+from memtrace.tracer.bench import BenchRun, Case, CaseResult, Figures, Machine
+from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.recipes import Recipe
+from memtrace.tracer.records import Result
+from memtrace.tracer.simulate import Config, Request
+from memtrace.tracer.specs import LossSpec, parse_input, parse_loss, parse_optimizer
+
+DEFAULT_SUITE = Path("benchmarks") / "suite.py"  # in the current directory, as in this repository
+
+
+def load_suite(path: Path) -> tuple[Case, ...]:
+    """The `SUITE` tuple of Case a suite file defines."""
+    from memtrace.tracer.loader import load_object
+
+    if not path.is_file():
+        raise MemtraceError(f"--suite {path}: file not found (give --suite FILE)")
+    suite = load_object(f"{path}:SUITE", "--suite")
+    if not isinstance(suite, (tuple, list)) or not all(isinstance(c, Case) for c in suite):
+        raise MemtraceError(f"--suite {path}: SUITE must be a tuple of memtrace.tracer.bench.Case")
+    names = [c.name for c in suite]
+    if len(set(names)) != len(names):
+        raise MemtraceError(f"--suite {path}: two cases share a name")
+    return tuple(suite)
+
+
+def cuda_here() -> bool:
+    return torch.cuda.is_available()
+
+
+def machine(device: str, measuring: bool) -> Machine:
+    """The keys the run's figures depend on (docs/ci.md): a CPU prediction on the host's kernels, a CUDA
+    prediction on the torch version alone; a measurement on the hardware."""
+    from memtrace.tracer.devices.cpu import isa
+
+    host = {
+        "platform": platform.machine(),
+        "cpu_isa": isa.onednn_isa() or "none",
+        "aten_capability": isa.aten_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    cpu_key = " ".join(f"{k}={v}" for k, v in host.items())
+    gpu = torch.cuda.get_device_name() if device == "cuda" and cuda_here() else None
+    prediction = cpu_key if device == "cpu" else f"torch={torch.__version__}"
+    measured: str | None = None
+    if measuring and device == "cpu":
+        measured = cpu_key
+    elif measuring and gpu is not None:
+        measured = f"gpu={gpu} torch={torch.__version__} cuda={torch.version.cuda}"
+    return Machine(prediction, measured, {**host, "gpu": gpu})
+
+
+def request_for(case: Case, device: str) -> Request:
+    """The engine request of a case, as `memtrace` would build it from the same flags."""
+    loss = LossSpec(parse_loss(case.loss)) if case.loss is not None else None
+    recipe = Recipe(case.amp, case.dtype, tuple(case.checkpoint), case.accumulate)
+    config = Config(case.mode, parse_optimizer(case.optimizer), device, recipe=recipe, loss=loss)
+    inputs = tuple(parse_input(text) for text in case.inputs)
+    return Request(case.builder, inputs, tuple(case.args.items()), config)
+
+
+def missing(case: Case) -> str | None:
+    """The first module the case needs that is not importable here (find_spec does not import it)."""
+    for name in case.needs:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return name
+    return None
+
+
+def run_case(case: Case, device: str, measure: bool) -> CaseResult:
+    """Simulate the case, then measure it (unless `measure` is False or there is no GPU for cuda)."""
+    from memtrace.tracer.simulate import run
+
+    lacking = missing(case)
+    if lacking is not None:
+        return CaseResult(case.name, "skipped", f"needs {lacking} (pip install 'torch-memtrace[bench]')")
+    try:
+        request = request_for(case, device)
+        t0 = time.perf_counter()
+        result = run(request)
+        sim = time.perf_counter() - t0
+    except MemtraceError as exc:
+        return CaseResult(case.name, "failed", f"simulation: {exc.one_line()}")
+    row = CaseResult(
+        case.name,
+        "ok",
+        predicted=predicted(result),
+        by_category={k.value: v for k, v in result.peak.by_category.items()},
+        dominant=_dominant(result),
+        simulate_seconds=round(sim, 3),
+        error_gated=kernels_modelled(result),
+    )
+    if not measure or (device == "cuda" and not cuda_here()):
+        return row
+    return _measured(row, request)
+
+
+def _measured(row: CaseResult, request: Request) -> CaseResult:
+    from dataclasses import replace
+
+    from memtrace.tracer.measure import CudaMeasured, measure_request
+
+    t0 = time.perf_counter()
+    try:
+        got = measure_request(request)
+    except MemtraceError as exc:
+        return replace(row, status="failed", reason=f"measurement: {exc.one_line()}")
+    real = round(time.perf_counter() - t0, 3)
+    if isinstance(got, CudaMeasured):
+        return replace(row, measured=Figures(got.allocated_peak, got.reserved_peak), real_seconds=real)
+    return replace(row, measured=Figures(got.peak), real_seconds=real)
+
+
+def predicted(result: Result) -> Figures:
+    """On cuda what `max_memory_allocated`/`max_memory_reserved` report over the steps from a reset (the
+    figures `memtrace verify` holds against a GPU); on cpu the steady-state step's peak (the CPU
+    reference's)."""
+    if result.cuda is not None:
+        return Figures(result.all_steps_peak_bytes, result.cuda.reserved_peak_bytes)
+    return Figures(result.peak_bytes)
+
+
+def _dominant(result: Result) -> str:
+    if not result.top_layers:
+        return ""
+    top = result.top_layers[0]
+    return f"{top.module or '(model)'} ({top.type})"
+
+
+def kernels_modelled(result: Result) -> bool:
+    """False for a CPU case with convolutions on a host whose oneDNN convolution kernels memtrace does not
+    model (below AVX2, or not x86-64: its scratchpads are not predicted there)."""
+    if result.device != "cpu":
+        return True
+    from memtrace.tracer.devices.cpu.conv import onednn_modelled
+
+    has_conv = any(m.type.startswith(("Conv", "LazyConv")) for m in result.modules)
+    return onednn_modelled() or not has_conv
+
+
+def bench_run(rows: Sequence[CaseResult], device: str, measure: bool) -> BenchRun:
+    """The run of these rows, with the keys of this host (measured: when any case was)."""
+    measuring = measure and any(r.measured is not None for r in rows)
+    return BenchRun(device, machine(device, measuring), tuple(rows), __version__)
