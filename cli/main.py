@@ -15,7 +15,6 @@ from memtrace.cli.bench import bench
 from memtrace.cli.compare import compare
 from memtrace.cli.fit import fit
 from memtrace.cli.gpus import gpus
-from memtrace.cli.show import show
 from memtrace.cli.sweep import sweep
 from memtrace.cli.trace import trace
 from memtrace.cli.verify import verify
@@ -42,7 +41,7 @@ def cli() -> None:
     """
 
 
-for command in (trace, fit, sweep, gpus, verify, compare, bench, show):
+for command in (trace, fit, sweep, gpus, verify, compare, bench):
     cli.add_command(command)
 
 

@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: `cuda` figures, `step`/`loss`/`free_output`, named inputs, the verdict's basis
+SCHEMA_VERSION = 3  # 2: `cuda` figures, `step`/`loss`/`free_output`, named inputs, the verdict's basis;
+# 3: the compacted per-event `timeline` and the command's `flags`
+READABLE_SCHEMAS = (1, 2, SCHEMA_VERSION)
 
 
 class Category(str, Enum):
@@ -212,6 +214,59 @@ class CudaFigures:
 
 
 @dataclass(frozen=True)
+class PhaseBand:
+    """A run of consecutive events of one phase: timeline indexes [start, end)."""
+
+    phase: Phase
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class StepTimeline:
+    """Bytes live per category after the steady-state step's events, compacted (tracer/timeline.py).
+
+    `index[i]` is the event (alloc or free, in program order, 0 = the step's first) that point i follows;
+    `by_category[c][i]` the bytes of category c live after it (categories never live are left out);
+    `reserved[i]` the caching allocator's reserved bytes then (cuda; empty on cpu). `events` is the step's
+    event count, `peak_index` the event of the reported peak, `bands` the phases as event runs.
+    """
+
+    events: int
+    index: tuple[int, ...]
+    by_category: dict[Category, tuple[int, ...]]
+    reserved: tuple[int, ...] = ()
+    bands: tuple[PhaseBand, ...] = ()
+    peak_index: int = -1
+
+    def totals(self) -> list[int]:
+        """Bytes live after each kept point, all categories together."""
+        series = list(self.by_category.values())
+        return [sum(col) for col in zip(*series, strict=True)] if series else [0] * len(self.index)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "index": list(self.index),
+            "by_category": {c.value: list(v) for c, v in self.by_category.items()},
+            "reserved": list(self.reserved),
+            "bands": [[b.phase.value, b.start, b.end] for b in self.bands],
+            "peak_index": self.peak_index,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StepTimeline:
+        return cls(
+            events=d["events"],
+            index=tuple(d["index"]),
+            by_category={Category(k): tuple(v) for k, v in d["by_category"].items()},
+            reserved=tuple(d.get("reserved", ())),
+            bands=tuple(PhaseBand(Phase(p), s, e) for p, s, e in d.get("bands", ())),
+            peak_index=d.get("peak_index", -1),
+        )
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     parameters: int
@@ -246,6 +301,8 @@ class Result:
     loss: str = "auto"  # the loss of the default step ("" with a user step or in inference)
     free_output: bool = False  # the default step drops the output before backward
     cuda: CudaFigures | None = None  # on --device cuda: allocated, requested, reserved
+    timeline: StepTimeline | None = None  # the steady-state step, compacted for the pictures
+    flags: dict[str, Any] = field(default_factory=dict)  # the command's options, as the CLI parsed them
 
     @property
     def all_steps_peak_bytes(self) -> int:
@@ -296,13 +353,15 @@ class Result:
                 "loss": self.loss,
                 "free_output": self.free_output,
                 "cuda": {**asdict(self.cuda), "segments": list(self.cuda.segments)} if self.cuda else None,
+                "flags": self.flags,
             }
         )
+        data["timeline"] = self.timeline.to_json() if self.timeline else None
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Result:
-        if data.get("schema") not in (1, SCHEMA_VERSION):
+        if data.get("schema") not in READABLE_SCHEMAS:
             raise ValueError(f"unsupported memtrace result schema {data.get('schema')!r}")
         verdict = data.get("verdict")
         return cls(
@@ -335,6 +394,8 @@ class Result:
             loss=data.get("loss", "auto"),
             free_output=data.get("free_output", False),
             cuda=_cuda_from(data.get("cuda")),
+            timeline=StepTimeline.from_json(data["timeline"]) if data.get("timeline") else None,
+            flags=dict(data.get("flags") or {}),
         )
 
 
