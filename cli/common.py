@@ -222,6 +222,17 @@ def headroom_option(fn: F) -> F:
     )(fn)
 
 
+def plot_option(text: str) -> Callable[[F], F]:
+    """--plot FILE.png|svg."""
+    return click.option(
+        "--plot",
+        "plot_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=text,
+    )
+
+
 def make_request(
     model: str,
     inputs: tuple[Any, ...],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -13,7 +14,9 @@ from memtrace.cli.common import (
     gpu_option,
     headroom_option,
     make_request,
+    plot_option,
     user_stdout_to_stderr,
+    writable,
 )
 from memtrace.tracer.records import GpuSpec
 from memtrace.tracer.specs import Headroom, human_bytes
@@ -30,17 +33,30 @@ from memtrace.tracer.specs import Headroom, human_bytes
     help="Recommend micro-batch x accumulation steps reaching at least this effective batch.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def fit(gpu: GpuSpec, headroom: Headroom, target_batch: int | None, as_json: bool, **options: Any) -> None:
+@plot_option("Write the figure: the peak at each probed value, the budget, the value chosen.")
+def fit(
+    gpu: GpuSpec,
+    headroom: Headroom,
+    target_batch: int | None,
+    as_json: bool,
+    plot_file: Path | None,
+    **options: Any,
+) -> None:
     """Find the largest value of the --input symbol (e.g. B) whose predicted peak fits the GPU."""
     from memtrace.tracer.fit import fit as compute
     from memtrace.tracer.fit import plan_accumulation
 
+    writable(plot_file, "--plot", (".png", ".svg"))
     request = make_request(**options, gpu=gpu, headroom=headroom)
     with user_stdout_to_stderr(as_json):
         result = compute(request, gpu, headroom)
         plan = None
         if target_batch is not None:
             plan = plan_accumulation(request, gpu, headroom, target_batch, result)
+    if plot_file is not None:
+        from memtrace.tracer.plots import fit_figure, save
+
+        save(fit_figure(result, gpu.name), plot_file)
     data = result.to_json()
     if plan is not None:
         data["target_batch"] = {"target": target_batch, **vars(plan)}

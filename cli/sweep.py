@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,7 +13,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from memtrace.cli.common import GpuType, engine_options, headroom_option, make_request, user_stdout_to_stderr
+from memtrace.cli.common import (
+    GpuType,
+    engine_options,
+    headroom_option,
+    make_request,
+    plot_option,
+    user_stdout_to_stderr,
+    writable,
+)
 from memtrace.tracer.records import GpuSpec
 from memtrace.tracer.specs import Headroom, short_bytes
 
@@ -57,13 +66,20 @@ class SetType(click.ParamType):  # type: ignore[type-arg]
     default="table",
     show_default=True,
 )
+@plot_option("Write the figure: peak (and reserved) against the longest --set, budgets, the largest fit.")
 def sweep(
-    sets: tuple[Any, ...], gpus: tuple[GpuSpec, ...], headroom: Headroom, fmt: str, **options: Any
+    sets: tuple[Any, ...],
+    gpus: tuple[GpuSpec, ...],
+    headroom: Headroom,
+    fmt: str,
+    plot_file: Path | None,
+    **options: Any,
 ) -> None:
     """Simulate every combination of the --set values and tabulate peak and verdicts."""
-    from memtrace.tracer.fit import parse_sets
+    from memtrace.tracer.fit import budget_of, parse_sets
     from memtrace.tracer.fit import sweep as compute
 
+    writable(plot_file, "--plot", (".png", ".svg"))
     axes = parse_sets(list(sets))
     request = make_request(**options, headroom=headroom)
     total = 1
@@ -72,6 +88,11 @@ def sweep(
     with user_stdout_to_stderr(fmt != "table"), Progress(transient=True, disable=fmt != "table") as bar:
         task = bar.add_task("simulating", total=total)
         rows = compute(request, axes, list(gpus), headroom, lambda: bar.advance(task))
+    if plot_file is not None:
+        from memtrace.tracer.plots import save, sweep_figure
+
+        budgets = [(g.name, budget_of(g, headroom, request.config.device)) for g in gpus]
+        save(sweep_figure(rows, axes, budgets), plot_file)
     click.echo(render(rows, list(gpus), fmt), nl=False)
 
 

@@ -9,6 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from memtrace.tracer.palette import CATEGORY_COLOURS
 from memtrace.tracer.records import Category, CudaFigures, LayerRow, Result
 from memtrace.tracer.specs import human_bytes, short_bytes
 
@@ -118,7 +119,7 @@ def category_table(result: Result) -> Table:
     for cat in _ORDER:
         if by_cat.get(cat, 0) or result.totals.get(cat, 0):
             table.add_row(
-                CATEGORY_LABELS[cat],
+                Text(CATEGORY_LABELS[cat], style=CATEGORY_COLOURS[cat]),
                 f"{by_cat.get(cat, 0):,}",
                 short_bytes(by_cat.get(cat, 0)),
                 _pct(by_cat.get(cat, 0), result.peak.bytes),
@@ -144,7 +145,7 @@ def tensor_table(result: Result) -> Table:
     for t in result.peak.top_tensors:
         table.add_row(
             short_bytes(t.nbytes),
-            CATEGORY_LABELS[t.category],
+            Text(CATEGORY_LABELS[t.category], style=CATEGORY_COLOURS[t.category]),
             "x".join(map(str, t.shape)) or "scalar",
             t.dtype,
             t.op or "-",

@@ -1,0 +1,332 @@
+"""Pictures of a Result: the step's memory timeline, and peak against a dimension for fit and sweep.
+
+matplotlib is imported here only, lazily, with its Agg canvas (no display needed); figures are built with
+`matplotlib.figure.Figure`, never pyplot, so nothing global changes. Sizes read in the report's units: the
+left axis in GB (powers of ten), the right one in GiB.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.palette import (
+    BUDGET_COLOUR,
+    CATEGORY_COLOURS,
+    CATEGORY_ORDER,
+    PEAK_COLOUR,
+    PHASE_COLOURS,
+    RESERVED_COLOUR,
+)
+from memtrace.tracer.records import Result, StepTimeline
+from memtrace.tracer.report import CATEGORY_LABELS
+from memtrace.tracer.specs import human_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from memtrace.tracer.fit import FitResult, SweepRow
+
+SUFFIXES = (".png", ".svg")
+SIZE_INCHES = (12.0, 6.0)
+DPI = 100
+PEAK_GID = "peak"  # the peak marker's artist id (tests find it by this)
+CHOSEN_GID = "chosen"
+_UNITS = ((10**12, "TB", 2**40, "TiB"), (10**9, "GB", 2**30, "GiB"), (10**6, "MB", 2**20, "MiB"))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The axis unit: values are divided by `size`; the right axis shows the same in `binary` units."""
+
+    size: int
+    name: str
+    binary_size: int
+    binary_name: str
+
+
+def unit_for(largest: int) -> Unit:
+    for size, name, bsize, bname in _UNITS:
+        if largest >= size:
+            return Unit(size, name, bsize, bname)
+    return Unit(10**3, "kB", 2**10, "KiB")
+
+
+def _figure() -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=SIZE_INCHES, dpi=DPI, layout="constrained")
+
+
+def _binary_axis(ax: Axes, unit: Unit) -> None:
+    ratio = unit.size / unit.binary_size
+
+    def to_binary(v: Any) -> Any:
+        return v * ratio
+
+    def from_binary(v: Any) -> Any:
+        return v / ratio
+
+    right = ax.secondary_yaxis("right", functions=(to_binary, from_binary))
+    right.set_ylabel(unit.binary_name)
+
+
+def timeline_figure(result: Result) -> Figure:
+    """Memory over the steady-state step, stacked by category, phases as bands, the peak marked; the budget
+    as a line with --gpu, reserved memory as a second line on cuda."""
+    tl = result.timeline
+    if tl is None:
+        raise MemtraceError("this result has no timeline (saved by an older memtrace): trace the model again")
+    budget = result.verdict.budget_bytes if result.verdict else 0
+    unit = unit_for(max([result.peak.bytes, budget, *tl.reserved]))
+    fig = _figure()
+    ax = fig.add_subplot()
+    cats = [c for c in CATEGORY_ORDER if c in tl.by_category]
+    ax.stackplot(
+        tl.index,
+        *[[v / unit.size for v in tl.by_category[c]] for c in cats],
+        colors=[CATEGORY_COLOURS[c] for c in cats],
+        labels=[CATEGORY_LABELS.get(c, c.value) for c in cats],
+        linewidth=0,
+    )
+    phases = _phase_bands(ax, tl)
+    if tl.reserved:
+        ax.plot(
+            tl.index,
+            [v / unit.size for v in tl.reserved],
+            color=RESERVED_COLOUR,
+            lw=1.5,
+            label="reserved (max_memory_reserved)",
+        )
+    if result.verdict is not None:
+        ax.axhline(
+            budget / unit.size,
+            color=BUDGET_COLOUR,
+            ls="--",
+            lw=1.2,
+            label=f"budget on {result.verdict.gpu.name}: {human_bytes(budget)}",
+        )
+    ax.set_xlim(0, max(tl.events - 1, 1))
+    ax.set_ylim(0, max([result.peak.bytes, budget, *tl.reserved]) / unit.size * 1.2)
+    _peak_marker(ax, result, tl, unit)
+    ax.set_xlabel("event of the steady-state step (allocations and frees, in program order)")
+    ax.set_ylabel(unit.name)
+    _binary_axis(ax, unit)
+    ax.set_title(_title(result), loc="left", fontsize=11)
+    handles = ax.get_legend_handles_labels()[0] + phases
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.07, 1.0), fontsize=9, frameon=False)
+    return fig
+
+
+def _title(result: Result) -> str:
+    inputs = ", ".join(i.text() for i in result.inputs)
+    return (
+        f"{result.model.name}: {result.mode} step on {result.device}, inputs {inputs}\n"
+        f"peak {human_bytes(result.peak.bytes)} during {result.peak.phase.value}"
+    )
+
+
+def _phase_bands(ax: Axes, tl: StepTimeline) -> list[Artist]:
+    """Each phase run as a light band; its name on top where the band is wide enough to hold it. Returns
+    legend entries for the phases, where narrow bands get their name."""
+    from matplotlib.patches import Patch
+
+    seen = []
+    for band in tl.bands:
+        colour = PHASE_COLOURS[band.phase]
+        ax.axvspan(band.start - 0.5, band.end - 0.5, color=colour, alpha=0.10, lw=0)
+        if band.phase not in seen:
+            seen.append(band.phase)
+        if (band.end - band.start) >= 0.09 * tl.events:
+            ax.text(
+                (band.start + band.end) / 2,
+                0.985,
+                band.phase.value,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=9,
+                color=colour,
+            )
+    return [Patch(color=PHASE_COLOURS[p], alpha=0.25, label=f"phase: {p.value}") for p in seen]
+
+
+def _peak_marker(ax: Axes, result: Result, tl: StepTimeline, unit: Unit) -> None:
+    if tl.peak_index < 0:
+        return
+    y = result.peak.bytes / unit.size
+    ax.plot(
+        [tl.peak_index], [y], marker="v", markersize=11, color=PEAK_COLOUR, ls="none", gid=PEAK_GID, zorder=5
+    )
+    where = result.peak.op or "-"
+    if result.peak.module:
+        where += f" in {result.peak.module}"
+    right_half = tl.peak_index > 0.6 * tl.events
+    low = y < 0.6 * ax.get_ylim()[1]  # room above the peak: the label goes there, else below it
+    ax.annotate(
+        f"peak {human_bytes(result.peak.bytes)}\n{where}",
+        xy=(tl.peak_index, y),
+        xytext=(-14 if right_half else 14, 24 if low else -8),
+        textcoords="offset points",
+        ha="right" if right_half else "left",
+        va="bottom" if low else "top",
+        fontsize=9,
+        color=PEAK_COLOUR,
+        bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": PEAK_COLOUR, "alpha": 0.9},
+        arrowprops={"arrowstyle": "-", "color": PEAK_COLOUR},
+        zorder=6,
+    )
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a scaling figure: (x position, bytes) points, labelled; `dashed` for reserved memory."""
+
+    label: str
+    points: tuple[tuple[float, int], ...]
+    dashed: bool = False
+
+
+def scaling_figure(
+    series: Sequence[Series],
+    xlabel: str,
+    budgets: Sequence[tuple[str, int]],
+    chosen: tuple[float, int] | None,
+    title: str,
+    ticks: Sequence[tuple[float, str]] = (),
+    chosen_label: str = "chosen",
+) -> Figure:
+    """Peak against a dimension (batch, resolution, sequence), the budget lines, the chosen point marked."""
+    values = [b for s in series for _, b in s.points] + [b for _, b in budgets]
+    unit = unit_for(max(values, default=1))
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, s in enumerate(series):
+        xs, ys = zip(*s.points, strict=True) if s.points else ((), ())
+        ax.plot(
+            xs,
+            [y / unit.size for y in ys],
+            marker="o",
+            ms=4,
+            ls="--" if s.dashed else "-",
+            color=f"C{i}",
+            label=s.label,
+        )
+    for j, (name, budget) in enumerate(budgets):
+        ax.axhline(
+            budget / unit.size,
+            color=BUDGET_COLOUR,
+            ls=(0, (4, 2 + 2 * j)),
+            lw=1.2,
+            label=f"budget on {name}: {human_bytes(budget)}",
+        )
+    if chosen is not None:
+        ax.plot(
+            [chosen[0]],
+            [chosen[1] / unit.size],
+            marker="*",
+            ms=16,
+            color=PEAK_COLOUR,
+            ls="none",
+            gid=CHOSEN_GID,
+            zorder=5,
+            label=f"{chosen_label}: {human_bytes(chosen[1])}",
+        )
+    if ticks:
+        ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks])
+    ax.set_ylim(0, max(values, default=1) / unit.size * 1.12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(unit.name)
+    _binary_axis(ax, unit)
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.07, 1.0), fontsize=9, frameon=False)
+    return fig
+
+
+def fit_figure(fit: FitResult, gpu: str) -> Figure:
+    """`fit`: the figure held against the budget at each probed value, the largest value that fits marked.
+    Probes far above the budget (the search's first overshoots) are left off the chart's top."""
+    points = tuple(sorted(fit.probes))
+    chosen = (float(fit.max_value), fit.peak_bytes) if fit.max_value > 0 else None
+    title = f"fit on {gpu}: the largest {fit.symbol} that fits is {fit.max_value or 'none'}"
+    label = f"{'reserved' if fit.basis == 'reserved' else 'peak'} at each simulated {fit.symbol}"
+    chosen_label = f"largest {fit.symbol} that fits"
+    fig = scaling_figure(
+        [Series(label, points)], fit.symbol, [(gpu, fit.budget_bytes)], chosen, title, (), chosen_label
+    )
+    ax = fig.axes[0]
+    top = 2.5 * max(fit.budget_bytes, chosen[1] if chosen else 0)
+    if max((b for _, b in points), default=0) > top:
+        unit = unit_for(max(b for _, b in points))
+        ax.set_ylim(0, top / unit.size)
+        ax.set_title(title + f" ({sum(b > top for _, b in points)} probe(s) above the chart)", loc="left")
+    values = [v for v, _ in points]
+    if values and max(values) > 32 * max(min(values), 1):
+        ax.set_xscale("log", base=2)
+    return fig
+
+
+def sweep_figure(
+    rows: Sequence[SweepRow], axes: Sequence[Sequence[dict[str, int]]], budgets: Sequence[tuple[str, int]]
+) -> Figure:
+    """`sweep`: the peak (and reserved, on cuda) against the longest --set axis, a line per combination of
+    the others; the largest combination that fits the first GPU marked."""
+    along = max(range(len(axes)), key=lambda i: len(axes[i]))
+    keys = list(axes[along][0])
+    labels = ["x".join(str(b[k]) for k in keys) for b in axes[along]]
+    groups: dict[str, list[tuple[float, SweepRow]]] = {}
+    for row in rows:
+        if row.error:
+            continue
+        x = labels.index("x".join(str(row.values[k]) for k in keys))
+        rest = ", ".join(f"{k}={v}" for k, v in row.values.items() if k not in keys)
+        groups.setdefault(rest, []).append((float(x), row))
+    series: list[Series] = []
+    for rest, pts in groups.items():
+        name = f" ({rest})" if rest else ""
+        series.append(Series(f"peak{name}", tuple((x, r.peak_bytes) for x, r in pts)))
+        if any(r.reserved_bytes for _, r in pts):
+            series.append(
+                Series(f"reserved{name}", tuple((x, r.reserved_bytes) for x, r in pts), dashed=True)
+            )
+    chosen = None
+    if budgets:
+        fitting = [(x, r) for pts in groups.values() for x, r in pts if r.fits.get(budgets[0][0])]
+        if fitting:
+            at, best = max(fitting, key=lambda p: (p[1].peak_bytes, p[0]))
+            chosen = (at, best.reserved_bytes or best.peak_bytes)
+    title = "sweep: peak against " + "x".join(keys)
+    label = f"largest that fits {budgets[0][0]}" if budgets else ""
+    return scaling_figure(series, "x".join(keys), budgets, chosen, title, list(enumerate(labels)), label)
+
+
+def check_suffix(path: Path, what: str = "--plot") -> None:
+    if path.suffix.lower() not in SUFFIXES:
+        raise MemtraceError(f"{what} {path}: the suffix must be .png or .svg")
+
+
+def save(fig: Figure, path: Path) -> None:
+    """Write the figure as PNG or SVG (by suffix) at the figure's size and DPI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    check_suffix(path)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=DPI)
+
+
+def svg_text(fig: Figure) -> str:
+    """The figure as inline SVG (text drawn as paths: no font or network needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", dpi=DPI)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
