@@ -15,6 +15,7 @@ from memtrace.cli.bench import bench
 from memtrace.cli.compare import compare
 from memtrace.cli.fit import fit
 from memtrace.cli.gpus import gpus
+from memtrace.cli.show import show
 from memtrace.cli.sweep import sweep
 from memtrace.cli.trace import trace
 from memtrace.cli.verify import verify
@@ -41,7 +42,7 @@ def cli() -> None:
     """
 
 
-for command in (trace, fit, sweep, gpus, verify, compare, bench):
+for command in (trace, fit, sweep, gpus, verify, compare, bench, show):
     cli.add_command(command)
 
 
