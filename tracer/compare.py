@@ -44,8 +44,12 @@ class Comparison:
 
 
 def load_result(path: Path) -> Result:
+    """A saved result (`--output`), or the prediction a monitor file (`MemoryMonitor.to_json`) holds."""
     try:
-        return Result.from_json(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "history" in data and isinstance(data.get("prediction"), dict):
+            data = data["prediction"]
+        return Result.from_json(data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MemtraceError(f"{path} is not a memtrace result (memtrace ... --output FILE): {exc}") from exc
 
@@ -103,8 +107,11 @@ def _where(frames: list[Any]) -> str:
 def _with_monitor(result: Result, path: Path) -> Comparison:
     try:
         rows = json.loads(path.read_text())["history"]
-        measured = max(int(r["measured_peak_bytes"]) for r in rows)
-        reserved = max(int(r.get("reserved_bytes", 0)) for r in rows)
+        measured_rows = [r for r in rows if r["measured_peak_bytes"] is not None]  # null: not measured (cpu)
+        if not measured_rows:
+            raise MemtraceError(f"{path} holds no measured row (a monitor off CUDA measures nothing)")
+        measured = max(int(r["measured_peak_bytes"]) for r in measured_rows)
+        reserved = max(int(r.get("reserved_bytes") or 0) for r in measured_rows)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MemtraceError(f"{path} is not a memtrace monitor file (history rows): {exc}") from exc
     figures = [Check("allocated peak", result.all_steps_peak_bytes, measured)]
