@@ -29,13 +29,21 @@ def frames(info: StorageInfo) -> list[Frame]:
     module = info.module or "(model)"
     what = f"{info.category.value} made in {info.phase.value}, step {info.iteration + 1}"
     return [
-        {"filename": module, "line": 0, "name": info.op or "-"},
+        {"filename": module, "line": 0, "name": info.op or info.category.value},
         {"filename": "memtrace", "line": 0, "name": what},
     ]
 
 
 def _entry(action: str, addr: int, size: int, time: int, where: list[Frame]) -> dict[str, Any]:
-    return {"action": action, "addr": addr, "size": size, "stream": 0, "time_us": time, "frames": where}
+    return {
+        "action": action,
+        "addr": addr,
+        "size": size,
+        "stream": 0,
+        "time_us": time,
+        "frames": where,
+        "pool_id": (0, 0),  # the default pool (documented for 2.13's trace entries; older ones lack it)
+    }
 
 
 def _entries(served: Served, kind: Kind, info: StorageInfo, nbytes: int, time: int) -> list[dict[str, Any]]:
