@@ -60,6 +60,7 @@ def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
         for fn in ("backward", "grad"):
             stack.enter_context(_engine_watched(rec, fn))
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(_pack(rec), _unpack))
+        stack.enter_context(_resizes_seen(rec))
         stack.enter_context(_Mode(rec))
         yield rec
 
@@ -90,6 +91,26 @@ def _engine_watched(rec: Recorder, fn: str) -> Iterator[None]:
         yield
     finally:
         setattr(torch.autograd, fn, original)
+
+
+@contextmanager
+def _resizes_seen(rec: Recorder) -> Iterator[None]:
+    """`UntypedStorage.resize_` changes a storage's bytes without a dispatched op (FSDP2 frees its unsharded
+    parameters with `resize_(0)` and allocates them again with `resize_(n)`): tell the recorder."""
+    original = torch.UntypedStorage.resize_
+
+    @functools.wraps(original)
+    def resize(storage: torch.UntypedStorage, size: int) -> Any:
+        out = original(storage, size)
+        rec.sweep()
+        rec.resized(storage)
+        return out
+
+    torch.UntypedStorage.resize_ = resize  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        torch.UntypedStorage.resize_ = original  # type: ignore[method-assign]
 
 
 def _optimizer_pre(rec: Recorder) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch._C import DispatchKey
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -54,10 +55,11 @@ _PRECEDENCE = {
     Category.INPUT: 2,
     Category.OPTIMIZER_STATE: 3,
     Category.GRADIENT: 4,
-    Category.ACTIVATION: 5,
-    Category.OUTPUT: 6,
-    Category.TEMPORARY: 7,
-    Category.WORKSPACE: 8,
+    Category.COMMUNICATION: 5,
+    Category.ACTIVATION: 6,
+    Category.OUTPUT: 7,
+    Category.TEMPORARY: 8,
+    Category.WORKSPACE: 9,
 }
 
 
@@ -87,12 +89,14 @@ class Recorder:
         self._seq = itertools.count()
         self.persistent: dict[str, int] = {}  # library workspaces kept for the run, by name
         self.estimate: tuple[int, int] | None = None  # the largest unplaced workspace estimate
+        self.allocating_as: Category | None = None  # what new storages are while a caller says (distributed)
 
     # --- storages -------------------------------------------------------------------------------
     def track(self, t: torch.Tensor, category: Category | None, op: str) -> int | None:
         """Register a tensor's storage if new; returns its id. New storages emit an alloc event. On the cuda
         target, tensors off meta (the optimizers' CPU step counters) are host memory: not counted."""
-        if self.device.name == "cuda" and t.device.type != "meta":
+        t = local_tensor(t)
+        if self.device.name == "cuda" and not simulated(t):
             return None
         storage = t.untyped_storage()
         ref = StorageWeakRef(storage)
@@ -103,6 +107,7 @@ class Recorder:
             return found.sid
         sid = next(self._ids)
         nbytes = int(storage.nbytes())
+        category = category or self.allocating_as
         self.live[ref.cdata] = _Live(ref, sid)
         self.meta[sid] = _Meta(
             nbytes,
@@ -135,6 +140,20 @@ class Recorder:
             self.phase, self.recompute_depth = phase, depth
             del self.module_stack[stack:]
 
+    def resized(self, storage: torch.UntypedStorage) -> None:
+        """A storage resized in place (FSDP2 frees and re-allocates its unsharded parameters so): the old
+        bytes are freed, and the new ones, if any, are a new allocation of the same category."""
+        ref = StorageWeakRef(storage)
+        found = self.live.pop(ref.cdata, None)
+        category = self.allocating_as
+        if found is not None:
+            category = category or self.meta[found.sid].category
+            self._emit(Kind.FREE, found.sid, self.meta[found.sid].nbytes, "resize_")
+        nbytes = int(storage.nbytes())
+        if nbytes > 0:
+            sid = self._buffer(nbytes, "resize_", ref)
+            self.meta[sid].category = category
+
     def storage_id(self, t: torch.Tensor) -> int | None:
         """The id of the live storage behind a tensor, if the recorder knows it."""
         found = self.live.get(StorageWeakRef(t.untyped_storage()).cdata)
@@ -157,8 +176,11 @@ class Recorder:
             live = self.live.pop(key)
             self._emit(Kind.FREE, live.sid, self.meta[live.sid].nbytes, "")
 
-    def _buffer(self, nbytes: int, op: str) -> int:
+    def _buffer(self, nbytes: int, op: str, ref: StorageWeakRef | None = None) -> int:
+        """A storage of `nbytes` no tensor output made: a kernel's buffer, or a storage resized (`ref`)."""
         sid = next(self._ids)
+        if ref is not None:
+            self.live[ref.cdata] = _Live(ref, sid)
         self.meta[sid] = _Meta(
             nbytes,
             op,
@@ -374,6 +396,22 @@ _EXTRA_FLOPS: dict[str, Callable[[Any], int]] = {
 }
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2's parameters, gradients and optimizer state); any other tensor as is."""
+    inner = getattr(t, "_local_tensor", None)
+    return inner if isinstance(inner, torch.Tensor) else t
+
+
+def simulated(t: torch.Tensor) -> bool:
+    """A tensor of the simulation: on meta, or a FakeTensor (DDP and FSDP2 run under FakeTensorMode)."""
+    return t.device.type == "meta" or isinstance(t, FakeTensor)
+
+
+def _wrapper(cls: type) -> bool:
+    """A tensor subclass dispatching to inner tensors (DTensor); not the simulation's FakeTensor."""
+    return cls not in (torch.Tensor, FakeTensor) and "__torch_dispatch__" in vars(cls)
+
+
 def _node_seq() -> int:
     node = torch._C._current_autograd_node()
     return int(node._sequence_nr()) if node is not None else -1
@@ -407,6 +445,8 @@ class _Mode(TorchDispatchMode):
         self.rec = rec
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if any(_wrapper(t) for t in types):
+            return NotImplemented  # a wrapper (DTensor) runs its local ops, which come back here
         if _composite(func):  # under inference_mode composite ops reach the mode whole: run their parts
             with self:  # ATen's own C++ decomposition, not a Python one (dropout's clones its input)
                 return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **(kwargs or {}))
@@ -422,6 +462,8 @@ def _composite(func: Any) -> bool:
     before any dispatch mode sees them, except under inference_mode, which skips that key: there the parts
     (convolution, native_batch_norm, addmm) must still meet the recorder and the device rules."""
     name = func.name() if hasattr(func, "name") else ""
+    if name.startswith("prim::"):  # TorchScript's prim ops (prim::device, which DDP's reducer runs)
+        return False
     return bool(name) and (
         torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CompositeImplicitAutograd)
         and not torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CPU)

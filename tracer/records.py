@@ -25,6 +25,7 @@ class Category(str, Enum):
     TEMPORARY = "temporary"
     OUTPUT = "output"
     WORKSPACE = "workspace"  # a library's persistent workspace (cuBLAS), allocated once and kept
+    COMMUNICATION = "communication"  # DDP's buckets, FSDP2's all-gather and reduce-scatter buffers
 
 
 class Phase(str, Enum):

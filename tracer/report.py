@@ -27,6 +27,7 @@ CATEGORY_LABELS: dict[Category, str] = {
     Category.INPUT: "inputs",
     Category.OUTPUT: "outputs",
     Category.WORKSPACE: "library workspaces",
+    Category.COMMUNICATION: "communication buffers",
 }
 _ORDER = list(CATEGORY_LABELS)
 
