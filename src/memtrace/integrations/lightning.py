@@ -16,6 +16,7 @@ One optimizer (the first of `trainer.optimizers`) is read; manual optimization i
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,8 @@ def lightning_step(
         data = inputs[0] if single else inputs
         for i in range(accumulate):
             ctx = torch.autocast(device, dtype=amp) if amp is not None else contextlib.nullcontext()
-            with ctx:
+            with ctx, warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*self\.log\(\)")  # the copy has no trainer
                 out = model.training_step(data, i)  # type: ignore[operator]
             loss = out["loss"] if isinstance(out, Mapping) else out
             (loss / accumulate if accumulate > 1 else loss).backward()
