@@ -150,3 +150,17 @@ def test_conv_workspace_is_reported_beside_the_peak_not_in_it() -> None:
     assert simulate(_cnn, ["2x3x32x32"], device="cpu").cuda is None
     mlp = simulate(_mlp, ["8x64"], device="cuda")
     assert mlp.cuda is not None and mlp.cuda.cudnn_workspace_estimate is None
+
+
+def test_before_2_12_a_cublaslt_call_keeps_its_own_workspace_beside_cublas() -> None:
+    """Measured on an H200, torch 2.11.0+cu130: a Linear's addmm allocated the 32 MiB cuBLAS workspace and
+    then a 1 MiB cuBLASLt one, with TORCH_CUBLASLT_UNIFIED_WORKSPACE unset and with it 0."""
+    for env in ({}, {"TORCH_CUBLASLT_UNIFIED_WORKSPACE": "0"}):
+        assert not cw.unified(env, (2, 11))
+        assert cw.lt_sets_up_cublas(env, (2, 11))
+        assert cw.cublaslt_bytes("9.0", env, (2, 11)) == 1_048_576
+        assert cw.workspace_key(True, False, env, (2, 11)) == "cublaslt:main"
+    assert cw.unified({"TORCH_CUBLASLT_UNIFIED_WORKSPACE": "1"}, (2, 11))
+    assert cw.unified({}, (2, 13)) and not cw.lt_sets_up_cublas(
+        {"TORCH_CUBLASLT_UNIFIED_WORKSPACE": "0"}, (2, 13)
+    )

@@ -8,6 +8,7 @@ a reset, optionally with a memory snapshot recorded.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -138,6 +139,24 @@ def measure_cpu(model: nn.Module, batch: Batch, config: Config) -> Measured:
     return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events))
 
 
+@contextlib.contextmanager
+def sdpa_backend(name: str) -> Iterator[None]:
+    """`--sdpa-backend NAME` on the real GPU: that backend alone, as the simulation enables it."""
+    if name == "auto":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    with sdpa_kernel([backends[name]]):
+        yield
+
+
 def measure_cuda(
     model: nn.Module, batch: Batch, config: Config, snapshot: Path | None = None
 ) -> CudaMeasured:
@@ -149,7 +168,7 @@ def measure_cuda(
     torch.cuda.reset_peak_memory_stats()
     if snapshot is not None:
         torch.cuda.memory._record_memory_history(max_entries=1_000_000)
-    with routed_if(config.step is not None, "cuda", "cuda"):
+    with routed_if(config.step is not None, "cuda", "cuda"), sdpa_backend(config.sdpa_backend):
         run_program(model, batch, opt, plan, NullObserver(), iterations=config.iterations)
     torch.cuda.synchronize()
     if snapshot is not None:

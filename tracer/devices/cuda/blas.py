@@ -24,9 +24,21 @@ def with_workspace(work: Workspace | None, lt: bool = False) -> Workspace:
         ws.outputs()
     arch = attention.current().gpu.compute_capability
     backward_thread = torch._C._current_autograd_node() is not None
-    nbytes = cublas_workspace.cublaslt_bytes(arch) if lt else cublas_workspace.cublas_bytes(arch)
-    ws.persist(cublas_workspace.workspace_key(lt, backward_thread), nbytes)
+    version = installed_torch()
+    if not lt or cublas_workspace.lt_sets_up_cublas(None, version):
+        ws.persist(
+            cublas_workspace.workspace_key(False, backward_thread), cublas_workspace.cublas_bytes(arch)
+        )
+    if lt:
+        key = cublas_workspace.workspace_key(True, backward_thread, None, version)
+        ws.persist(key, cublas_workspace.cublaslt_bytes(arch, None, version))
     return ws
+
+
+def installed_torch() -> tuple[int, int]:
+    """(major, minor) of the PyTorch that runs: the version-dependent workspace rules follow it."""
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
 
 
 @rule("cuda", "aten.mm.default")

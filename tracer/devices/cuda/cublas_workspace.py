@@ -61,24 +61,50 @@ def cublas_bytes(compute_capability: str, env: Mapping[str, str] | None = None) 
     return sum(int(size) * 1024 * int(count) for size, count in groups)
 
 
-def unified(env: Mapping[str, str] | None = None) -> bool:
-    """Whether cuBLASLt shares the cuBLAS workspace (TORCH_CUBLASLT_UNIFIED_WORKSPACE unset or 1)."""
-    return (os.environ if env is None else env).get("TORCH_CUBLASLT_UNIFIED_WORKSPACE") != "0"
+# The first release whose cuBLASLt shares the cuBLAS workspace by default (pytorch#168175, #175879; both
+# after the 2.11 branch cut). Measured on an H200 with torch 2.11.0+cu130: an `addmm` with a 1-d bias
+# allocates the 32 MiB cuBLAS workspace (`setWorkspaceForHandle`) and then its own 1 MiB cuBLASLt workspace
+# (`getCUDABlasLtWorkspace`), with the variable unset and with it 0 alike.
+UNIFIED_SINCE = (2, 12)
+Version = tuple[int, int]
 
 
-def cublaslt_bytes(compute_capability: str, env: Mapping[str, str] | None = None) -> int:
+def unified(env: Mapping[str, str] | None = None, torch_version: Version = UNIFIED_SINCE) -> bool:
+    """Whether cuBLASLt shares the cuBLAS workspace: TORCH_CUBLASLT_UNIFIED_WORKSPACE=1, or unset on a
+    PyTorch that unifies by default."""
+    value = (os.environ if env is None else env).get("TORCH_CUBLASLT_UNIFIED_WORKSPACE")
+    if value in ("0", "1"):
+        return value == "1"
+    return torch_version >= UNIFIED_SINCE
+
+
+def lt_sets_up_cublas(env: Mapping[str, str] | None = None, torch_version: Version = UNIFIED_SINCE) -> bool:
+    """Whether a cuBLASLt call also makes its thread's cuBLAS workspace: always when unified (it is the
+    workspace it uses), and before 2.12 without unification too (the handle was fetched with setup; measured
+    on 2.11), but not from 2.12 on (`getCurrentCUDABlasHandle(false)`)."""
+    return unified(env, torch_version) or torch_version < UNIFIED_SINCE
+
+
+def cublaslt_bytes(
+    compute_capability: str, env: Mapping[str, str] | None = None, torch_version: Version = UNIFIED_SINCE
+) -> int:
     """The bytes a cuBLASLt call's first use on a (handle, stream) allocates: the cuBLAS workspace when
     unified, else CUBLASLT_WORKSPACE_SIZE KiB (std::stoi of it; invalid or out of range: 1024; a negative
     value, which PyTorch would wrap to a huge size_t, is taken as invalid)."""
     env = os.environ if env is None else env
-    if unified(env):
+    if unified(env, torch_version):
         return cublas_bytes(compute_capability, env)
     found = _STOI.match(env.get("CUBLASLT_WORKSPACE_SIZE", ""))
     kib = int(found.group(1)) if found else LT_DEFAULT_KIB
     return (kib if 0 <= kib <= _INT_MAX else LT_DEFAULT_KIB) * 1024
 
 
-def workspace_key(lt: bool, backward_thread: bool, env: Mapping[str, str] | None = None) -> str:
+def workspace_key(
+    lt: bool,
+    backward_thread: bool,
+    env: Mapping[str, str] | None = None,
+    torch_version: Version = UNIFIED_SINCE,
+) -> str:
     """Which workspace map entry a call uses: the library's map (one, when unified) and the host thread."""
-    library = "cublaslt" if lt and not unified(env) else "cublas"
+    library = "cublaslt" if lt and not unified(env, torch_version) else "cublas"
     return f"{library}:{'autograd' if backward_thread else 'main'}"
