@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 SUFFIXES = (".png", ".svg")
 SIZE_INCHES = (12.0, 6.0)
 DPI = 100
+BUDGET_SHOWN_UP_TO = 2.5  # a budget above this many times the step's top is named, not drawn to scale
 PEAK_GID = "peak"  # the peak marker's artist id (tests find it by this)
 CHOSEN_GID = "chosen"
 _UNITS = ((10**12, "TB", 2**40, "TiB"), (10**9, "GB", 2**30, "GiB"), (10**6, "MB", 2**20, "MiB"))
@@ -83,8 +84,10 @@ def timeline_figure(result: Result) -> Figure:
     tl = result.timeline
     if tl is None:
         raise MemtraceError("this result has no timeline (saved by an older memtrace): trace the model again")
+    data_top = max([result.peak.bytes, *tl.reserved])
     budget = result.verdict.budget_bytes if result.verdict else 0
-    unit = unit_for(max([result.peak.bytes, budget, *tl.reserved]))
+    top = max(data_top, budget if budget <= BUDGET_SHOWN_UP_TO * data_top else 0)
+    unit = unit_for(top)
     fig = _figure()
     ax = fig.add_subplot()
     cats = [c for c in CATEGORY_ORDER if c in tl.by_category]
@@ -105,15 +108,11 @@ def timeline_figure(result: Result) -> Figure:
             label="reserved (max_memory_reserved)",
         )
     if result.verdict is not None:
-        ax.axhline(
-            budget / unit.size,
-            color=BUDGET_COLOUR,
-            ls="--",
-            lw=1.2,
-            label=f"budget on {result.verdict.gpu.name}: {human_bytes(budget)}",
-        )
+        above = ", above the chart" if budget > top else ""
+        label = f"budget on {result.verdict.gpu.name}: {human_bytes(budget)}{above}"
+        ax.axhline(budget / unit.size, color=BUDGET_COLOUR, ls="--", lw=1.2, label=label)
     ax.set_xlim(0, max(tl.events - 1, 1))
-    ax.set_ylim(0, max([result.peak.bytes, budget, *tl.reserved]) / unit.size * 1.2)
+    ax.set_ylim(0, top / unit.size * 1.2)
     _peak_marker(ax, result, tl, unit)
     ax.set_xlabel("event of the steady-state step (allocations and frees, in program order)")
     ax.set_ylabel(unit.name)
@@ -140,7 +139,7 @@ def _phase_bands(ax: Axes, tl: StepTimeline) -> list[Artist]:
     seen = []
     for band in tl.bands:
         colour = PHASE_COLOURS[band.phase]
-        ax.axvspan(band.start - 0.5, band.end - 0.5, color=colour, alpha=0.10, lw=0)
+        ax.axvspan(band.start - 0.5, band.end - 0.5, color=colour, alpha=0.10, lw=0, zorder=0)
         if band.phase not in seen:
             seen.append(band.phase)
         if (band.end - band.start) >= 0.09 * tl.events:
