@@ -16,13 +16,14 @@ import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.measure import on_this_gpu
 from memtrace.tracer.recipes import Recipe
 from memtrace.tracer.records import GpuSpec, InputSpec, Result
 from memtrace.tracer.simulate import Config, Request, as_builder, input_specs, run
@@ -156,7 +157,7 @@ def predict(
     )
     request = Request(builder or as_builder(model), batch_specs(batch), (), config, settings.gpu)
     with outside_the_step():
-        return run(_on_this_gpu(request))
+        return run(on_this_gpu(request))
 
 
 @contextmanager
@@ -180,14 +181,6 @@ def outside_the_step() -> Iterator[None]:
             torch.set_autocast_enabled(d, enabled[d])
         for _ in range(levels):
             torch.autocast_increment_nesting()
-
-
-def _on_this_gpu(request: Request) -> Request:
-    """On CUDA, the kernels chosen for the GPU the run is on (its compute capability)."""
-    if request.config.device != "cuda" or not torch.cuda.is_available() or request.config.arch is not None:
-        return request
-    arch = "{}.{}".format(*torch.cuda.get_device_capability())
-    return replace(request, config=replace(request.config, arch=arch))
 
 
 def this_device(device: str) -> GpuSpec:
