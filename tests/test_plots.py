@@ -198,3 +198,40 @@ def test_scaling_figure_marks_the_chosen_point(tmp_path: Path) -> None:
     pixels = _pixels(path)
     _not_blank(pixels)
     assert _near(pixels, *ax.transData.transform((4.0, 8.0)), PEAK_COLOUR)
+
+
+def test_sweep_figure_marks_the_largest_that_fits(tmp_path: Path) -> None:
+    from memtrace.tracer.fit import SweepRow
+    from memtrace.tracer.plots import sweep_figure
+
+    axes = [[{"B": 1}, {"B": 2}], [{"H": 100, "W": 200}, {"H": 200, "W": 400}, {"H": 400, "W": 800}]]
+    rows = []
+    for b in (1, 2):
+        for i, hw in enumerate(axes[1]):
+            peak = b * 10**9 * 4**i
+            rows.append(SweepRow({"B": b, **hw}, 0, 0, 0, peak, {"gpu": peak <= 5 * 10**9}, "", peak + 10**8))
+    fig = sweep_figure(rows, axes, [("gpu", 5 * 10**9)])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["100x200", "200x400", "400x800"]
+    lines = {str(line.get_label()): line for line in ax.get_lines()}
+    assert list(lines["peak (B=2)"].get_ydata()) == [2.0, 8.0, 32.0]
+    assert lines["peak (B=2)"].get_color() == lines["reserved (B=2)"].get_color()
+    (chosen,) = [line for line in ax.get_lines() if line.get_gid() == CHOSEN_GID]
+    assert list(chosen.get_xdata()) == [1.0]  # 200x400 at B=1: 4 GB, the largest that fits
+    assert list(chosen.get_ydata()) == [4.1]  # its reserved memory, what the verdict holds
+    save(fig, tmp_path / "sweep.png")
+    _not_blank(_pixels(tmp_path / "sweep.png"))
+
+
+def test_fit_figure_marks_the_value_found() -> None:
+    from memtrace.tracer.fit import FitResult
+    from memtrace.tracer.plots import fit_figure
+
+    probes = ((1, 10**9), (8, 3 * 10**9), (12, 4 * 10**9), (13, 5 * 10**9 + 1), (1024, 400 * 10**9))
+    fit = FitResult("B", 12, 4 * 10**9, 5 * 10**9 + 1, 5 * 10**9, 5, probes, basis="reserved")
+    ax = fit_figure(fit, "gpu").axes[0]
+    (chosen,) = [line for line in ax.get_lines() if line.get_gid() == CHOSEN_GID]
+    assert list(chosen.get_xdata()) == [12.0] and list(chosen.get_ydata()) == [4.0]
+    assert ax.get_ylim()[1] == 12.5  # the 400 GB overshoot is left above the chart
+    assert "1 probe(s) above the chart" in ax.get_title(loc="left")
+    assert ax.get_xscale() == "log"

@@ -190,6 +190,7 @@ class Series:
     label: str
     points: tuple[tuple[float, int], ...]
     dashed: bool = False
+    colour: int = -1  # matplotlib's colour cycle index (C0, C1, ...); -1: the series' own position
 
 
 def scaling_figure(
@@ -214,7 +215,7 @@ def scaling_figure(
             marker="o",
             ms=4,
             ls="--" if s.dashed else "-",
-            color=f"C{i}",
+            color=f"C{s.colour if s.colour >= 0 else i}",
             label=s.label,
         )
     for j, (name, budget) in enumerate(budgets):
@@ -288,13 +289,12 @@ def sweep_figure(
         rest = ", ".join(f"{k}={v}" for k, v in row.values.items() if k not in keys)
         groups.setdefault(rest, []).append((float(x), row))
     series: list[Series] = []
-    for rest, pts in groups.items():
+    for g, (rest, pts) in enumerate(groups.items()):
         name = f" ({rest})" if rest else ""
-        series.append(Series(f"peak{name}", tuple((x, r.peak_bytes) for x, r in pts)))
+        series.append(Series(f"peak{name}", tuple((x, r.peak_bytes) for x, r in pts), colour=g))
         if any(r.reserved_bytes for _, r in pts):
-            series.append(
-                Series(f"reserved{name}", tuple((x, r.reserved_bytes) for x, r in pts), dashed=True)
-            )
+            reserved = tuple((x, r.reserved_bytes) for x, r in pts)
+            series.append(Series(f"reserved{name}", reserved, dashed=True, colour=g))
     chosen = None
     if budgets:
         fitting = [(x, r) for pts in groups.values() for x, r in pts if r.fits.get(budgets[0][0])]
