@@ -134,9 +134,13 @@ def _gates(
     bad = any(m.failing for m in errors) or bool(pure.failed_cases(run))
     if old is not None and not updating:
         moves = pure.growth(run, old, threshold)
+        skipped = sorted({m.why for m in moves if m.change is None})
+        moves = [m for m in moves if m.change is not None]
+        for why in skipped:
+            console.print(f"Growth gate skipped: {escape(why.removeprefix('not compared: '))}")
         if moves:
             console.print(_moves_table(moves, threshold))
-        else:
+        elif not skipped:
             console.print("No peak moved from the baseline.")
         bad = bad or any(m.failing for m in moves)
     failing = [m for m in errors if m.failing]
