@@ -72,6 +72,20 @@ class ToleranceType(_SpecType):
     parser = staticmethod(specs.parse_tolerance)
 
 
+class WorldType(click.ParamType):  # type: ignore[type-arg]
+    name = "N|W"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from memtrace.tracer.parallel import parse_world
+
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_world(value)
+        except MemtraceError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class KeyValueType(_SpecType):
     name = "KEY=VALUE"
     parser = staticmethod(specs.parse_kv)
@@ -196,10 +210,66 @@ def engine_options(fn: F) -> F:
             default=None,
             help="Your own step function, FILE.py:FUNC, called as FUNC(model, inputs, optimizer).",
         ),
+        *_parallel_options(),
     ]
     for deco in reversed(decorators):
         fn = deco(fn)
     return fn
+
+
+def _parallel_options() -> list[Callable[[F], F]]:
+    """--ddp / --fsdp and their engines' options (tracer/parallel.py)."""
+    return [
+        click.option(
+            "--ddp", type=WorldType(), default=None, help="One rank of DistributedDataParallel on N ranks."
+        ),
+        click.option(
+            "--bucket-cap-mb",
+            "bucket_cap_mb",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="DDP's bucket cap in MB (default: PyTorch's, 25).",
+        ),
+        click.option(
+            "--fsdp", type=WorldType(), default=None, help="One rank of FSDP2 (fully_shard) on N ranks."
+        ),
+        click.option(
+            "--reshard-after-forward",
+            "reshard_after_forward",
+            type=click.Choice(["yes", "no"]),
+            default="yes",
+            show_default=True,
+            help="FSDP2: free the unsharded parameters after forward (all-gather again in backward).",
+        ),
+        click.option(
+            "--fsdp-wrap",
+            "fsdp_wrap",
+            multiple=True,
+            help="FSDP2: fully_shard the outermost modules matching this glob (the root always); repeatable.",
+        ),
+        click.option(
+            "--fsdp-param-dtype",
+            "fsdp_param_dtype",
+            type=click.Choice(["bf16", "fp16", "fp32"]),
+            default=None,
+            help="FSDP2's MixedPrecisionPolicy param_dtype (compute in it; fp32 sharded parameters).",
+        ),
+        click.option(
+            "--fsdp-reduce-dtype",
+            "fsdp_reduce_dtype",
+            type=click.Choice(["bf16", "fp16", "fp32"]),
+            default=None,
+            help="FSDP2's MixedPrecisionPolicy reduce_dtype (the gradients' reduce-scatter).",
+        ),
+        click.option("--cpu-offload", "cpu_offload", is_flag=True, help="FSDP2's CPUOffloadPolicy."),
+        click.option(
+            "--rank",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="The rank simulated (ranks differ where shards are uneven).",
+        ),
+    ]
 
 
 def gpu_option(required: bool = False) -> Callable[[F], F]:
@@ -254,8 +324,18 @@ def make_request(
     cudnn_version: int | None = None,
     gpu: Any = None,
     headroom: Any = None,
+    ddp: int | str | None = None,
+    bucket_cap_mb: float | None = None,
+    fsdp: int | str | None = None,
+    reshard_after_forward: str = "yes",
+    fsdp_wrap: tuple[str, ...] = (),
+    fsdp_param_dtype: str | None = None,
+    fsdp_reduce_dtype: str | None = None,
+    cpu_offload: bool = False,
+    rank: int = 0,
 ) -> Request:
     """The engine request the common options describe (imports torch)."""
+    from memtrace.tracer.parallel import parallel_from_flags
     from memtrace.tracer.recipes import Recipe
     from memtrace.tracer.simulate import Config, Request
 
@@ -274,6 +354,17 @@ def make_request(
         alloc_conf=alloc_conf,
         sdpa_backend=sdpa_backend,
         cudnn_version=cudnn_version,
+        parallel=parallel_from_flags(
+            ddp,
+            fsdp,
+            rank,
+            bucket_cap_mb,
+            reshard_after_forward,
+            tuple(fsdp_wrap),
+            fsdp_param_dtype,
+            fsdp_reduce_dtype,
+            cpu_offload,
+        ),
     )
     return Request(model, tuple(inputs), tuple(args), config, gpu, headroom)
 

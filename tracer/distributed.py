@@ -37,24 +37,24 @@ from memtrace.tracer.records import Category
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def wrap_model(model: nn.Module, parallel: Parallel, mesh: Any, simulated: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module, parallel: Parallel, mesh: Any, simulated: bool = False, init_sync: bool = True
+) -> nn.Module:
     """The model as the step calls it: `DistributedDataParallel(model)`, or the model after `fully_shard` of
     the `--fsdp-wrap` modules (innermost first) and of the root. The same code for the simulation and for a
-    real run (`simulated` adds the named patches)."""
+    real run (`simulated` adds the named patches; `init_sync` is DDP's, off when simulated)."""
     if parallel.engine == "ddp":
-        return _ddp(model, parallel, simulated)
+        return _ddp(model, parallel, simulated, init_sync and not simulated)
     _fsdp(model, parallel, mesh)
     return model
 
 
-def _ddp(model: nn.Module, parallel: Parallel, simulated: bool) -> nn.Module:
+def _ddp(model: nn.Module, parallel: Parallel, simulated: bool, init_sync: bool) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"init_sync": init_sync}
     if parallel.bucket_cap_mb is not None:
         kwargs["bucket_cap_mb"] = parallel.bucket_cap_mb
-    if simulated:
-        kwargs["init_sync"] = False
     wrapped = DistributedDataParallel(model, **kwargs)
     if simulated:
         wrapped.register_comm_hook(None, _reduced_in_place)
@@ -164,6 +164,10 @@ def simulated_world(parallel: Parallel | None) -> Iterator[World | None]:
     if parallel is None:
         yield None
         return
+    if not isinstance(parallel.world, int):
+        raise MemtraceError(
+            f"--{parallel.engine} {parallel.world}: a symbolic world size is for fit and sweep; give a number"
+        )
     if not dist.is_available():
         raise MemtraceError("this PyTorch build has no torch.distributed: --ddp and --fsdp need it")
     if dist.is_initialized():

@@ -322,6 +322,10 @@ class Recorder:
         self.phase, self.iteration = Phase.SETUP, iteration
         self.module_stack = [""]
         self.failed_in = ""
+        for p in self.params:  # a parameter whose storage was replaced (FSDP2 re-pads uneven shards)
+            sid = self.storage_id(local_tensor(p))
+            if sid is not None:
+                self.mark(sid, Category.PARAMETER)
 
     def enter(self, phase: Phase) -> None:
         """The step moves to `phase` (said by the default step, or found by a hook)."""

@@ -304,6 +304,7 @@ class Result:
     cuda: CudaFigures | None = None  # on --device cuda: allocated, requested, reserved
     timeline: StepTimeline | None = None  # the steady-state step, compacted for the pictures
     flags: dict[str, Any] = field(default_factory=dict)  # the command's options, as the CLI parsed them
+    parallel: str = ""  # the data-parallel job one rank of which was simulated (`fsdp 8 (rank 0; ...)`)
 
     @property
     def all_steps_peak_bytes(self) -> int:
@@ -355,6 +356,7 @@ class Result:
                 "free_output": self.free_output,
                 "cuda": {**asdict(self.cuda), "segments": list(self.cuda.segments)} if self.cuda else None,
                 "flags": self.flags,
+                "parallel": self.parallel,
             }
         )
         data["timeline"] = self.timeline.to_json() if self.timeline else None
@@ -397,6 +399,7 @@ class Result:
             cuda=_cuda_from(data.get("cuda")),
             timeline=StepTimeline.from_json(data["timeline"]) if data.get("timeline") else None,
             flags=dict(data.get("flags") or {}),
+            parallel=data.get("parallel", ""),
         )
 
 

@@ -48,6 +48,8 @@ def header(result: Result) -> Text:
         text.append(f", optimizer {result.optimizer}")
     text.append("; inputs " + ", ".join(i.text() for i in result.inputs))
     text.append(f"\n  step: {step_text(result)}")
+    if result.parallel:
+        text.append(f"\n  data parallel: {result.parallel}; the figures are this rank's")
     if result.recipe != "fp32":
         text.append(f"\n  recipe: {result.recipe}")
     if result.accumulate > 1 and result.effective_batch:

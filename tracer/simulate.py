@@ -281,6 +281,7 @@ def analyse(
         step=config.step_text(),
         loss=config.loss_text(),
         free_output=config.free_output,
+        parallel=config.parallel.text() if config.parallel is not None else "",
         timeline=step_timeline(trace, last, peak.seq, reserved),
     )
 

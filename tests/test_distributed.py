@@ -1,0 +1,168 @@
+"""DDP and FSDP2 per rank: memtrace's simulation on the fake process group against real gloo runs.
+
+The ground truth is benchmarks/dist_reference.py under `torchrun --nproc-per-node 2` on gloo: each rank's
+CPU-allocator peak, measured as tests/reference.py measures one process. One launch measures every case.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch.distributed as dist
+from click.testing import CliRunner
+
+from memtrace.cli.main import cli, main
+from memtrace.tracer.distributed import fsdp_targets
+from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.loader import load_object
+from memtrace.tracer.parallel import Parallel
+from memtrace.tracer.records import Category, Result
+from memtrace.tracer.simulate import Config, Request, run
+from memtrace.tracer.specs import parse_input, parse_tolerance
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = str(ROOT / "benchmarks" / "models" / "dist_models.py")
+TOLERANCE = parse_tolerance("1%")
+
+# (name, builder, input, engine, FSDP2 wrap globs)
+CASES = [
+    ("cnn-ddp", "cnn", "8x3x32x32", "ddp", ()),
+    ("cnn-fsdp", "cnn", "8x3x32x32", "fsdp", ()),
+    ("lm-ddp", "lm", "4x64:int64", "ddp", ()),
+    ("lm-fsdp", "lm", "4x64:int64", "fsdp", ("blocks.*",)),
+]
+RANKS = (0, 1)
+
+gloo = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not available in this PyTorch build: no real run to hold against",
+)
+
+
+def _case_args(builder: str, shape: str, engine: str, wrap: tuple[str, ...]) -> list[str]:
+    args = [f"{MODELS}:{builder}", "--input", shape]
+    if engine == "fsdp":
+        args.append("--fsdp")
+    for glob in wrap:
+        args += ["--fsdp-wrap", glob]
+    return args
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every case's per-rank figures from one real 2-rank gloo launch."""
+    out = tmp_path_factory.mktemp("gloo")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += [str(ROOT / "benchmarks" / "dist_reference.py"), "--out", str(out)]
+    for i, (_, builder, shape, engine, wrap) in enumerate(CASES):
+        command += ([";"] if i else []) + _case_args(builder, shape, engine, wrap)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {
+        (name, rank): json.loads((out / f"case{i}-rank{rank}.json").read_text())
+        for i, (name, *_) in enumerate(CASES)
+        for rank in RANKS
+    }
+
+
+def _simulate(builder: str, shape: str, engine: str, wrap: tuple[str, ...], rank: int) -> Result:
+    parallel = Parallel(engine, 2, rank, wrap=wrap)
+    config = Config(device="cpu", parallel=parallel)
+    return run(Request(f"{MODELS}:{builder}", (parse_input(shape),), (), config))
+
+
+@gloo
+@pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize(("name", "builder", "shape", "engine", "wrap"), CASES, ids=[c[0] for c in CASES])
+def test_per_rank_peak_within_1_percent_of_gloo(
+    measured: dict[tuple[str, int], dict[str, Any]],
+    name: str,
+    builder: str,
+    shape: str,
+    engine: str,
+    wrap: tuple[str, ...],
+    rank: int,
+) -> None:
+    real = measured[(name, rank)]
+    result = _simulate(builder, shape, engine, wrap, rank)
+    error = (result.peak_bytes - real["peak"]) / real["peak"]
+    assert abs(error) <= TOLERANCE, (
+        f"{name} rank {rank}: {result.peak_bytes:,} vs {real['peak']:,} ({error:+.3%})"
+    )
+    assert result.peak.by_category.get(Category.COMMUNICATION, 0) > 0
+    assert sum(result.peak.by_category.values()) == result.peak_bytes
+
+
+def test_uneven_shards_differ_between_ranks() -> None:
+    """The LM's vocabulary (1001) splits 501/500: FSDP2 pads rank 1's shards of the embedding and the head to
+    rank 0's size, but Adam's state follows the unpadded shard, so rank 1 holds 2 x 2 x 128 fp32 fewer."""
+    first, second = (_simulate("lm", "4x64:int64", "fsdp", ("blocks.*",), r) for r in RANKS)
+    assert first.peak.by_category[Category.PARAMETER] == second.peak.by_category[Category.PARAMETER]
+    state = [r.peak.by_category[Category.OPTIMIZER_STATE] for r in (first, second)]
+    assert state[0] - state[1] == 2 * 2 * 128 * 4
+
+
+def test_fsdp_shards_parameters_and_optimizer_state() -> None:
+    """Against DDP on the same model, FSDP2 on 2 ranks holds about half the parameters and Adam's state."""
+    ddp = _simulate("lm", "4x64:int64", "ddp", (), 0)
+    fsdp = _simulate("lm", "4x64:int64", "fsdp", ("blocks.*",), 1)
+    for category in (Category.PARAMETER, Category.OPTIMIZER_STATE):
+        ratio = fsdp.peak.by_category[category] / ddp.peak.by_category[category]
+        assert 0.45 < ratio < 0.55, (category, ratio)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"engine": "ddp", "world": 2, "rank": 2}, "--rank 2 is not a rank"),
+        ({"engine": "ddp", "world": 0}, "from 1 to 1024"),
+        ({"engine": "ddp", "world": 2, "wrap": ("blocks.*",)}, "--fsdp-wrap is an FSDP2 option"),
+        ({"engine": "fsdp", "world": 2, "bucket_cap_mb": 10.0}, "--bucket-cap-mb"),
+        ({"engine": "fsdp", "world": 2, "param_dtype": "int8"}, "unknown --fsdp-param-dtype"),
+    ],
+)
+def test_bad_options_are_one_line_errors(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(MemtraceError, match=message):
+        Parallel(**kwargs)
+
+
+def test_wrap_globs_shard_outermost_matches_innermost_first() -> None:
+    model = load_object(f"{MODELS}:lm")()
+    assert fsdp_targets(model, ("blocks.*",)) == ["blocks.0", "blocks.1"]
+    nested = fsdp_targets(model, ("blocks.*", "blocks.*.attn"))
+    assert nested[:2] == ["blocks.0.attn", "blocks.1.attn"]
+    with pytest.raises(MemtraceError, match="matches no module"):
+        fsdp_targets(model, ("layers.*",))
+
+
+def test_cli_reports_the_rank_and_communication() -> None:
+    out = CliRunner().invoke(
+        cli, [f"{MODELS}:lm", "--input", "4x64:int64", "--device", "cpu", "--fsdp", "2", "--rank", "1"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "fsdp 2 (rank 1" in out.output
+    assert "communication" in out.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ddp", "2", "--fsdp", "2"], "--ddp and --fsdp are two engines"),
+        (["--rank", "1"], "--rank describes a data-parallel job"),
+        (["--fsdp", "W"], "a symbolic world size is for fit and sweep"),
+        (["--ddp", "2", "--cpu-offload"], "--cpu-offload is an FSDP2 option"),
+    ],
+)
+def test_cli_refuses_bad_engine_flags(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([f"{MODELS}:lm", "--input", "4x64:int64", *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
