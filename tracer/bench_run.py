@@ -7,7 +7,7 @@ for `--device cuda` where there is no GPU, the case is simulated only (measured 
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import platform
 import time
 from collections.abc import Sequence
@@ -78,14 +78,17 @@ def request_for(case: Case, device: str) -> Request:
 
 
 def missing(case: Case) -> str | None:
-    """The first module the case needs that is not importable here (find_spec does not import it)."""
+    """Why a module the case needs is not usable here (absent, or failing to import: a torchvision built for
+    another torch stops at `torchvision::nms`), or None."""
+    from memtrace.tracer.errors import first_line
+
     for name in case.needs:
         try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            return name
+            importlib.import_module(name)
+        except ImportError:
+            return f"needs {name} (pip install 'torch-memtrace[bench]')"
+        except Exception as exc:  # an import that raises something else is as unusable
+            return f"needs {name}, which does not import here: {first_line(exc)}"
     return None
 
 
@@ -95,7 +98,7 @@ def run_case(case: Case, device: str, measure: bool) -> CaseResult:
 
     lacking = missing(case)
     if lacking is not None:
-        return CaseResult(case.name, "skipped", f"needs {lacking} (pip install 'torch-memtrace[bench]')")
+        return CaseResult(case.name, "skipped", lacking)
     try:
         request = request_for(case, device)
         t0 = time.perf_counter()
