@@ -234,3 +234,20 @@ def test_the_repository_suite_loads_and_its_ci_subset_needs_no_torchvision() -> 
     assert {"resnet50", "vit_b_16", "gpt2", "bert", "llama", "t5", "lstm_tagger", "unet_diffusion"} <= {
         c.name for c in suite
     }
+
+
+def test_a_needed_module_that_fails_to_import_skips_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memtrace.tracer.bench_run import run_case
+
+    (tmp_path / "broken_extension.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    row = run_case(Case("tv", "m.py:f", ("1x3x8x8",), needs=("broken_extension",)), "cpu", measure=True)
+    assert row.status == "skipped"
+    assert row.reason == (
+        "needs broken_extension, which does not import here: "
+        "RuntimeError: operator torchvision::nms does not exist"
+    )
