@@ -32,7 +32,13 @@ if TYPE_CHECKING:  # the bench records, without importing them at the CLI's star
 @click.option(
     "--filter", "text", default=None, help="Only cases with this tag (ci) or this text in the name."
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Whose allocator to model, and to measure on (cuda without a GPU: predicted only).",
+)
 @click.option("--no-measure", is_flag=True, help="Simulate only: no real step, no error gate.")
 @click.option(
     "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON."
