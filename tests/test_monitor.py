@@ -177,3 +177,23 @@ def test_bad_input_is_one_line() -> None:
         mon.step({"x": torch.randn(8, 64), "name": "a"})
     with pytest.raises(MemtraceError, match="needs the batch"):
         MemoryMonitor(model, opt, log=None).step()
+
+
+def test_on_cuda_the_allocator_s_peaks_are_read_and_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA reading's wiring, with the allocator's functions stood in for (no GPU here): peaks reset at
+    construction and after every reading, on the module's GPU."""
+    import memtrace.monitor as monitor
+
+    calls: list[tuple[str, int]] = []
+    figures = {"max_memory_allocated": 700, "max_memory_reserved": 900, "memory_allocated": 300}
+    figures["memory_reserved"] = 800
+    for name, value in figures.items():
+        monkeypatch.setattr(torch.cuda, name, lambda i, n=name, v=value: calls.append((n, i)) or v)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda i: calls.append(("reset", i)))
+    monkeypatch.setattr(monitor, "cuda_index", lambda model: 1)
+    result = memtrace.simulate(_mlp(), ["8x64"], optimizer="sgd", device="cpu")
+    mon = MemoryMonitor(_mlp(), None, every=1, result=result, log=None)
+    assert calls == [("reset", 1)]
+    row = mon.step()
+    assert row == Row(1, result.all_steps_peak_bytes, 700, 900, 300, 800)
+    assert calls[1:] == [(n, 1) for n in figures] + [("reset", 1)]

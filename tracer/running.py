@@ -98,9 +98,16 @@ def autocast_state(device_type: str) -> str | None:
 
 def module_device(model: nn.Module) -> str:
     """The simulated device for a real module: cuda when its parameters are on a GPU, else cpu."""
+    return "cuda" if cuda_index(model) is not None else "cpu"
+
+
+def cuda_index(model: nn.Module) -> int | None:
+    """The GPU the module's first tensor is on (the current one for a bare `cuda`), None off CUDA."""
     for t in (*model.parameters(), *model.buffers()):
-        return "cuda" if t.device.type == "cuda" else "cpu"
-    return "cpu"
+        if t.device.type != "cuda":
+            return None
+        return t.device.index if t.device.index is not None else torch.cuda.current_device()
+    return None
 
 
 def batch_specs(batch: Any) -> tuple[InputSpec, ...]:
@@ -183,30 +190,26 @@ def outside_the_step() -> Iterator[None]:
             torch.autocast_increment_nesting()
 
 
-def this_device(device: str) -> GpuSpec:
-    """The memory of the device the run is on: the current GPU's, or this machine's RAM."""
-    if device == "cuda" and torch.cuda.is_available():
-        index = torch.cuda.current_device()
+def this_device(model: nn.Module) -> GpuSpec:
+    """The memory of the device the module is on: its GPU's, or this machine's RAM."""
+    index = cuda_index(model)
+    if index is not None:
         props = torch.cuda.get_device_properties(index)
         return GpuSpec(torch.cuda.get_device_name(index), int(props.total_memory))
     return GpuSpec("this machine's RAM", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def cuda_reading() -> Reading:
-    """The caching allocator's peaks since the last reset and its current figures; then resets the peaks."""
+def cuda_reading(index: int) -> Reading:
+    """The caching allocator's peaks on GPU `index` since the last reset and its current figures; then
+    resets the peaks, so the next reading is the next window's."""
     reading = Reading(
-        int(torch.cuda.max_memory_allocated()),
-        int(torch.cuda.max_memory_reserved()),
-        int(torch.cuda.memory_allocated()),
-        int(torch.cuda.memory_reserved()),
+        int(torch.cuda.max_memory_allocated(index)),
+        int(torch.cuda.max_memory_reserved(index)),
+        int(torch.cuda.memory_allocated(index)),
+        int(torch.cuda.memory_reserved(index)),
     )
-    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.reset_peak_memory_stats(index)
     return reading
-
-
-def reset_cuda_peaks() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
 
 
 @contextmanager

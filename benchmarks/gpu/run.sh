@@ -19,3 +19,6 @@ timeout 120 python3 benchmarks/gpu/cuda_facts.py >"$out/facts.json" 2>>"$out/log
 echo "facts rc=$?" | tee -a "$out/log.txt"
 timeout "${VERIFY_TIMEOUT:-330}" python3 benchmarks/gpu/verify_cases.py --out "$out" "$@" 2>&1 | tee -a "$out/log.txt"
 echo "verify rc=$?" | tee -a "$out/log.txt"
+# memtrace.monitor on a short real run: predicted beside measured (seed CNN loops, GPT-2 through the Trainer)
+timeout "${MONITOR_TIMEOUT:-150}" python3 benchmarks/gpu/monitor_run.py --out "$out" >"$out/monitor.json" 2>>"$out/log.txt"
+echo "monitor rc=$?" | tee -a "$out/log.txt"

@@ -23,6 +23,7 @@ null unless a `measure` callable is given (it returns a `Reading` for the window
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -32,6 +33,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from memtrace.tracer.errors import MemtraceError
@@ -40,10 +42,10 @@ from memtrace.tracer.running import (
     Reading,
     StepSettings,
     autocast_state,
+    cuda_index,
     cuda_reading,
     module_device,
     predict,
-    reset_cuda_peaks,
 )
 from memtrace.tracer.specs import human_bytes, parse_gpu, parse_tolerance
 from memtrace.tracer.verify import Check
@@ -147,10 +149,11 @@ class MemoryMonitor:
         self._rows: list[Row] = []
 
     def _default_measure(self) -> Measure | None:
-        if self.device != "cuda":
+        index = cuda_index(self.model)
+        if index is None:
             return None
-        reset_cuda_peaks()  # the first window starts here
-        return cuda_reading
+        torch.cuda.reset_peak_memory_stats(index)  # the first window starts here
+        return functools.partial(cuda_reading, index)
 
     @property
     def history(self) -> list[Row]:

@@ -69,7 +69,7 @@ class MemtraceCallback(Callback):  # type: ignore[misc]
         step = lightning_step(
             batch, AUTOCAST.get(str(trainer.precision)), device, trainer.accumulate_grad_batches
         )
-        settings = StepSettings(step=step, gpu=self.gpu or this_device(device))
+        settings = StepSettings(step=step, gpu=self.gpu or this_device(pl_module))
         result = predict(pl_module, _positional(batch), optimizer, settings, builder=meta_builder(pl_module))
         self.monitor = MemoryMonitor(
             pl_module, optimizer, self.every, self.tolerance, result, self.measure, self.log_line

@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
 
 from memtrace.monitor import Log, Measure, MemoryMonitor, prediction_text
 from memtrace.tracer.records import GpuSpec
-from memtrace.tracer.running import first_batch, module_device, this_device
+from memtrace.tracer.running import first_batch, this_device
 from memtrace.tracer.specs import parse_gpu
 
 
@@ -78,7 +78,7 @@ class MemtraceCallback(TrainerCallback):  # type: ignore[misc]
             amp=amp,
             accumulate=int(args.gradient_accumulation_steps),
             free_output=True,  # Trainer.compute_loss returns the loss only: the outputs die before backward
-            gpu=self.gpu or this_device(module_device(model)),
+            gpu=self.gpu or this_device(model),
         )
         result = self.monitor.predict(_model_inputs(first_batch(loader)))
         if self.log_line is not None:
