@@ -45,9 +45,15 @@ def cuda_here() -> bool:
     return torch.cuda.is_available()
 
 
-def machine(device: str, measuring: bool) -> Machine:
-    """The keys the run's figures depend on (docs/ci.md): a CPU prediction on the host's kernels, a CUDA
-    prediction on the torch version alone; a measurement on the hardware."""
+def aimed_here(device: str, measure: bool) -> bool:
+    """Whether the run measures on this machine's GPU, and so aims its predictions at it (as verify does)."""
+    return device == "cuda" and measure and cuda_here()
+
+
+def machine(device: str, measuring: bool, aimed: bool = False) -> Machine:
+    """The keys the run's figures depend on (docs/ci.md): a CPU prediction on the host's kernels; a CUDA
+    prediction on the torch version and the GPU it is aimed at (the default target unless it was aimed at
+    this machine's); a measurement on the hardware."""
     from memtrace.tracer.devices.cpu import isa
 
     host = {
@@ -59,13 +65,20 @@ def machine(device: str, measuring: bool) -> Machine:
     }
     cpu_key = " ".join(f"{k}={v}" for k, v in host.items())
     gpu = torch.cuda.get_device_name() if device == "cuda" and cuda_here() else None
-    prediction = cpu_key if device == "cpu" else f"torch={torch.__version__}"
+    prediction = cpu_key if device == "cpu" else f"torch={torch.__version__} target={_target(aimed)}"
     measured: str | None = None
     if measuring and device == "cpu":
         measured = cpu_key
     elif measuring and gpu is not None:
         measured = f"gpu={gpu} torch={torch.__version__} cuda={torch.version.cuda}"
     return Machine(prediction, measured, {**host, "gpu": gpu})
+
+
+def _target(aimed: bool) -> str:
+    if not aimed:
+        return "default"
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return "sm{}{}".format(*torch.cuda.get_device_capability()) + f",cudnn={cudnn},cuda={torch.version.cuda}"
 
 
 def request_for(case: Case, device: str) -> Request:
@@ -101,6 +114,10 @@ def run_case(case: Case, device: str, measure: bool) -> CaseResult:
         return CaseResult(case.name, "skipped", lacking)
     try:
         request = request_for(case, device)
+        if aimed_here(device, measure):
+            from memtrace.tracer.measure import on_this_gpu
+
+            request = on_this_gpu(request)
         t0 = time.perf_counter()
         result = run(request)
         sim = time.perf_counter() - t0
@@ -125,6 +142,8 @@ def _measured(row: CaseResult, request: Request) -> CaseResult:
 
     from memtrace.tracer.measure import CudaMeasured, measure_request
 
+    if request.config.device == "cuda":
+        _fresh_gpu()
     t0 = time.perf_counter()
     try:
         got = measure_request(request)
@@ -134,6 +153,18 @@ def _measured(row: CaseResult, request: Request) -> CaseResult:
     if isinstance(got, CudaMeasured):
         return replace(row, measured=Figures(got.allocated_peak, got.reserved_peak), real_seconds=real)
     return replace(row, measured=Figures(got.peak), real_seconds=real)
+
+
+def _fresh_gpu() -> None:
+    """As a new process finds the GPU: the earlier cases' tensors freed, cuBLAS's workspaces (kept per handle
+    and stream for the process's life) released, the caching allocator's segments returned."""
+    import gc
+
+    gc.collect()
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+    torch.cuda.empty_cache()
 
 
 def predicted(result: Result) -> Figures:
@@ -166,4 +197,4 @@ def kernels_modelled(result: Result) -> bool:
 def bench_run(rows: Sequence[CaseResult], device: str, measure: bool) -> BenchRun:
     """The run of these rows, with the keys of this host (measured: when any case was)."""
     measuring = measure and any(r.measured is not None for r in rows)
-    return BenchRun(device, machine(device, measuring), tuple(rows), __version__)
+    return BenchRun(device, machine(device, measuring, aimed_here(device, measure)), tuple(rows), __version__)
