@@ -15,7 +15,7 @@ pytest loads this module in every run: torch and the engine are imported only wh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -36,13 +36,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
-    outcome = yield  # a failing body raises here: its failure is the one reported
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """After pytest's own implementation ran the body: a failing body raised there, and its failure is the
+    one reported."""
     marker = item.get_closest_marker("memtrace_limit")
     if marker is not None:
         check_limit(*marker.args, **marker.kwargs)
-    return outcome
 
 
 @pytest.fixture()
