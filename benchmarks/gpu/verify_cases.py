@@ -65,11 +65,11 @@ def _zoo() -> list[Case]:
     return cases
 
 
-def _sdpa(name: str, *args: str, infer: bool = False) -> Case:
+def _sdpa(name: str, *args: str, infer: bool = False, snapshot: bool = False) -> Case:
     flags = [f"{M}sdpa_probe.py:build", "--input", "1:bfloat16", "--optimizer", "sgd"]
     for a in args:
         flags += ["--arg", a]
-    return Case(f"sdpa/{name}", (*flags, *(["--mode", "infer"] if infer else [])))
+    return Case(f"sdpa/{name}", (*flags, *(["--mode", "infer"] if infer else [])), snapshot)
 
 
 def _models() -> list[Case]:
@@ -79,16 +79,12 @@ def _models() -> list[Case]:
     tv = f"{M}torchvision_models.py:build"
     return [
         Case("seed/1080p-b1-adam", (seed, "--arg", "h=1080", "--arg", "w=1920", "--input", "1x3x1080x1920")),
-        Case("seed/144x256-b8-adam", (seed, "--input", "8x3x144x256"), snapshot=True),
+        Case("seed/144x256-b8-adam", (seed, "--input", "8x3x144x256")),
         Case(
             "seed/144x256-b64-bf16-ckpt",
             (seed, "--input", "64x3x144x256", "--amp", "bf16", "--checkpoint", "conv*"),
         ),
-        Case(
-            "gpt2/8x256-adamw",
-            (gpt2, "--input", "input_ids=8x256:int64", "--optimizer", "adamw"),
-            snapshot=True,
-        ),
+        Case("gpt2/8x256-adamw", (gpt2, "--input", "input_ids=8x256:int64", "--optimizer", "adamw")),
         Case("gpt2/8x256-bf16", (gpt2, "--input", "input_ids=8x256:int64", "--amp", "bf16")),
         Case("llama/1x1024-bf16", (llama, "--input", "input_ids=1x1024:int64", "--amp", "bf16")),
         Case("llama/1x4096-bf16", (llama, "--input", "input_ids=1x4096:int64", "--amp", "bf16")),
@@ -100,10 +96,10 @@ def _models() -> list[Case]:
             "llama/4x1024-infer",
             (llama, "--input", "input_ids=4x1024:int64", "--mode", "infer", "--dtype", "bf16"),
         ),
-        _sdpa("flash-1x32x4096x128", "heads=32", "seq=4096", "dim=128"),
-        _sdpa("gqa8-1x32x4096x128", "heads=32", "kv_heads=8", "seq=4096", "dim=128"),
+        _sdpa("flash-1x32x4096x128", "heads=32", "seq=4096", "dim=128", snapshot=True),
+        _sdpa("gqa8-1x32x4096x128", "heads=32", "kv_heads=8", "seq=4096", "dim=128", snapshot=True),
         _sdpa("fp32-1x8x2048x64", "heads=8", "seq=2048", "dim=64", "dtype=float32"),
-        _sdpa("boolmask-1x8x2048x64", "heads=8", "seq=2048", "dim=64", "mask=true"),
+        _sdpa("boolmask-1x8x2048x64", "heads=8", "seq=2048", "dim=64", "mask=true", snapshot=True),
         _sdpa("hd256-1x8x2048x256", "heads=8", "seq=2048", "dim=256"),
         _sdpa("dropout-1x16x2048x128", "heads=16", "seq=2048", "dim=128", "dropout=0.1"),
         _sdpa(
