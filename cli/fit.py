@@ -42,12 +42,16 @@ def fit(
     plot_file: Path | None,
     **options: Any,
 ) -> None:
-    """Find the largest value of the --input symbol (e.g. B) whose predicted peak fits the GPU."""
+    """Find the largest value of the --input symbol (e.g. B) whose predicted peak fits the GPU; with
+    `--fsdp W` (or `--ddp W`), first the smallest world size (a power of two up to 1024) that fits."""
     from memtrace.tracer.fit import fit as compute
-    from memtrace.tracer.fit import plan_accumulation
+    from memtrace.tracer.fit import plan_accumulation, world_symbol
 
     writable(plot_file, "--plot", (".png", ".svg"))
     request = make_request(**options, gpu=gpu, headroom=headroom)
+    if world_symbol(request) is not None:
+        _fit_world(request, gpu, headroom, as_json, target_batch, plot_file)
+        return
     with user_stdout_to_stderr(as_json):
         result = compute(request, gpu, headroom)
         plan = None
@@ -64,6 +68,45 @@ def fit(
         click.echo(json.dumps(data, indent=2))
         return
     _print(result, plan, gpu, target_batch)
+
+
+def _fit_world(
+    request: Any,
+    gpu: GpuSpec,
+    headroom: Headroom,
+    as_json: bool,
+    target_batch: int | None,
+    plot_file: Path | None,
+) -> None:
+    from memtrace.tracer.errors import MemtraceError
+    from memtrace.tracer.fit import fit_world
+
+    if target_batch is not None or plot_file is not None:
+        raise MemtraceError("--target-batch and --plot are for a batch symbol alone, not with a world size W")
+    with user_stdout_to_stderr(as_json):
+        found = fit_world(request, gpu, headroom)
+    if as_json:
+        click.echo(json.dumps(found.to_json(), indent=2))
+        return
+    out = (Console() if Console().is_terminal else Console(width=160)).print
+    sym = found.symbol
+    out(
+        f"budget on {gpu.name}: {human_bytes(found.budget_bytes)} per rank "
+        f"(GPU {human_bytes(gpu.bytes)} - headroom)"
+    )
+    if found.world == 0:
+        out(f"[bold red]{sym}=1024 does not fit[/]: a rank's peak is {human_bytes(found.peak_bytes)}")
+    else:
+        out(
+            f"[bold green]{sym}={found.world}[/] is the smallest world size that fits: "
+            f"a rank's peak {human_bytes(found.peak_bytes)}"
+        )
+    out(
+        f"{len(found.probes)} simulations: "
+        + ", ".join(f"{sym}={v} {human_bytes(p)}" for v, p in found.probes)
+    )
+    if found.batch is not None:
+        _print(found.batch, None, gpu, None)
 
 
 def _print(result: Any, plan: Any, gpu: GpuSpec, target: int | None) -> None:

@@ -166,3 +166,35 @@ def test_cli_refuses_bad_engine_flags(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_fit_finds_the_smallest_world_size_that_fits() -> None:
+    """W=1 peaks above 10 MB, W=2 below: fit stops at 2, and its figure is the simulation's at 2."""
+    from memtrace.tracer.fit import fit_world
+    from memtrace.tracer.specs import parse_gpu, parse_headroom
+
+    request = Request(
+        f"{MODELS}:lm",
+        (parse_input("1x64:int64"),),
+        (),
+        Config(device="cpu", parallel=Parallel("fsdp", "W", wrap=("blocks.*",))),
+    )
+    found = fit_world(request, parse_gpu("10MB"), parse_headroom("0"))
+    assert found.world == 2
+    assert [w for w, _ in found.probes] == [1, 2]
+    assert found.probes[0][1] > 10_000_000 >= found.probes[1][1]
+    at_two = Request(
+        f"{MODELS}:lm",
+        (parse_input("1x64:int64"),),
+        (),
+        Config(device="cpu", parallel=Parallel("fsdp", 2, wrap=("blocks.*",))),
+    )
+    assert run(at_two).peak_bytes == found.peak_bytes
+
+
+def test_sweep_takes_the_world_size(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["sweep", f"{MODELS}:lm", "--input", "2x64:int64", "--device", "cpu", "--fsdp", "W"]
+    main([*args, "--fsdp-wrap", "blocks.*", "--set", "W=1,2", "--format", "json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["values"] for r in rows] == [{"W": 1}, {"W": 2}]
+    assert rows[1]["peak_bytes"] < rows[0]["peak_bytes"]

@@ -19,6 +19,7 @@ Named patches, each needed because a fake tensor has no data:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from fnmatch import fnmatchcase
@@ -174,6 +175,7 @@ def simulated_world(parallel: Parallel | None) -> Iterator[World | None]:
         raise MemtraceError("a process group is already initialised in this process: simulate in a fresh one")
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    hook = sys.excepthook  # init_process_group prefixes every later traceback with the rank, for good
     dist.init_process_group("fake", store=FakeStore(), rank=parallel.rank, world_size=parallel.world)
     try:
         mesh = None
@@ -185,6 +187,7 @@ def simulated_world(parallel: Parallel | None) -> Iterator[World | None]:
             yield World(parallel, mesh, stack)
     finally:
         dist.destroy_process_group()
+        sys.excepthook = hook
 
 
 @contextmanager

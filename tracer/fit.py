@@ -20,12 +20,23 @@ MAX_VALUE = 1 << 16
 
 
 def bind(request: Request, values: dict[str, int]) -> Request:
-    """Give the symbols values: in the input shapes and in builder arguments that name a symbol (`h=H`)."""
+    """Give the symbols values: in the input shapes, in builder arguments that name a symbol (`h=H`), and in
+    the world size of `--ddp W` / `--fsdp W`."""
     inputs = bind_inputs(request.inputs, values)
     kwargs = tuple(
         (k, values[v] if isinstance(v, str) and v in values else v) for k, v in request.builder_kwargs
     )
-    return replace(request, inputs=inputs, builder_kwargs=kwargs)
+    config = request.config
+    parallel = config.parallel
+    if parallel is not None and parallel.symbol in values:
+        config = replace(config, parallel=replace(parallel, world=values[parallel.world]))  # type: ignore[index]
+    return replace(request, inputs=inputs, builder_kwargs=kwargs, config=config)
+
+
+def world_symbol(request: Request) -> str | None:
+    """The symbol of `--ddp W` / `--fsdp W`, if the world size is one."""
+    parallel = request.config.parallel
+    return parallel.symbol if parallel is not None else None
 
 
 def budget_of(gpu: GpuSpec, headroom: Headroom | None, device: str) -> int:
@@ -145,6 +156,60 @@ def _line_guess(probe: Probe, lo: int, hi: int, budget: int, limit: int) -> int:
         return min(limit, lo * 4)
     overhead = probe.peak(a) - probe.allocated(a)  # reserved beyond allocated (0 off cuda)
     return a + int((budget - overhead - probe.allocated(a)) // slope)
+
+
+WORLD_SIZES = tuple(1 << k for k in range(11))  # the world sizes fit tries: powers of two up to 1024
+
+
+@dataclass(frozen=True)
+class WorldFit:
+    """`fit ... --fsdp W`: the smallest world size (a power of two) whose rank fits, then the largest value of
+    the input symbol at that size when there is one."""
+
+    symbol: str
+    world: int  # 0 when even 1024 ranks do not fit
+    peak_bytes: int  # at `world` (at 1024 when none fits), the input symbol at 1
+    budget_bytes: int
+    probes: tuple[tuple[int, int], ...]  # (world size, figure) simulated
+    basis: str
+    batch: FitResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "world": self.world,
+            "peak_bytes": self.peak_bytes,
+            "budget_bytes": self.budget_bytes,
+            "probes": [{"value": v, "peak_bytes": p} for v, p in self.probes],
+            "basis": self.basis,
+            "batch": self.batch.to_json() if self.batch is not None else None,
+        }
+
+
+def fit_world(request: Request, gpu: GpuSpec, headroom: Headroom | None = None) -> WorldFit:
+    """The powers of two from 1 up to 1024, in turn, until one fits, with the input symbol, if any, at 1;
+    then fit the input symbol at that world size. Upward, not bisected: a rank's peak need not fall as the
+    world grows (FSDP2 pads every shard to the world size, which on a small model outweighs the sharding)."""
+    symbol = world_symbol(request)
+    assert symbol is not None
+    batch_symbols = input_symbols(request.inputs)
+    if len(batch_symbols) > 1:
+        raise MemtraceError(
+            f"fit takes one --input symbol besides {symbol}, --input has {', '.join(batch_symbols)}"
+        )
+    ones = {s: 1 for s in batch_symbols}
+    budget = budget_of(gpu, headroom, request.config.device)
+    basis = "reserved" if request.config.device == "cuda" else "allocated"
+    probes: list[tuple[int, int]] = []
+    for world in WORLD_SIZES:
+        probes.append((world, run(bind(request, {symbol: world, **ones})).fit_bytes))
+        if probes[-1][1] <= budget:
+            break
+    else:
+        return WorldFit(symbol, 0, probes[-1][1], budget, tuple(probes), basis)
+    at_world = replace(request, config=bind(request, {symbol: world, **ones}).config)
+    batch = fit(at_world, gpu, headroom, suggest=False) if batch_symbols else None
+    return WorldFit(symbol, world, probes[-1][1], budget, tuple(probes), basis, batch)
 
 
 def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, suggest: bool = True) -> FitResult:
@@ -293,10 +358,12 @@ def sweep(
     progress: Callable[[], None] = lambda: None,
 ) -> list[SweepRow]:
     given = {k for axis in axes for k in axis[0]}
-    used = set(input_symbols(request.inputs)) | {v for _, v in request.builder_kwargs if isinstance(v, str)}
-    missing = set(input_symbols(request.inputs)) - given
+    world = world_symbol(request)
+    symbols = set(input_symbols(request.inputs)) | ({world} if world is not None else set())
+    used = symbols | {v for _, v in request.builder_kwargs if isinstance(v, str)}
+    missing = symbols - given
     if missing:
-        raise MemtraceError(f"--input symbol {sorted(missing)[0]} has no --set")
+        raise MemtraceError(f"symbol {sorted(missing)[0]} has no --set")
     if given - used:
         raise MemtraceError(f"--set gives {sorted(given - used)[0]}, which no --input or --arg uses")
     rows = []
