@@ -1,0 +1,194 @@
+"""Build the docs: run every command the pages show, then `mkdocs build --strict`.
+
+    .venv/bin/python docs/build.py            # generate docs/generated/, build build/site (fails on warnings)
+    .venv/bin/python docs/build.py --no-run   # reuse docs/generated/ (edit prose, rebuild in seconds)
+
+Each `Job` is one command of the pages, run here as a user runs it; its stdout becomes
+`docs/generated/NAME.md` (the command line and its output, as a code block) and the files it writes
+(`--plot`, `--output`) land in `docs/generated/` too. The pages include them through the markers of
+`docs/hooks.py`. Nothing in docs/generated/ is committed: the docs show what this commit's tool prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "docs" / "generated"
+OUT = "docs/generated"  # as the commands name it, from the repository root
+SEED = "benchmarks/models/seed_cnn.py:build"
+GAP = "benchmarks/models/seed_cnn_gap.py:build"
+HD = ("--arg", "h=1080", "--arg", "w=1920", "--input", "1x3x1080x1920")
+ADAM1 = ("--optimizer", "adam:foreach=false")  # the single-tensor Adam of the first tutorial
+GPT2 = (
+    "benchmarks/models/hf_gpt2.py:build",
+    *("--arg", "layers=4", "--arg", "hidden=768", "--arg", "heads=12", "--arg", "vocab=50257"),
+    *("--arg", "positions=512", "--input", "input_ids=4x512:int64", "--input", "labels=4x512:int64"),
+    *("--gpu", "rtx4070"),
+)
+README_MAIN = (SEED, *HD, "--gpu", "rtx4070")  # the README's main command (tests/test_docs.py checks it)
+T1 = (SEED, *HD, "--gpu", "rtx4070")
+T2_GPU = ("--gpu", "rtx4070")
+PLOT_FIT = ("--plot", f"{OUT}/t2-fit.png")
+SWEEP_TAIL = ("--gpu", "rtx4060", "--gpu", "rtx4070", "--plot", f"{OUT}/t2-sweep.png")
+
+
+def outputs(name: str, plot: bool = False) -> tuple[str, ...]:
+    """`--output` (and `--plot`) into docs/generated/, named after the job."""
+    return ("--plot", f"{OUT}/{name}.png") * plot + ("--output", f"{OUT}/{name}.json")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One command whose output a page shows: `memtrace ARGS` (or `python ARGS`), run from the repo root."""
+
+    name: str
+    args: tuple[str, ...]
+    program: str = "memtrace"
+
+    def argv(self) -> list[str]:
+        tool = ROOT / ".venv" / "bin" / self.program if self.program == "memtrace" else Path(sys.executable)
+        return [str(tool), *self.args]
+
+    def shown(self) -> str:
+        return " ".join(shlex.quote(a) for a in (self.program, *self.args))
+
+    def files(self) -> tuple[str, ...]:
+        """The generated files this job writes: its output page and every OUT path among its arguments."""
+        own = tuple(Path(a).name for a in self.args if a.startswith(f"{OUT}/"))
+        return (f"{self.name}.md", *own)
+
+
+JOBS: tuple[Job, ...] = (
+    Job("gs-main", README_MAIN),
+    Job("gs-show", ("show", f"{OUT}/t1-seed.json", "--layers")),  # after t1-seed (see LATER)
+    Job("gs-gpus", ("gpus",)),
+    Job("api-simulate", ("docs/examples/api_simulate.py",), program="python"),
+    Job("t1-seed", (*T1, *ADAM1, "--diagnose", *outputs("t1-seed", plot=True))),
+    Job("t1-bf16", (*T1, *ADAM1, "--dtype", "bf16", *outputs("t1-bf16"))),
+    Job(
+        "t1-fixed",
+        (GAP, *HD[4:], "--gpu", "rtx4070", *ADAM1, "--amp", "bf16", *outputs("t1-fixed", plot=True)),
+    ),
+    Job(
+        "t2-fit",
+        ("fit", SEED, "--input", "Bx3x144x256", "--gpu", "rtx4070", "--target-batch", "2048", *PLOT_FIT),
+    ),
+    Job("t2-sweep", ("sweep", SEED, "--input", "Bx3x144x256", "--set", "B=1,8,64,128,256,512", *SWEEP_TAIL)),
+    Job(
+        "t2-accumulate",
+        (SEED, "--input", "256x3x144x256", "--accumulate", "8", *T2_GPU, *outputs("t2-accumulate")),
+    ),
+    Job("t3-whatif", (*GPT2, "--what-if", *outputs("t3-whatif", plot=True))),
+    Job("t3-amp", (*GPT2, "--amp", "bf16", *outputs("t3-amp"))),
+    Job("t3-checkpoint", (*GPT2, "--checkpoint", "transformer.h.*", *outputs("t3-checkpoint", plot=True))),
+)
+# What the prose says in words rather than through a marker: the build fails when the tool stops saying it.
+CLAIMS: tuple[tuple[str, str, object], ...] = (
+    ("t1-seed.json", "verdict.fits", False),  # "runs out of memory"
+    ("t1-seed.json", "peak.phase", "optimizer"),  # "the red spike in the optimizer phase"
+    ("t1-seed.json", "diagnosis.fixes.change~bf16.saved_bytes", 0),  # autocast "saves nothing" at this peak
+    ("t1-seed.json", "diagnosis.fixes.change~checkpoint.saved_bytes", 0),  # "saves nothing either"
+    ("t1-bf16.json", "verdict.fits", True),  # "it fits"
+    ("t1-fixed.json", "peak.phase", "backward"),  # the activations now set the peak
+    ("t3-whatif.json", "peak.op", "_log_softmax_backward_data"),  # the loss, not the blocks, sets the peak
+    ("t3-checkpoint.json", "peak.op", "_log_softmax_backward_data"),  # "still the loss's"
+    ("t3-amp.json", "peak.top_tensors.0.dtype", "float32"),  # the loss's tensors stay fp32 under autocast
+)
+LATER = ("gs-show",)  # jobs that read another job's output: run after the others
+
+
+def run_job(job: Job) -> tuple[Job, float]:
+    """Run one job and write its page: `$ command`, then stdout (trailing spaces dropped)."""
+    start = time.perf_counter()
+    env = {**os.environ, "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "160"}
+    done = subprocess.run(job.argv(), cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"docs: {job.shown()} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    text = "\n".join(line.rstrip() for line in done.stdout.rstrip("\n").splitlines())
+    (GENERATED / f"{job.name}.md").write_text(f"```\n$ {job.shown()}\n{text}\n```\n")
+    return job, time.perf_counter() - start
+
+
+def check_claims() -> None:
+    sys.path.insert(0, str(ROOT / "docs"))
+    import hooks
+
+    for name, key, expected in CLAIMS:
+        found = hooks.lookup(GENERATED, name, key)
+        if found != expected:
+            raise SystemExit(
+                f"docs: the prose says {name}:{key} is {expected!r}, the tool now says {found!r}"
+            )
+
+
+def readme_commands() -> str:
+    """The README's "The two commands" section, as the getting-started page shows it."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## The two commands")
+    section = text[start : text.index("\n## ", start + 1)]
+    return section.split("\n", 1)[1].strip() + "\n"
+
+
+def write_references() -> None:
+    sys.path.insert(0, str(ROOT / "docs"))
+    import reference
+
+    from memtrace.cli.main import cli
+
+    (GENERATED / "cli.md").write_text(reference.cli_markdown(cli))
+    (GENERATED / "api.md").write_text(reference.api_markdown())
+    (GENERATED / "readme-commands.md").write_text(readme_commands())
+    example = (ROOT / "docs" / "examples" / "api_simulate.py").read_text()
+    (GENERATED / "api-simulate-source.md").write_text(f"```python\n{example}```\n")
+
+
+def generate(jobs: Sequence[Job], workers: int) -> None:
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    write_references()
+    first = [j for j in jobs if j.name not in LATER]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for job, seconds in pool.map(run_job, first):
+            print(f"docs: {job.name} {seconds:.1f} s", file=sys.stderr)
+    for job in (j for j in jobs if j.name in LATER):
+        print(f"docs: {job.name} {run_job(job)[1]:.1f} s", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate the docs' outputs and build the site (strict).")
+    parser.add_argument("--no-run", action="store_true", help="reuse docs/generated/ as it is")
+    parser.add_argument("--no-site", action="store_true", help="generate only; no mkdocs build")
+    parser.add_argument("--workers", type=int, default=2, help="commands run at once (default 2)")
+    parser.add_argument("--job", action="append", default=[], help="run only this job (repeatable)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    if not args.no_run:
+        generate([j for j in JOBS if not args.job or j.name in args.job], args.workers)
+    check_claims()
+    if not args.no_site:
+        mkdocs = [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+        ]
+        if subprocess.run(mkdocs, cwd=ROOT, check=False).returncode != 0:
+            return 1
+    print(f"docs: built in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
