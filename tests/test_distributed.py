@@ -21,6 +21,7 @@ from memtrace.tracer.distributed import fsdp_targets
 from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.loader import load_object
 from memtrace.tracer.parallel import Parallel
+from memtrace.tracer.recipes import Recipe
 from memtrace.tracer.records import Category, Result
 from memtrace.tracer.simulate import Config, Request, run
 from memtrace.tracer.specs import parse_input, parse_tolerance
@@ -29,12 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = str(ROOT / "benchmarks" / "models" / "dist_models.py")
 TOLERANCE = parse_tolerance("1%")
 
-# (name, builder, input, engine, FSDP2 wrap globs)
+# (name, builder, input, engine, FSDP2 wrap globs, checkpoint globs, reshard after forward)
 CASES = [
-    ("cnn-ddp", "cnn", "8x3x32x32", "ddp", ()),
-    ("cnn-fsdp", "cnn", "8x3x32x32", "fsdp", ()),
-    ("lm-ddp", "lm", "4x64:int64", "ddp", ()),
-    ("lm-fsdp", "lm", "4x64:int64", "fsdp", ("blocks.*",)),
+    ("cnn-ddp", "cnn", "8x3x32x32", "ddp", (), (), True),
+    ("cnn-fsdp", "cnn", "8x3x32x32", "fsdp", (), (), True),
+    ("lm-ddp", "lm", "4x64:int64", "ddp", (), (), True),
+    ("lm-fsdp", "lm", "4x64:int64", "fsdp", ("blocks.*",), (), True),
+    ("lm-fsdp-checkpoint", "lm", "4x64:int64", "fsdp", ("blocks.*",), ("blocks.*",), True),
+    ("lm-fsdp-no-reshard", "lm", "4x64:int64", "fsdp", ("blocks.*",), (), False),
 ]
 RANKS = (0, 1)
 
@@ -44,13 +47,17 @@ gloo = pytest.mark.skipif(
 )
 
 
-def _case_args(builder: str, shape: str, engine: str, wrap: tuple[str, ...]) -> list[str]:
+def _case_args(
+    builder: str, shape: str, engine: str, wrap: tuple[str, ...], checkpoint: tuple[str, ...], reshard: bool
+) -> list[str]:
     args = [f"{MODELS}:{builder}", "--input", shape]
     if engine == "fsdp":
         args.append("--fsdp")
     for glob in wrap:
         args += ["--fsdp-wrap", glob]
-    return args
+    for glob in checkpoint:
+        args += ["--checkpoint", glob]
+    return args + ([] if reshard else ["--reshard-after-forward", "no"])
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +66,8 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], 
     out = tmp_path_factory.mktemp("gloo")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += [str(ROOT / "benchmarks" / "dist_reference.py"), "--out", str(out)]
-    for i, (_, builder, shape, engine, wrap) in enumerate(CASES):
-        command += ([";"] if i else []) + _case_args(builder, shape, engine, wrap)
+    for i, (_, *case) in enumerate(CASES):
+        command += ([";"] if i else []) + _case_args(*case)
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return {
@@ -70,15 +77,25 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], 
     }
 
 
-def _simulate(builder: str, shape: str, engine: str, wrap: tuple[str, ...], rank: int) -> Result:
-    parallel = Parallel(engine, 2, rank, wrap=wrap)
-    config = Config(device="cpu", parallel=parallel)
+def _simulate(
+    builder: str,
+    shape: str,
+    engine: str,
+    wrap: tuple[str, ...],
+    rank: int,
+    checkpoint: tuple[str, ...] = (),
+    reshard: bool = True,
+) -> Result:
+    parallel = Parallel(engine, 2, rank, wrap=wrap, reshard_after_forward=reshard)
+    config = Config(device="cpu", parallel=parallel, recipe=Recipe(checkpoint=checkpoint))
     return run(Request(f"{MODELS}:{builder}", (parse_input(shape),), (), config))
 
 
 @gloo
 @pytest.mark.parametrize("rank", RANKS)
-@pytest.mark.parametrize(("name", "builder", "shape", "engine", "wrap"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "builder", "shape", "engine", "wrap", "checkpoint", "reshard"), CASES, ids=[c[0] for c in CASES]
+)
 def test_per_rank_peak_within_1_percent_of_gloo(
     measured: dict[tuple[str, int], dict[str, Any]],
     name: str,
@@ -86,10 +103,12 @@ def test_per_rank_peak_within_1_percent_of_gloo(
     shape: str,
     engine: str,
     wrap: tuple[str, ...],
+    checkpoint: tuple[str, ...],
+    reshard: bool,
     rank: int,
 ) -> None:
     real = measured[(name, rank)]
-    result = _simulate(builder, shape, engine, wrap, rank)
+    result = _simulate(builder, shape, engine, wrap, rank, checkpoint, reshard)
     error = (result.peak_bytes - real["peak"]) / real["peak"]
     assert abs(error) <= TOLERANCE, (
         f"{name} rank {rank}: {result.peak_bytes:,} vs {real['peak']:,} ({error:+.3%})"

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from memtrace.tracer.batch import Batch
 from memtrace.tracer.errors import MemtraceError
@@ -156,6 +157,7 @@ class World:
             runner = wrap_model(model, self.parallel, self.mesh, simulated=True)
         if self.parallel.engine == "fsdp":
             self.stack.enter_context(_fsdp_communication(rec))
+        self.stack.enter_context(_rng_state_kept())
         return runner, batch
 
 
@@ -224,6 +226,26 @@ def _fsdp_communication(rec: Recorder) -> Iterator[None]:
     finally:
         for name, fn in originals.items():
             setattr(FSDPParamGroup, name, fn)
+
+
+@contextmanager
+def _rng_state_kept() -> Iterator[None]:
+    """Checkpointing saves the CPU generator's state before forward and restores it around the
+    recomputation; under FakeTensorMode the saved state is a fake tensor the generator cannot read. Restoring
+    a fake state is skipped (a simulation draws no values); the state tensor's bytes are still recorded."""
+    import torch.random
+
+    original = torch.random.set_rng_state
+
+    def set_rng_state(new_state: torch.Tensor) -> None:
+        if not isinstance(new_state, FakeTensor):
+            original(new_state)
+
+    torch.random.set_rng_state = torch.set_rng_state = set_rng_state
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state = torch.set_rng_state = original
 
 
 def _fake(t: torch.Tensor) -> torch.Tensor:
