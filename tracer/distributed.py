@@ -141,22 +141,30 @@ class World:
         self.stack = stack
 
     def wrap(self, model: nn.Module, batch: Batch, rec: Recorder) -> tuple[nn.Module, Batch]:
+        """FSDP2 shards the meta model, then `to_empty` makes the shards fake CPU tensors: FSDP2's flow for
+        models too large for one rank, so the full model never exists on it. DDP wraps the full model."""
         from torch._subclasses.fake_tensor import FakeTensorMode
 
+        from memtrace.tracer.hooks import register_baseline
+
+        fsdp = self.parallel.engine == "fsdp"
+        runner = wrap_model(model, self.parallel, self.mesh, simulated=True) if fsdp else model
         self.stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
-        _to_fake(model)
+        if fsdp:
+            model.to_empty(device="cpu")
+        else:
+            _to_fake(model)
         batch = Batch(
             tuple(_fake(x) for x in batch.args),
             {k: _fake(v) for k, v in batch.kwargs.items()},
             tuple(_fake(x) for x in batch.targets),
         )
-        from memtrace.tracer.hooks import register_baseline
-
         register_baseline(rec, model, batch.tensors(), {})
-        with _Mode(rec), allocating(rec, Category.COMMUNICATION if self.parallel.engine == "ddp" else None):
-            runner = wrap_model(model, self.parallel, self.mesh, simulated=True)
-        if self.parallel.engine == "fsdp":
+        if fsdp:
             self.stack.enter_context(_fsdp_communication(rec))
+        else:
+            with _Mode(rec), allocating(rec, Category.COMMUNICATION):
+                runner = wrap_model(model, self.parallel, self.mesh, simulated=True)
         self.stack.enter_context(_rng_state_kept())
         return runner, batch
 
