@@ -217,3 +217,10 @@ def test_sweep_takes_the_world_size(capsys: pytest.CaptureFixture[str]) -> None:
     rows = json.loads(capsys.readouterr().out)
     assert [r["values"] for r in rows] == [{"W": 1}, {"W": 2}]
     assert rows[1]["peak_bytes"] < rows[0]["peak_bytes"]
+
+
+def test_cpu_offload_is_refused_on_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([f"{MODELS}:lm", "--input", "4x64:int64", "--fsdp", "2", "--cpu-offload"])
+    assert exit_.value.code == 2
+    assert "--cpu-offload is simulated on --device cpu only" in capsys.readouterr().err

@@ -147,6 +147,11 @@ class World:
 
         from memtrace.tracer.hooks import register_baseline
 
+        if self.parallel.cpu_offload and rec.device.name == "cuda":
+            raise MemtraceError(
+                "--cpu-offload is simulated on --device cpu only: on the simulated CPU mesh the offloaded "
+                "shards, gradients and optimizer state would count as GPU memory"
+            )
         fsdp = self.parallel.engine == "fsdp"
         runner = wrap_model(model, self.parallel, self.mesh, simulated=True) if fsdp else model
         self.stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
