@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from memtrace.tracer.records import Category, Event, Kind, Phase, StorageInfo, T
 class _Live:
     ref: StorageWeakRef
     sid: int
+    order: int  # when it became live: sweeps emit frees in this order
+    watch: weakref.ref[torch.UntypedStorage]  # its callback reports the storage's death
 
 
 @dataclass
@@ -86,6 +89,8 @@ class Recorder:
         self.failed_in = ""  # the innermost module an exception left, for the error message
         self.autograd_fx: dict[int, str] = {}
         self._ids = itertools.count(1)
+        self._order = itertools.count()
+        self._dead: list[int] = []  # keys of live storages whose last reference went, not yet swept
         self._seq = itertools.count()
         self.persistent: dict[str, int] = {}  # library workspaces kept for the run, by name
         self.estimate: tuple[int, int] | None = None  # the largest unplaced workspace estimate
@@ -108,7 +113,7 @@ class Recorder:
         sid = next(self._ids)
         nbytes = int(storage.nbytes())
         category = category or self.allocating_as
-        self.live[ref.cdata] = _Live(ref, sid)
+        self._watch(ref, storage, sid)
         self.meta[sid] = _Meta(
             nbytes,
             op,
@@ -151,7 +156,8 @@ class Recorder:
             self._emit(Kind.FREE, found.sid, self.meta[found.sid].nbytes, "resize_")
         nbytes = int(storage.nbytes())
         if nbytes > 0:
-            sid = self._buffer(nbytes, "resize_", ref)
+            sid = self._buffer(nbytes, "resize_")
+            self._watch(ref, storage, sid)
             self.meta[sid].category = category
 
     def storage_id(self, t: torch.Tensor) -> int | None:
@@ -169,18 +175,32 @@ class Recorder:
         if sid is not None and module is not None:
             self.meta[sid].module = module
 
+    def _watch(self, ref: StorageWeakRef, storage: torch.UntypedStorage, sid: int) -> None:
+        """The storage is live under `sid`. A storage's Python object lives exactly as long as the storage
+        (PyTorch preserves it while C++ holds the storage), so a weak reference's callback tells its death;
+        sweeping then costs the storages that died, not all those alive (a 70B step keeps thousands)."""
+        key: int = ref.cdata
+        dead = self._dead
+
+        def died(_: object) -> None:
+            dead.append(key)
+
+        self.live[key] = _Live(ref, sid, next(self._order), weakref.ref(storage, died))
+
     def sweep(self) -> None:
-        """Emit frees for storages whose last reference went away since the last sweep."""
-        dead = [key for key, live in self.live.items() if live.ref.expired()]
-        for key in dead:
+        """Emit frees for storages whose last reference went away since the last sweep, in the order they
+        became live."""
+        if not self._dead:
+            return
+        keys, self._dead[:] = set(self._dead), []
+        found = [(live.order, key) for key in keys if (live := self.live.get(key)) and live.ref.expired()]
+        for _, key in sorted(found):
             live = self.live.pop(key)
             self._emit(Kind.FREE, live.sid, self.meta[live.sid].nbytes, "")
 
-    def _buffer(self, nbytes: int, op: str, ref: StorageWeakRef | None = None) -> int:
-        """A storage of `nbytes` no tensor output made: a kernel's buffer, or a storage resized (`ref`)."""
+    def _buffer(self, nbytes: int, op: str) -> int:
+        """A storage of `nbytes` no tensor output made: a kernel's buffer (or a storage resized)."""
         sid = next(self._ids)
-        if ref is not None:
-            self.live[ref.cdata] = _Live(ref, sid)
         self.meta[sid] = _Meta(
             nbytes,
             op,
@@ -303,9 +323,8 @@ class Recorder:
             return False
         cdata = StorageWeakRef(target.untyped_storage()).cdata
         reused = self.live.pop(cdata)
-        self.live[StorageWeakRef(out.untyped_storage()).cdata] = _Live(
-            StorageWeakRef(out.untyped_storage()), reused.sid
-        )
+        storage = out.untyped_storage()
+        self._watch(StorageWeakRef(storage), storage, reused.sid)
         return True
 
     def _track_outputs(self, out: Any, name: str, index: int | None) -> None:

@@ -74,6 +74,7 @@ class Config:
     cudnn_version: int | None = None  # --cudnn-version, as cuDNN's integer (91002 for 9.10.2)
     parallel: Parallel | None = None  # --ddp N / --fsdp N: one rank of a data-parallel job
     cuda_version: str | None = None  # the CUDA runtime PyTorch was built with (12.8); None: the default
+    repeat_layers: int = 0  # --repeat-layers K: extrapolate a stack of identical layers from K, K+1, K+2
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -82,6 +83,8 @@ class Config:
             raise MemtraceError(f"unknown device {self.device!r} (cpu or cuda)")
         if self.iterations < 1:
             raise MemtraceError("iterations must be at least 1")
+        if self.repeat_layers < 0:
+            raise MemtraceError("--repeat-layers must be at least 1 (0: off)")
         if self.step is not None:
             _refuse_with_step(self)
         if self.sdpa_backend not in SDPA_BACKENDS:
@@ -251,10 +254,8 @@ def analyse(
     first = analysis.step_peak(trace, 0, rounding).bytes
     types = {name: type(m).__name__ for name, m in model.named_modules()}
     cuda, reserved = None, tuple[int, ...]()
-    if stats is not None:
-        from memtrace.tracer.devices.cuda.served import serve
-
-        reserved = tuple(s.reserved for s in serve(requested, allocator_config(config.alloc_conf)).events)
+    if stats is not None:  # the bytes reserved after each event, from the placement's replay
+        reserved = tuple(stats.reserved_after[len(trace.baseline) :])
         asked = max(analysis.step_peak(requested, it).bytes for it in range(config.iterations))
         cuda = cuda_figures(peak.bytes, asked, stats, config.arch)
         cuda = replace(cuda, cudnn_workspace_estimate=estimate_json(trace.workspace_estimate))
@@ -341,7 +342,11 @@ def with_gpu_arch(request: Request) -> Request:
 
 
 def run(request: Request) -> Result:
-    """Build on meta, run the step, analyse it."""
+    """Build on meta, run the step, analyse it (a repeated stack from short ones with --repeat-layers)."""
+    if request.config.repeat_layers:
+        from memtrace.tracer.repeat import run_repeated
+
+        return run_repeated(with_gpu_arch(request), run, build)
     return run_traced(request)[1]
 
 

@@ -62,6 +62,7 @@ class ReplayStats:
     num_alloc_retries: int = 0
     num_ooms: int = 0
     oom_at: int | None = None  # index of the request that ran out of memory, if one did
+    reserved_after: list[int] = field(default_factory=list)  # per request, with replay(track_reserved=True)
 
     @property
     def fragmentation_bytes(self) -> int:
@@ -88,33 +89,58 @@ def replay(
     config: AllocatorConfig | None = None,
     capacity_bytes: int | None = None,
     allocator: CachingAllocator | None = None,
+    track_reserved: bool = False,
 ) -> ReplayStats:
     """Run the requests through a (fresh, or the given) allocator; stop at the first OOM.
-    Zero-byte requests get no block, as `NativeCachingAllocator::allocate` returns nullptr for them."""
+    Zero-byte requests get no block, as `NativeCachingAllocator::allocate` returns nullptr for them.
+    `track_reserved`: keep the bytes reserved after every request (`ReplayStats.reserved_after`)."""
     alloc = allocator or CachingAllocator(config, capacity_bytes)
+    fresh = alloc.total_allocated_memory == 0 and not alloc.active
+    requests = list(requests)
     stats = ReplayStats()
     ptrs: dict[int, int] = {}
     seen_peak = alloc.stats.get("reserved_bytes").peak
     stats.segments_at_reserved_peak = alloc.segments()
+    at_peak = -1  # the request after which the reserved peak was last raised
+    reserved = alloc.stats.get("reserved_bytes")
+    after = stats.reserved_after if track_reserved else None
     for index, req in enumerate(requests):
-        if req.action == "free":
-            ptr = ptrs.pop(req.key)
-            if ptr:
-                alloc.free(ptr)
-            continue
-        if req.size == 0:  # NativeCachingAllocator::allocate hands out nullptr for 0 bytes
-            ptrs[req.key] = 0
-            continue
         try:
-            ptrs[req.key] = alloc.malloc(req.size, req.stream)
+            _serve(alloc, req, ptrs)
         except OutOfMemoryError:
             stats.oom_at = index
             break
-        peak = alloc.stats.get("reserved_bytes").peak
-        if peak > seen_peak:
-            seen_peak = peak
-            stats.segments_at_reserved_peak = alloc.segments()
+        if after is not None:
+            after.append(reserved.current)
+        if reserved.peak > seen_peak:
+            seen_peak, at_peak = reserved.peak, index
+            if not fresh:  # an allocator with a history cannot be replayed again: snapshot now
+                stats.segments_at_reserved_peak = alloc.segments()
+    if fresh and at_peak >= 0:
+        stats.segments_at_reserved_peak = _segments_after(requests[: at_peak + 1], alloc)
     return _finish(alloc, stats)
+
+
+def _serve(alloc: CachingAllocator, req: Request, ptrs: dict[int, int]) -> None:
+    if req.action == "free":
+        ptr = ptrs.pop(req.key)
+        if ptr:
+            alloc.free(ptr)
+    elif req.size == 0:  # NativeCachingAllocator::allocate hands out nullptr for 0 bytes
+        ptrs[req.key] = 0
+    else:
+        ptrs[req.key] = alloc.malloc(req.size, req.stream)
+
+
+def _segments_after(requests: list[Request], like: CachingAllocator) -> list[dict[str, Any]]:
+    """The segments after a prefix of the requests, replayed on an empty allocator like `like`. Taking a
+    snapshot at every rise of the reserved peak instead costs the number of rises times the blocks: hours
+    for a 70B-parameter step, whose parameters each raise it."""
+    again = CachingAllocator(like.config, like.capacity_bytes)
+    ptrs: dict[int, int] = {}
+    for req in requests:
+        _serve(again, req, ptrs)
+    return again.segments()
 
 
 def _finish(alloc: CachingAllocator, stats: ReplayStats) -> ReplayStats:

@@ -116,7 +116,7 @@ class BlockPool:
         return self.get_free_blocks_call_count - block.gc_count_base
 
 
-@dataclass
+@dataclass(slots=True)
 class Stat:
     """`c10::CachingDeviceAllocator::Stat`: current, peak, and the running totals allocated and freed."""
 
@@ -168,14 +168,19 @@ class DeviceStats:
         self.oversize_segments = Stat()
 
     def change(self, name: str, is_small: bool, amount: int) -> None:
-        """Increase (amount > 0) or decrease the aggregate and the pool's stat, as the source pairs them."""
-        pool = "small_pool" if is_small else "large_pool"
-        for key in ("all", pool):
-            stat = self.arrays[name][key]
+        """Increase (amount > 0) or decrease the aggregate and the pool's stat, as the source pairs them
+        (`Stat.increase` / `decrease` inlined: the replay of a large step calls this a million times)."""
+        pools = self.arrays[name]
+        for stat in (pools["all"], pools["small_pool" if is_small else "large_pool"]):
             if amount >= 0:
-                stat.increase(amount)
+                current = stat.current + amount
+                stat.current = current
+                if current > stat.peak:
+                    stat.peak = current
+                stat.allocated += amount
             else:
-                stat.decrease(-amount)
+                stat.current += amount
+                stat.freed -= amount
 
     def get(self, name: str, pool: str = "all") -> Stat:
         return self.arrays[name][pool]

@@ -38,10 +38,11 @@ class _Recording(CachingAllocator):
 
 
 def place(trace: Trace, config: AllocatorConfig | None = None) -> tuple[Trace, ReplayStats]:
-    """The trace with every storage's bytes replaced by its block's size, and the allocator's figures."""
+    """The trace with every storage's bytes replaced by its block's size, and the allocator's figures (with
+    the bytes reserved after every request, the baseline's first: `ReplayStats.reserved_after`)."""
     alloc = _Recording(config)
     requests = list(_requests(trace))
-    stats = replay(requests, allocator=alloc)
+    stats = replay(requests, allocator=alloc, track_reserved=True)
     sizes = iter(alloc.sizes)
     block: dict[int, int] = {r.key: (next(sizes) if r.size else 0) for r in requests if r.action == "alloc"}
     events = tuple(_resized(ev, block) for ev in trace.events)
