@@ -167,6 +167,7 @@ class World:
         register_baseline(rec, model, batch.tensors(), {})
         if fsdp:
             self.stack.enter_context(_fsdp_communication(rec))
+            self.stack.enter_context(_propagation_unrecorded())
         else:
             with _Mode(rec), allocating(rec, Category.COMMUNICATION):
                 runner = wrap_model(model, self.parallel, self.mesh, simulated=True)
@@ -239,6 +240,27 @@ def _fsdp_communication(rec: Recorder) -> Iterator[None]:
     finally:
         for name, fn in originals.items():
             setattr(FSDPParamGroup, name, fn)
+
+
+@contextmanager
+def _propagation_unrecorded() -> Iterator[None]:
+    """DTensor infers an op's output shape by running it on global-shape fake tensors the first time it
+    meets the op (`ShardingPropagator._propagate_tensor_meta_non_cached`); no memory is allocated for them,
+    so it runs outside the recorder (and outside the simulation's fake mode, in a fake mode of its own)."""
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    original = ShardingPropagator._propagate_tensor_meta_non_cached
+
+    def propagate(self: Any, op_schema: Any) -> Any:
+        with _disable_current_modes():
+            return original(self, op_schema)
+
+    ShardingPropagator._propagate_tensor_meta_non_cached = propagate  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ShardingPropagator._propagate_tensor_meta_non_cached = original  # type: ignore[method-assign]
 
 
 @contextmanager
