@@ -154,6 +154,13 @@ def engine_options(fn: F) -> F:
             help="Micro-batches (the --input batch) accumulated per optimizer step.",
         ),
         click.option(
+            "--repeat-layers",
+            type=click.IntRange(min=0),
+            default=0,
+            help="Simulate the model's stack of identical layers (a ModuleList, e.g. model.layers) with K, "
+            "K+1 and K+2 of them and extrapolate to its full depth, checked affine; 0 (default): off.",
+        ),
+        click.option(
             "--loss",
             type=LossType(),
             default=None,
@@ -333,6 +340,7 @@ def make_request(
     fsdp_reduce_dtype: str | None = None,
     cpu_offload: bool = False,
     rank: int = 0,
+    repeat_layers: int = 0,
 ) -> Request:
     """The engine request the common options describe (imports torch)."""
     from memtrace.tracer.parallel import parallel_from_flags
@@ -365,6 +373,7 @@ def make_request(
             fsdp_reduce_dtype,
             cpu_offload,
         ),
+        repeat_layers=repeat_layers,
     )
     return Request(model, tuple(inputs), tuple(args), config, gpu, headroom)
 

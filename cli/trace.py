@@ -106,12 +106,17 @@ def trace(
     """Simulate a step of MODEL (FILE.py:FUNC or package.module:FUNC) on the meta device."""
     from memtrace.cli.show import write_pictures
     from memtrace.tracer.saved import print_report, report_console, saved_from_json
-    from memtrace.tracer.simulate import run_traced
+    from memtrace.tracer.simulate import run, run_traced
 
     _check_outputs(output, graph_file, plot_file, html_file, snapshot_file, trace_file, options["device"])
+    if options.get("repeat_layers") and (snapshot_file or trace_file or graph_file):
+        raise MemtraceError("--repeat-layers extrapolates figures: no trace to export, no graph to draw")
     request = make_request(**options)
     with user_stdout_to_stderr(as_json):
-        recorded, result = run_traced(request)
+        if request.config.repeat_layers:  # no full trace: its figures from three short stacks
+            recorded, result = None, run(request)
+        else:
+            recorded, result = run_traced(request)
         result = replace(result, flags=command_flags())
         data = result.to_json()
         data["layers"] = [asdict(r) for r in sort_rows(at_depth(result.modules, depth), sort)]
@@ -184,10 +189,14 @@ def _add_map(data: dict[str, Any], request: Request, graph_file: Path | None, sh
 
 
 def _export(
-    recorded: Trace, result: Result, request: Request, snapshot_file: Path | None, trace_file: Path | None
+    recorded: Trace | None,
+    result: Result,
+    request: Request,
+    snapshot_file: Path | None,
+    trace_file: Path | None,
 ) -> None:
     """--export-snapshot and --export-trace, from the recorded trace (placed on cuda, as the figures)."""
-    if snapshot_file is None and trace_file is None:
+    if recorded is None or (snapshot_file is None and trace_file is None):
         return
     from memtrace.tracer.gpu import allocator_config
 
