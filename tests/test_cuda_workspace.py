@@ -129,10 +129,28 @@ def test_workspaces_count_in_the_peak_and_sum_with_the_categories() -> None:
 
 
 def test_conv_workspace_estimate_per_call() -> None:
-    # input 2x3x32x32, weight 16x3x3x3, output 2x16x30x30 in fp32: the output is the largest
-    assert conv.conv_workspace_estimate((2, 3, 32, 32), (16, 3, 3, 3), (2, 16, 30, 30), 4) == (0, 115_200)
-    assert conv.conv_workspace_estimate((1, 512, 7, 7), (512, 512, 3, 3), (1, 512, 7, 7), 2) == (0, 4_718_592)
+    # input 2x3x32x32, weight 16x3x3x3, output 2x16x30x30 in fp32: three times the three operands
+    assert conv.conv_workspace_estimate((2, 3, 32, 32), (16, 3, 3, 3), (2, 16, 30, 30), 4) == (0, 424_512)
+    assert conv.conv_workspace_estimate((1, 512, 7, 7), (512, 512, 3, 3), (1, 512, 7, 7), 2) == (
+        0,
+        14_456_832,
+    )
     assert conv.estimate_json(None) is None
+
+
+@pytest.mark.parametrize(
+    ("x", "w", "y", "measured"),
+    [  # run_conv_plan's largest workspaces in the H200 snapshot of the seed CNN, 8x3x144x256, fp32
+        ((8, 32, 72, 128), (64, 32, 3, 3), (8, 64, 72, 128), 29_196_432),  # conv2's weight gradient
+        ((8, 64, 36, 64), (128, 64, 3, 3), (8, 128, 36, 64), 18_711_263),  # conv3's weight gradient
+        ((8, 128, 18, 32), (128, 128, 3, 3), (8, 128, 18, 32), 14_155_776),  # conv4's weight gradient
+        ((8, 64, 36, 64), (128, 64, 3, 3), (8, 128, 36, 64), 14_450_835),  # conv3's forward
+    ],
+)
+def test_conv_workspace_bound_covers_the_measured_workspaces(
+    x: tuple[int, ...], w: tuple[int, ...], y: tuple[int, ...], measured: int
+) -> None:
+    assert conv.conv_workspace_estimate(x, w, y, 4)[1] >= measured
 
 
 def _cnn() -> nn.Module:
@@ -142,7 +160,8 @@ def _cnn() -> nn.Module:
 def test_conv_workspace_is_reported_beside_the_peak_not_in_it() -> None:
     res = simulate(_cnn, ["2x3x32x32"], device="cuda")
     assert res.cuda is not None
-    assert res.cuda.cudnn_workspace_estimate == {"low_bytes": 0, "high_bytes": 115_200}
+    second = 3 * (2 * 16 * 30 * 30 + 8 * 16 * 3 * 3 + 2 * 8 * 28 * 28) * 4  # the second conv's operands
+    assert res.cuda.cudnn_workspace_estimate == {"low_bytes": 0, "high_bytes": second}
     assert sum(res.peak.by_category.values()) == res.peak_bytes  # nothing folded in
     assert "cuDNN conv workspace not in the peak: +0 B..+" in cuda_lines(res.cuda).plain
     again = Result.from_json(res.to_json())

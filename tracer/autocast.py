@@ -485,6 +485,27 @@ def _cuda_patch() -> AbstractContextManager[None]:
     return meta_autocast("cuda")
 
 
+@patch("cuda", "checkpoint_device")
+@contextmanager
+def _checkpoint_sees_cuda() -> Iterator[None]:
+    """`torch.utils.checkpoint` saves the autocast state of its inputs' device and restores it around the
+    recompute; for meta tensors that device is "meta", so a CUDA autocast region would be lost in the
+    recompute (bf16 activations meeting fp32 weights). While simulating cuda, meta tensors stand for cuda."""
+    import torch.utils.checkpoint as ckpt
+
+    original = ckpt._infer_device_type
+
+    def infer_device_type(*args: Any) -> str:
+        found: str = original(*args)
+        return "cuda" if found == "meta" else found
+
+    ckpt._infer_device_type = infer_device_type
+    try:
+        yield
+    finally:
+        ckpt._infer_device_type = original
+
+
 class MetaGradScaler(torch.amp.GradScaler):
     """`torch.amp.GradScaler` for a step simulated on meta tensors: the same tensors and the same ops.
 

@@ -186,6 +186,18 @@ def dominant_line(result: Result) -> Text:
     return text
 
 
+def _conv_workspace_caveat(result: Result, spare: int) -> Text:
+    """A fit that cuDNN's convolution workspace (not simulated) could still break is said to be unsure."""
+    estimate = result.cuda.cudnn_workspace_estimate if result.cuda is not None else None
+    if estimate is None or estimate["high_bytes"] <= spare:
+        return Text()
+    high = human_bytes(estimate["high_bytes"])
+    return Text(
+        f"\n  unsure: cuDNN's convolution workspace (not simulated) may need up to {high} more",
+        style="yellow",
+    )
+
+
 def verdict_line(result: Result) -> Text:
     text = Text()
     v = result.verdict
@@ -195,6 +207,7 @@ def verdict_line(result: Result) -> Text:
     if v.fits:
         text.append(f"\nFits on {gpu}: ", style="bold green")
         text.append(f"{human_bytes(v.spare_bytes)} to spare")
+        text.append(_conv_workspace_caveat(result, v.spare_bytes))
     else:
         text.append(f"\nDoes not fit on {gpu}: ", style="bold red")
         text.append(f"needs {human_bytes(-v.spare_bytes)} more")

@@ -27,6 +27,12 @@ import torch.nn.functional as F
 from memtrace.tracer.devices import Workspace
 
 
+def installed_torch() -> tuple[int, int]:
+    """(major, minor) of the PyTorch that runs: the version-dependent kernel rules follow it."""
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
 def blas_ready(t: torch.Tensor) -> bool:
     rows, cols = t.shape
     s0, s1 = t.stride()

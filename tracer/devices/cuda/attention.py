@@ -52,7 +52,7 @@ from memtrace.tracer.devices.cuda.sdp_choice import (
     Operand,
     choose,
 )
-from memtrace.tracer.devices.shared import SdpaCall, meta_sdpa, sdpa_replaced
+from memtrace.tracer.devices.shared import SdpaCall, installed_torch, meta_sdpa, sdpa_replaced
 
 BACKEND_CHOICES = ("auto", "flash", "efficient", "cudnn", "math")
 
@@ -119,7 +119,12 @@ def target(
     """
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"unknown SDPA backend {backend!r} ({', '.join(BACKEND_CHOICES)})")
-    gpu = Gpu(compute_capability, cudnn_version or DEFAULT_CUDNN_VERSION, cuda_version)
+    gpu = Gpu(
+        compute_capability,
+        cudnn_version or DEFAULT_CUDNN_VERSION,
+        cuda_version,
+        torch_version=installed_torch(),
+    )
     sms = sm_count or SM_COUNTS.get(compute_capability, DEFAULT_SM_COUNT)
     t = Target(gpu, backend, sms)
     _STACK.append(t)
@@ -380,6 +385,49 @@ def flash_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     ws.outputs()  # mha_bwd: dq, dk, dv
     for nbytes in flash_backward_sizes(q, k, _strict_deterministic(), current().sm_count).values():
         ws.alloc(nbytes)
+    return ws
+
+
+# --- cuDNN (MHA.cpp run_cudnn_SDP_fprop / run_cudnn_SDP_bprop) -----------------------------------------
+# cuDNN's execution-plan workspaces are the library's choice, not PyTorch's; these sizes were measured on
+# an H200 (sm90, cuDNN 9.19, torch 2.11.0+cu130) from memory snapshots of one SDPA training step each:
+# (1, 32, 4096, 128) bf16 causal, the same with 8 kv heads, and (1, 8, 2048, 64) bf16 with a boolean mask
+# (benchmarks/results/h200-torch2.11). The forward's workspace was 256 bytes; the backward's was the fp32
+# grad-Q accumulator, an fp32 row statistic and 256 bytes, plus grad K and V at the query's head count when
+# kv heads are grouped.
+CUDNN_FPROP_WORKSPACE = 256
+
+
+def cudnn_backward_workspace(q: Any, k: Any) -> int:
+    """Bytes of run_cudnn_SDP_bprop's workspace for q (B, H, Sq, D) and k (B, Hk, Sk, D)."""
+    b, h, sq, d = q.shape
+    hk, sk = k.shape[1], k.shape[2]
+    nbytes = b * h * sq * d * 4 + b * h * sq * 4 + 256
+    if hk != h:
+        nbytes += 2 * b * h * sk * k.shape[3] * k.element_size()
+    return int(nbytes)
+
+
+@rule("cuda", "aten._scaled_dot_product_cudnn_attention.default")
+def cudnn_forward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
+    ws = Workspace()
+    ws.outputs()
+    ws.alloc(CUDNN_FPROP_WORKSPACE)
+    return ws
+
+
+@rule("cuda", "aten._scaled_dot_product_cudnn_attention_backward.default")
+def cudnn_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
+    """dq, dk, dv; then `permute_to_matching_layout` copies grad_out unless it has the output's strides;
+    then the plan's workspace; both are freed before the op returns."""
+    grad_out, q, k, o = args[0], args[1], args[2], args[4]
+    ws = Workspace()
+    ws.outputs()
+    copies = tuple(grad_out.stride()) != tuple(o.stride())
+    copy = ws.alloc(grad_out.numel() * grad_out.element_size()) if copies else None
+    ws.free(ws.alloc(cudnn_backward_workspace(q, k)))
+    if copy is not None:
+        ws.free(copy)
     return ws
 
 

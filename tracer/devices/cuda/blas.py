@@ -11,7 +11,7 @@ import torch
 
 from memtrace.tracer.devices import Workspace, rule
 from memtrace.tracer.devices.cuda import attention, cublas_workspace
-from memtrace.tracer.devices.shared import operand_copies
+from memtrace.tracer.devices.shared import installed_torch, operand_copies
 
 
 def with_workspace(work: Workspace | None, lt: bool = False) -> Workspace:
@@ -33,12 +33,6 @@ def with_workspace(work: Workspace | None, lt: bool = False) -> Workspace:
         key = cublas_workspace.workspace_key(True, backward_thread, None, version)
         ws.persist(key, cublas_workspace.cublaslt_bytes(arch, None, version))
     return ws
-
-
-def installed_torch() -> tuple[int, int]:
-    """(major, minor) of the PyTorch that runs: the version-dependent workspace rules follow it."""
-    major, minor = torch.__version__.split(".")[:2]
-    return int(major), int(minor)
 
 
 @rule("cuda", "aten.mm.default")

@@ -34,6 +34,13 @@ DEFAULT_COMPUTE_CAPABILITY = "8.0"
 DEFAULT_CUDNN_VERSION = 91002
 DEFAULT_CUDA_VERSION = "12.8"
 
+# The rules follow the 2.13 source. Three of them were measured absent on an H200 with torch 2.11.0+cu130
+# and cuDNN 9.19 (benchmarks/results/h200-torch2.11): there cuDNN attention ran with dropout 0.1 and with
+# head dim 256, and an fp32 call with a mask and enable_gqa went to math, not efficient. They apply from
+# 2.12 on (which of 2.12 or 2.13 added them is not known here).
+SOURCE_TORCH = (2, 13)
+RULES_SINCE = (2, 12)
+
 BACKENDS = ("flash", "efficient", "cudnn", "math")
 DEFAULT_PRIORITY = ("flash", "efficient", "math", "cudnn")  # at::globalContext().sDPPriorityOrder()
 _HALF = ("float16", "bfloat16")
@@ -47,6 +54,7 @@ class Gpu:
     cudnn_version: int = DEFAULT_CUDNN_VERSION
     cuda_version: str = DEFAULT_CUDA_VERSION
     cudnn_frontend_d256: bool = False  # CUDNN_FRONTEND_VERSION >= 12400 at PyTorch's build time
+    torch_version: tuple[int, int] = SOURCE_TORCH  # (major, minor) of the PyTorch whose rules apply
 
     @property
     def major(self) -> int:
@@ -194,12 +202,16 @@ def last_dim_stride_1(ignore_singleton_dim: bool) -> Check:
     return check_last_dim_stride_equals_1_dense
 
 
-def batch_and_heads(supports_gqa: bool, requires_same_num_heads: bool = True) -> Check:
+def batch_and_heads(
+    supports_gqa: bool, requires_same_num_heads: bool = True, gqa_since: tuple[int, int] = (2, 5)
+) -> Check:
+    """`gqa_since`: the first PyTorch whose backend takes `enable_gqa` here."""
+
     def check_batch_size_and_num_heads_dense(c: Call, g: Gpu, f: Flags) -> str | None:
         (qb, qh), (kb, kh), (vb, vh) = (c.query.shape[:2], c.key.shape[:2], c.value.shape[:2])
         if not qb == kb == vb:
             return "check_batch_size_and_num_heads_dense: q, k, v need the same batch size"
-        if c.enable_gqa and supports_gqa:
+        if c.enable_gqa and supports_gqa and g.torch_version >= gqa_since:
             return _grouped_query(qh, kh, vh, requires_same_num_heads)
         if not qh == kh == vh:
             return "check_batch_size_and_num_heads_dense: q, k, v need the same num_heads (enable_gqa off)"
@@ -350,7 +362,7 @@ EFFICIENT_CHECKS: tuple[Check, ...] = (
 EFFICIENT_DENSE: tuple[Check, ...] = (
     check_nonzero_sequence_lengths_dense,
     last_dim_stride_1(ignore_singleton_dim=False),
-    batch_and_heads(supports_gqa=True),
+    batch_and_heads(supports_gqa=True, gqa_since=RULES_SINCE),
     check_dtypes_mem_efficient,
 )
 
@@ -380,7 +392,7 @@ def check_cudnn_hardware_support(c: Call, g: Gpu, f: Flags) -> str | None:
 
 
 def check_cudnn_dropout(c: Call, g: Gpu, f: Flags) -> str | None:
-    if c.dropout_p * 16.0 == math.floor(c.dropout_p * 16.0):
+    if g.torch_version < RULES_SINCE or c.dropout_p * 16.0 == math.floor(c.dropout_p * 16.0):
         return None
     return "check_cudnn_dropout: dropout must be a multiple of 1/16"
 
@@ -396,7 +408,7 @@ def _cudnn_d256(g: Gpu) -> bool:
 
 def cudnn_head_dim_limit(c: Call, g: Gpu) -> int:
     d_qk, d_v = c.query.shape[3], c.value.shape[3]
-    if _cudnn_d256(g):
+    if _cudnn_d256(g) or (g.torch_version < RULES_SINCE and _sm90_or_sm10x(g)):
         return 256
     if _sm90_or_sm10x(g) and g.cudnn_version >= 91100 and d_qk == 192 and d_v == 128:
         return 192
