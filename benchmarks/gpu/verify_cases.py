@@ -208,12 +208,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=8)
-    parser.add_argument("--filter", default="")
+    parser.add_argument(
+        "--filter", default="", help="cases whose name contains one of these (comma-separated)"
+    )
     parser.add_argument("--timeout", type=float, default=240)
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the cases on this machine")
     opts = parser.parse_args()
-    cases = [c for c in all_cases() if opts.filter in c.name]
+    wanted = opts.filter.split(",")
+    cases = [c for c in all_cases() if any(w in c.name for w in wanted)]
     if opts.list:
         for c in cases:
             print(c.name, " ".join(_command(c, opts.out)[3:]))
