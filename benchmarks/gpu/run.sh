@@ -3,7 +3,7 @@
 # environment, check benchmarks/results/cuda-facts.md, then `memtrace verify --device cuda` over every case
 # and, beside it, a short real run under memtrace.monitor.
 # bash benchmarks/gpu/run.sh OUT_DIR [verify_cases.py flags...]
-# SKIP_FACTS=1 skips the facts; VERIFY_TIMEOUT / MONITOR_TIMEOUT bound the two parts (seconds).
+# SKIP_FACTS=1 / SKIP_MONITOR=1 skip those parts; VERIFY_TIMEOUT / MONITOR_TIMEOUT bound the two parts (seconds).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:?OUT_DIR}; shift
@@ -22,11 +22,13 @@ if [ -z "${SKIP_FACTS:-}" ]; then
   echo "facts rc=$?" | tee -a "$out/log.txt"
 fi
 # memtrace.monitor on a short real run: predicted beside measured (seed CNN loops, GPT-2 through the Trainer)
-( timeout "${MONITOR_TIMEOUT:-150}" python3 benchmarks/gpu/monitor_run.py --out "$out/monitor" \
+[ -n "${SKIP_MONITOR:-}" ] || ( timeout "${MONITOR_TIMEOUT:-150}" python3 benchmarks/gpu/monitor_run.py --out "$out/monitor" \
     >"$out/monitor.json" 2>"$out/monitor.log"; echo "monitor rc=$?" >>"$out/monitor.log" ) &
 timeout "${VERIFY_TIMEOUT:-330}" python3 benchmarks/gpu/verify_cases.py --out "$out" "$@" 2>&1 | tee -a "$out/log.txt"
 echo "verify rc=$?" | tee -a "$out/log.txt"
 wait
-tail -3 "$out/monitor.log" | tee -a "$out/log.txt"; cat "$out/monitor.log" >>"$out/log.txt"; rm -f "$out/monitor.log"
-rm -rf "$out/monitor/hf"
-tar -czf "$out/monitor.tgz" -C "$out" monitor && rm -rf "$out/monitor"
+if [ -z "${SKIP_MONITOR:-}" ]; then
+  tail -3 "$out/monitor.log" | tee -a "$out/log.txt"; cat "$out/monitor.log" >>"$out/log.txt"; rm -f "$out/monitor.log"
+  rm -rf "$out/monitor/hf"
+  tar -czf "$out/monitor.tgz" -C "$out" monitor && rm -rf "$out/monitor"
+fi
