@@ -9,9 +9,10 @@ each category, the totals, the allocated and requested peaks on cuda) must grow 
 
 The caching allocator's reserved memory does not grow so: which cached segment a request reuses depends on
 the whole history, and the unused cached bytes grow faster than the layers (a Llama-70B step: 4.4 GB at 3
-layers, 44 GB at 80). Reserved memory is therefore an estimate, the last short step's growth per layer,
-and the note says so. What the short runs cannot give is dropped, not guessed: the per-module rows, the
-layers at the peak and the timeline describe the short stack, so the extrapolated result leaves them empty.
+layers, 44 GB at 80). Reserved memory is therefore an estimate, the deepest short stack's ratio of reserved
+to allocated applied to the extrapolated allocated peak, and the note says so. What the short runs cannot
+give is dropped, not guessed: the per-module rows, the layers at the peak and the timeline describe the
+short stack, so the extrapolated result leaves them empty.
 """
 
 from __future__ import annotations
@@ -57,10 +58,17 @@ def extrapolate(results: Sequence[Result], stack: Stack) -> Result:
         return affine([get(r) for r in results], stack.short, stack.layers, what)
 
     peak = _peak(results, fig)
+    phases = _phases(results, fig)
+    top = max(phases, key=lambda p: p.bytes, default=None)
+    if top is not None and (top.phase is not peak.phase or top.bytes != peak.bytes):
+        raise NotAffine(
+            f"the {top.phase.value} phase's peak ({top.bytes:,} bytes) overtakes the {peak.phase.value} "
+            f"phase's at {stack.layers} layers"
+        )
     note = (
         f"extrapolated to {stack.layers} layers of {stack.path} from simulations of "
         f"{', '.join(map(str, stack.short))} layers (every figure grows by one step per layer); "
-        "per-layer rows, the timeline and any phase peak that does not grow so are left out"
+        "per-layer rows and the timeline are left out"
         + (
             "; reserved memory is an estimate (the allocator's cache does not grow by one step per layer)"
             if last.cuda is not None
@@ -71,12 +79,12 @@ def extrapolate(results: Sequence[Result], stack: Stack) -> Result:
         last,
         model=_model(results, fig),
         peak=peak,
-        phases=_phases(results, fig),
+        phases=phases,
         totals={c: fig(lambda r, c=c: r.totals.get(c, 0), f"{c.value} total") for c in first.totals},  # type: ignore[misc]
         first_iteration_peak=fig(lambda r: r.first_iteration_peak, "the first step's peak"),
         activation_peak=fig(lambda r: r.activation_peak, "the saved activations' peak"),
         flops=fig(lambda r: r.flops, "FLOPs"),
-        cuda=_cuda(results, fig, stack),
+        cuda=_cuda(results, fig),
         modules=(),
         top_layers=(),
         timeline=None,
@@ -101,16 +109,17 @@ def _peak(results: Sequence[Result], fig: Fig) -> Peak:
 
 
 def _phases(results: Sequence[Result], fig: Fig) -> tuple[PhasePeak, ...]:
-    """Each phase's peak, where it grows by one step per layer (a phase's peak may move inside the short
-    stacks, a backward peak say, while the step's peak does not): the others are left out."""
+    """Each phase's peak, which must grow by one step per layer too: a phase whose peak grows faster than
+    the step's overtakes it in a deeper stack (a 70B step at 8192 tokens peaks in backward with 2 to 4
+    layers, in the optimizer step with 80), so `extrapolate` compares them at the full depth."""
     rows = []
     for i, row in enumerate(results[-1].phases):
-        if any(len(r.phases) <= i or r.phases[i].phase is not row.phase for r in results):
-            continue
-        try:
-            rows.append(replace(row, bytes=fig(lambda r: r.phases[i].bytes, "phase"), module=""))  # noqa: B023
-        except NotAffine:
-            continue
+        if any(
+            len(r.phases) != len(results[-1].phases) or r.phases[i].phase is not row.phase for r in results
+        ):
+            raise NotAffine("the short stacks differ in their phases")
+        grown = fig(lambda r: r.phases[i].bytes, f"the {row.phase.value} phase's peak")  # noqa: B023
+        rows.append(replace(row, bytes=grown, module=""))
     return tuple(rows)
 
 
@@ -125,21 +134,23 @@ def _model(results: Sequence[Result], fig: Fig) -> ModelInfo:
     )
 
 
-def _last_step(values: Sequence[int], stack: Stack) -> int:
-    """An estimate at the full depth: the last short stack's figure plus its last growth per layer."""
-    return values[-1] + (stack.layers - stack.short[-1]) * (values[-1] - values[-2])
+def _scaled(value: int, allocated: int, full_allocated: int) -> int:
+    """An estimate at the full depth: the deepest short stack's ratio to its allocated peak, kept (the
+    cached-but-unused share shrinks as the stack deepens: this errs high, the safe side for a verdict)."""
+    return value * full_allocated // allocated if allocated else value
 
 
-def _cuda(results: Sequence[Result], fig: Fig, stack: Stack) -> CudaFigures | None:
+def _cuda(results: Sequence[Result], fig: Fig) -> CudaFigures | None:
     cuda = results[-1].cuda
     if cuda is None:
         return None
-    got = [r.cuda for r in results if r.cuda is not None]
+    allocated = fig(lambda r: r.cuda.allocated_peak_bytes, "allocated")  # type: ignore[union-attr]
+    reserved = _scaled(cuda.reserved_peak_bytes, cuda.allocated_peak_bytes, allocated)
     return replace(
         cuda,
-        allocated_peak_bytes=fig(lambda r: r.cuda.allocated_peak_bytes, "allocated"),  # type: ignore[union-attr]
+        allocated_peak_bytes=allocated,
         requested_peak_bytes=fig(lambda r: r.cuda.requested_peak_bytes, "requested"),  # type: ignore[union-attr]
-        reserved_peak_bytes=_last_step([c.reserved_peak_bytes for c in got], stack),
-        fragmentation_bytes=_last_step([c.fragmentation_bytes for c in got], stack),
+        reserved_peak_bytes=reserved,
+        fragmentation_bytes=_scaled(cuda.fragmentation_bytes, cuda.allocated_peak_bytes, allocated),
         segments=(),
     )
