@@ -86,6 +86,20 @@ class WorldType(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(exc), param, ctx)
 
 
+class AssumeType(click.ParamType):  # type: ignore[type-arg]
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from memtrace.tracer.assume import parse_assume
+
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_assume(value)
+        except MemtraceError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class KeyValueType(_SpecType):
     name = "KEY=VALUE"
     parser = staticmethod(specs.parse_kv)
@@ -210,6 +224,13 @@ def engine_options(fn: F) -> F:
             default=None,
             help="The runtime cuDNN the GPU would use, e.g. 9.10.2 (default 9.10.2): newer than 9.15 puts "
             "cuDNN attention first on sm 9.x/10.x.",
+        ),
+        click.option(
+            "--assume",
+            multiple=True,
+            type=AssumeType(),
+            help="A data-dependent value to assume, repeatable: moe.routing=balanced|worst, "
+            "moe.tokens=N,N,..[;N,N,..] (tokens per expert, per MoE layer), nonzero=all, check=pass.",
         ),
         click.option(
             "--step",
@@ -341,6 +362,7 @@ def make_request(
     cpu_offload: bool = False,
     rank: int = 0,
     repeat_layers: int = 0,
+    assume: tuple[tuple[str, str], ...] = (),
 ) -> Request:
     """The engine request the common options describe (imports torch)."""
     from memtrace.tracer.parallel import parallel_from_flags
@@ -374,6 +396,7 @@ def make_request(
             cpu_offload,
         ),
         repeat_layers=repeat_layers,
+        assume=tuple(assume),
     )
     return Request(model, tuple(inputs), tuple(args), config, gpu, headroom)
 

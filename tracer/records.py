@@ -87,6 +87,18 @@ class Trace:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # what the user should know of how the step ran (lazy modules, TorchScript)
     workspace_estimate: tuple[int, int] | None = None  # the largest unplaced kernel workspace (cuDNN conv)
+    assumptions: tuple[Assumption, ...] = ()  # the data-dependent values chosen (tracer/assume.py)
+
+
+@dataclass(frozen=True)
+class Assumption:
+    """A value the simulation chose for a data-dependent op (tracer/assume.py): the op, the module it ran
+    in, the value chosen, and where the choice came from (`default` or `--assume`)."""
+
+    op: str
+    module: str
+    value: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -305,6 +317,7 @@ class Result:
     timeline: StepTimeline | None = None  # the steady-state step, compacted for the pictures
     flags: dict[str, Any] = field(default_factory=dict)  # the command's options, as the CLI parsed them
     parallel: str = ""  # the data-parallel job one rank of which was simulated (`fsdp 8 (rank 0; ...)`)
+    assumptions: tuple[Assumption, ...] = ()  # the data-dependent values chosen, each once
 
     @property
     def all_steps_peak_bytes(self) -> int:
@@ -357,6 +370,7 @@ class Result:
                 "cuda": {**asdict(self.cuda), "segments": list(self.cuda.segments)} if self.cuda else None,
                 "flags": self.flags,
                 "parallel": self.parallel,
+                "assumptions": [asdict(a) for a in self.assumptions],
             }
         )
         data["timeline"] = self.timeline.to_json() if self.timeline else None
@@ -400,6 +414,7 @@ class Result:
             timeline=StepTimeline.from_json(data["timeline"]) if data.get("timeline") else None,
             flags=dict(data.get("flags") or {}),
             parallel=data.get("parallel", ""),
+            assumptions=tuple(Assumption(**a) for a in data.get("assumptions", ())),
         )
 
 

@@ -58,6 +58,21 @@ def header(result: Result) -> Text:
         text.append(f"\n  {result.flops / 1e9:,.1f} GFLOP per step (forward, backward, recompute)")
     for note in result.notes:
         text.append(f"\n  note: {note}", style="yellow")
+    text.append(assumption_lines(result))
+    return text
+
+
+def assumption_lines(result: Result) -> Text:
+    """The data-dependent values the simulation chose, one line per choice (its modules counted)."""
+    text = Text()
+    modules: dict[tuple[str, str, str], list[str]] = {}
+    for a in result.assumptions:
+        modules.setdefault((a.op, a.value, a.source), []).append(a.module)
+    for (op, value, source), names in modules.items():
+        where = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
+        text.append(f"\n  assumed: {op} in {where}: {value} ({source})", style="yellow")
+    if modules:
+        text.append("\n  (data-dependent values; change them with --assume KEY=VALUE)", style="yellow")
     return text
 
 

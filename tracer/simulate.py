@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from memtrace.tracer import analysis
+from memtrace.tracer.assume import Policy
 from memtrace.tracer.batch import Batch, as_batch
+from memtrace.tracer.data_dependent import resolving
 from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.devices.cuda.conv import estimate_json
 from memtrace.tracer.devices.cuda.placement import place
@@ -75,6 +77,7 @@ class Config:
     parallel: Parallel | None = None  # --ddp N / --fsdp N: one rank of a data-parallel job
     cuda_version: str | None = None  # the CUDA runtime PyTorch was built with (12.8); None: the default
     repeat_layers: int = 0  # --repeat-layers K: extrapolate a stack of identical layers from K, K+1, K+2
+    assume: tuple[tuple[str, str], ...] = ()  # --assume KEY=VALUE: the data-dependent values (assume.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -91,6 +94,7 @@ class Config:
             raise MemtraceError(f"unknown --sdpa-backend {self.sdpa_backend!r} ({', '.join(SDPA_BACKENDS)})")
         _check_loss(self.loss)
         _check_gpu_flags(self)
+        Policy(self.assume)  # a bad --assume fails before any simulation
 
     @property
     def targets(self) -> tuple[InputSpec, ...]:
@@ -177,13 +181,19 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                 with fused_on_meta():  # the patch for the step registers the meta kernels
                     optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
             register_baseline(rec, model, batch.tensors(), _parameter_owners(model))
-            with gpu_target(config) as gpu, device.patched(), recording(rec, model):
+            with (
+                gpu_target(config) as gpu,
+                device.patched(),
+                resolving(Policy(config.assume), rec.current_module) as assumed,
+                recording(rec, model),
+            ):
                 run_program(runner, batch, optimizer, plan, rec, config.iterations)
     except MemtraceError:
         raise
     except Exception as exc:
         raise MemtraceError(_failure(rec, model, exc)) from exc
-    return replace(rec.trace(config.iterations), notes=(*notes, *gpu_notes(config, gpu)))
+    every_note = (*notes, *gpu_notes(config, gpu))
+    return replace(rec.trace(config.iterations), notes=every_note, assumptions=tuple(assumed))
 
 
 def plan_for(config: Config) -> StepPlan:
@@ -221,8 +231,17 @@ def _failure(rec: Recorder, model: nn.Module, exc: Exception) -> str:
             f"the {rec.phase.value} pass failed in module {where!r}: {op} has no meta kernel; register one "
             "with torch.library.register_fake to simulate this model"
         )
+    data_op = re.search(r"register_meta function for (torch\.\w+)\(\)", text)
+    if data_op or "data-dependent" in text.lower():
+        from memtrace.tracer.assume import KEYS
+
+        op = data_op.group(1) if data_op else "an op"
+        return (
+            f"the {rec.phase.value} pass failed in module {where!r}: {op} has a data-dependent output that "
+            f"meta cannot know; choose it with --assume KEY=VALUE (keys: {', '.join(KEYS)})"
+        )
     hint = ""
-    if "meta tensors" in text or "data-dependent" in text.lower():
+    if "meta tensors" in text:
         hint = " (data-dependent code such as .item(), nonzero or an if on tensor values cannot run on meta)"
     return f"the {rec.phase.value} pass failed in module {where!r}: {first_line(exc)}{hint}"
 
@@ -284,6 +303,7 @@ def analyse(
         free_output=config.free_output,
         parallel=config.parallel.text() if config.parallel is not None else "",
         timeline=step_timeline(trace, last, peak.seq, reserved),
+        assumptions=trace.assumptions,
     )
 
 

@@ -1,0 +1,106 @@
+"""The assumption policy for data-dependent sizes and values (pure: no torch).
+
+A meta simulation has shapes but no values, so what `nonzero`, one-argument `where`, `.item()`/`bool()` and
+top-k routing produce must be *chosen*. Each choice follows a stated policy that `--assume KEY=VALUE`
+changes, and each choice made is recorded as an `Assumption` in the Result:
+
+- `moe.routing=balanced|worst`: the experts a top-k picks. balanced (default): tokens*k spread evenly over
+  the experts; worst: every token picks the same first k experts (each of them takes every token, the most
+  one expert can take).
+- `moe.tokens=N,N,...[;N,N,...]`: measured tokens per expert, one group per routing call (per MoE layer) in
+  call order, the last group repeating; the counts of a group sum to tokens*k. Overrides moe.routing.
+- `nonzero=all`: a `nonzero`/`where` whose input has no known values keeps every element (the upper bound).
+- `check=pass`: a Python `if`/`assert` on a tensor with no known values (a consistency check such as a
+  VLM's image-token count) passes: the inputs are taken to be consistent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memtrace.tracer.errors import MemtraceError
+
+ROUTINGS = ("balanced", "worst")
+KEYS = {
+    "moe.routing": "balanced|worst",
+    "moe.tokens": "N,N,...[;N,N,...]",
+    "nonzero": "all",
+    "check": "pass",
+}
+DEFAULTS = {"moe.routing": "balanced", "nonzero": "all", "check": "pass"}
+
+
+def parse_assume(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` with a known key and a valid value, else a one-line MemtraceError."""
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key or not value:
+        raise MemtraceError(f"--assume {text!r}: expected KEY=VALUE (keys: {', '.join(KEYS)})")
+    if key not in KEYS:
+        raise MemtraceError(f"--assume {text!r}: unknown key {key!r} (keys: {', '.join(KEYS)})")
+    if key == "moe.tokens":
+        token_groups(value)
+    elif value not in KEYS[key].split("|"):
+        raise MemtraceError(f"--assume {key}={value}: expected {KEYS[key]}")
+    return key, value
+
+
+def token_groups(value: str) -> tuple[tuple[int, ...], ...]:
+    """`12,20;16,16` -> ((12, 20), (16, 16)): tokens per expert, one group per routing call."""
+    try:
+        groups = tuple(tuple(int(n) for n in group.split(",")) for group in value.split(";"))
+    except ValueError:
+        raise MemtraceError(f"--assume moe.tokens={value}: expected counts such as 12,20,16,16") from None
+    if any(n < 0 for group in groups for n in group):
+        raise MemtraceError(f"--assume moe.tokens={value}: counts cannot be negative")
+    return groups
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The `--assume` pairs given; every key not given takes its default."""
+
+    given: tuple[tuple[str, str], ...] = ()
+    _values: dict[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for key, value in self.given:
+            parse_assume(f"{key}={value}")
+            self._values[key] = value
+
+    def value(self, key: str) -> tuple[str, str]:
+        """(value, source): source is `--assume` when given, else `default`."""
+        if key in self._values:
+            return self._values[key], "--assume"
+        return DEFAULTS.get(key, ""), "default"
+
+    def text(self) -> str:
+        return " ".join(f"--assume {k}={v}" for k, v in self.given)
+
+
+def expert_counts(tokens: int, k: int, experts: int, routing: str) -> tuple[int, ...]:
+    """Tokens per expert for `tokens` tokens each picking `k` of `experts` by the routing policy."""
+    if routing == "worst":
+        return tuple(tokens if e < k else 0 for e in range(experts))
+    base, extra = divmod(tokens * k, experts)
+    return tuple(base + (1 if e < extra else 0) for e in range(experts))
+
+
+def check_counts(counts: tuple[int, ...], tokens: int, k: int, experts: int) -> None:
+    """Counts given with moe.tokens must describe this routing call: one per expert, each at most the tokens,
+    summing to tokens*k."""
+    if len(counts) != experts or sum(counts) != tokens * k or max(counts, default=0) > tokens:
+        raise MemtraceError(
+            f"--assume moe.tokens: {','.join(map(str, counts))} does not fit a routing of {tokens} tokens to "
+            f"{k} of {experts} experts (one count per expert, each at most {tokens}, summing to {tokens * k})"
+        )
+
+
+def assignment(counts: tuple[int, ...], tokens: int, k: int) -> list[list[int]]:
+    """Each token's k experts, distinct, with expert e picked by counts[e] tokens: the experts' slots are
+    dealt round-robin over the tokens (a run of at most `tokens` slots never meets a token twice)."""
+    slots = [e for e, n in enumerate(counts) for _ in range(n)]
+    picks: list[list[int]] = [[] for _ in range(tokens)]
+    for s, expert in enumerate(slots):
+        picks[s % tokens].append(expert)
+    return [p[:k] for p in picks]
