@@ -224,3 +224,17 @@ def test_cpu_offload_is_refused_on_cuda(capsys: pytest.CaptureFixture[str]) -> N
         main([f"{MODELS}:lm", "--input", "4x64:int64", "--fsdp", "2", "--cpu-offload"])
     assert exit_.value.code == 2
     assert "--cpu-offload is simulated on --device cpu only" in capsys.readouterr().err
+
+
+def test_amp_applies_to_fake_tensors_on_the_cuda_target() -> None:
+    """Autocast's emulation casts the fake CPU tensors of a data-parallel run as it casts meta ones: bf16
+    saves DDP's rank as many activation bytes as it saves one process."""
+
+    def activations(amp: str | None, parallel: Parallel | None) -> int:
+        config = Config(device="cuda", parallel=parallel, recipe=Recipe(amp=amp))
+        return run(Request(f"{MODELS}:lm", (parse_input("4x64:int64"),), (), config)).activation_peak
+
+    ddp = Parallel("ddp", 2)
+    saved = activations(None, ddp) - activations("bf16", ddp)
+    assert saved > 0
+    assert saved == activations(None, None) - activations("bf16", None)

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch._C import DispatchKey, DispatchKeySet
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from memtrace.tracer.devices import patch
@@ -167,7 +168,7 @@ def eligible(t: Any, device_type: str) -> bool:
         isinstance(t, torch.Tensor)
         and t.is_floating_point()
         and t.dtype != torch.float64
-        and t.device.type in ("meta", device_type)
+        and (t.device.type in ("meta", device_type) or isinstance(t, FakeTensor))  # fake: --ddp/--fsdp
     )
 
 
@@ -246,7 +247,7 @@ def promote_type(lower: torch.dtype, values: Sequence[Any], device_type: str) ->
     """autocast_mode.h's promote_type: float32 wins over the lower dtype, doubles are ignored."""
     current = lower
     for t in _tensors(values):
-        if not (t.is_floating_point() and t.device.type in ("meta", device_type)) or t.dtype == torch.float64:
+        if not eligible(t, device_type):
             continue
         if current == torch.float32 or t.dtype == torch.float32:
             current = torch.float32
