@@ -105,6 +105,7 @@ def meta_sdpa(device: str, kernel: Callable[[SdpaCall], torch.Tensor]) -> Callab
     device's autocast casts them (before the backend is chosen: the fused kernels bypass the dispatcher) and
     go to the device's `kernel`."""
     from memtrace.tracer.autocast import policy_cast
+    from memtrace.tracer.recorder import simulated
 
     def wrap(original: SdpaFn) -> SdpaFn:
         def sdpa(
@@ -118,7 +119,7 @@ def meta_sdpa(device: str, kernel: Callable[[SdpaCall], torch.Tensor]) -> Callab
             enable_gqa: bool = False,
         ) -> torch.Tensor:
             call = SdpaCall(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, original)
-            if query.device.type != "meta":
+            if not simulated(query):  # meta, or fake under --ddp/--fsdp
                 return call.fallback()
             q, k, v, mask = policy_cast(device, "scaled_dot_product_attention", query, key, value, attn_mask)
             return kernel(SdpaCall(q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, original))
