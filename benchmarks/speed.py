@@ -141,6 +141,7 @@ def child_real(name: str) -> dict[str, Any]:
 
 def child_memtracker(name: str) -> dict[str, Any]:
     """PyTorch's MemTracker on the same step, every tensor fake (FakeTensorMode, CPU device)."""
+    import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
@@ -150,12 +151,16 @@ def child_memtracker(name: str) -> dict[str, Any]:
     from memtrace.tracer.recipes import cast_inputs
 
     req = request(name, "cpu")
+    config = replace(req.config, recipe=replace(req.config.recipe, dtype=None))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(req.config.recipe.dtype or "", torch.float32)
     t0 = time.perf_counter()
-    with FakeTensorMode():
+    with FakeTensorMode():  # bf16 parameters built as such: Module.to() cannot swap fake parameters
+        torch.set_default_dtype(dtype)
         model = load_object(req.builder)(**dict(req.builder_kwargs))
+        torch.set_default_dtype(torch.float32)
         batch = cast_inputs(make_inputs(req.inputs, "cpu", req.config.targets), req.config.recipe.dtype)
-        opt = _prepared(model, batch, req.config, "cpu")
-        plan = real_plan(req.config, "cpu")
+        opt = _prepared(model, batch, config, "cpu")
+        plan = real_plan(config, "cpu")
         tracker = MemTracker()
         tracker.track_external(model, *([opt] if opt is not None else []))
         with tracker:  # two steps, the module statistics reset between them, as its docstring does
