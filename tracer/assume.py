@@ -7,8 +7,9 @@ changes, and each choice made is recorded as an `Assumption` in the Result:
 - `moe.routing=balanced|worst`: the experts a top-k picks. balanced (default): tokens*k spread evenly over
   the experts; worst: every token picks the same first k experts (each of them takes every token, the most
   one expert can take).
-- `moe.tokens=N,N,...[;N,N,...]`: measured tokens per expert, one group per routing call (per MoE layer) in
-  call order, the last group repeating; the counts of a group sum to tokens*k. Overrides moe.routing.
+- `moe.tokens=N,N,...[;N,N,...]`: measured tokens per expert, one group per routing module (per MoE layer)
+  in the order they first route, the last group repeating; the counts of a group sum to tokens*k (every
+  iteration and recomputation of a layer routes the same). Overrides moe.routing.
 - `nonzero=all`: a `nonzero`/`where` whose input has no known values keeps every element (the upper bound).
 - `check=pass`: a Python `if`/`assert` on a tensor with no known values (a consistency check such as a
   VLM's image-token count) passes: the inputs are taken to be consistent.
@@ -46,7 +47,7 @@ def parse_assume(text: str) -> tuple[str, str]:
 
 
 def token_groups(value: str) -> tuple[tuple[int, ...], ...]:
-    """`12,20;16,16` -> ((12, 20), (16, 16)): tokens per expert, one group per routing call."""
+    """`12,20;16,16` -> ((12, 20), (16, 16)): tokens per expert, one group per routing module."""
     try:
         groups = tuple(tuple(int(n) for n in group.split(",")) for group in value.split(";"))
     except ValueError:

@@ -100,7 +100,15 @@ class _Resolver(TorchDispatchMode):
     def _on_values(self, func: Any, name: str, flat: list[Any], spec: Any, known: Iterator[Any]) -> Any:
         cpu = [next(known) if isinstance(x, torch.Tensor) else x for x in flat]
         cpu_args, cpu_kwargs = tree_unflatten(cpu, spec)
-        value = func(*cpu_args, **cpu_kwargs)
+        try:
+            value = func(*cpu_args, **cpu_kwargs)
+        except (NotImplementedError, RuntimeError):  # no CPU kernel for these dtypes (histc of int)
+            if name in _SIZE_FROM_DATA:
+                raise
+            meta_args, meta_kwargs = tree_unflatten(flat, spec)
+            for t in _written(func, meta_args, meta_kwargs):
+                self.values.forget(t)
+            return func(*meta_args, **meta_kwargs)
         if name == "_local_scalar_dense":
             return value
         meta_args, meta_kwargs = tree_unflatten(flat, spec)

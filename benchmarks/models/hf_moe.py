@@ -16,7 +16,7 @@ def mixtral(
     layers: int = 2,
     hidden: int = 64,
     heads: int = 4,
-    kv_heads: int = 2,
+    kv_heads: int = 4,  # = heads: memtrace runs CPU attention with GQA on the math path
     intermediate: int = 128,
     experts_count: int = 4,
     top_k: int = 2,
@@ -46,7 +46,7 @@ def qwen2_moe(
     layers: int = 2,
     hidden: int = 64,
     heads: int = 4,
-    kv_heads: int = 2,
+    kv_heads: int = 4,  # = heads: memtrace runs CPU attention with GQA on the math path
     intermediate: int = 128,
     experts_count: int = 4,
     top_k: int = 2,
