@@ -149,8 +149,9 @@ class _Resolver(TorchDispatchMode):
         if name == "_local_scalar_dense" and x.dtype == torch.bool:
             self._note("item (bool)", "true: the check passes", "check")
             return True
+        op = f"aten::{name}" + (" (.item())" if name == "_local_scalar_dense" else "")
         raise MemtraceError(
-            f"aten::{name} in module {self.where()!r} returns a {'value' if 'scalar' in name else 'size'} "
+            f"{op} in module {self.where()!r} returns a {'value' if 'scalar' in name else 'size'} "
             f"that depends on the data, and no --assume key bounds it (keys: {', '.join(KEYS)})"
         )
 

@@ -184,7 +184,9 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
             with (
                 gpu_target(config) as gpu,
                 device.patched(),
-                resolving(Policy(config.assume), rec.current_module) as assumed,
+                resolving(
+                    Policy(config.assume), lambda: rec.current_module() or type(model).__name__
+                ) as assumed,
                 recording(rec, model),
             ):
                 run_program(runner, batch, optimizer, plan, rec, config.iterations)
