@@ -10,9 +10,9 @@ where no key bounds it, a one-line error names the op, the module and the keys.
 
 `aten._grouped_mm` is also taken here: PyTorch's meta kernel follows the CUDA fast path (bf16 only), while
 the kernel accepts fp32 and fp16 on the CPU (and CUDA's fallback loop): those get the same output shape.
-Every choice made is recorded as an `Assumption`. Known limits: values are kept for tensors of at most 4M
-elements; `.tolist()` reads memory directly and is not seen; a write through another view of a storage
-forgets the storage's known values.
+Every choice made is recorded as an `Assumption`. Known limits: values are kept for tensors of at most 1M
+elements, and constant fills only of integer and boolean dtypes; `.tolist()` reads memory directly and is
+not seen; a write through another view of a storage forgets the storage's known values.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.records import Assumption
 
 aten = torch.ops.aten
-_MAX_KNOWN = 1 << 22  # elements: larger results keep no known value
+_MAX_KNOWN = 1 << 20  # elements: larger results keep no known value
 _SIZE_FROM_DATA = {"nonzero", "masked_select", "_local_scalar_dense", "unique", "_unique", "_unique2"}
 _SIZE_FROM_DATA |= {"unique_consecutive", "unique_dim", "repeat_interleave", "bincount", "nonzero_numpy"}
 _FILLS = {"zeros", "ones", "full", "arange", "scalar_tensor", "zeros_like", "ones_like", "full_like"}
@@ -128,7 +128,8 @@ class _Resolver(TorchDispatchMode):
     def _filled(self, func: Any, name: str, args: Any, kwargs: Any) -> Any:
         """A constant fill (zeros, full, arange, zeros_like) on meta: its value is known."""
         out = func(*args, **kwargs)
-        if isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= _MAX_KNOWN:
+        small = isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= _MAX_KNOWN
+        if small and not out.is_floating_point():  # indices, counts, masks: not activations
             if name.endswith("_like"):
                 args = (torch.empty(args[0].shape, dtype=args[0].dtype), *args[1:])
             self.values.put(out, func(*args, **{**kwargs, "device": torch.device("cpu")}))
