@@ -9,7 +9,7 @@ runs as the real one would. An op with unknown inputs runs on meta; where meta h
 where no key bounds it, a one-line error names the op, the module and the keys.
 
 `aten._grouped_mm` is also taken here: PyTorch's meta kernel follows the CUDA fast path (bf16 only), while
-the kernel accepts fp32 and fp16 on the CPU (and CUDA's fallback loop): those get the same output shape.
+the kernel accepts fp32 and fp16 on the CPU: those get the same output shape (on a CUDA target unchecked).
 Every choice made is recorded as an `Assumption`. Known limits: values are kept for tensors of at most 1M
 elements, and constant fills only of integer and boolean dtypes; `.tolist()` reads memory directly and is
 not seen; a write through another view of a storage forgets the storage's known values.
@@ -206,7 +206,7 @@ def _grouped_mm_shape(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """`_grouped_mm` in fp32/fp16 as the CPU kernel (and CUDA's fallback) runs it: PyTorch's meta output."""
+    """`_grouped_mm` in fp32/fp16 as the CPU kernel runs it: the output shape of PyTorch's meta kernel."""
     if a.dtype != b.dtype or a.dtype not in (torch.float32, torch.float16):
         raise MemtraceError(f"aten::_grouped_mm: {a.dtype} x {b.dtype} is not a pair the kernel accepts")
     from torch._meta_registrations import _create_grouped_mm_output_tensor
