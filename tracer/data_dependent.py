@@ -79,7 +79,7 @@ class _Resolver(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
-        if func is aten._grouped_mm.default and args[0].dtype != torch.bfloat16:
+        if func is aten._grouped_mm.default and args[0].device == _META and args[0].dtype != torch.bfloat16:
             return _grouped_mm_shape(*args, **kwargs)
         flat, spec = tree_flatten((args, kwargs))
         tensors = [t for t in flat if isinstance(t, torch.Tensor)]
