@@ -52,8 +52,9 @@ def _cpu_choice(c: SdpaCall) -> int:
 
 
 def _cpu_kernel(c: SdpaCall) -> torch.Tensor:
-    """The fused flash kernel when PyTorch's CPU choice says so (not with GQA), else the math path."""
-    if _cpu_choice(c) != _FLASH or c.enable_gqa:
+    """The fused flash kernel when PyTorch's CPU choice says so (grouped kv heads included: the kernel
+    indexes them), else the math path."""
+    if _cpu_choice(c) != _FLASH:
         return c.fallback()
     out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         c.query, c.key, c.value, c.dropout_p, c.is_causal, attn_mask=c.attn_mask, scale=c.scale
