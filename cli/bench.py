@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from memtrace.cli.common import ToleranceType, user_stdout_to_stderr, writable
+from memtrace.cli.common import ToleranceType, file_option, user_stdout_to_stderr, writable
 from memtrace.tracer.errors import MemtraceError
 
 if TYPE_CHECKING:  # the bench records, without importing them at the CLI's start
@@ -22,12 +22,10 @@ if TYPE_CHECKING:  # the bench records, without importing them at the CLI's star
 
 @click.command("bench", short_help="Run the benchmark suite; gate peaks against a baseline.")
 @click.argument("cases", nargs=-1)
-@click.option(
+@file_option(
     "--suite",
     "suite_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="A suite file defining SUITE, a tuple of memtrace.tracer.bench.Case [default: benchmarks/suite.py].",
+    text="A suite file defining SUITE, a tuple of memtrace.tracer.bench.Case [default: benchmarks/suite.py].",
 )
 @click.option(
     "--filter", "text", default=None, help="Only cases with this tag (ci) or this text in the name."
@@ -40,15 +38,8 @@ if TYPE_CHECKING:  # the bench records, without importing them at the CLI's star
     help="Whose allocator to model, and to measure on (cuda without a GPU: predicted only).",
 )
 @click.option("--no-measure", is_flag=True, help="Simulate only: no real step, no error gate.")
-@click.option(
-    "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON."
-)
-@click.option(
-    "--baseline",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="A stored bench JSON: exit 1 when a peak grew by more than --threshold.",
-)
+@file_option("--output", text="Write the JSON.")
+@file_option("--baseline", text="A stored bench JSON: exit 1 when a peak grew by more than --threshold.")
 @click.option("--threshold", type=ToleranceType(), default="1%", show_default=True, help="Allowed growth.")
 @click.option(
     "--tolerance", type=ToleranceType(), default="1%", show_default=True, help="Allowed prediction error."

@@ -320,15 +320,14 @@ def headroom_option(fn: F) -> F:
     )(fn)
 
 
+def file_option(*decls: str, text: str) -> Callable[[F], F]:
+    """An option naming one file (not a directory), None when absent."""
+    return click.option(*decls, type=click.Path(dir_okay=False, path_type=Path), default=None, help=text)
+
+
 def plot_option(text: str) -> Callable[[F], F]:
     """--plot FILE.png|svg."""
-    return click.option(
-        "--plot",
-        "plot_file",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help=text,
-    )
+    return file_option("--plot", "plot_file", text=text)
 
 
 def make_request(

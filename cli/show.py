@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from memtrace.cli.common import writable
+from memtrace.cli.common import file_option, plot_option, writable
 from memtrace.tracer.errors import MemtraceError
 
 if TYPE_CHECKING:
@@ -18,20 +18,8 @@ if TYPE_CHECKING:
 @click.command("show", short_help="Re-render a saved result (--output) without re-tracing.")
 @click.argument("result_file", metavar="RESULT.json", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--layers", "show_layers", is_flag=True, help="Print the per-layer table (as saved).")
-@click.option(
-    "--plot",
-    "plot_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the memory timeline: FILE.png or FILE.svg.",
-)
-@click.option(
-    "--html",
-    "html_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write a self-contained HTML report.",
-)
+@plot_option("Write the memory timeline: FILE.png or FILE.svg.")
+@file_option("--html", "html_file", text="Write a self-contained HTML report.")
 def show(result_file: Path, show_layers: bool, plot_file: Path | None, html_file: Path | None) -> None:
     """Print the report of RESULT.json (written by `memtrace ... --output`) as it was printed then."""
     from memtrace.tracer.saved import print_report, report_console, saved_from_json

@@ -11,9 +11,11 @@ import click
 
 from memtrace.cli.common import (
     engine_options,
+    file_option,
     gpu_option,
     headroom_option,
     make_request,
+    plot_option,
     user_stdout_to_stderr,
     writable,
 )
@@ -45,48 +47,27 @@ if TYPE_CHECKING:
     default=None,
     help="Sort the layer table (default: model order).",
 )
-@click.option(
-    "--graph",
-    "graph_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Export the fx graph with per-node memory: .graphml, .dot or .json.",
+@file_option(
+    "--graph", "graph_file", text="Export the fx graph with per-node memory: .graphml, .dot or .json."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write the JSON result to this file.",
-)
-@click.option(
-    "--plot",
-    "plot_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the memory timeline of the step: FILE.png or FILE.svg.",
-)
-@click.option(
+@file_option("--output", text="Also write the JSON result to this file.")
+@plot_option("Write the memory timeline of the step: FILE.png or FILE.svg.")
+@file_option(
     "--html",
     "html_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write a self-contained HTML report (summary, timeline, layers, diagnosis, what-if).",
+    text="Write a self-contained HTML report (summary, timeline, layers, diagnosis, what-if).",
 )
-@click.option(
+@file_option(
     "--export-snapshot",
     "snapshot_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the predicted step as a torch.cuda.memory._snapshot() pickle, for PyTorch's memory_viz "
+    text="Write the predicted step as a torch.cuda.memory._snapshot() pickle, for PyTorch's memory_viz "
     "(--device cuda).",
 )
-@click.option(
+@file_option(
     "--export-trace",
     "trace_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write a Chrome/Perfetto trace (JSON): memory counters per category, the ops as slices.",
+    text="Write a Chrome/Perfetto trace (JSON): memory counters per category, the ops as slices.",
 )
 def trace(
     graph_file: Path | None,

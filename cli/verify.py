@@ -11,7 +11,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from memtrace.cli.common import ToleranceType, engine_options, make_request, user_stdout_to_stderr, writable
+from memtrace.cli.common import (
+    ToleranceType,
+    engine_options,
+    file_option,
+    make_request,
+    user_stdout_to_stderr,
+    writable,
+)
 
 
 @click.command("verify", short_help="Run the real step here and compare it with the prediction.")
@@ -23,11 +30,9 @@ from memtrace.cli.common import ToleranceType, engine_options, make_request, use
     show_default=True,
     help="Exit 1 when a figure's error exceeds this: a percentage (1%) or a fraction (0.01).",
 )
-@click.option(
+@file_option(
     "--snapshot",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="On CUDA, also record a memory snapshot of the real run (torch.cuda.memory._dump_snapshot).",
+    text="On CUDA, also record a memory snapshot of the real run (torch.cuda.memory._dump_snapshot).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: Any) -> None:
