@@ -45,7 +45,7 @@ def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: An
     request = on_this_gpu(make_request(**options))
     with user_stdout_to_stderr(as_json):
         result = run(request)
-        measured = measure_request(request, snapshot)
+        measured = measure_request(request, snapshot, observe=bool(result.assumptions))
     if isinstance(measured, CudaMeasured):
         checks = cuda_checks(result, measured.allocated_peak, measured.reserved_peak, measured.requested_peak)
     else:
@@ -56,10 +56,14 @@ def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: An
             "device": result.device,
             "tolerance": tolerance,
             "checks": [c.to_json() for c in checks],
+            "measured_assumptions": [f"{k}={v}" for k, v in measured.assumptions],
         }
         click.echo(json.dumps({**data, "ok": not bad}, indent=2))
     else:
         _print(result.device, checks, tolerance)
+        if result.assumptions and measured.assumptions:
+            given = " ".join(f"--assume {k}={v}" for k, v in measured.assumptions)
+            click.echo(f"the real step's data-dependent values (replay them with): {given}")
     if bad:
         sys.exit(1)
 

@@ -10,13 +10,22 @@ changes, and each choice made is recorded as an `Assumption` in the Result:
 - `moe.tokens=N,N,...[;N,N,...]`: measured tokens per expert, one group per routing module (per MoE layer)
   in the order they first route, the last group repeating; the counts of a group sum to tokens*k (every
   iteration and recomputation of a layer routes the same). Overrides moe.routing.
-- `nonzero=all`: a `nonzero`/`where` whose input has no known values keeps every element (the upper bound).
+- `nms.keep=F|N,N,...`: what a `torchvision::nms` over boxes with no known values keeps. A fraction
+  (`0.3`; default `1.0`, every box: the model's own caps, such as RPN's `post_nms_top_n` and the
+  detections per image, then cut it) or measured counts, one per call in the order they run, the last
+  repeating (each at most the boxes given).
+- `nonzero=all|N,N,...`: what a `nonzero`/`where` whose input has no known values keeps: every element
+  (default, the upper bound), or measured counts, one per `nonzero` of the step in the order they run
+  (every call counts, those memtrace computes from known values too; the last repeating).
+
+Measured counts come from `memtrace verify`, which prints the `--assume` values of its real step.
 - `check=pass`: a Python `if`/`assert` on a tensor with no known values (a consistency check such as a
   VLM's image-token count) passes: the inputs are taken to be consistent.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from memtrace.tracer.errors import MemtraceError
@@ -25,10 +34,11 @@ ROUTINGS = ("balanced", "worst")
 KEYS = {
     "moe.routing": "balanced|worst",
     "moe.tokens": "N,N,...[;N,N,...]",
-    "nonzero": "all",
+    "nms.keep": "F|N,N,...",
+    "nonzero": "all|N,N,...",
     "check": "pass",
 }
-DEFAULTS = {"moe.routing": "balanced", "nonzero": "all", "check": "pass"}
+DEFAULTS = {"moe.routing": "balanced", "nms.keep": "1.0", "nonzero": "all", "check": "pass"}
 
 
 def parse_assume(text: str) -> tuple[str, str]:
@@ -41,6 +51,10 @@ def parse_assume(text: str) -> tuple[str, str]:
         raise MemtraceError(f"--assume {text!r}: unknown key {key!r} (keys: {', '.join(KEYS)})")
     if key == "moe.tokens":
         token_groups(value)
+    elif key == "nms.keep":
+        nms_keep(value)
+    elif key == "nonzero":
+        nonzero_counts(value)
     elif value not in KEYS[key].split("|"):
         raise MemtraceError(f"--assume {key}={value}: expected {KEYS[key]}")
     return key, value
@@ -55,6 +69,53 @@ def token_groups(value: str) -> tuple[tuple[int, ...], ...]:
     if any(n < 0 for group in groups for n in group):
         raise MemtraceError(f"--assume moe.tokens={value}: counts cannot be negative")
     return groups
+
+
+def nms_keep(value: str) -> float | tuple[int, ...]:
+    """`0.3` -> 0.3 (a fraction in (0, 1]); `120,98` -> (120, 98) (counts per call)."""
+    try:
+        if "." in value:
+            fraction = float(value)
+            if not 0.0 < fraction <= 1.0:
+                raise ValueError
+            return fraction
+        counts = tuple(int(n) for n in value.split(","))
+    except ValueError:
+        raise MemtraceError(
+            f"--assume nms.keep={value}: expected a fraction in (0, 1] such as 0.3, or counts such as 120,98"
+        ) from None
+    if any(n < 0 for n in counts):
+        raise MemtraceError(f"--assume nms.keep={value}: counts cannot be negative")
+    return counts
+
+
+def nonzero_counts(value: str) -> tuple[int, ...] | None:
+    """`all` -> None (every element); `12,0,5` -> (12, 0, 5) (counts per call)."""
+    if value == "all":
+        return None
+    try:
+        counts = tuple(int(n) for n in value.split(","))
+    except ValueError:
+        raise MemtraceError(f"--assume nonzero={value}: expected all, or counts such as 12,0,5") from None
+    if any(n < 0 for n in counts):
+        raise MemtraceError(f"--assume nonzero={value}: counts cannot be negative")
+    return counts
+
+
+def kept_elements(value: str, elements: int, call: int) -> int:
+    """Elements a `nonzero` over `elements` unknown ones keeps at its `call`-th call of the step."""
+    counts = nonzero_counts(value)
+    if counts is None:
+        return elements
+    return min(elements, counts[min(call, len(counts) - 1)])
+
+
+def kept_boxes(value: str, boxes: int, call: int) -> int:
+    """Boxes an nms keeps of `boxes` at its `call`-th call (0-based) by the `nms.keep` value."""
+    keep = nms_keep(value)
+    if isinstance(keep, float):
+        return min(boxes, math.ceil(keep * boxes))
+    return min(boxes, keep[min(call, len(keep) - 1)])
 
 
 @dataclass(frozen=True)
@@ -105,3 +166,10 @@ def assignment(counts: tuple[int, ...], tokens: int, k: int) -> list[list[int]]:
     for s, expert in enumerate(slots):
         picks[s % tokens].append(expert)
     return [p[:k] for p in picks]
+
+
+def measured_values(nonzero: list[int], nms: list[int]) -> tuple[tuple[str, str], ...]:
+    """The `--assume` pairs that replay a real step's counts: `nonzero` and `nms.keep`, per call in order
+    (only the ops the step ran)."""
+    pairs = (("nonzero", nonzero), ("nms.keep", nms))
+    return tuple((key, ",".join(map(str, counts))) for key, counts in pairs if counts)

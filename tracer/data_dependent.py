@@ -23,10 +23,21 @@ from typing import Any
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from memtrace.tracer.assume import KEYS, Policy, assignment, check_counts, expert_counts, token_groups
+from memtrace.tracer.assume import (
+    KEYS,
+    Policy,
+    assignment,
+    check_counts,
+    expert_counts,
+    kept_boxes,
+    kept_elements,
+    measured_values,
+    token_groups,
+)
 from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.records import Assumption
 
@@ -34,8 +45,11 @@ aten = torch.ops.aten
 _MAX_KNOWN = 1 << 20  # elements: larger results keep no known value
 _SIZE_FROM_DATA = {"nonzero", "masked_select", "_local_scalar_dense", "unique", "_unique", "_unique2"}
 _SIZE_FROM_DATA |= {"unique_consecutive", "unique_dim", "repeat_interleave", "bincount", "nonzero_numpy"}
+_SIZE_FROM_DATA |= {"nms"}  # torchvision::nms
 _FILLS = {"zeros", "ones", "full", "arange", "scalar_tensor", "zeros_like", "ones_like", "full_like"}
+_MAX_EXPERTS, _MAX_K = 1024, 64  # a top-k of at most k of these over the last dim routes
 _META = torch.device("meta")
+_CPU = torch.device("cpu")
 _Key = tuple[int, tuple[int, ...], tuple[int, ...], torch.dtype]
 
 
@@ -69,36 +83,83 @@ class KnownValues:
         self._by_storage.pop(t.untyped_storage()._cdata, None)
 
 
+class CallCounter:
+    """The calls of each counted op (`nonzero`, `torchvision::nms`) in the current step, from 0: measured
+    counts name a step's calls in order, on any device, whatever memtrace knows of their inputs."""
+
+    COUNTED = ("nonzero", "nms")
+
+    def __init__(self, iteration: Callable[[], int]) -> None:
+        self.iteration, self.step, self.seen = iteration, -1, dict.fromkeys(self.COUNTED, 0)
+        self.cursor: dict[int, int] = {}  # elements -> where the next unknown selection over as many starts
+
+    def next(self, func: Any) -> int | None:
+        name = func.overloadpacket.__name__
+        if name not in self.COUNTED or (name == "nms") != (func.namespace == "torchvision"):
+            return None
+        if self.iteration() != self.step:
+            self.step, self.seen, self.cursor = self.iteration(), dict.fromkeys(self.COUNTED, 0), {}
+        self.seen[name] += 1
+        return self.seen[name] - 1
+
+
 class _Resolver(TorchDispatchMode):
-    def __init__(self, policy: Policy, where: Callable[[], str]) -> None:
+    def __init__(self, policy: Policy, where: Callable[[], str], iteration: Callable[[], int]) -> None:
         super().__init__()
         self.policy, self.where, self.values = policy, where, KnownValues()
         self.used: dict[Assumption, None] = {}
         self.routers: list[str] = []  # modules in the order they first routed
+        self.generator = torch.Generator().manual_seed(0)
+        self.calls = CallCounter(iteration)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
+        call = self.calls.next(func)
         if func is aten._grouped_mm.default and args[0].device == _META and args[0].dtype != torch.bfloat16:
             return _grouped_mm_shape(*args, **kwargs)
+        if func in _INDEXED and any(_is_mask(i) for i in args[1]):
+            args = (args[0], self._mask_indices(args[1]), *args[2:])
         flat, spec = tree_flatten((args, kwargs))
         tensors = [t for t in flat if isinstance(t, torch.Tensor)]
-        known = [self.values.get(t) for t in tensors]
-        if tensors and all(v is not None for v in known) and all(t.device.type == "meta" for t in tensors):
+        known = [self._known(t) for t in tensors]
+        to_meta = any(t.device == _META for t in tensors) or any(x == _META for x in flat if _is_device(x))
+        if to_meta and tensors and all(v is not None for v in known):
             return self._on_values(func, name, flat, spec, iter(known))
         if name in _FILLS:
             return self._filled(func, name, args, kwargs)
+        if name == "randperm":
+            return self._randperm(func, args, kwargs)
+        if func in (aten.fill_.Scalar, aten.zero_.default) and args[0].device == _META:
+            return self._filled_in_place(func, args)
         for t in _written(func, args, kwargs):
             self.values.forget(t)
+        if func.namespace == "torchvision" and name == "nms" and args[0].device == _META:
+            return self._nms(args[0], call)
         if name in _SIZE_FROM_DATA and args and getattr(args[0], "device", None) == _META:
-            return self._assume(name, args)
+            return self._assume(name, args, call)
         out = func(*args, **kwargs)
         if name == "topk" and args[0].device.type == "meta":
-            self._route(args, kwargs, out)
+            self._topk(args, kwargs, out)
+        return out
+
+    def _known(self, t: torch.Tensor) -> torch.Tensor | None:
+        """A meta tensor's known value; a small CPU tensor (a data loader's targets, a Python list made a
+        tensor) is its own value."""
+        if t.device.type == "cpu":
+            return t if t.numel() <= _MAX_KNOWN else None
+        return self.values.get(t)
+
+    def _randperm(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """`randperm` on meta: a permutation, known (drawn from a generator of its own, so the user's random
+        stream is untouched). Which elements a sampler picks depends on it, how many do not."""
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= _MAX_KNOWN:
+            self.values.put(out, torch.randperm(out.numel(), generator=self.generator).to(out.dtype))
         return out
 
     def _on_values(self, func: Any, name: str, flat: list[Any], spec: Any, known: Iterator[Any]) -> Any:
-        cpu = [next(known) if isinstance(x, torch.Tensor) else x for x in flat]
+        cpu = [next(known) if isinstance(x, torch.Tensor) else _on_cpu(x) for x in flat]
         cpu_args, cpu_kwargs = tree_unflatten(cpu, spec)
         try:
             value = func(*cpu_args, **cpu_kwargs)
@@ -129,24 +190,66 @@ class _Resolver(TorchDispatchMode):
         """A constant fill (zeros, full, arange, zeros_like) on meta: its value is known."""
         out = func(*args, **kwargs)
         small = isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= _MAX_KNOWN
-        if small and not out.is_floating_point():  # indices, counts, masks: not activations
+        if small and (not out.is_floating_point() or out.numel() == 1):  # indices, masks, scalars
             if name.endswith("_like"):
                 args = (torch.empty(args[0].shape, dtype=args[0].dtype), *args[1:])
             self.values.put(out, func(*args, **{**kwargs, "device": torch.device("cpu")}))
+        return out
+
+    def _mask_indices(self, indices: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Boolean masks among an index's indices, as the index tensors of their true elements: exact where
+        the mask's values are known, else by the nonzero policy (meta has no size for a mask's count)."""
+        found: list[torch.Tensor | None] = []
+        for index in indices:
+            if not _is_mask(index):
+                found.append(index)
+                continue
+            assert index is not None
+            value = self._known(index)
+            if value is None:
+                where = self._assume("nonzero", (index,), None)  # inside an index: a real run counts none
+                value = self.values.get(where)
+                if value is None:
+                    found.extend(where.unbind(1))
+                    continue
+            else:
+                value = value.nonzero()
+            for column in value.unbind(1):
+                meta = torch.empty(column.shape, dtype=torch.int64, device=_META)
+                self.values.put(meta, column.contiguous())
+                found.append(meta)
+        return found
+
+    def _filled_in_place(self, func: Any, args: Any) -> Any:
+        """`empty(...).fill_(v)`, `zero_()`: the whole tensor's value is known (when it is not a view)."""
+        x = args[0]
+        out = func(*args)
+        self.values.forget(x)
+        whole = x.numel() * x.element_size() == x.untyped_storage().nbytes() and x.is_contiguous()
+        if whole and x.numel() <= _MAX_KNOWN and not x.is_floating_point():
+            self.values.put(x, func(torch.empty(x.shape, dtype=x.dtype), *args[1:]))
         return out
 
     def _note(self, op: str, value: str, key: str) -> None:
         source = self.policy.value(key)[1]
         self.used.setdefault(Assumption(op, self.where(), value, source), None)
 
-    def _assume(self, name: str, args: Any) -> Any:
+    def _assume(self, name: str, args: Any, call: int | None) -> Any:
         """A data-dependent op on a tensor with no known values: the policy's choice, or a one-line error."""
         x = args[0]
-        if name in ("nonzero", "masked_select") and self.policy.value("nonzero")[0] == "all":
-            n = x.numel() if name == "nonzero" else torch.broadcast_shapes(x.shape, args[1].shape).numel()
+        if name == "nonzero":
+            value = self.policy.value("nonzero")[0] if call is not None else "all"
+            n = kept_elements(value, x.numel(), call or 0)
+            kept = f"all {n} elements kept" if value == "all" else f"{n} of {x.numel()} kept"
+            self._note(name, kept, "nonzero")
+            out = torch.empty((n, x.dim()), dtype=torch.long, device=x.device)
+            if x.numel() <= _MAX_KNOWN:
+                self.values.put(out, self._kept_in_turn(x, n))
+            return out
+        if name == "masked_select":
+            n = torch.broadcast_shapes(x.shape, args[1].shape).numel()
             self._note(name, f"all {n} elements kept", "nonzero")
-            shape = (n, x.dim()) if name == "nonzero" else (n,)
-            return torch.empty(shape, dtype=torch.long if name == "nonzero" else x.dtype, device=x.device)
+            return torch.empty((n,), dtype=x.dtype, device=x.device)
         if name == "_local_scalar_dense" and x.dtype == torch.bool:
             self._note("item (bool)", "true: the check passes", "check")
             return True
@@ -156,12 +259,41 @@ class _Resolver(TorchDispatchMode):
             f"that depends on the data, and no --assume key bounds it (keys: {', '.join(KEYS)})"
         )
 
-    def _route(self, args: Any, kwargs: Any, out: Any) -> None:
-        """A top-k over unknown scores (a MoE router): its indices by moe.tokens or moe.routing."""
+    def _kept_in_turn(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The indices of the n elements an unknown selection keeps: successive selections over as many
+        elements in a step take theirs in turn (positives, then negatives, are complementary), ascending."""
+        start = self.calls.cursor.get(x.numel(), 0)
+        self.calls.cursor[x.numel()] = (start + n) % max(x.numel(), 1)
+        flat = ((torch.arange(n) + start) % max(x.numel(), 1)).sort().values
+        return torch.ones(x.shape, dtype=torch.bool).nonzero()[flat]
+
+    def _nms(self, boxes: torch.Tensor, call: int | None) -> torch.Tensor:
+        """`torchvision::nms` over boxes with no known values: the count `nms.keep` gives. The kept indices
+        are known (the first boxes), since only their number changes a size."""
+        value, _ = self.policy.value("nms.keep")
+        count = kept_boxes(value, boxes.shape[0], call or 0)
+        self._note("nms", f"{count} of {boxes.shape[0]} boxes kept", "nms.keep")
+        out = torch.empty((count,), dtype=torch.int64, device=_META)
+        self.values.put(out, torch.arange(count))
+        return out
+
+    def _topk(self, args: Any, kwargs: Any, out: Any) -> None:
+        """A top-k over unknown scores: a MoE router's picks (k of at most `_MAX_EXPERTS` experts) by
+        moe.tokens or moe.routing; any other's indices are the first k, known: they only address known
+        tensors (a detector's anchor levels), where any k indices give the same sizes."""
         x, k = args[0], int(args[1])
         dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
-        if x.dim() == 0 or dim not in (-1, x.dim() - 1) or k < 1:
+        if x.dim() == 0 or k < 1:
             return
+        last = dim in (-1, x.dim() - 1)
+        if last and k < x.shape[-1] <= _MAX_EXPERTS and k <= _MAX_K:
+            self._route(x, k, out)
+        elif x.numel() <= _MAX_KNOWN:
+            first = torch.arange(k).reshape([k if d == dim % x.dim() else 1 for d in range(x.dim())])
+            self.values.put(out[1], first.expand(out[1].shape).contiguous())
+
+    def _route(self, x: torch.Tensor, k: int, out: Any) -> None:
+        """A top-k over unknown scores (a MoE router): its indices by moe.tokens or moe.routing."""
         experts, indices = x.shape[-1], out[1]
         tokens = indices.numel() // k
         module = self.where()
@@ -179,6 +311,42 @@ class _Resolver(TorchDispatchMode):
             self._note("topk", f"{routing}: tokens per expert " + ",".join(map(str, counts)), "moe.routing")
         picks = torch.tensor(assignment(counts, tokens, k), dtype=indices.dtype).reshape(indices.shape)
         self.values.put(indices, picks)
+
+
+class _Lifted(TorchFunctionMode):
+    """`torch.tensor(data, device=meta)` and `torch.as_tensor`: PyTorch builds these on the CPU below the
+    dispatch modes, so their values are kept here (the image mean of a transform, a box's scale ratio)."""
+
+    def __init__(self, values: KnownValues) -> None:
+        super().__init__()
+        self.values = values
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        lifted = func in _FROM_DATA and isinstance(out, torch.Tensor) and out.device == _META
+        if lifted and out.numel() <= _MAX_KNOWN and not isinstance(args[0], torch.Tensor):
+            self.values.put(out, func(*args, **{**kwargs, "device": _CPU}))
+        return out
+
+
+_FROM_DATA = (torch.tensor, torch.as_tensor)
+
+
+_INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default)
+
+
+def _is_mask(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.device == _META and x.dtype in (torch.bool, torch.uint8)
+
+
+def _is_device(x: Any) -> bool:
+    return isinstance(x, torch.device)
+
+
+def _on_cpu(x: Any) -> Any:
+    """An argument for the op's CPU run on known values: the meta device becomes the CPU."""
+    return _CPU if _is_device(x) and x == _META else x
 
 
 def _meta_like(v: Any) -> Any:
@@ -215,12 +383,43 @@ def _grouped_mm_shape(
 
 
 @contextmanager
-def resolving(policy: Policy, where: Callable[[], str]) -> Iterator[list[Assumption]]:
-    """The data-dependent ops of the step resolved by `policy`; the list fills with the assumptions made."""
+def resolving(
+    policy: Policy, where: Callable[[], str], iteration: Callable[[], int] = lambda: 0
+) -> Iterator[list[Assumption]]:
+    """The data-dependent ops of the step resolved by `policy`; the list fills with the assumptions made.
+    `iteration` tells the step being run (measured counts are per step)."""
     used: list[Assumption] = []
-    mode = _Resolver(policy, where)
+    mode = _Resolver(policy, where, iteration)
     try:
-        with mode:
+        with mode, _Lifted(mode.values):
             yield used
     finally:
         used.extend(mode.used)
+
+
+class _Observer(TorchDispatchMode):
+    """On real tensors: the counts `nonzero` and `torchvision::nms` return, in call order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nonzero: list[int] = []
+        self.nms: list[int] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        counted = self.nms if func.namespace == "torchvision" else self.nonzero
+        if func.overloadpacket.__name__ == ("nms" if counted is self.nms else "nonzero"):
+            counted.append(int(out.shape[0]))
+        return out
+
+
+@contextmanager
+def observing() -> Iterator[list[tuple[str, str]]]:
+    """A real step's data-dependent counts, as the `--assume` pairs that replay them (filled on exit)."""
+    found: list[tuple[str, str]] = []
+    mode = _Observer()
+    try:
+        with mode:
+            yield found
+    finally:
+        found.extend(measured_values(mode.nonzero, mode.nms))

@@ -9,7 +9,8 @@ a reset, optionally with a memory snapshot recorded.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+import copy
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from memtrace.tracer.batch import Batch
+from memtrace.tracer.data_dependent import observing
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.loader import Built, load_object, split_result
 from memtrace.tracer.losses import make_loss
@@ -35,6 +37,7 @@ class Measured:
     start: int
     rise: int
     allocations: tuple[tuple[int, str], ...]  # (signed size, op) in time order
+    assumptions: tuple[tuple[str, str], ...] = ()  # the step's data-dependent counts, as --assume pairs
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class CudaMeasured:
     allocated_peak: int
     reserved_peak: int
     requested_peak: int
+    assumptions: tuple[tuple[str, str], ...] = ()  # the step's data-dependent counts, as --assume pairs
 
 
 def _walk(nodes: Sequence[Any]) -> Iterator[Any]:
@@ -117,8 +121,49 @@ def _prepared(model: nn.Module, batch: Batch, config: Config, device: str) -> to
     return make_optimizer(config.optimizer, list(model.parameters()), device)
 
 
-def measure_cpu(model: nn.Module, batch: Batch, config: Config) -> Measured:
-    """One warm-up step, then the steady-state step under the profiler; model and batch on the CPU."""
+@contextlib.contextmanager
+def replayable(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, enabled: bool = True
+) -> Iterator[Callable[[], None]]:
+    """The state of the model, the optimizer and the random streams on entry, kept on the CPU (a GPU's
+    measured step is not changed); the callable puts it back, so that the measured step can be run again,
+    observed. An observing dispatch mode perturbs autocast's cast cache, so the measured run is never
+    observed. Not `enabled`: nothing is kept."""
+    if not enabled:
+        yield lambda: None
+        return
+    weights = _on_cpu(model.state_dict())
+    moments = _on_cpu(optimizer.state_dict()) if optimizer is not None else None
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore() -> None:
+        model.load_state_dict(weights)
+        if optimizer is not None and moments is not None:
+            optimizer.load_state_dict(moments)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+    yield restore
+
+
+def _on_cpu(state: Any) -> Any:
+    from torch.utils._pytree import tree_map
+
+    return copy.deepcopy(tree_map(lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v, state))
+
+
+def _observed(run_step: Callable[[], None], restore: Callable[[], None]) -> tuple[tuple[str, str], ...]:
+    restore()
+    with observing() as counts:
+        run_step()
+    return tuple(counts)
+
+
+def measure_cpu(model: nn.Module, batch: Batch, config: Config, observe: bool = False) -> Measured:
+    """One warm-up step, then the steady-state step under the profiler; model and batch on the CPU. With
+    `observe`, the step is then run again from the same state to count its data-dependent values."""
     batch = cast_inputs(batch, config.recipe.dtype)
     opt = _prepared(model, batch, config, "cpu")
     plan = real_plan(config, "cpu")
@@ -130,13 +175,19 @@ def measure_cpu(model: nn.Module, batch: Batch, config: Config) -> Measured:
             start += sum(
                 t.untyped_storage().nbytes() for t in (scaler._scale, scaler._growth_tracker) if t is not None
             )
-        with torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-        ) as p:
+
+        def step() -> None:
             run_program(model, batch, opt, plan, NullObserver(), iterations=1, first=1)
+
+        with replayable(model, opt, observe) as restore:
+            with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+            ) as p:
+                step()
+            counts = _observed(step, restore) if observe else ()
     events = allocation_events(p)
     rise = largest_rise(size for _, size, _ in events)
-    return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events))
+    return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events), counts)
 
 
 @contextlib.contextmanager
@@ -158,7 +209,7 @@ def sdpa_backend(name: str) -> Iterator[None]:
 
 
 def measure_cuda(
-    model: nn.Module, batch: Batch, config: Config, snapshot: Path | None = None
+    model: nn.Module, batch: Batch, config: Config, snapshot: Path | None = None, observe: bool = False
 ) -> CudaMeasured:
     """The steps on the GPU from reset peak statistics; model and batch on the GPU."""
     batch = cast_inputs(batch, config.recipe.dtype)
@@ -168,17 +219,26 @@ def measure_cuda(
     torch.cuda.reset_peak_memory_stats()
     if snapshot is not None:
         torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    last = config.iterations - 1
+
+    def step() -> None:
+        run_program(model, batch, opt, plan, NullObserver(), iterations=1, first=last)
+
     with routed_if(config.step is not None, "cuda", "cuda"), sdpa_backend(config.sdpa_backend):
-        run_program(model, batch, opt, plan, NullObserver(), iterations=config.iterations)
-    torch.cuda.synchronize()
-    if snapshot is not None:
-        torch.cuda.memory._dump_snapshot(str(snapshot))
-        torch.cuda.memory._record_memory_history(enabled=None)
-    stats = torch.cuda.memory_stats()
+        run_program(model, batch, opt, plan, NullObserver(), iterations=last)
+        with replayable(model, opt, observe) as restore:
+            step()
+            torch.cuda.synchronize()
+            if snapshot is not None:
+                torch.cuda.memory._dump_snapshot(str(snapshot))
+                torch.cuda.memory._record_memory_history(enabled=None)
+            stats = torch.cuda.memory_stats()
+            counts = _observed(step, restore) if observe else ()
     return CudaMeasured(
         int(stats.get("allocated_bytes.all.peak", 0)),
         int(stats.get("reserved_bytes.all.peak", 0)),
         int(stats.get("requested_bytes.all.peak", 0)),
+        counts,
     )
 
 
@@ -196,14 +256,18 @@ def on_this_gpu(request: Any) -> Any:
     return replace(request, config=replace(config, arch=arch, cudnn_version=cudnn, cuda_version=cuda))
 
 
-def measure_request(request: Any, snapshot: Path | None = None) -> Measured | CudaMeasured:
-    """Build the model for real on the target device and measure the step the request describes."""
+def measure_request(
+    request: Any, snapshot: Path | None = None, observe: bool = False
+) -> Measured | CudaMeasured:
+    """Build the model for real on the target device and measure the step the request describes; with
+    `observe`, also count its data-dependent values (`Measured.assumptions`)."""
 
     config: Config = request.config
     device = config.device
     if device == "cuda" and not torch.cuda.is_available():
         raise MemtraceError("no CUDA device here: `--device cpu` verifies against the CPU allocator")
     fn = load_object(request.builder) if isinstance(request.builder, str) else request.builder
+    torch.manual_seed(0)  # the same weights and inputs every run: data-dependent counts repeat
     try:
         model, examples = split_result(fn(**dict(request.builder_kwargs)), "builder")
         model.to(device)
@@ -215,8 +279,8 @@ def measure_request(request: Any, snapshot: Path | None = None) -> Measured | Cu
     batch = step_batch(request, specs, device)
     try:
         if device == "cuda":
-            return measure_cuda(model, batch, config, snapshot)
-        return measure_cpu(model, batch, config)
+            return measure_cuda(model, batch, config, snapshot, observe)
+        return measure_cpu(model, batch, config, observe)
     except MemtraceError:
         raise
     except Exception as exc:  # a CUDA out-of-memory error among them: the prediction said so, or should have

@@ -185,7 +185,9 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                 gpu_target(config) as gpu,
                 device.patched(),
                 resolving(
-                    Policy(config.assume), lambda: rec.current_module() or type(model).__name__
+                    Policy(config.assume),
+                    lambda: rec.current_module() or type(model).__name__,
+                    lambda: rec.iteration,
                 ) as assumed,
                 recording(rec, model),
             ):

@@ -130,7 +130,7 @@ class DeviceModel:
 
 
 def _load_rules() -> None:
-    from memtrace.tracer import autocast, compat, compat_nn, optim_meta  # noqa: F401  (both devices' patches)
+    from memtrace.tracer import autocast, compat, compat_nn, compat_torchvision, optim_meta  # noqa: F401
     from memtrace.tracer.devices.cpu import (  # noqa: F401  (registering rules and patches)
         attention,
         blas,
