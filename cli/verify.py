@@ -37,6 +37,8 @@ from memtrace.cli.common import (
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: Any) -> None:
     """Simulate the step of MODEL, run it for real on --device (cuda or cpu), and compare each figure."""
+    from memtrace.tracer.assume import needed
+    from memtrace.tracer.errors import DataDependentError
     from memtrace.tracer.measure import CudaMeasured, measure_request, on_this_gpu
     from memtrace.tracer.simulate import run
     from memtrace.tracer.verify import cpu_checks, cuda_checks, failing
@@ -44,8 +46,13 @@ def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: An
     writable(snapshot, "--snapshot", (".pickle",))
     request = on_this_gpu(make_request(**options))
     with user_stdout_to_stderr(as_json):
-        result = run(request)
+        try:
+            result = run(request)
+        except DataDependentError:  # the values that let it run, measured, then the error
+            _print_measured(measure_request(request, observe=True).assumptions)
+            raise
         measured = measure_request(request, snapshot, observe=bool(result.assumptions))
+    replay = needed(measured.assumptions, {a.op for a in result.assumptions})
     if isinstance(measured, CudaMeasured):
         checks = cuda_checks(result, measured.allocated_peak, measured.reserved_peak, measured.requested_peak)
     else:
@@ -56,16 +63,20 @@ def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: An
             "device": result.device,
             "tolerance": tolerance,
             "checks": [c.to_json() for c in checks],
-            "measured_assumptions": [f"{k}={v}" for k, v in measured.assumptions],
+            "measured_assumptions": [f"{k}={v}" for k, v in replay],
         }
         click.echo(json.dumps({**data, "ok": not bad}, indent=2))
     else:
         _print(result.device, checks, tolerance)
-        if result.assumptions and measured.assumptions:
-            given = " ".join(f"--assume {k}={v}" for k, v in measured.assumptions)
-            click.echo(f"the real step's data-dependent values (replay them with): {given}")
+        _print_measured(replay)
     if bad:
         sys.exit(1)
+
+
+def _print_measured(pairs: tuple[tuple[str, str], ...]) -> None:
+    if pairs:
+        given = " ".join(f"--assume {k}={v}" for k, v in pairs)
+        click.echo(f"the real step's data-dependent values (replay them with): {given}", err=True)
 
 
 def _print(device: str, checks: Any, tolerance: float) -> None:

@@ -19,6 +19,9 @@ changes, and each choice made is recorded as an `Assumption` in the Result:
   (every call counts, those memtrace computes from known values too; the last repeating).
 
 Measured counts come from `memtrace verify`, which prints the `--assume` values of its real step.
+- `item=V,V,...`: measured values of the step's `.item()` calls (and of `bool()`, `int()` and `float()` of
+  a tensor), one per call in the order they run (every call counts; `1`/`0` for a boolean), the last
+  repeating. Without it, an `.item()` of unknown values is a check (below) when boolean, else an error.
 - `check=pass`: a Python `if`/`assert` on a tensor with no known values (a consistency check such as a
   VLM's image-token count) passes: the inputs are taken to be consistent.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from memtrace.tracer.errors import MemtraceError
 
@@ -36,8 +40,11 @@ KEYS = {
     "moe.tokens": "N,N,...[;N,N,...]",
     "nms.keep": "F|N,N,...",
     "nonzero": "all|N,N,...",
+    "item": "V,V,...",
     "check": "pass",
 }
+KEY_OF_OP = {"nonzero": "nonzero", "masked_select": "nonzero", "nms": "nms.keep", "item": "item"}
+KEY_OF_OP |= {"item (bool)": "item", "topk": "moe.tokens"}
 DEFAULTS = {"moe.routing": "balanced", "nms.keep": "1.0", "nonzero": "all", "check": "pass"}
 
 
@@ -55,6 +62,8 @@ def parse_assume(text: str) -> tuple[str, str]:
         nms_keep(value)
     elif key == "nonzero":
         nonzero_counts(value)
+    elif key == "item":
+        item_values(value)
     elif value not in KEYS[key].split("|"):
         raise MemtraceError(f"--assume {key}={value}: expected {KEYS[key]}")
     return key, value
@@ -71,15 +80,32 @@ def token_groups(value: str) -> tuple[tuple[int, ...], ...]:
     return groups
 
 
+def step_group(value: str, step: int) -> str:
+    """Measured values are per step, steps apart by `/` (`6000,5990/6000,5872`): the group of `step`
+    (0-based), the last repeating."""
+    groups = value.split("/")
+    return groups[min(step, len(groups) - 1)]
+
+
 def nms_keep(value: str) -> float | tuple[int, ...]:
-    """`0.3` -> 0.3 (a fraction in (0, 1]); `120,98` -> (120, 98) (counts per call)."""
+    """`0.3` -> 0.3 (a fraction in (0, 1]); `120,98` -> (120, 98) (counts per call); per step with `/`,
+    each group checked (the first returned)."""
+    first: float | tuple[int, ...] | None = None
+    for group in value.split("/"):
+        keep = _nms_group(value, group)
+        first = keep if first is None else first
+    assert first is not None
+    return first
+
+
+def _nms_group(value: str, group: str) -> float | tuple[int, ...]:
     try:
-        if "." in value:
-            fraction = float(value)
+        if "." in group and "/" not in value:
+            fraction = float(group)
             if not 0.0 < fraction <= 1.0:
                 raise ValueError
             return fraction
-        counts = tuple(int(n) for n in value.split(","))
+        counts = tuple(int(n) for n in group.split(",") if n)
     except ValueError:
         raise MemtraceError(
             f"--assume nms.keep={value}: expected a fraction in (0, 1] such as 0.3, or counts such as 120,98"
@@ -90,32 +116,51 @@ def nms_keep(value: str) -> float | tuple[int, ...]:
 
 
 def nonzero_counts(value: str) -> tuple[int, ...] | None:
-    """`all` -> None (every element); `12,0,5` -> (12, 0, 5) (counts per call)."""
+    """`all` -> None (every element); `12,0,5` -> (12, 0, 5) (counts per call; per step with `/`, each
+    group checked, the first returned)."""
     if value == "all":
         return None
     try:
-        counts = tuple(int(n) for n in value.split(","))
+        groups = [tuple(int(n) for n in group.split(",") if n) for group in value.split("/")]
     except ValueError:
         raise MemtraceError(f"--assume nonzero={value}: expected all, or counts such as 12,0,5") from None
-    if any(n < 0 for n in counts):
+    if any(n < 0 for group in groups for n in group):
         raise MemtraceError(f"--assume nonzero={value}: counts cannot be negative")
-    return counts
+    return groups[0]
 
 
-def kept_elements(value: str, elements: int, call: int) -> int:
+def item_values(value: str) -> tuple[float, ...]:
+    """`3,0.5,1` -> (3.0, 0.5, 1.0): the values of a step's `.item()` calls in order (per step with `/`,
+    each group checked, the first returned)."""
+    try:
+        groups = [tuple(float(v) for v in group.split(",") if v) for group in value.split("/")]
+    except ValueError:
+        raise MemtraceError(f"--assume item={value}: expected numbers such as 3,0.5,1") from None
+    return groups[0]
+
+
+def _at(values: tuple[Any, ...], call: int) -> Any:
+    return values[min(call, len(values) - 1)]
+
+
+def item_value(value: str, call: int, step: int = 0) -> float:
+    return float(_at(item_values(step_group(value, step)), call))
+
+
+def kept_elements(value: str, elements: int, call: int, step: int = 0) -> int:
     """Elements a `nonzero` over `elements` unknown ones keeps at its `call`-th call of the step."""
-    counts = nonzero_counts(value)
+    counts = nonzero_counts(step_group(value, step))
     if counts is None:
         return elements
-    return min(elements, counts[min(call, len(counts) - 1)])
+    return min(elements, int(_at(counts, call)))
 
 
-def kept_boxes(value: str, boxes: int, call: int) -> int:
-    """Boxes an nms keeps of `boxes` at its `call`-th call (0-based) by the `nms.keep` value."""
-    keep = nms_keep(value)
+def kept_boxes(value: str, boxes: int, call: int, step: int = 0) -> int:
+    """Boxes an nms keeps of `boxes` at its `call`-th call (0-based) of the step by the `nms.keep` value."""
+    keep = nms_keep(step_group(value, step))
     if isinstance(keep, float):
         return min(boxes, math.ceil(keep * boxes))
-    return min(boxes, keep[min(call, len(keep) - 1)])
+    return min(boxes, int(_at(keep, call)))
 
 
 @dataclass(frozen=True)
@@ -168,8 +213,25 @@ def assignment(counts: tuple[int, ...], tokens: int, k: int) -> list[list[int]]:
     return [p[:k] for p in picks]
 
 
-def measured_values(nonzero: list[int], nms: list[int]) -> tuple[tuple[str, str], ...]:
-    """The `--assume` pairs that replay a real step's counts: `nonzero` and `nms.keep`, per call in order
-    (only the ops the step ran)."""
-    pairs = (("nonzero", nonzero), ("nms.keep", nms))
-    return tuple((key, ",".join(map(str, counts))) for key, counts in pairs if counts)
+Counts = list[float | int | bool]
+
+
+def measured_values(steps: list[tuple[Counts, Counts, Counts]]) -> tuple[tuple[str, str], ...]:
+    """The `--assume` pairs that replay a real run's counts and values, per step (`/` apart, one group when
+    every step had the same): `nonzero`, `nms.keep` and `item`, per call in order (only the ops that ran)."""
+    found = []
+    for key, index in (("nonzero", 0), ("nms.keep", 1), ("item", 2)):
+        groups = [",".join(_shown(v) for v in step[index]) for step in steps]
+        if any(groups):
+            found.append((key, groups[0] if len(set(groups)) == 1 else "/".join(groups)))
+    return tuple(found)
+
+
+def _shown(v: float | int | bool) -> str:
+    return str(int(v)) if isinstance(v, bool) or float(v).is_integer() else repr(float(v))
+
+
+def needed(pairs: tuple[tuple[str, str], ...], ops: set[str]) -> tuple[tuple[str, str], ...]:
+    """Of measured pairs, those whose key decides one of the assumed ops (the rest changes nothing)."""
+    keys = {KEY_OF_OP.get(op, "") for op in ops}
+    return tuple((k, v) for k, v in pairs if k in keys)

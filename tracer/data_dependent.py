@@ -29,20 +29,23 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from memtrace.tracer.assume import (
     KEYS,
+    Counts,
     Policy,
     assignment,
     check_counts,
     expert_counts,
+    item_value,
     kept_boxes,
     kept_elements,
     measured_values,
     token_groups,
 )
-from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.errors import DataDependentError, MemtraceError
 from memtrace.tracer.records import Assumption
 
 aten = torch.ops.aten
-_MAX_KNOWN = 1 << 20  # elements: larger results keep no known value
+_MAX_KNOWN = 1 << 20  # elements: larger floating results keep no known value
+_MAX_KNOWN_INDEX = 1 << 24  # elements: larger integer and boolean results (indices, masks) keep none
 _SIZE_FROM_DATA = {"nonzero", "masked_select", "_local_scalar_dense", "unique", "_unique", "_unique2"}
 _SIZE_FROM_DATA |= {"unique_consecutive", "unique_dim", "repeat_interleave", "bincount", "nonzero_numpy"}
 _SIZE_FROM_DATA |= {"nms"}  # torchvision::nms
@@ -58,6 +61,7 @@ class KnownValues:
 
     def __init__(self) -> None:
         self._by_storage: dict[int, tuple[StorageWeakRef, dict[_Key, torch.Tensor]]] = {}
+        self._puts = 0
 
     @staticmethod
     def _key(t: torch.Tensor) -> _Key:
@@ -70,8 +74,11 @@ class KnownValues:
         return entry[1].get(self._key(t))
 
     def put(self, t: torch.Tensor, value: torch.Tensor) -> None:
-        if value.numel() > _MAX_KNOWN or tuple(value.shape) != tuple(t.shape):
+        if not _keepable(value) or tuple(value.shape) != tuple(t.shape):
             return
+        self._puts += 1
+        if self._puts % 4096 == 0:  # forget the values of storages that died
+            self._by_storage = {k: e for k, e in self._by_storage.items() if not e[0].expired()}
         storage = t.untyped_storage()
         entry = self._by_storage.get(storage._cdata)
         if entry is None or entry[0].expired():
@@ -87,7 +94,7 @@ class CallCounter:
     """The calls of each counted op (`nonzero`, `torchvision::nms`) in the current step, from 0: measured
     counts name a step's calls in order, on any device, whatever memtrace knows of their inputs."""
 
-    COUNTED = ("nonzero", "nms")
+    COUNTED = ("nonzero", "nms", "_local_scalar_dense")
 
     def __init__(self, iteration: Callable[[], int]) -> None:
         self.iteration, self.step, self.seen = iteration, -1, dict.fromkeys(self.COUNTED, 0)
@@ -97,6 +104,9 @@ class CallCounter:
         name = func.overloadpacket.__name__
         if name not in self.COUNTED or (name == "nms") != (func.namespace == "torchvision"):
             return None
+        return self.take(name)
+
+    def take(self, name: str) -> int:
         if self.iteration() != self.step:
             self.step, self.seen, self.cursor = self.iteration(), dict.fromkeys(self.COUNTED, 0), {}
         self.seen[name] += 1
@@ -118,8 +128,10 @@ class _Resolver(TorchDispatchMode):
         call = self.calls.next(func)
         if func is aten._grouped_mm.default and args[0].device == _META and args[0].dtype != torch.bfloat16:
             return _grouped_mm_shape(*args, **kwargs)
-        if func in _INDEXED and any(_is_mask(i) for i in args[1]):
-            args = (args[0], self._mask_indices(args[1]), *args[2:])
+        if func in _INDEXED:  # a real run's observer counts each boolean mask of an index as a nonzero
+            calls = [self.calls.take("nonzero") for i in args[1] if _is_bool(i)]
+            if any(_is_mask(i) for i in args[1]):
+                args = (args[0], self._mask_indices(args[1], iter(calls)), *args[2:])
         flat, spec = tree_flatten((args, kwargs))
         tensors = [t for t in flat if isinstance(t, torch.Tensor)]
         known = [self._known(t) for t in tensors]
@@ -147,7 +159,7 @@ class _Resolver(TorchDispatchMode):
         """A meta tensor's known value; a small CPU tensor (a data loader's targets, a Python list made a
         tensor) is its own value."""
         if t.device.type == "cpu":
-            return t if t.numel() <= _MAX_KNOWN else None
+            return t if _keepable(t) else None
         return self.values.get(t)
 
     def _randperm(self, func: Any, args: Any, kwargs: Any) -> Any:
@@ -196,18 +208,21 @@ class _Resolver(TorchDispatchMode):
             self.values.put(out, func(*args, **{**kwargs, "device": torch.device("cpu")}))
         return out
 
-    def _mask_indices(self, indices: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    def _mask_indices(
+        self, indices: list[torch.Tensor | None], calls: Iterator[int]
+    ) -> list[torch.Tensor | None]:
         """Boolean masks among an index's indices, as the index tensors of their true elements: exact where
         the mask's values are known, else by the nonzero policy (meta has no size for a mask's count)."""
         found: list[torch.Tensor | None] = []
         for index in indices:
+            call = next(calls) if _is_bool(index) else None
             if not _is_mask(index):
                 found.append(index)
                 continue
             assert index is not None
             value = self._known(index)
             if value is None:
-                where = self._assume("nonzero", (index,), None)  # inside an index: a real run counts none
+                where = self._assume("nonzero", (index,), call)
                 value = self.values.get(where)
                 if value is None:
                     found.extend(where.unbind(1))
@@ -239,24 +254,32 @@ class _Resolver(TorchDispatchMode):
         x = args[0]
         if name == "nonzero":
             value = self.policy.value("nonzero")[0] if call is not None else "all"
-            n = kept_elements(value, x.numel(), call or 0)
+            n = kept_elements(value, x.numel(), call or 0, self.calls.step)
             kept = f"all {n} elements kept" if value == "all" else f"{n} of {x.numel()} kept"
             self._note(name, kept, "nonzero")
             out = torch.empty((n, x.dim()), dtype=torch.long, device=x.device)
-            if x.numel() <= _MAX_KNOWN:
+            if out.numel() <= _MAX_KNOWN_INDEX:
                 self.values.put(out, self._kept_in_turn(x, n))
             return out
         if name == "masked_select":
             n = torch.broadcast_shapes(x.shape, args[1].shape).numel()
             self._note(name, f"all {n} elements kept", "nonzero")
             return torch.empty((n,), dtype=x.dtype, device=x.device)
+        item, source = self.policy.value("item")
+        if name == "_local_scalar_dense" and source == "--assume" and call is not None:
+            number = item_value(item, call, self.calls.step)
+            found = number if x.is_floating_point() else int(number)
+            found = bool(found) if x.dtype == torch.bool else found
+            self._note("item", f"{found} (call {call})", "item")
+            return found
         if name == "_local_scalar_dense" and x.dtype == torch.bool:
             self._note("item (bool)", "true: the check passes", "check")
             return True
         op = f"aten::{name}" + (" (.item())" if name == "_local_scalar_dense" else "")
-        raise MemtraceError(
+        raise DataDependentError(
             f"{op} in module {self.where()!r} returns a {'value' if 'scalar' in name else 'size'} "
-            f"that depends on the data, and no --assume key bounds it (keys: {', '.join(KEYS)})"
+            f"that depends on the data, and no --assume key bounds it (keys: {', '.join(KEYS)}; "
+            "`memtrace verify` measures them)"
         )
 
     def _kept_in_turn(self, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -265,13 +288,15 @@ class _Resolver(TorchDispatchMode):
         start = self.calls.cursor.get(x.numel(), 0)
         self.calls.cursor[x.numel()] = (start + n) % max(x.numel(), 1)
         flat = ((torch.arange(n) + start) % max(x.numel(), 1)).sort().values
-        return torch.ones(x.shape, dtype=torch.bool).nonzero()[flat]
+        if x.dim() == 0:
+            return torch.zeros((n, 0), dtype=torch.long)
+        return torch.stack(torch.unravel_index(flat, x.shape), dim=1).reshape(n, x.dim())
 
     def _nms(self, boxes: torch.Tensor, call: int | None) -> torch.Tensor:
         """`torchvision::nms` over boxes with no known values: the count `nms.keep` gives. The kept indices
         are known (the first boxes), since only their number changes a size."""
         value, _ = self.policy.value("nms.keep")
-        count = kept_boxes(value, boxes.shape[0], call or 0)
+        count = kept_boxes(value, boxes.shape[0], call or 0, self.calls.step)
         self._note("nms", f"{count} of {boxes.shape[0]} boxes kept", "nms.keep")
         out = torch.empty((count,), dtype=torch.int64, device=_META)
         self.values.put(out, torch.arange(count))
@@ -288,7 +313,7 @@ class _Resolver(TorchDispatchMode):
         last = dim in (-1, x.dim() - 1)
         if last and k < x.shape[-1] <= _MAX_EXPERTS and k <= _MAX_K:
             self._route(x, k, out)
-        elif x.numel() <= _MAX_KNOWN:
+        elif out[1].numel() <= _MAX_KNOWN_INDEX:
             first = torch.arange(k).reshape([k if d == dim % x.dim() else 1 for d in range(x.dim())])
             self.values.put(out[1], first.expand(out[1].shape).contiguous())
 
@@ -336,8 +361,16 @@ _FROM_DATA = (torch.tensor, torch.as_tensor)
 _INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default)
 
 
+def _keepable(t: torch.Tensor) -> bool:
+    return t.numel() <= (_MAX_KNOWN if t.is_floating_point() or t.is_complex() else _MAX_KNOWN_INDEX)
+
+
+def _is_bool(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.dtype in (torch.bool, torch.uint8)
+
+
 def _is_mask(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) and x.device == _META and x.dtype in (torch.bool, torch.uint8)
+    return _is_bool(x) and x.device == _META
 
 
 def _is_device(x: Any) -> bool:
@@ -397,29 +430,32 @@ def resolving(
         used.extend(mode.used)
 
 
-class _Observer(TorchDispatchMode):
-    """On real tensors: the counts `nonzero` and `torchvision::nms` return, in call order."""
+class Observer(TorchDispatchMode):
+    """On real tensors: the counts `nonzero` (and each boolean mask of an index) and `torchvision::nms`
+    return, and the values of `.item()`, in call order, per step (`mark()` starts the next one)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.nonzero: list[int] = []
-        self.nms: list[int] = []
+        self.steps: list[tuple[Counts, Counts, Counts]] = []
+        self.mark()
+
+    def mark(self) -> None:
+        self.steps.append(([], [], []))
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        counted = self.nms if func.namespace == "torchvision" else self.nonzero
-        if func.overloadpacket.__name__ == ("nms" if counted is self.nms else "nonzero"):
-            counted.append(int(out.shape[0]))
+        name = func.overloadpacket.__name__
+        nonzero, nms, items = self.steps[-1]
+        if func.namespace == "torchvision" and name == "nms":
+            nms.append(int(out.shape[0]))
+        elif func.namespace == "aten" and name == "nonzero":
+            nonzero.append(int(out.shape[0]))
+        elif func.namespace == "aten" and name == "_local_scalar_dense":
+            items.append(out)
+        elif func in _INDEXED:  # a boolean mask among the indices: its count, as a nonzero's
+            nonzero.extend(int(m.count_nonzero()) for m in args[1] if _is_bool(m))
         return out
 
-
-@contextmanager
-def observing() -> Iterator[list[tuple[str, str]]]:
-    """A real step's data-dependent counts, as the `--assume` pairs that replay them (filled on exit)."""
-    found: list[tuple[str, str]] = []
-    mode = _Observer()
-    try:
-        with mode:
-            yield found
-    finally:
-        found.extend(measured_values(mode.nonzero, mode.nms))
+    def assumptions(self) -> tuple[tuple[str, str], ...]:
+        """The `--assume` pairs that replay what was observed."""
+        return measured_values(self.steps)

@@ -13,6 +13,11 @@ class MemtraceError(Exception):
         return text if len(text) <= 400 else text[:397] + "..."
 
 
+class DataDependentError(MemtraceError):
+    """A data-dependent value that no `--assume` key bounds: the real step can still be run (verify) to
+    measure the values that would let it run."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, prefixed by its type."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]

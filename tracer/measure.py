@@ -9,7 +9,6 @@ a reset, optionally with a memory snapshot recorded.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from memtrace.tracer.batch import Batch
-from memtrace.tracer.data_dependent import observing
+from memtrace.tracer.data_dependent import Observer
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.loader import Built, load_object, split_result
 from memtrace.tracer.losses import make_loss
@@ -121,49 +120,24 @@ def _prepared(model: nn.Module, batch: Batch, config: Config, device: str) -> to
     return make_optimizer(config.optimizer, list(model.parameters()), device)
 
 
-@contextlib.contextmanager
-def replayable(
-    model: nn.Module, optimizer: torch.optim.Optimizer | None, enabled: bool = True
-) -> Iterator[Callable[[], None]]:
-    """The state of the model, the optimizer and the random streams on entry, kept on the CPU (a GPU's
-    measured step is not changed); the callable puts it back, so that the measured step can be run again,
-    observed. An observing dispatch mode perturbs autocast's cast cache, so the measured run is never
-    observed. Not `enabled`: nothing is kept."""
-    if not enabled:
-        yield lambda: None
-        return
-    weights = _on_cpu(model.state_dict())
-    moments = _on_cpu(optimizer.state_dict()) if optimizer is not None else None
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-
-    def restore() -> None:
-        model.load_state_dict(weights)
-        if optimizer is not None and moments is not None:
-            optimizer.load_state_dict(moments)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-
-    yield restore
+def observe_steps(model: nn.Module, batch: Batch, config: Config, device: str) -> tuple[tuple[str, str], ...]:
+    """The data-dependent values of the steps (as many as the simulation runs), as `--assume` pairs. An
+    observing dispatch mode perturbs autocast's cast cache, so this runs on a model of its own, never in
+    the measured run."""
+    batch = cast_inputs(batch, config.recipe.dtype)
+    opt = _prepared(model, batch, config, device)
+    plan = real_plan(config, device)
+    observer = Observer()
+    with routed_if(config.step is not None, device, device), sdpa_backend(config.sdpa_backend), observer:
+        for i in range(config.iterations):
+            if i:
+                observer.mark()
+            run_program(model, batch, opt, plan, NullObserver(), iterations=1, first=i)
+    return observer.assumptions()
 
 
-def _on_cpu(state: Any) -> Any:
-    from torch.utils._pytree import tree_map
-
-    return copy.deepcopy(tree_map(lambda v: v.detach().cpu() if isinstance(v, torch.Tensor) else v, state))
-
-
-def _observed(run_step: Callable[[], None], restore: Callable[[], None]) -> tuple[tuple[str, str], ...]:
-    restore()
-    with observing() as counts:
-        run_step()
-    return tuple(counts)
-
-
-def measure_cpu(model: nn.Module, batch: Batch, config: Config, observe: bool = False) -> Measured:
-    """One warm-up step, then the steady-state step under the profiler; model and batch on the CPU. With
-    `observe`, the step is then run again from the same state to count its data-dependent values."""
+def measure_cpu(model: nn.Module, batch: Batch, config: Config) -> Measured:
+    """One warm-up step, then the steady-state step under the profiler; model and batch on the CPU."""
     batch = cast_inputs(batch, config.recipe.dtype)
     opt = _prepared(model, batch, config, "cpu")
     plan = real_plan(config, "cpu")
@@ -175,19 +149,13 @@ def measure_cpu(model: nn.Module, batch: Batch, config: Config, observe: bool = 
             start += sum(
                 t.untyped_storage().nbytes() for t in (scaler._scale, scaler._growth_tracker) if t is not None
             )
-
-        def step() -> None:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        ) as p:
             run_program(model, batch, opt, plan, NullObserver(), iterations=1, first=1)
-
-        with replayable(model, opt, observe) as restore:
-            with torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-            ) as p:
-                step()
-            counts = _observed(step, restore) if observe else ()
     events = allocation_events(p)
     rise = largest_rise(size for _, size, _ in events)
-    return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events), counts)
+    return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events))
 
 
 @contextlib.contextmanager
@@ -209,7 +177,7 @@ def sdpa_backend(name: str) -> Iterator[None]:
 
 
 def measure_cuda(
-    model: nn.Module, batch: Batch, config: Config, snapshot: Path | None = None, observe: bool = False
+    model: nn.Module, batch: Batch, config: Config, snapshot: Path | None = None
 ) -> CudaMeasured:
     """The steps on the GPU from reset peak statistics; model and batch on the GPU."""
     batch = cast_inputs(batch, config.recipe.dtype)
@@ -219,26 +187,17 @@ def measure_cuda(
     torch.cuda.reset_peak_memory_stats()
     if snapshot is not None:
         torch.cuda.memory._record_memory_history(max_entries=1_000_000)
-    last = config.iterations - 1
-
-    def step() -> None:
-        run_program(model, batch, opt, plan, NullObserver(), iterations=1, first=last)
-
     with routed_if(config.step is not None, "cuda", "cuda"), sdpa_backend(config.sdpa_backend):
-        run_program(model, batch, opt, plan, NullObserver(), iterations=last)
-        with replayable(model, opt, observe) as restore:
-            step()
-            torch.cuda.synchronize()
-            if snapshot is not None:
-                torch.cuda.memory._dump_snapshot(str(snapshot))
-                torch.cuda.memory._record_memory_history(enabled=None)
-            stats = torch.cuda.memory_stats()
-            counts = _observed(step, restore) if observe else ()
+        run_program(model, batch, opt, plan, NullObserver(), iterations=config.iterations)
+    torch.cuda.synchronize()
+    if snapshot is not None:
+        torch.cuda.memory._dump_snapshot(str(snapshot))
+        torch.cuda.memory._record_memory_history(enabled=None)
+    stats = torch.cuda.memory_stats()
     return CudaMeasured(
         int(stats.get("allocated_bytes.all.peak", 0)),
         int(stats.get("reserved_bytes.all.peak", 0)),
         int(stats.get("requested_bytes.all.peak", 0)),
-        counts,
     )
 
 
@@ -256,6 +215,34 @@ def on_this_gpu(request: Any) -> Any:
     return replace(request, config=replace(config, arch=arch, cudnn_version=cudnn, cuda_version=cuda))
 
 
+def _built(request: Any, fn: Callable[..., Any], device: str) -> tuple[nn.Module, Batch]:
+    """The model built for real on `device`, and the step's batch, from seed 0: the same weights and inputs
+    every time (data-dependent counts repeat)."""
+    torch.manual_seed(0)
+    try:
+        model, examples = split_result(fn(**dict(request.builder_kwargs)), "builder")
+        model.to(device)
+    except MemtraceError:
+        raise
+    except Exception as exc:
+        raise MemtraceError(f"building the model for real failed: {first_line(exc)}") from exc
+    specs = step_specs(request, Built(model, examples, "real"))
+    return model, step_batch(request, specs, device)
+
+
+def _observed(request: Any, fn: Callable[..., Any], device: str) -> tuple[tuple[str, str], ...]:
+    """The step's data-dependent values, on a model of their own (freed before the measured run)."""
+    model, batch = _built(request, fn, device)
+    try:
+        return observe_steps(model, batch, request.config, device)
+    except Exception as exc:
+        raise MemtraceError(f"the real step failed on {device}: {first_line(exc)}") from exc
+    finally:
+        del model, batch
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
 def measure_request(
     request: Any, snapshot: Path | None = None, observe: bool = False
 ) -> Measured | CudaMeasured:
@@ -267,20 +254,12 @@ def measure_request(
     if device == "cuda" and not torch.cuda.is_available():
         raise MemtraceError("no CUDA device here: `--device cpu` verifies against the CPU allocator")
     fn = load_object(request.builder) if isinstance(request.builder, str) else request.builder
-    torch.manual_seed(0)  # the same weights and inputs every run: data-dependent counts repeat
-    try:
-        model, examples = split_result(fn(**dict(request.builder_kwargs)), "builder")
-        model.to(device)
-    except MemtraceError:
-        raise
-    except Exception as exc:
-        raise MemtraceError(f"building the model for real failed: {first_line(exc)}") from exc
-    specs = step_specs(request, Built(model, examples, "real"))
-    batch = step_batch(request, specs, device)
+    counts = _observed(request, fn, device) if observe else ()
+    model, batch = _built(request, fn, device)
     try:
         if device == "cuda":
-            return measure_cuda(model, batch, config, snapshot, observe)
-        return measure_cpu(model, batch, config, observe)
+            return replace(measure_cuda(model, batch, config, snapshot), assumptions=counts)
+        return replace(measure_cpu(model, batch, config), assumptions=counts)
     except MemtraceError:
         raise
     except Exception as exc:  # a CUDA out-of-memory error among them: the prediction said so, or should have
