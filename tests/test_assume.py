@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from memtrace.cli.main import cli
-from memtrace.tracer.assume import Policy, assignment, expert_counts, parse_assume, token_groups
+from memtrace.tracer.assume import Counts, Policy, assignment, expert_counts, parse_assume, token_groups
 from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.records import Assumption, Result
 from memtrace.tracer.simulate import Config, simulate
@@ -80,4 +80,56 @@ def test_cli_refuses_a_bad_assume() -> None:
 
 def test_config_refuses_a_bad_pair() -> None:
     with pytest.raises(MemtraceError, match="unknown key"):
-        Config(assume=(("nms.keep", "0.3"),))
+        Config(assume=(("boxes.keep", "0.3"),))
+
+
+def test_measured_counts_parse_per_call_and_per_step() -> None:
+    from memtrace.tracer.assume import item_value, kept_boxes, kept_elements, measured_values, needed
+
+    assert parse_assume("nms.keep=0.3") == ("nms.keep", "0.3")
+    assert kept_boxes("0.3", 1000, 5) == 300
+    assert kept_boxes("1.0", 7, 0) == 7
+    assert kept_boxes("120,98", 1000, 0) == 120
+    assert kept_boxes("120,98", 1000, 9) == 98  # the last repeats
+    assert kept_boxes("120,98", 50, 0) == 50  # never more than the boxes given
+    assert kept_boxes("5,6/7,8", 100, 1, step=1) == 8
+    assert kept_elements("all", 40, 3) == 40
+    assert kept_elements("3,0,5/1", 40, 1) == 0
+    assert kept_elements("3,0,5/1", 40, 2, step=4) == 1
+    assert item_value("275,1,0.5", 2) == 0.5
+    for bad in ("nms.keep=0.0", "nms.keep=1.5", "nms.keep=a", "nms.keep=-1,2", "nonzero=some", "item=x"):
+        with pytest.raises(MemtraceError):
+            parse_assume(bad)
+    steps: list[tuple[Counts, Counts, Counts]] = [
+        ([3, 0], [7], [True, 2.5]),
+        ([3, 0], [6], [True, 2.5]),
+    ]
+    pairs = measured_values(steps)
+    assert pairs == (("nonzero", "3,0"), ("nms.keep", "7/6"), ("item", "1,2.5"))
+    assert needed(pairs, {"nms"}) == (("nms.keep", "7/6"),)
+
+
+class _LoaderMasks(nn.Module):
+    """Index with a mask computed from data a loader made on the CPU (known), then with one from the
+    activations (unknown): the first is exact, the second takes the nonzero policy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4096, 4096)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        labels = torch.tensor([0, 3, 0, 1, 0, 0]).to(x.device)  # as a data loader's targets
+        kept = self.lin(x)[labels > 0]  # 2 rows, known
+        chosen = torch.where(labels == 0)[0]  # 4, known
+        picks = torch.randperm(chosen.numel(), device=x.device)[:3]
+        rows = x[chosen[picks]]
+        strong = self.lin(x)[:, 0] > 0  # unknown
+        return kept.sum() + rows.sum() + self.lin(x[strong]).sum()
+
+
+def test_known_values_flow_from_cpu_data_through_masks_and_randperm() -> None:
+    result = simulate(_LoaderMasks(), ["6x4096"], device="cpu", mode="infer")
+    assert [(a.op, a.value) for a in result.assumptions] == [("nonzero", "all 6 elements kept")]
+    given = simulate(_LoaderMasks(), ["6x4096"], device="cpu", mode="infer", assume=(("nonzero", "2,4,0"),))
+    assert [(a.op, a.value, a.source) for a in given.assumptions] == [("nonzero", "0 of 6 kept", "--assume")]
+    assert given.peak.bytes < result.peak.bytes  # no row kept: the last Linear's output is empty

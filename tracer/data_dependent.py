@@ -1,18 +1,29 @@
 """Data-dependent ops on meta, resolved by the assumption policy (tracer/assume.py).
 
-A dispatch mode below the recorder's keeps *known values* beside some meta tensors: the experts a top-k
-routing picks (chosen by `moe.routing` or `moe.tokens`), and whatever is computed from known values alone
-(one_hot, sums, compares, sorts, `nonzero`, `where`, `.item()`), computed on small CPU tensors. An op whose
-inputs all have known values gets its exact shape and value, so a MoE layer's loop over the experts it hit
-runs as the real one would. An op with unknown inputs runs on meta; where meta has no answer
-(`nonzero`, `masked_select`, `.item()`/`bool()`) the policy chooses (`nonzero=all`, `check=pass`), and
-where no key bounds it, a one-line error names the op, the module and the keys.
+A dispatch mode below the recorder's keeps *known values* beside some meta tensors and computes with them on
+small CPU tensors: what the step made on the CPU and moved to meta (a data loader's targets, `torch.tensor`
+of Python numbers), constant fills, `randperm` (a permutation of its own generator), the experts a top-k
+routing picks (`moe.routing`, `moe.tokens`), the first k indices of any other top-k over unknown scores,
+and whatever is computed from known values alone (one_hot, compares, sorts, `nonzero`, `where`, boolean-mask
+indexing, `.item()`, `torchvision::nms`). An op whose inputs all have known values gets its exact shape and
+value, so a MoE layer's loop over the experts it hit, or a detector's anchor matching against its targets,
+runs as the real one does. An op with unknown inputs runs on meta; where meta has no answer (`nonzero`,
+`masked_select`, `torchvision::nms`, `.item()`/`bool()`) the policy chooses (`nonzero`, `nms.keep`, `item`,
+`check`), and where no key bounds it, a one-line error names the op, the module and the keys.
+
+The counted ops (`nonzero` and each boolean mask of an index, `torchvision::nms`, `.item()`) are numbered per
+step, so that the values `memtrace verify` measured on a real run (`Observer`) replay call by call. The
+elements an unknown selection keeps are taken in turn over as many elements (positives, then negatives, as a
+sampler's complementary masks are). Counts fix how many elements are kept, not which: where a later step
+groups the kept elements by known values (torchvision's per-level NMS), the groups can differ from the real
+run's when a filter dropped some.
 
 `aten._grouped_mm` is also taken here: PyTorch's meta kernel follows the CUDA fast path (bf16 only), while
 the kernel accepts fp32 and fp16 on the CPU: those get the same output shape (on a CUDA target unchecked).
-Every choice made is recorded as an `Assumption`. Known limits: values are kept for tensors of at most 1M
-elements, and constant fills only of integer and boolean dtypes; `.tolist()` reads memory directly and is
-not seen; a write through another view of a storage forgets the storage's known values.
+Every choice made is recorded as an `Assumption`. Known limits: values are kept for floating tensors of at
+most 4M elements and integer/boolean ones of at most 16M, and floating constant fills only for scalars;
+`.tolist()` reads memory directly and is not seen; a write through another view of a storage forgets the
+storage's known values.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from memtrace.tracer.errors import DataDependentError, MemtraceError
 from memtrace.tracer.records import Assumption
 
 aten = torch.ops.aten
-_MAX_KNOWN = 1 << 20  # elements: larger floating results keep no known value
+_MAX_KNOWN = 1 << 22  # elements: larger floating results keep no known value
 _MAX_KNOWN_INDEX = 1 << 24  # elements: larger integer and boolean results (indices, masks) keep none
 _SIZE_FROM_DATA = {"nonzero", "masked_select", "_local_scalar_dense", "unique", "_unique", "_unique2"}
 _SIZE_FROM_DATA |= {"unique_consecutive", "unique_dim", "repeat_interleave", "bincount", "nonzero_numpy"}
@@ -308,7 +319,8 @@ class _Resolver(TorchDispatchMode):
         tensors (a detector's anchor levels), where any k indices give the same sizes."""
         x, k = args[0], int(args[1])
         dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
-        if x.dim() == 0 or k < 1:
+        if x.dim() == 0 or k < 1:  # no indices: known (empty)
+            self.values.put(out[1], torch.empty(out[1].shape, dtype=out[1].dtype))
             return
         last = dim in (-1, x.dim() - 1)
         if last and k < x.shape[-1] <= _MAX_EXPERTS and k <= _MAX_K:

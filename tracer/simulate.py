@@ -430,6 +430,7 @@ def simulate(
     sdpa_backend: str = "auto",
     cudnn_version: int | None = None,
     alloc_conf: str | None = None,
+    assume: tuple[tuple[str, str], ...] = (),
 ) -> Result:
     """Simulate `iterations` steps of the model on meta and report the steady-state step.
 
@@ -451,6 +452,7 @@ def simulate(
         alloc_conf,
         sdpa_backend=sdpa_backend,
         cudnn_version=cudnn_version,
+        assume=assume,
     )
     kwargs = tuple((builder_kwargs or {}).items())
     return run(Request(as_builder(model), input_specs(inputs), kwargs, config, gpu, headroom))
