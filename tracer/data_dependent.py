@@ -22,7 +22,7 @@ run's when a filter dropped some.
 the kernel accepts fp32 and fp16 on the CPU: those get the same output shape (on a CUDA target unchecked).
 Every choice made is recorded as an `Assumption`. Known limits: values are kept for floating tensors of at
 most 4M elements and integer/boolean ones of at most 16M, and floating constant fills only for scalars;
-`.tolist()` reads memory directly and is not seen; a write through another view of a storage forgets the
+`.tolist()` reads memory directly and is not seen; a write with unknown inputs forgets the
 storage's known values.
 """
 
@@ -198,8 +198,8 @@ class _Resolver(TorchDispatchMode):
         meta_args, meta_kwargs = tree_unflatten(flat, spec)
         sized = name in _SIZE_FROM_DATA  # meta has no size for these: the value's
         out = tree_map(_meta_like, value) if sized else func(*meta_args, **meta_kwargs)
-        for t in _written(func, meta_args, meta_kwargs):
-            self.values.forget(t)
+        # A write through a view of a known storage: the CPU values are views of one another as the meta
+        # tensors are (each computed by the same view ops), so the write reached every known view already.
         outs, _ = tree_flatten(out)
         for m, v in zip(outs, tree_flatten(value)[0], strict=False):
             if isinstance(m, torch.Tensor) and isinstance(v, torch.Tensor):

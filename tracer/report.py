@@ -62,15 +62,21 @@ def header(result: Result) -> Text:
     return text
 
 
+_SHOWN_CHOICES = 16  # lines: a detector replaying measured counts makes dozens of choices
+
+
 def assumption_lines(result: Result) -> Text:
     """The data-dependent values the simulation chose, one line per choice (its modules counted)."""
     text = Text()
     modules: dict[tuple[str, str, str], list[str]] = {}
     for a in result.assumptions:
         modules.setdefault((a.op, a.value, a.source), []).append(a.module)
-    for (op, value, source), names in modules.items():
+    for (op, value, source), names in list(modules.items())[:_SHOWN_CHOICES]:
         where = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
         text.append(f"\n  assumed: {op} in {where}: {value} ({source})", style="yellow")
+    if len(modules) > _SHOWN_CHOICES:
+        more = len(modules) - _SHOWN_CHOICES
+        text.append(f"\n  assumed: {more} more choices (all of them in --json's assumptions)", style="yellow")
     if modules:
         text.append("\n  (data-dependent values; change them with --assume KEY=VALUE)", style="yellow")
     return text

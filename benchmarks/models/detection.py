@@ -17,17 +17,24 @@ from torch import nn
 BOXES = 3  # ground-truth objects per image
 
 
-def build(name: str = "fasterrcnn_mobilenet_v3_large_fpn", classes: int = 91, **kwargs: Any) -> nn.Module:
+def build(
+    name: str = "fasterrcnn_mobilenet_v3_large_fpn", classes: int | None = None, **kwargs: Any
+) -> nn.Module:
     import torchvision
 
+    if classes is not None:  # else the model's own default (91 COCO classes; 2 for Keypoint R-CNN)
+        kwargs["num_classes"] = classes
     return torchvision.models.get_model(  # type: ignore[no-any-return]
-        name, weights=None, weights_backbone=None, num_classes=classes, **kwargs
+        name, weights=None, weights_backbone=None, **kwargs
     )
 
 
-def targets(images: torch.Tensor, boxes: int = BOXES, masks: bool = False) -> list[dict[str, torch.Tensor]]:
+def targets(
+    images: torch.Tensor, boxes: int = BOXES, masks: bool = False, keypoints: int = 0
+) -> list[dict[str, torch.Tensor]]:
     """`boxes` objects per image at fixed places (the same on every run), made on the CPU as a data loader
-    does and moved to the images' device: boxes, labels and, with `masks`, a filled-box mask per object."""
+    does and moved to the images' device: boxes, labels and, with `masks`, a filled-box mask per object,
+    with `keypoints`, that many visible keypoints on each box's diagonal."""
     height, width = images.shape[-2:]
     found = []
     for i in range(images.shape[0]):
@@ -36,12 +43,17 @@ def targets(images: torch.Tensor, boxes: int = BOXES, masks: bool = False) -> li
             x0, y0 = (0.1 + 0.2 * j) * width, (0.15 + 0.1 * i + 0.2 * j) * height
             rows.append([x0, y0, x0 + 0.25 * width, y0 + 0.3 * height])
         box = torch.tensor(rows, dtype=torch.float32).clamp(min=0, max=float(max(height, width)))
-        target = {"boxes": box, "labels": torch.arange(1, boxes + 1, dtype=torch.int64)}
+        target = {"boxes": box, "labels": torch.ones(boxes, dtype=torch.int64)}  # class 1: any model has it
         if masks:
             mask = torch.zeros(boxes, height, width, dtype=torch.uint8)
             for j, (x0, y0, x1, y1) in enumerate(box.round().long().tolist()):
                 mask[j, y0:y1, x0:x1] = 1
             target["masks"] = mask
+        if keypoints:
+            t = torch.linspace(0.1, 0.9, keypoints)
+            x = box[:, None, 0] + t * (box[:, None, 2] - box[:, None, 0])
+            y = box[:, None, 1] + t * (box[:, None, 3] - box[:, None, 1])
+            target["keypoints"] = torch.stack((x, y, torch.ones_like(x)), dim=2)
         found.append({k: v.to(images.device) for k, v in target.items()})
     return found
 
@@ -49,15 +61,11 @@ def targets(images: torch.Tensor, boxes: int = BOXES, masks: bool = False) -> li
 def train_step(model: nn.Module, inputs: tuple[torch.Tensor, ...], optimizer: torch.optim.Optimizer) -> None:
     """torchvision's reference training step: the model returns its losses, summed."""
     (images,) = inputs
-    losses = model(
-        list(images),
-        targets(
-            images,
-            masks=hasattr(model.roi_heads, "mask_head") and model.roi_heads.mask_head is not None
-            if hasattr(model, "roi_heads")
-            else False,
-        ),
-    )
+    heads = getattr(model, "roi_heads", None)
+    masks = getattr(heads, "mask_head", None) is not None
+    keypoints = getattr(heads, "keypoint_predictor", None)
+    points = int(keypoints.kps_score_lowres.out_channels) if keypoints is not None else 0
+    losses = model(list(images), targets(images, masks=masks, keypoints=points))
     loss = sum(losses.values())
     loss.backward()
     optimizer.step()
