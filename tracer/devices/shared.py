@@ -108,6 +108,8 @@ def meta_sdpa(device: str, kernel: Callable[[SdpaCall], torch.Tensor]) -> Callab
     from memtrace.tracer.recorder import simulated
 
     def wrap(original: SdpaFn) -> SdpaFn:
+        inside = [False]
+
         def sdpa(
             query: torch.Tensor,
             key: torch.Tensor,
@@ -119,10 +121,16 @@ def meta_sdpa(device: str, kernel: Callable[[SdpaCall], torch.Tensor]) -> Callab
             enable_gqa: bool = False,
         ) -> torch.Tensor:
             call = SdpaCall(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, original)
-            if not simulated(query):  # meta, or fake under --ddp/--fsdp
+            # A torch-function mode (a --step's routing, the known values') hands the C function's call back
+            # to this replacement, which the module now holds: the call being made is the original's.
+            if inside[0] or not simulated(query):  # meta, or fake under --ddp/--fsdp
                 return call.fallback()
             q, k, v, mask = policy_cast(device, "scaled_dot_product_attention", query, key, value, attn_mask)
-            return kernel(SdpaCall(q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, original))
+            inside[0] = True
+            try:
+                return kernel(SdpaCall(q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, original))
+            finally:
+                inside[0] = False
 
         return sdpa
 
