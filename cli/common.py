@@ -230,7 +230,9 @@ def engine_options(fn: F) -> F:
             multiple=True,
             type=AssumeType(),
             help="A data-dependent value to assume, repeatable: moe.routing=balanced|worst, "
-            "moe.tokens=N,N,..[;N,N,..] (tokens per expert, per MoE layer), nonzero=all, check=pass.",
+            "moe.tokens=N,N,..[;N,N,..] (tokens per expert, per MoE layer), nms.keep=F|N,N,.., "
+            "nonzero=all|N,N,.., item=V,V,.., check=pass. Counts and values are per call of the step "
+            "(steps apart by /); `memtrace verify` prints those of the real step.",
         ),
         click.option(
             "--step",
