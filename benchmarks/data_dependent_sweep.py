@@ -61,6 +61,13 @@ def run(args: list[str], device: str) -> tuple[str, str, float]:
     return "-", f"{'one-line error naming --assume' if names_key else 'ERROR'}: {error[:160]}", seconds
 
 
+def _version(module: str) -> str:
+    try:
+        return f"{module} {__import__(module).__version__}"
+    except ImportError:
+        return f"no {module}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -71,7 +78,12 @@ def main() -> None:
         peak, outcome, seconds = run(args, options.device)
         rows.append(f"| {label} | {peak} | {outcome} | {seconds:.1f} |")
         print(rows[-1], flush=True)
-    text = f"Device `{options.device}`, default assumptions.\n\n" + "\n".join(rows) + "\n"
+    import torch
+
+    others = ", ".join(_version(m) for m in ("torchvision", "transformers"))
+    command = f"python benchmarks/data_dependent_sweep.py --device {options.device}"
+    head = f"`{command}` (torch {torch.__version__}, {others}), defaults.\n\n"
+    text = head + "\n".join(rows) + "\n"
     if options.output:
         options.output.write_text(text)
 
