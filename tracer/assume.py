@@ -71,12 +71,20 @@ def parse_assume(text: str) -> tuple[str, str]:
 
 def token_groups(value: str) -> tuple[tuple[int, ...], ...]:
     """`12,20;16,16` -> ((12, 20), (16, 16)): tokens per expert, one group per routing module."""
+    return _count_groups("moe.tokens", value, ";", "counts such as 12,20,16,16")
+
+
+def _count_groups(
+    key: str, value: str, sep: str, expected: str, empty: bool = False
+) -> tuple[tuple[int, ...], ...]:
+    """Comma-separated counts in groups `sep` apart, none negative; `empty`: a group may hold none (a step
+    that made no call)."""
     try:
-        groups = tuple(tuple(int(n) for n in group.split(",")) for group in value.split(";"))
+        groups = tuple(tuple(int(n) for n in g.split(",") if n or not empty) for g in value.split(sep))
     except ValueError:
-        raise MemtraceError(f"--assume moe.tokens={value}: expected counts such as 12,20,16,16") from None
+        raise MemtraceError(f"--assume {key}={value}: expected {expected}") from None
     if any(n < 0 for group in groups for n in group):
-        raise MemtraceError(f"--assume moe.tokens={value}: counts cannot be negative")
+        raise MemtraceError(f"--assume {key}={value}: counts cannot be negative")
     return groups
 
 
@@ -90,29 +98,16 @@ def step_group(value: str, step: int) -> str:
 def nms_keep(value: str) -> float | tuple[int, ...]:
     """`0.3` -> 0.3 (a fraction in (0, 1]); `120,98` -> (120, 98) (counts per call); per step with `/`,
     each group checked (the first returned)."""
-    first: float | tuple[int, ...] | None = None
-    for group in value.split("/"):
-        keep = _nms_group(value, group)
-        first = keep if first is None else first
-    assert first is not None
-    return first
-
-
-def _nms_group(value: str, group: str) -> float | tuple[int, ...]:
-    try:
-        if "." in group and "/" not in value:
-            fraction = float(group)
-            if not 0.0 < fraction <= 1.0:
-                raise ValueError
-            return fraction
-        counts = tuple(int(n) for n in group.split(",") if n)
-    except ValueError:
-        raise MemtraceError(
-            f"--assume nms.keep={value}: expected a fraction in (0, 1] such as 0.3, or counts such as 120,98"
-        ) from None
-    if any(n < 0 for n in counts):
-        raise MemtraceError(f"--assume nms.keep={value}: counts cannot be negative")
-    return counts
+    expected = "a fraction in (0, 1] such as 0.3, or counts such as 120,98"
+    if "." in value and "/" not in value:
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = 0.0
+        if not 0.0 < fraction <= 1.0:
+            raise MemtraceError(f"--assume nms.keep={value}: expected {expected}")
+        return fraction
+    return _count_groups("nms.keep", value, "/", expected, empty=True)[0]
 
 
 def nonzero_counts(value: str) -> tuple[int, ...] | None:
@@ -120,13 +115,7 @@ def nonzero_counts(value: str) -> tuple[int, ...] | None:
     group checked, the first returned)."""
     if value == "all":
         return None
-    try:
-        groups = [tuple(int(n) for n in group.split(",") if n) for group in value.split("/")]
-    except ValueError:
-        raise MemtraceError(f"--assume nonzero={value}: expected all, or counts such as 12,0,5") from None
-    if any(n < 0 for group in groups for n in group):
-        raise MemtraceError(f"--assume nonzero={value}: counts cannot be negative")
-    return groups[0]
+    return _count_groups("nonzero", value, "/", "all, or counts such as 12,0,5", empty=True)[0]
 
 
 def item_values(value: str) -> tuple[float, ...]:

@@ -101,6 +101,15 @@ class KnownValues:
         self._by_storage.pop(t.untyped_storage()._cdata, None)
 
 
+def counted(func: Any) -> str | None:
+    """The counted op `func` is (`nonzero`, `nms`, `_local_scalar_dense`), else None: the simulation numbers
+    these calls and a real run's `Observer` records them, alike."""
+    name = func.overloadpacket.__name__
+    if func.namespace == "torchvision":
+        return "nms" if name == "nms" else None
+    return name if func.namespace == "aten" and name in ("nonzero", "_local_scalar_dense") else None
+
+
 class CallCounter:
     """The calls of each counted op (`nonzero`, `torchvision::nms`) in the current step, from 0: measured
     counts name a step's calls in order, on any device, whatever memtrace knows of their inputs."""
@@ -112,10 +121,8 @@ class CallCounter:
         self.cursor: dict[int, int] = {}  # elements -> where the next unknown selection over as many starts
 
     def next(self, func: Any) -> int | None:
-        name = func.overloadpacket.__name__
-        if name not in self.COUNTED or (name == "nms") != (func.namespace == "torchvision"):
-            return None
-        return self.take(name)
+        name = counted(func)
+        return None if name is None else self.take(name)
 
     def take(self, name: str) -> int:
         if self.iteration() != self.step:
@@ -456,13 +463,13 @@ class Observer(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
+        name = counted(func)
         nonzero, nms, items = self.steps[-1]
-        if func.namespace == "torchvision" and name == "nms":
+        if name == "nms":
             nms.append(int(out.shape[0]))
-        elif func.namespace == "aten" and name == "nonzero":
+        elif name == "nonzero":
             nonzero.append(int(out.shape[0]))
-        elif func.namespace == "aten" and name == "_local_scalar_dense":
+        elif name == "_local_scalar_dense":
             items.append(out)
         elif func in _INDEXED:  # a boolean mask among the indices: its count, as a nonzero's
             nonzero.extend(int(m.count_nonzero()) for m in args[1] if _is_bool(m))
