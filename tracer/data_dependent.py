@@ -52,11 +52,13 @@ from memtrace.tracer.assume import (
     token_groups,
 )
 from memtrace.tracer.errors import DataDependentError, MemtraceError
-from memtrace.tracer.records import Assumption
+from memtrace.tracer.records import LOGGED, Assumption
+from memtrace.tracer.user_frame import user_frame
 
 aten = torch.ops.aten
 _MAX_KNOWN = 1 << 22  # elements: larger floating results keep no known value
 _MAX_KNOWN_INDEX = 1 << 24  # elements: larger integer and boolean results (indices, masks) keep none
+_MAX_LOGGED = 4096  # elements: a logged value (a loss, a few metrics); larger reads are not for logging
 _SIZE_FROM_DATA = {"nonzero", "masked_select", "_local_scalar_dense", "unique", "_unique", "_unique2"}
 _SIZE_FROM_DATA |= {"unique_consecutive", "unique_dim", "repeat_interleave", "bincount", "nonzero_numpy"}
 _SIZE_FROM_DATA |= {"nms"}  # torchvision::nms
@@ -132,9 +134,16 @@ class CallCounter:
 
 
 class _Resolver(TorchDispatchMode):
-    def __init__(self, policy: Policy, where: Callable[[], str], iteration: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        where: Callable[[], str],
+        iteration: Callable[[], int],
+        in_model: Callable[[], bool] = lambda: True,
+    ) -> None:
         super().__init__()
         self.policy, self.where, self.values = policy, where, KnownValues()
+        self.in_model = in_model
         self.used: dict[Assumption, None] = {}
         self.routers: list[str] = []  # modules in the order they first routed
         self.generator = torch.Generator().manual_seed(0)
@@ -168,6 +177,8 @@ class _Resolver(TorchDispatchMode):
             return self._nms(args[0], call)
         if name in _SIZE_FROM_DATA and args and getattr(args[0], "device", None) == _META:
             return self._assume(name, args, call)
+        if func is aten._to_copy.default and _read_out(args[0], kwargs):
+            return self._copied_out(func, args, kwargs)
         out = func(*args, **kwargs)
         if name == "topk" and args[0].device.type == "meta":
             self._topk(args, kwargs, out)
@@ -267,9 +278,35 @@ class _Resolver(TorchDispatchMode):
         source = self.policy.value(key)[1]
         self.used.setdefault(Assumption(op, self.where(), value, source), None)
 
+    def _logged(self, x: torch.Tensor, how: str) -> bool:
+        """A floating-point value read by the step outside the model's forward (a loss printed or logged):
+        its value changes no memory, so a placeholder stands for it, listed in the report."""
+        if not x.is_floating_point() or x.numel() > _MAX_LOGGED or self.in_model():
+            return False
+        where = user_frame() or "the step"
+        self.used.setdefault(Assumption(how, where, "0.0", LOGGED), None)
+        return True
+
+    def _copied_out(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """`.cpu()`, `.tolist()`, `.numpy()` of a meta tensor: zeros for a logged value, else one line."""
+        x = args[0]
+        if self._logged(x, ".cpu() / .tolist() (logged)"):
+            return torch.zeros(x.shape, dtype=kwargs.get("dtype") or x.dtype)
+        raise DataDependentError(
+            f"the step reads the values of a {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} "
+            f"tensor (.cpu(), .tolist() or .numpy()) at {user_frame() or 'an unknown line'}, "
+            f"{self._in()}; meta tensors have no values: read floating-point values only for logging, "
+            "outside the model's forward, or pass the values the step needs as its inputs"
+        )
+
+    def _in(self) -> str:
+        return f"in module {self.where()!r}" if self.in_model() else "in the step, outside the model"
+
     def _assume(self, name: str, args: Any, call: int | None) -> Any:
         """A data-dependent op on a tensor with no known values: the policy's choice, or a one-line error."""
         x = args[0]
+        if name == "_local_scalar_dense" and self._logged(x, ".item() (logged)"):
+            return 0.0
         if name == "nonzero":
             value = self.policy.value("nonzero")[0] if call is not None else "all"
             n = kept_elements(value, x.numel(), call or 0, self.calls.step)
@@ -293,12 +330,7 @@ class _Resolver(TorchDispatchMode):
         if name == "_local_scalar_dense" and x.dtype == torch.bool:
             self._note("item (bool)", "true: the check passes", "check")
             return True
-        op = f"aten::{name}" + (" (.item())" if name == "_local_scalar_dense" else "")
-        raise DataDependentError(
-            f"{op} in module {self.where()!r} returns a {'value' if 'scalar' in name else 'size'} "
-            f"that depends on the data, and no --assume key bounds it (keys: {', '.join(KEYS)}; "
-            "`memtrace verify` measures them)"
-        )
+        raise DataDependentError(_unbounded(name, x, self._in()))
 
     def _kept_in_turn(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """The indices of the n elements an unknown selection keeps: successive selections over as many
@@ -380,6 +412,29 @@ _FROM_DATA = (torch.tensor, torch.as_tensor)
 _INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default)
 
 
+def _unbounded(name: str, x: torch.Tensor, where: str) -> str:
+    """The one line for a data-dependent value no --assume key bounds: the op, the user's line, the fix."""
+    line = user_frame() or "an unknown line"
+    if name == "_local_scalar_dense":
+        kind = "a bool" if x.dtype == torch.bool else "an integer" if not x.is_floating_point() else "a value"
+        return (
+            f"{line}: .item() (or int(), float(), bool()) reads {kind} of a tensor {where}, "
+            "which meta tensors do not have; give it with --assume item=V[,V...] in call order "
+            "(`memtrace verify` measures them), or pass it to the step as a Python number"
+        )
+    return (
+        f"{line}: aten::{name} {where} returns a size that depends on the data, and no "
+        f"--assume key bounds it; choose one with --assume KEY=VALUE (keys: {', '.join(KEYS)}; "
+        "`memtrace verify` measures them)"
+    )
+
+
+def _read_out(x: Any, kwargs: dict[str, Any]) -> bool:
+    """A copy from a meta tensor to the CPU: it reads values that meta tensors do not have."""
+    device = kwargs.get("device")
+    return isinstance(x, torch.Tensor) and x.device == _META and device is not None and device.type == "cpu"
+
+
 def _keepable(t: torch.Tensor) -> bool:
     return t.numel() <= (_MAX_KNOWN if t.is_floating_point() or t.is_complex() else _MAX_KNOWN_INDEX)
 
@@ -436,12 +491,16 @@ def _grouped_mm_shape(
 
 @contextmanager
 def resolving(
-    policy: Policy, where: Callable[[], str], iteration: Callable[[], int] = lambda: 0
+    policy: Policy,
+    where: Callable[[], str],
+    iteration: Callable[[], int] = lambda: 0,
+    in_model: Callable[[], bool] = lambda: True,
 ) -> Iterator[list[Assumption]]:
     """The data-dependent ops of the step resolved by `policy`; the list fills with the assumptions made.
-    `iteration` tells the step being run (measured counts are per step)."""
+    `iteration` tells the step being run (measured counts are per step); `in_model` whether a module's
+    forward is running (a floating-point value read outside it is logged, and gets a placeholder)."""
     used: list[Assumption] = []
-    mode = _Resolver(policy, where, iteration)
+    mode = _Resolver(policy, where, iteration, in_model)
     try:
         with mode, _Lifted(mode.values):
             yield used

@@ -25,6 +25,7 @@ from memtrace.tracer.batch import Batch
 from memtrace.tracer.errors import MemtraceError, first_line
 from memtrace.tracer.records import InputSpec
 from memtrace.tracer.specs import Target, parse_target
+from memtrace.tracer.target_view import view_key
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -63,7 +64,7 @@ def load_object(target: Target | str, what: str = "builder", fresh: bool = False
     return obj
 
 
-_LOADED: dict[tuple[str, int], Any] = {}
+_LOADED: dict[tuple[str, int, tuple[str, int, int, int] | None], Any] = {}
 
 
 def _load_file(source: str) -> Any:
@@ -71,7 +72,7 @@ def _load_file(source: str) -> Any:
     path = Path(source)
     if not path.is_file():
         raise MemtraceError(f"file not found: {source}")
-    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    key = (str(path.resolve()), path.stat().st_mtime_ns, view_key())  # what the import was told
     if key not in _LOADED:
         _LOADED[key] = _exec_file(path, source)
     return _LOADED[key]

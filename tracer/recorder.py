@@ -252,6 +252,10 @@ class Recorder:
         if self.phase is Phase.FORWARD and torch.is_grad_enabled():
             claim(self.autograd_fx, out, name)
 
+    def inside_module(self) -> bool:
+        """Whether a module's forward (or its recompute) is running: the root's counts too."""
+        return len(self.module_stack) > 1
+
     def current_module(self) -> str:
         if self.phase is Phase.BACKWARD:
             node = torch._C._current_autograd_node()

@@ -29,19 +29,32 @@ def _is_cuda(device: Any) -> bool:
 class _StayOn(TorchFunctionMode):
     """`.cuda()`, `.to("cuda")` and `device="cuda"` mean the tensors' own device (meta, or the CPU)."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, cpu_target: bool = False) -> None:
         super().__init__()
         self.device = torch.device(device)
+        self.cpu_target = cpu_target  # meta tensors stand for CPU ones: `.cpu()` of them is no copy
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = dict(kwargs or {})
-        if func is torch.Tensor.cuda:
+        if func is torch.Tensor.cuda or (self.cpu_target and _to_cpu_of_meta(func, args, kwargs)):
             return args[0].to(self.device)
         if _is_cuda(kwargs.get("device")):
             kwargs["device"] = self.device
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
             args = (args[0], self.device, *args[2:])
         return func(*args, **kwargs)
+
+
+def _to_cpu_of_meta(func: Any, args: Any, kwargs: dict[str, Any]) -> bool:
+    """`t.cpu()`, `t.to("cpu")`, `t.to(device="cpu")` of a meta tensor."""
+    if not args or not isinstance(args[0], torch.Tensor) or args[0].device.type != "meta":
+        return False
+    if func is torch.Tensor.cpu:
+        return True
+    dest = kwargs.get("device", args[1] if len(args) > 1 else None)
+    return (
+        func is torch.Tensor.to and isinstance(dest, str | torch.device) and torch.device(dest).type == "cpu"
+    )
 
 
 def _autocast_init(target: str, original: Callable[..., None]) -> Callable[..., None]:
@@ -86,6 +99,11 @@ def _patched(owner: Any, attr: str, value: Any) -> Iterator[None]:
         setattr(owner, attr, saved)
 
 
+def staying_on(device: str) -> AbstractContextManager[None]:
+    """`.cuda()`, `.to("cuda")` and `device="cuda"` make tensors on `device` (a builder's, on meta)."""
+    return _StayOn(device)
+
+
 def routed_if(user_step: bool, target: str, tensors: str) -> AbstractContextManager[None]:
     """`routed(target, tensors)` around a user's step; memtrace's own step needs no routing."""
     return routed(target, tensors) if user_step else nullcontext()
@@ -105,5 +123,5 @@ def routed(target: str, tensors: str) -> Iterator[None]:
         stack.enter_context(
             _patched(scaler_cls, "_maybe_opt_step", _maybe_opt_step(scaler_cls._maybe_opt_step))
         )
-        stack.enter_context(_StayOn(tensors))
+        stack.enter_context(_StayOn(tensors, cpu_target=target == "cpu" and tensors == "meta"))
         yield

@@ -41,7 +41,7 @@ from memtrace.tracer.records import (
     Result,
     Trace,
 )
-from memtrace.tracer.routing import routed_if
+from memtrace.tracer.routing import routed_if, staying_on
 from memtrace.tracer.specs import (
     Headroom,
     LossSpec,
@@ -51,6 +51,7 @@ from memtrace.tracer.specs import (
     parse_loss,
     parse_optimizer,
 )
+from memtrace.tracer.target_view import TargetGpu, generation_stand_in, target_gpu, target_view
 from memtrace.tracer.timeline import step_timeline
 
 StepFn = Callable[..., Any]
@@ -188,8 +189,10 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                     Policy(config.assume),
                     lambda: rec.current_module() or type(model).__name__,
                     lambda: rec.iteration,
+                    rec.inside_module,
                 ) as assumed,
                 recording(rec, model),
+                generation_stand_in(),
             ):
                 run_program(runner, batch, optimizer, plan, rec, config.iterations)
     except MemtraceError:
@@ -339,7 +342,8 @@ def build(builder: str | Callable[..., Any], builder_kwargs: dict[str, Any] | No
     if not callable(fn):
         raise MemtraceError(f"builder {builder!r} is not callable")
     name = builder if isinstance(builder, str) else getattr(fn, "__name__", repr(fn))
-    return build_on_meta(fn, builder_kwargs or {}, name)
+    with staying_on("meta"):  # `.to("cuda")` of a builder that was told a GPU is there
+        return build_on_meta(fn, builder_kwargs or {}, name)
 
 
 @dataclass(frozen=True)
@@ -370,18 +374,28 @@ def run(request: Request) -> Result:
     if request.config.repeat_layers:
         from memtrace.tracer.repeat import run_repeated
 
-        return run_repeated(with_gpu_arch(request), run, build)
+        request = with_gpu_arch(request)
+        with target_view(view_target(request)):
+            return run_repeated(request, run, build)
     return run_traced(request)[1]
 
 
+def view_target(request: Request) -> TargetGpu | None:
+    """The GPU the user's code is told about while it runs (target_view.py)."""
+    return target_gpu(request.config.device, request.gpu, request.config.arch)
+
+
 def run_traced(request: Request) -> tuple[Trace, Result]:
-    """`run`, also giving the recorded trace (sizes as requested), for the exports."""
+    """`run`, also giving the recorded trace (sizes as requested), for the exports. The user's code (the
+    builder's module, the builder, the step's module and the step) sees the target GPU while it runs."""
     request = with_gpu_arch(request)
-    built = build(request.builder, dict(request.builder_kwargs))
-    if request.transform is not None:
-        request.transform(built.model)
-    specs = step_specs(request, built)
-    trace = trace_model(built.model, step_batch(request, specs), request.config)
+    with target_view(view_target(request)) as seen:
+        built = build(request.builder, dict(request.builder_kwargs))
+        if request.transform is not None:
+            request.transform(built.model)
+        specs = step_specs(request, built)
+        trace = trace_model(built.model, step_batch(request, specs), request.config)
+    trace = replace(trace, notes=(*trace.notes, *seen.lines()))
     return trace, analyse(
         trace, built.model, built.path, specs, request.config, request.gpu, request.headroom
     )
