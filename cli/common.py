@@ -12,7 +12,7 @@ import click
 
 from memtrace.tracer import specs
 from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.specs import SpecError
+from memtrace.tracer.specs import OptionError, SpecError
 
 if TYPE_CHECKING:
     from memtrace.tracer.simulate import Request
@@ -28,6 +28,8 @@ class _SpecType(click.ParamType):  # type: ignore[type-arg]
             return value
         try:
             return type(self).parser(value)
+        except OptionError as exc:  # the message names the option: `--gpu 24: a size needs a unit ...`
+            raise click.UsageError(str(exc), ctx) from None
         except SpecError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -307,7 +309,8 @@ def gpu_option(required: bool = False) -> Callable[[F], F]:
         "--gpu",
         type=GpuType(),
         required=required,
-        help="A GPU preset (rtx4070, a100-80gb; see `memtrace gpus`) or a size (12GB, 24GiB).",
+        help="A GPU preset (rtx4070, a100-80gb, h100; a model number: 4090; see `memtrace gpus`) or a size "
+        "with a unit (12GB, 24GiB).",
     )
 
 

@@ -8,13 +8,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from memtrace.tracer.devices.cuda.presets import PRESETS, default_headroom, normalise_gpu_name
+from memtrace.tracer.devices.cuda.presets import (
+    PRESETS,
+    GpuPreset,
+    default_headroom,
+    presets_named,
+    presets_numbered,
+)
 from memtrace.tracer.errors import MemtraceError
 from memtrace.tracer.records import GpuSpec, InputSpec
 
 
 class SpecError(MemtraceError, ValueError):
     """A malformed value on the command line or in an API call."""
+
+
+class OptionError(SpecError):
+    """A SpecError whose message starts with the option and the value given (`--gpu 24: ...`): the CLI
+    prints it as it is."""
 
 
 DTYPE_ALIASES: dict[str, str] = {
@@ -183,8 +194,11 @@ def parse_loss(text: str) -> str:
     return name
 
 
-def parse_size(text: str, *, allow_zero: bool = False) -> int:
-    """`12GB` = 12e9 bytes, `12GiB` = 12 * 2**30, `512MiB`, `1.5GB`, `1000000` (bytes)."""
+def parse_size(text: str, *, allow_zero: bool = False, option: str = "size") -> int:
+    """`12GB` = 12e9 bytes, `12GiB` = 12 * 2**30, `512MiB`, `1.5GB`, `1000B`; a bare number is refused
+    (`512`: bytes? MB?), except `0` where zero is allowed. `option` names the value in that refusal."""
+    if _is_bare_number(text) and not (allow_zero and float(text) == 0):
+        raise OptionError(f"{option} {text.strip()}: a size needs a unit ({unit_hint(text)})")
     match = _SIZE.fullmatch(text)
     unit = match.group(2).upper() if match else ""
     if not match or unit not in _UNITS:
@@ -195,15 +209,58 @@ def parse_size(text: str, *, allow_zero: bool = False) -> int:
     return value
 
 
-def parse_gpu(text: str) -> GpuSpec:
-    """A preset name (`rtx4070`, `a100-80gb`) or a memory size (`12GB`, `24GiB`)."""
-    preset = PRESETS.get(normalise_gpu_name(text))
-    if preset is not None:
-        return GpuSpec(preset.name, preset.memory_bytes)
-    if text.strip()[:1].isdigit() or text.strip()[:1] == ".":
-        return GpuSpec(text.strip(), parse_size(text))
-    known = ", ".join(sorted(PRESETS))
-    raise SpecError(f"unknown GPU {text!r}: give a size like 12GB or one of: {known}")
+_BARE_NUMBER = re.compile(r"\s*[0-9]*\.?[0-9]+\s*")
+
+
+def _is_bare_number(text: str) -> bool:
+    return _BARE_NUMBER.fullmatch(text) is not None
+
+
+def unit_hint(text: str, unit: str | None = None) -> str:
+    """The sizes a bare number likely meant, in `unit` (G, M) or by its magnitude: `24GB, 24GiB`;
+    `512MB, 512MiB`; bytes for a large one."""
+    number = text.strip()
+    value = float(number)
+    if unit is None and value >= 10**5:
+        return f"{number}B"
+    unit = unit or ("G" if value < 100 else "M")
+    return f"{number}{unit}B, {number}{unit}iB"
+
+
+def parse_gpu(text: str, *, option: str = "--gpu") -> GpuSpec:
+    """A preset name (`rtx4070`, `a100-80gb`, `h100`), a model number with one preset (`4090`), or a
+    memory size with a unit (`12GB`, `24GiB`). `option` names the value in the messages."""
+    name = text.strip()
+    if _is_bare_number(name):
+        return _gpu_numbered(name, option)
+    if name[:1].isdigit() or name[:1] == ".":
+        return GpuSpec(name, parse_size(name, option=option))
+    return _gpu_named(name, option)
+
+
+def _gpu_numbered(number: str, option: str) -> GpuSpec:
+    found = presets_numbered(number)
+    if not found:
+        hint = unit_hint(number, "G")  # a GPU holds gigabytes
+        raise OptionError(
+            f"{option} {number}: a size needs a unit ({hint}) or a preset (rtx4090, a100-40gb, ...)"
+        )
+    return _one_preset(number, found, option)
+
+
+def _gpu_named(name: str, option: str) -> GpuSpec:
+    found = presets_named(name)
+    if not found:
+        known = ", ".join(sorted(PRESETS))
+        raise SpecError(f"unknown GPU {name!r}: give a size like 12GB or one of: {known}")
+    return _one_preset(name, found, option)
+
+
+def _one_preset(name: str, found: list[GpuPreset], option: str) -> GpuSpec:
+    if len(found) > 1:
+        names = [p.name for p in found]
+        raise OptionError(f"{option} {name} is ambiguous: {', '.join(names[:-1])} or {names[-1]}")
+    return GpuSpec(found[0].name, found[0].memory_bytes)
 
 
 def parse_tolerance(text: str | float) -> float:
@@ -254,9 +311,14 @@ class Headroom:
         return "default (CUDA context estimate, + 5% when reserved memory is not modelled)"
 
 
-def parse_headroom(text: str) -> Headroom:
-    """`0`, `1GB`, `512MiB`, `5%`, or `auto`."""
+def parse_headroom(text: str, *, option: str = "--headroom") -> Headroom:
+    """`0`, `1GB`, `512MiB`, `5%`, or `auto`; a bare number other than 0 is refused."""
     text = text.strip()
+    if _is_bare_number(text) and float(text) != 0:
+        hint = unit_hint(text)
+        raise OptionError(
+            f"{option} {text}: a size needs a unit ({hint}); 0, a percentage (5%) and auto need none"
+        )
     if text.lower() in ("auto", "default"):
         return Headroom()
     if text.endswith("%"):
@@ -267,7 +329,7 @@ def parse_headroom(text: str) -> Headroom:
         if not 0 <= pct < 100:
             raise SpecError(f"malformed headroom {text!r}: a percentage must be between 0% and 100%")
         return Headroom(fraction=pct / 100)
-    return Headroom(nbytes=parse_size(text, allow_zero=True))
+    return Headroom(nbytes=parse_size(text, allow_zero=True, option=option))
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 MARKER = (
     "memtrace_limit(limit, *, model, input=(), gpu=None, **options): fail when the simulated training step "
-    "of model (FILE.py:FUNC or a builder) needs more than limit (12 GiB, 24GB, bytes); options are "
-    "memtrace's: mode, optimizer, device, loss, amp, dtype, checkpoint, accumulate, args, headroom, ..."
+    "of model (FILE.py:FUNC or a builder) needs more than limit (12 GiB, 24GB, or an int of bytes); options "
+    "are memtrace's: mode, optimizer, device, loss, amp, dtype, checkpoint, accumulate, args, headroom, ..."
 )
 _RECIPE = ("amp", "dtype", "checkpoint", "accumulate")
 
@@ -94,8 +94,8 @@ def make_request(model: Any, input: Any = (), gpu: Any = None, **options: Any) -
         input_specs(input),
         args,
         config,
-        parse_gpu(gpu) if isinstance(gpu, str) else gpu,
-        parse_headroom(headroom) if isinstance(headroom, str) else headroom,
+        parse_gpu(gpu, option="gpu") if isinstance(gpu, str) else gpu,
+        parse_headroom(headroom, option="headroom") if isinstance(headroom, str) else headroom,
     )
 
 
@@ -111,9 +111,9 @@ def check_limit(limit: Any = None, **kwargs: Any) -> None:
     if "model" not in kwargs:
         pytest.fail("memtrace_limit: give model= (FILE.py:FUNC or a builder)", pytrace=False)
     try:
+        limit_bytes = parse_size(limit, option="limit") if isinstance(limit, str) else limit
         request = make_request(**kwargs)
         result = run(request)
-        limit_bytes = parse_size(limit) if isinstance(limit, str) else limit
     except MemtraceError as exc:
         pytest.fail(f"memtrace_limit: {exc.one_line()}", pytrace=False)
     if limit_bytes is not None and result.all_steps_peak_bytes > limit_bytes:
