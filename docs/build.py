@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -36,6 +37,9 @@ GPT2 = (
     *("--gpu", "rtx4070"),
 )
 README_MAIN = (SEED, *HD, "--gpu", "rtx4070")  # the README's main command (tests/test_docs.py checks it)
+SMALL = (SEED, "--input", "8x3x144x256")  # the seed CNN at 256x144, batch 8: seconds to simulate
+PICTURES = ("--plot", f"{OUT}/exports-plot.png", "--html", f"{OUT}/exports-plot.html")
+DIST = ("benchmarks/models/dist_models.py:lm", "--input", "4x64:int64", "--device", "cpu")
 T1 = (SEED, *HD, "--gpu", "rtx4070")
 T2_GPU = ("--gpu", "rtx4070")
 PLOT_FIT = ("--plot", f"{OUT}/t2-fit.png")
@@ -91,14 +95,24 @@ JOBS: tuple[Job, ...] = (
     Job("t3-whatif", (*GPT2, "--what-if", *outputs("t3-whatif", plot=True))),
     Job("t3-amp", (*GPT2, "--amp", "bf16", *outputs("t3-amp"))),
     Job("t3-checkpoint", (*GPT2, "--checkpoint", "transformer.h.*", *outputs("t3-checkpoint", plot=True))),
+    # The README's tour (its output blocks are cut from these: check_readme) and the guides' pages
+    Job("readme-diagnose", (*README_MAIN, "--diagnose")),
+    Job("layers-table", (*SMALL, "--layers", "--depth", "1")),
+    Job("step-own", (*SMALL, "--step", "benchmarks/models/seed_step.py:step")),
+    Job("recipes-whatif", (SEED, "--input", "256x3x144x256", "--what-if")),
+    Job("verify-cpu", ("verify", *SMALL, "--device", "cpu")),
+    Job("ddp", (*DIST, "--ddp", "2")),
+    Job("moe", ("benchmarks/models/hf_moe.py:mixtral", "--input", "input_ids=2x64:int64", "--device", "cpu")),
+    Job("exports-plot", (*SMALL, "--gpu", "rtx4070", *PICTURES)),
+    Job(
+        "bench-suite",
+        ("bench", "seed_cnn_256", "lstm_tagger", "unet_small", "--device", "cuda", "--no-measure"),
+    ),
 )
 # What the prose says in words rather than through a marker: the build fails when the tool stops saying it.
 CLAIMS: tuple[tuple[str, str, object], ...] = (
-    (
-        "gs-main.md",
-        "",
-        "Fits on rtx4070",
-    ),  # "with PyTorch's default Adam ... the step fits" (a text: contained)
+    # "with PyTorch's default Adam the step is borderline: ... cuDNN's workspace" (a text: contained)
+    ("gs-main.md", "", "cuDNN's convolution workspace (not simulated) may need up to"),
     ("t1-seed.json", "verdict.fits", False),  # "runs out of memory"
     ("t1-seed.json", "peak.phase", "optimizer"),  # "the red spike in the optimizer phase"
     ("t1-seed.json", "diagnosis.fixes.change~bf16.saved_bytes", 0),  # autocast "saves nothing" at this peak
@@ -137,6 +151,58 @@ def check_claims() -> None:
         if found != expected:
             raise SystemExit(
                 f"docs: the prose says {name}:{key} is {expected!r}, the tool now says {found!r}"
+            )
+
+
+# An output block of the README: "$ memtrace ..." (a Job's command as shown), then lines cut from its output.
+OUTPUT_BLOCK = re.compile(r"^```\n\$ (memtrace [^\n]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def readme_outputs(text: str | None = None) -> list[tuple[str, list[str]]]:
+    """The README's output blocks: the command as shown, and the lines it shows of the output."""
+    text = (ROOT / "README.md").read_text() if text is None else text
+    return [(m[1], m[2].splitlines()) for m in OUTPUT_BLOCK.finditer(text)]
+
+
+def excerpt_gap(excerpt: Sequence[str], output: Sequence[str]) -> str | None:
+    """The first line of `excerpt` that is not a faithful cut of `output` (None when all are).
+
+    `...` stands for output lines left out. Every other line must begin (trailing spaces dropped) the output
+    line right after the previous one matched, or any later one after a `...`; the first line is the
+    output's first unless a `...` precedes it.
+    """
+    lines = [line.rstrip() for line in output]
+    at, skip = 0, False
+    for want in (w.rstrip() for w in excerpt):
+        if want == "...":
+            skip = True
+            continue
+        candidates = range(at, len(lines) if skip else min(at + 1, len(lines)))
+        found = [i for i in candidates if (lines[i].startswith(want) if want else not lines[i])]
+        if not found:
+            return want
+        at, skip = found[0] + 1, False
+    return None
+
+
+def job_output(name: str) -> list[str]:
+    """What a generated job page shows as the command's output (the lines after `$ command`)."""
+    lines = (GENERATED / f"{name}.md").read_text().splitlines()
+    return lines[2:-1]  # ```, $ command, ..., ```
+
+
+def check_readme() -> None:
+    """The README's output blocks are cut from what the Jobs running their commands print now."""
+    jobs = {job.shown(): job for job in JOBS}
+    for command, excerpt in readme_outputs():
+        job = jobs.get(command)
+        if job is None:
+            raise SystemExit(f"docs: the README shows the output of `{command}`, which no Job runs")
+        gap = excerpt_gap(excerpt, job_output(job.name))
+        if gap is not None:
+            raise SystemExit(
+                f"docs: the README's output of `{command}` shows {gap!r}, which the tool no longer prints "
+                f"there (docs/generated/{job.name}.md has what it prints)"
             )
 
 
@@ -183,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_run:
         generate([j for j in JOBS if not args.job or j.name in args.job], args.workers)
     check_claims()
+    check_readme()
     if not args.no_site:
         mkdocs = [
             sys.executable,

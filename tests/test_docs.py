@@ -71,6 +71,110 @@ def test_getting_started_runs_the_readme_command() -> None:
     assert "bash .ci/setup && .venv/bin/python -m pytest" in build.readme_commands()
 
 
+README_LINES = 250  # the front page: what memtrace is, the two commands, a tour, the commands, links
+
+
+def _readme() -> str:
+    return (ROOT / "README.md").read_text()
+
+
+def test_readme_is_short_and_keeps_the_two_commands() -> None:
+    readme = _readme()
+    assert len(readme.splitlines()) <= README_LINES, "the README grew: move the detail to a docs page"
+    main = " ".join(shlex.quote(a) for a in build.README_MAIN)
+    commands = build.readme_commands()
+    assert f"```bash\nbash .ci/setup && .venv/bin/memtrace {main}\n```" in commands
+    assert "```bash\nbash .ci/setup && .venv/bin/python -m pytest\n```" in commands
+
+
+def test_readme_commands_table_is_the_cli() -> None:
+    from click.testing import CliRunner
+
+    from memtrace.cli.main import cli
+
+    help_text = CliRunner().invoke(cli, ["--help"]).output
+    listed = re.findall(r"^  (\w+)  ", help_text.split("Commands:", 1)[1], re.MULTILINE)
+    table = re.findall(r"^\| `memtrace (\w+)` \|", _readme(), re.MULTILINE)
+    assert sorted(listed) == sorted(cli.commands) and len(table) == len(set(table))
+    assert set(table) == set(listed), f"README table {sorted(table)}, memtrace --help {sorted(listed)}"
+
+
+def _slug(heading: str) -> str:
+    """The anchor mkdocs' toc (and the code host) gives a heading."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+
+
+def _nav() -> list[str]:
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+
+    def pages(node: object) -> list[str]:
+        if isinstance(node, str):
+            return [node]
+        items = node.values() if isinstance(node, dict) else node
+        return [p for item in items for p in pages(item)]  # type: ignore[attr-defined]
+
+    return pages(config["nav"])
+
+
+def test_readme_links_resolve() -> None:
+    links = re.findall(r"\]\(([^)\s]+)\)", _readme())
+    docs = [link for link in links if link.startswith("docs/")]
+    assert len(docs) >= 20, "the README links into the docs pages"
+    listed = set(_nav())
+    for link in links:
+        assert not link.startswith(("/", "http:")), f"{link}: the README links by relative path"
+        if link.startswith("https:"):
+            continue
+        path, _, anchor = link.partition("#")
+        target = ROOT / path
+        assert target.is_file(), f"the README links to {path}, which does not exist"
+        if path.startswith("docs/") and path.endswith(".md"):
+            assert path.removeprefix("docs/") in listed, f"{path} is not in mkdocs.yml's nav"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", target.read_text(), re.MULTILINE)
+            assert anchor in {_slug(h) for h in headings}, f"{link}: no such heading"
+
+
+def test_readme_outputs_are_cut_from_docs_jobs() -> None:
+    """Each output block of the README is a docs Job's command: the docs build checks the cut against it."""
+    blocks = build.readme_outputs()
+    assert len(blocks) >= 3, "the tour shows the tool's output"
+    shown = {job.shown() for job in build.JOBS}
+    for command, excerpt in blocks:
+        assert command in shown, f"the README shows `{command}`, which no docs Job runs"
+        assert len(excerpt) <= 25, f"`{command}`: show a short cut, the docs pages show the whole output"
+
+
+def test_excerpt_rules() -> None:
+    output = ["a 1", "b 2", "", "c 3", "d 4"]
+    assert build.excerpt_gap(["a 1", "b"], output) is None
+    assert build.excerpt_gap(["...", "c 3", "d"], output) is None
+    assert build.excerpt_gap(["a 1", "...", "d 4", "..."], output) is None
+    assert build.excerpt_gap(["a 1", "c 3"], output) == "c 3"  # not adjacent without "..."
+    assert build.excerpt_gap(["b 2"], output) == "b 2"  # not the first line without "..."
+    assert build.excerpt_gap(["...", "d 4", "c 3"], output) == "c 3"  # out of order
+    assert build.excerpt_gap(["a 1", "b 2", "", "c 3"], output) is None
+    assert build.excerpt_gap(["...", "b 2", ""], ["b 2", "x"]) == ""
+
+
+def test_readme_tour_shows_what_the_tool_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """The tour's blocks of the main command, against what it prints now (the docs build checks them all)."""
+    from memtrace.cli.main import main
+
+    shown = " ".join(shlex.quote(a) for a in ("memtrace", *build.README_MAIN))
+    excerpts = [excerpt for command, excerpt in build.readme_outputs() if command == shown]
+    assert len(excerpts) >= 2
+    try:
+        main(list(build.README_MAIN))
+    except SystemExit as exc:
+        assert not exc.code
+    out = capsys.readouterr().out.splitlines()
+    for excerpt in excerpts:
+        gap = build.excerpt_gap(excerpt, out)
+        assert gap is None, f"the README shows {gap!r}; memtrace now prints:\n" + "\n".join(out)
+
+
 def test_cli_reference_covers_every_command_and_option() -> None:
     from memtrace.cli.main import cli
 
@@ -116,19 +220,15 @@ def test_hook_expands_includes_and_values(tmp_path: Path) -> None:
         hooks.expand("{{ r.json:rows.change~fp8.f }}", tmp_path)
 
 
-def test_nav_names_pages_that_exist() -> None:
-    yaml = pytest.importorskip("yaml")
-    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
-
-    def pages(node: object) -> list[str]:
-        if isinstance(node, str):
-            return [node]
-        items = node.values() if isinstance(node, dict) else node
-        return [p for item in items for p in pages(item)]  # type: ignore[attr-defined]
-
-    listed = pages(config["nav"])
+def test_nav_names_every_page() -> None:
+    listed = _nav()
     assert all((DOCS / page).is_file() for page in listed), listed
-    assert {"engine.md", "map.md", "ci.md", "multi-image.md"} <= set(listed)
+    assert sorted(listed) == sorted(p.name for p in DOCS.glob("*.md")), "a page is missing from the nav"
+    # where the README's sections went
+    moved = {"usage.md", "step.md", "gpu-figures.md", "recipes.md", "layers.md", "fit-sweep.md"}
+    moved |= {"distributed.md", "data-dependent.md", "exports.md", "api.md", "monitor.md", "bench.md"}
+    moved |= {"json.md", "engine.md", "limitations.md", "getting-started.md"}
+    assert moved | {"map.md", "ci.md", "multi-image.md"} <= set(listed)
 
 
 def test_pooled_head_builder_takes_any_resolution() -> None:
