@@ -66,6 +66,9 @@ BUILDERS = textwrap.dedent(
 )
 
 
+_ITEM_LINE = next(i for i, line in enumerate(BUILDERS.splitlines(), 1) if ".item() > 0" in line)
+
+
 @pytest.fixture()
 def builders(tmp_path: Path) -> str:
     path = tmp_path / "builders.py"
@@ -89,7 +92,7 @@ def test_seed_cnn_1080p_names_fc1_and_gives_a_verdict(capsys: pytest.CaptureFixt
     )
     assert code == 0, err
     assert "Dominant: fc1 (Linear)" in out
-    assert "fit on rtx4070" in out.lower() or "fits on rtx4070" in out.lower()
+    assert "Borderline on rtx4070" in out  # fits by the simulation; cuDNN's workspace bound could break it
     code, out, err = run(
         capsys, SEED, "--arg", "h=1080", "--arg", "w=1920", "--input", "1x3x1080x1920", "--gpu", "8GiB"
     )
@@ -146,7 +149,7 @@ BAD = [
     (["{b}:mlp", "--input", "2x16", "--gpu", "12XB"], "12XB"),
     (
         ["{b}:data_dependent", "--input", "2x8"],
-        "aten::_local_scalar_dense (.item()) in module 'M' returns a value that depends on the data",
+        f"builders.py:{_ITEM_LINE}: .item() (or int(), float(), bool()) reads a value of a tensor in module 'M'",
     ),
     (["{b}:mlp"], "no input given"),
     (["{b}:no_meta_kernel", "--input", "2x8"], "memtrace_cli_test::twice has no meta kernel"),
