@@ -149,7 +149,8 @@ BAD = [
     (["{b}:mlp", "--input", "2x16", "--gpu", "12XB"], "12XB"),
     (
         ["{b}:data_dependent", "--input", "2x8"],
-        f"builders.py:{_ITEM_LINE}: .item() (or int(), float(), bool()) reads a value of a tensor in module 'M'",
+        f"builders.py:{_ITEM_LINE}: .item() (or int(), float(), bool()) reads a value of a tensor in "
+        "module 'M'",
     ),
     (["{b}:mlp"], "no input given"),
     (["{b}:no_meta_kernel", "--input", "2x8"], "memtrace_cli_test::twice has no meta kernel"),
