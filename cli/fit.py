@@ -89,20 +89,20 @@ def _fit_world(
         click.echo(json.dumps(found.to_json(), indent=2))
         return
     out = (Console() if Console().is_terminal else Console(width=160)).print
-    sym = found.symbol
+    sym, fig = found.symbol, _figure(found.basis)
     out(
         f"budget on {gpu.name}: {human_bytes(found.budget_bytes)} per rank "
         f"(GPU {human_bytes(gpu.bytes)} - headroom)"
     )
     if found.world == 0:
-        out(f"[bold red]{sym}=1024 does not fit[/]: a rank's peak is {human_bytes(found.peak_bytes)}")
+        out(f"[bold red]{sym}=1024 does not fit[/]: a rank's {fig} {human_bytes(found.peak_bytes)}")
     else:
         out(
-            f"[bold green]{sym}={found.world}[/] is the smallest world size that fits: "
-            f"a rank's peak {human_bytes(found.peak_bytes)}"
+            f"[bold green]{sym}={found.world}[/] is the smallest world size that surely fits: "
+            f"a rank's {fig} {human_bytes(found.peak_bytes)}"
         )
     out(
-        f"{len(found.probes)} simulations: "
+        f"{len(found.probes)} simulations ({fig}): "
         + ", ".join(f"{sym}={v} {human_bytes(p)}" for v, p in found.probes)
     )
     if found.batch is not None:
@@ -111,19 +111,26 @@ def _fit_world(
 
 def _print(result: Any, plan: Any, gpu: GpuSpec, target: int | None) -> None:
     out = (Console() if Console().is_terminal else Console(width=160)).print
-    sym = result.symbol
+    sym, fig = result.symbol, _figure(result.basis)
     out(f"budget on {gpu.name}: {human_bytes(result.budget_bytes)} (GPU {human_bytes(gpu.bytes)} - headroom)")
     if result.max_value == 0:
-        out(f"[bold red]{sym}=1 does not fit[/]: its peak is {human_bytes(result.peak_bytes)}")
+        verb = "does not surely fit" if result.borderline_value else "does not fit"
+        out(f"[bold red]{sym}=1 {verb}[/]: {fig} {human_bytes(result.peak_bytes)}{_sure(result)}")
+        _print_borderline(result, out)
         for s in result.suggestions:
-            out(f"  {s.change} ({s.flags}): fits up to {sym}={s.max_value}, peak {human_bytes(s.peak_bytes)}")
+            out(
+                f"  {s.change} ({s.flags}): fits up to {sym}={s.max_value}, {fig} {human_bytes(s.peak_bytes)}"
+            )
         if not result.suggestions:
             out("  no single change (bf16 autocast, checkpointing, SGD, half resolution) makes it fit")
     elif result.capped:
         out(f"[bold green]{sym}={result.max_value}[/] fits: the search's cap (the peak hardly grows)")
     else:
-        out(f"[bold green]{sym}={result.max_value}[/] fits: peak {human_bytes(result.peak_bytes)}")
-        out(f"  {sym}={result.max_value + 1} does not: peak {human_bytes(result.next_peak_bytes)}")
+        out(f"[bold green]{sym}={result.max_value}[/] fits: {_figures(result)}{_sure(result)}")
+        if result.borderline_value:
+            _print_borderline(result, out)
+        else:
+            out(f"  {sym}={result.max_value + 1} does not: {fig} {human_bytes(result.next_peak_bytes)}")
     out(
         f"{result.simulations} simulation{'s' if result.simulations != 1 else ''}: "
         + ", ".join(f"{sym}={v}" for v, _ in result.probes)
@@ -131,5 +138,41 @@ def _print(result: Any, plan: Any, gpu: GpuSpec, target: int | None) -> None:
     if plan is not None:
         out(
             f"target batch {target}: micro-batch {plan.micro_batch} x {plan.steps} accumulation steps "
-            f"= {plan.effective_batch}, peak {human_bytes(plan.peak_bytes)}"
+            f"= {plan.effective_batch}, {fig} {human_bytes(plan.peak_bytes)}"
         )
+
+
+def _figure(basis: str) -> str:
+    """The figure held against the budget, named: `reserved` (on cuda) or `allocated`."""
+    return basis
+
+
+def _figures(result: Any) -> str:
+    """`reserved 24.43 GB (allocated 22.56 GB)`: the figure held against the budget first."""
+    text = f"{_figure(result.basis)} {human_bytes(result.peak_bytes)}"
+    if result.basis == "reserved" and result.allocated_bytes:
+        text += f" (allocated {human_bytes(result.allocated_bytes)})"
+    return text
+
+
+def _sure(result: Any) -> str:
+    """What the fit allowed for: every stated uncertainty at its bound."""
+    if not result.uncertain_reasons:
+        return ""
+    reasons = " and ".join(result.uncertain_reasons)
+    return f", room left for {reasons} at its bound ({human_bytes(result.uncertain_bytes)})"
+
+
+def _print_borderline(result: Any, out: Any) -> None:
+    """The largest value that fits by the simulation alone, above the one that surely fits."""
+    if not result.borderline_value:
+        return
+    sym, fig, value = result.symbol, _figure(result.basis), result.borderline_value
+    reasons = " and ".join(result.uncertain_reasons) or "the uncertainty"
+    peak = human_bytes(result.borderline_peak_bytes)
+    out(
+        f"[bold yellow]{sym}={value}[/] is borderline: {fig} {peak} fits by the simulation, "
+        f"not if {reasons} takes its bound"
+    )
+    if result.borderline_next_peak_bytes:
+        out(f"  {sym}={value + 1} does not fit: {fig} {human_bytes(result.borderline_next_peak_bytes)}")

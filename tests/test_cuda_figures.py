@@ -26,7 +26,7 @@ def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
 
 def test_schema_2_cuda_figures(capsys: pytest.CaptureFixture[str]) -> None:
     data = _json(capsys, SEED, "--input", "8x3x144x256", "--gpu", "rtx4070")
-    assert data["schema"] == 3  # 3 added the timeline and the flags; the cuda figures are as in 2
+    assert data["schema"] == 4  # 3 added the timeline and the flags, 4 the verdict's status; cuda as in 2
     cuda = data["cuda"]
     assert isinstance(cuda, dict)
     keys = {"allocated_peak_bytes", "requested_peak_bytes", "reserved_peak_bytes", "context_bytes_estimate"}

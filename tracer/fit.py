@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.records import Category, GpuSpec, Result
+from memtrace.tracer.records import Category, GpuSpec, Result, stated_uncertainty
 from memtrace.tracer.simulate import Request, run, with_gpu_arch
 from memtrace.tracer.specs import Headroom, OptimizerSpec, bind_inputs, budget, input_symbols
 
@@ -44,20 +44,37 @@ def budget_of(gpu: GpuSpec, headroom: Headroom | None, device: str) -> int:
     return budget(gpu, headroom, reserved=device == "cuda")
 
 
+def uncertain_bytes(result: Result) -> int:
+    """What the figure held against the budget may still grow by: the verdict's stated bounds, summed."""
+    return sum(b for _, b in stated_uncertainty(result.cuda))
+
+
+def sure_bytes(result: Result) -> int:
+    """The figure held against the budget with every stated uncertainty at its bound: what surely fits."""
+    return result.fit_bytes + uncertain_bytes(result)
+
+
 @dataclass
 class Probe:
-    """Simulations made so far for one symbol, by value."""
+    """Simulations made so far for one symbol, by value. `sure`: the figure held against the budget counts
+    every stated uncertainty at its bound (a value that fits surely fits); else the simulated figure alone (a
+    value that fits only so is borderline). Views of both kinds share the simulations."""
 
     request: Request
     symbol: str
-    peaks: dict[int, int] = field(default_factory=dict)  # the figure held against the budget
     results: dict[int, Result] = field(default_factory=dict)
+    sure: bool = True
+
+    @property
+    def peaks(self) -> dict[int, int]:
+        """The figure held against the budget, by value simulated."""
+        return {v: sure_bytes(r) if self.sure else r.fit_bytes for v, r in self.results.items()}
 
     def peak(self, value: int) -> int:
-        if value not in self.peaks:
-            res = run(bind(self.request, {self.symbol: value}))
-            self.peaks[value], self.results[value] = res.fit_bytes, res
-        return self.peaks[value]
+        if value not in self.results:
+            self.results[value] = run(bind(self.request, {self.symbol: value}))
+        res = self.results[value]
+        return sure_bytes(res) if self.sure else res.fit_bytes
 
     def allocated(self, value: int) -> int:
         """The allocated peak, which grows about affinely, where reserved memory grows in segment steps."""
@@ -75,8 +92,12 @@ class Suggestion:
 
 @dataclass(frozen=True)
 class FitResult:
+    """The largest value that surely fits (its figure plus every stated uncertainty's bound within the budget)
+    and, when larger, the largest that fits by the simulation alone: borderline. The figures (`peak_bytes`,
+    `next_peak_bytes`, `probes`) are the simulated `basis` figure, without the uncertainty."""
+
     symbol: str
-    max_value: int  # the largest value whose peak fits the budget; 0 when none
+    max_value: int  # the largest value that surely fits the budget; 0 when none
     peak_bytes: int  # at max_value (at 1 when none fits)
     next_peak_bytes: int  # at max_value + 1
     budget_bytes: int
@@ -85,6 +106,12 @@ class FitResult:
     suggestions: tuple[Suggestion, ...] = ()
     capped: bool = False  # the peak stopped growing: max_value is the search cap, not a boundary
     basis: str = "allocated"  # the figure held against the budget: "reserved" on cuda
+    allocated_bytes: int = 0  # the allocated peak at max_value (at 1 when none fits)
+    uncertain_bytes: int = 0  # the stated uncertainties' bounds at max_value (at 1 when none fits)
+    uncertain_reasons: tuple[str, ...] = ()
+    borderline_value: int = 0  # the largest value that fits by the simulation alone, when above max_value
+    borderline_peak_bytes: int = 0  # its figure
+    borderline_next_peak_bytes: int = 0  # the figure at borderline_value + 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +124,12 @@ class FitResult:
             "probes": [{"value": v, "peak_bytes": p} for v, p in self.probes],
             "capped": self.capped,
             "basis": self.basis,
+            "allocated_bytes": self.allocated_bytes,
+            "uncertain_bytes": self.uncertain_bytes,
+            "uncertain_reasons": list(self.uncertain_reasons),
+            "borderline_value": self.borderline_value,
+            "borderline_peak_bytes": self.borderline_peak_bytes,
+            "borderline_next_peak_bytes": self.borderline_next_peak_bytes,
             "suggestions": [vars(s) for s in self.suggestions],
         }
 
@@ -113,7 +146,7 @@ def the_symbol(request: Request) -> str:
 
 
 def boundary(probe: Probe, budget: int, limit: int = MAX_VALUE) -> tuple[int, bool]:
-    """The largest value in [1, limit] whose peak fits (0 if none; True if it hit the limit).
+    """The largest value in [1, limit] whose figure (`probe.peak`) fits (0 if none; True if it hit the limit).
 
     Peaks grow about affinely with a batch size: a line through probed peaks predicts the boundary, the
     prediction is probed, and a value that fits next to one that does not ends the search. When the line
@@ -202,8 +235,9 @@ def fit_world(request: Request, gpu: GpuSpec, headroom: Headroom | None = None) 
     basis = "reserved" if request.config.device == "cuda" else "allocated"
     probes: list[tuple[int, int]] = []
     for world in WORLD_SIZES:
-        probes.append((world, run(bind(request, {symbol: world, **ones})).fit_bytes))
-        if probes[-1][1] <= budget:
+        res = run(bind(request, {symbol: world, **ones}))
+        probes.append((world, res.fit_bytes))
+        if sure_bytes(res) <= budget:
             break
     else:
         return WorldFit(symbol, 0, probes[-1][1], budget, tuple(probes), basis)
@@ -213,24 +247,35 @@ def fit_world(request: Request, gpu: GpuSpec, headroom: Headroom | None = None) 
 
 
 def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, suggest: bool = True) -> FitResult:
+    """The largest value that surely fits, then (from the same simulations on) the largest that fits by the
+    simulation alone: borderline when it is larger."""
     symbol = the_symbol(request)
     budget = budget_of(gpu, headroom, request.config.device)
     probe = Probe(request, symbol)
     best, capped = boundary(probe, budget)
+    simulated = replace(probe, sure=False)  # the same simulations, the uncertainty left out
+    edge, edge_capped = boundary(simulated, budget) if not capped else (best, capped)
     suggestions = tuple(_suggest(request, gpu, headroom)) if best == 0 and suggest else ()
     at = max(best, 1)
-    nxt = probe.peak(best + 1) if not capped else probe.peak(at)
+    nxt = simulated.peak(best + 1) if not capped else simulated.peak(at)
+    border = edge if edge > best else 0
     return FitResult(
         symbol,
         best,
-        probe.peak(at),
+        simulated.peak(at),
         nxt,
         budget,
-        len(probe.peaks),
-        tuple(sorted(probe.peaks.items())),
+        len(probe.results),
+        tuple(sorted(simulated.peaks.items())),
         suggestions,
         capped,
         "reserved" if request.config.device == "cuda" else "allocated",
+        probe.results[at].peak_bytes,
+        uncertain_bytes(probe.results[at]),
+        tuple(r for r, _ in stated_uncertainty(probe.results[at].cuda)),
+        border,
+        simulated.peak(border) if border else 0,
+        simulated.peak(border + 1) if border and not edge_capped else 0,
     )
 
 
@@ -305,11 +350,12 @@ class Plan:
 def plan_accumulation(
     request: Request, gpu: GpuSpec, headroom: Headroom | None, target: int, fitted: FitResult
 ) -> Plan:
-    """Fewest accumulation steps reaching an effective batch >= target, each verified by simulation."""
+    """Fewest accumulation steps reaching an effective batch >= target, each verified by simulation to fit
+    surely (every stated uncertainty at its bound)."""
     if target < 1:
         raise MemtraceError("--target-batch must be at least 1")
     if fitted.max_value == 0:
-        raise MemtraceError("even a batch of 1 does not fit: no accumulation plan can help")
+        raise MemtraceError("even a batch of 1 does not surely fit: no accumulation plan can help")
     budget = budget_of(gpu, headroom, request.config.device)
     steps = math.ceil(target / fitted.max_value)
     while steps <= target:
@@ -317,9 +363,9 @@ def plan_accumulation(
         req = replace(
             request, config=replace(request.config, recipe=replace(request.config.recipe, accumulate=steps))
         )
-        peak = run(bind(req, {fitted.symbol: micro})).fit_bytes
-        if peak <= budget:
-            return Plan(micro, steps, micro * steps, peak)
+        res = run(bind(req, {fitted.symbol: micro}))
+        if sure_bytes(res) <= budget:
+            return Plan(micro, steps, micro * steps, res.fit_bytes)
         steps += 1
     raise MemtraceError(f"no accumulation plan reaches a batch of {target}")
 

@@ -12,7 +12,7 @@ from memtrace.tracer.devices.cuda import sdp_choice
 from memtrace.tracer.devices.cuda.allocator import AllocatorConfig, AllocatorConfigError, ReplayStats
 from memtrace.tracer.devices.cuda.presets import CUDA_CONTEXT_BYTES
 from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.records import CudaFigures, GpuSpec, Verdict
+from memtrace.tracer.records import CudaFigures, GpuSpec, Verdict, judge, stated_uncertainty
 from memtrace.tracer.specs import Headroom, budget
 
 if TYPE_CHECKING:
@@ -75,9 +75,10 @@ def verdict(
     gpu: GpuSpec | None, headroom: Headroom | None, peak: int, cuda: CudaFigures | None
 ) -> Verdict | None:
     """Reserved memory against the GPU when the allocator is modelled (the headroom then covers the CUDA
-    context only), else the peak (with the default headroom's fragmentation allowance)."""
+    context only), else the peak (with the default headroom's fragmentation allowance); what the simulation
+    leaves out but bounds (cuDNN's convolution workspace) makes a fit that it could break borderline."""
     if gpu is None:
         return None
     used, basis = (cuda.reserved_peak_bytes, "reserved") if cuda is not None else (peak, "allocated")
     room = budget(gpu, headroom, reserved=cuda is not None)
-    return Verdict(gpu, used <= room, room, room - used, basis)
+    return judge(gpu, room, used, basis, stated_uncertainty(cuda))

@@ -6,13 +6,16 @@ and a saved JSON result renders again without re-tracing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-SCHEMA_VERSION = 3  # 2: `cuda` figures, `step`/`loss`/`free_output`, named inputs, the verdict's basis;
-# 3: the compacted per-event `timeline` and the command's `flags`
-READABLE_SCHEMAS = (1, 2, SCHEMA_VERSION)
+SCHEMA_VERSION = 4  # 2: `cuda` figures, `step`/`loss`/`free_output`, named inputs, the verdict's basis;
+# 3: the compacted per-event `timeline` and the command's `flags`;
+# 4: the verdict's `status` (fits, borderline, does_not_fit) and the uncertainty it weighed
+# (`uncertain_bytes`, `uncertain_reasons`)
+READABLE_SCHEMAS = (1, 2, 3, SCHEMA_VERSION)
 
 
 class Category(str, Enum):
@@ -101,6 +104,9 @@ class Assumption:
     source: str
 
 
+LOGGED = "placeholder"  # an Assumption's source for a value the step logs (`loss.item()`): no choice made
+
+
 @dataclass(frozen=True)
 class TensorRow:
     nbytes: int
@@ -184,16 +190,57 @@ class GpuSpec:
     bytes: int
 
 
+FITS, BORDERLINE, DOES_NOT_FIT = "fits", "borderline", "does_not_fit"  # a Verdict's status
+CUDNN_WORKSPACE = "cuDNN's convolution workspace"  # an uncertainty a verdict weighs: not simulated, bounded
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Peak against the GPU: budget = GPU memory - headroom kept free; spare = budget - peak (< 0: short).
-    `basis` is the figure held against it: "reserved" (what runs out on a GPU) or "allocated"."""
+    `basis` is the figure held against it: "reserved" (what runs out on a GPU) or "allocated".
+
+    `uncertain_bytes` is what the figure may still grow by beyond the simulation, the sum of the stated bounds
+    of what it does not place (`uncertain_reasons` names them). `status`: "fits" when the spare covers that
+    too, "borderline" when only the simulated figure fits, "does_not_fit" when even it does not; `fits` is
+    true for "fits" alone. Without a status (schemas 1-3) it follows `fits`."""
 
     gpu: GpuSpec
     fits: bool
     budget_bytes: int
     spare_bytes: int
     basis: str = "allocated"
+    status: str = ""
+    uncertain_bytes: int = 0
+    uncertain_reasons: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            object.__setattr__(self, "status", FITS if self.fits else DOES_NOT_FIT)
+
+    @property
+    def worst_short_bytes(self) -> int:
+        """How far over the budget the figure goes when every uncertainty takes its bound (<= 0: it fits)."""
+        return self.uncertain_bytes - self.spare_bytes
+
+
+def judge(
+    gpu: GpuSpec, budget_bytes: int, used: int, basis: str, uncertain: Sequence[tuple[str, int]] = ()
+) -> Verdict:
+    """The verdict on `used` bytes against the budget, each (reason, bound) of `uncertain` weighed."""
+    spare = budget_bytes - used
+    bound = sum(b for _, b in uncertain)
+    status = DOES_NOT_FIT if spare < 0 else FITS if spare >= bound else BORDERLINE
+    reasons = tuple(r for r, b in uncertain if b > 0)
+    return Verdict(gpu, status == FITS, budget_bytes, spare, basis, status, bound, reasons)
+
+
+def stated_uncertainty(cuda: CudaFigures | None) -> tuple[tuple[str, int], ...]:
+    """Each stated bound on what the simulated figure leaves out: today cuDNN's convolution workspace (chosen
+    by cuDNN's heuristics at run time, never placed), up to its estimate's high end."""
+    estimate = cuda.cudnn_workspace_estimate if cuda is not None else None
+    if estimate is None or estimate["high_bytes"] <= 0:
+        return ()
+    return ((CUDNN_WORKSPACE, estimate["high_bytes"]),)
 
 
 @dataclass(frozen=True)
@@ -392,15 +439,7 @@ class Result:
             totals={Category(k): v for k, v in data["totals"].items()},
             first_iteration_peak=data["first_iteration_peak_bytes"],
             top_layers=tuple(_layer_from(t) for t in data["top_layers"]),
-            verdict=Verdict(
-                GpuSpec(**verdict["gpu"]),
-                verdict["fits"],
-                verdict["budget_bytes"],
-                verdict["spare_bytes"],
-                verdict.get("basis", "allocated"),
-            )
-            if verdict
-            else None,
+            verdict=_verdict_from(verdict) if verdict else None,
             notes=tuple(data["notes"]),
             recipe=data.get("recipe", "fp32"),
             accumulate=data.get("accumulate", 1),
@@ -416,6 +455,20 @@ class Result:
             parallel=data.get("parallel", ""),
             assumptions=tuple(Assumption(**a) for a in data.get("assumptions", ())),
         )
+
+
+def _verdict_from(d: dict[str, Any]) -> Verdict:
+    """Schemas 1-3 have no status: it follows `fits` (what they said), with no uncertainty weighed."""
+    return Verdict(
+        GpuSpec(**d["gpu"]),
+        d["fits"],
+        d["budget_bytes"],
+        d["spare_bytes"],
+        d.get("basis", "allocated"),
+        d.get("status", ""),
+        d.get("uncertain_bytes", 0),
+        tuple(d.get("uncertain_reasons", ())),
+    )
 
 
 def _cuda_from(d: dict[str, Any] | None) -> CudaFigures | None:

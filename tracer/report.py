@@ -10,7 +10,17 @@ from rich.table import Table
 from rich.text import Text
 
 from memtrace.tracer.palette import CATEGORY_COLOURS
-from memtrace.tracer.records import Category, CudaFigures, LayerRow, Result
+from memtrace.tracer.records import (
+    BORDERLINE,
+    CUDNN_WORKSPACE,
+    FITS,
+    LOGGED,
+    Category,
+    CudaFigures,
+    LayerRow,
+    Result,
+    Verdict,
+)
 from memtrace.tracer.specs import human_bytes, short_bytes
 
 if TYPE_CHECKING:
@@ -55,7 +65,7 @@ def header(result: Result) -> Text:
     if result.accumulate > 1 and result.effective_batch:
         text.append(f"; effective batch {result.effective_batch} ({result.accumulate} micro-batches)")
     if result.flops:
-        text.append(f"\n  {result.flops / 1e9:,.1f} GFLOP per step (forward, backward, recompute)")
+        text.append(f"\n  {result.flops / 1e9:,.1f} GFLOP per step ({flops_scope(result)})")
     for note in result.notes:
         text.append(f"\n  note: {note}", style="yellow")
     text.append(assumption_lines(result))
@@ -69,8 +79,16 @@ def assumption_lines(result: Result) -> Text:
     """The data-dependent values the simulation chose, one line per choice (its modules counted)."""
     text = Text()
     modules: dict[tuple[str, str, str], list[str]] = {}
+    logged: dict[tuple[str, str], None] = {}
     for a in result.assumptions:
+        if a.source == LOGGED:  # a value the step logs: its line, not a choice of the policy
+            logged.setdefault((a.op.removesuffix(" (logged)"), a.module), None)
+            continue
         modules.setdefault((a.op, a.value, a.source), []).append(a.module)
+    for op, where in logged:
+        text.append(
+            f"\n  logged: {op} at {where} read as 0.0 (a logged value changes no memory)", style="yellow"
+        )
     for (op, value, source), names in list(modules.items())[:_SHOWN_CHOICES]:
         where = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
         text.append(f"\n  assumed: {op} in {where}: {value} ({source})", style="yellow")
@@ -82,8 +100,19 @@ def assumption_lines(result: Result) -> Text:
     return text
 
 
+def flops_scope(result: Result) -> str:
+    """What the step's FLOPs count, by what the step runs."""
+    if result.step != "default":
+        return "all your step runs"
+    if result.mode != "train":
+        return "forward only, no loss"
+    return "forward, loss, backward and any recompute"
+
+
 def step_text(result: Result) -> str:
     """Which program was simulated, in the words the README uses."""
+    if result.step != "default" and result.mode != "train":
+        return f"your {result.step}, the model in eval mode, no optimizer (whatever your step runs)"
     if result.step != "default":
         return f"your {result.step} (its own loss, autocast and accumulation)"
     if result.mode == "infer":
@@ -98,7 +127,7 @@ def peak_line(result: Result) -> Text:
     p = result.peak
     where = f"{p.phase.value}, op {p.op or '-'}" + (f" in {p.module}" if p.module else "")
     text = Text()
-    text.append(f"\nPeak {p.bytes:,} bytes = {human_bytes(p.bytes)}", style="bold")
+    text.append(f"\nPeak allocated: {p.bytes:,} bytes = {human_bytes(p.bytes)}", style="bold")
     text.append(f"\n  during {where} (steady-state iteration)")
     if result.first_iteration_peak > p.bytes:
         text.append(f"\n  the first iteration peaks higher: {human_bytes(result.first_iteration_peak)}")
@@ -116,7 +145,9 @@ def cuda_lines(c: CudaFigures) -> Text:
     text.append(f"\n  allocated {human_bytes(c.allocated_peak_bytes)}  (torch.cuda.max_memory_allocated)")
     text.append(f"\n  requested {human_bytes(c.requested_peak_bytes)}  (the sizes asked for)")
     text.append(f"\n  reserved  {human_bytes(c.reserved_peak_bytes)}  (torch.cuda.max_memory_reserved)")
-    text.append(f", of which {human_bytes(c.fragmentation_bytes)} cached but unused at its peak", style="dim")
+    text.append(
+        f", of which {human_bytes(c.fragmentation_bytes)} cached but unused at the reserved peak", style="dim"
+    )
     text.append(
         f"\n  nvidia-smi ~ {human_bytes(c.nvidia_smi_estimate_bytes)}  (reserved + a "
         f"{human_bytes(c.context_bytes_estimate)} CUDA context estimate)",
@@ -207,28 +238,39 @@ def dominant_line(result: Result) -> Text:
     return text
 
 
-def _conv_workspace_caveat(result: Result, spare: int) -> Text:
-    """A fit that cuDNN's convolution workspace (not simulated) could still break is said to be unsure."""
-    estimate = result.cuda.cudnn_workspace_estimate if result.cuda is not None else None
-    if estimate is None or estimate["high_bytes"] <= spare:
-        return Text()
-    high = human_bytes(estimate["high_bytes"])
-    return Text(
-        f"\n  unsure: cuDNN's convolution workspace (not simulated) may need up to {high} more",
-        style="yellow",
-    )
+def _taking_bounds(v: Verdict) -> str:
+    """`cuDNN's convolution workspace takes its bound`: what the worst case assumes."""
+    if len(v.uncertain_reasons) == 1:
+        return f"{v.uncertain_reasons[0]} takes its bound"
+    return f"{', '.join(v.uncertain_reasons)} take their bounds"
+
+
+_UNCERTAIN_WHY = {CUDNN_WORKSPACE: "chosen by cuDNN's heuristics when the step runs (not simulated)"}
+
+
+def _uncertain_line(v: Verdict) -> Text:
+    why = "; ".join(f"{r}, {_UNCERTAIN_WHY.get(r, 'not simulated')}" for r in v.uncertain_reasons)
+    return Text(f"\n  uncertain: {why}: up to {human_bytes(v.uncertain_bytes)}", style="yellow")
 
 
 def verdict_line(result: Result) -> Text:
+    """Fits (even at every stated uncertainty's bound), borderline (by the simulation only), or does not."""
     text = Text()
     v = result.verdict
     if v is None:
         return text
     gpu = f"{v.gpu.name} ({human_bytes(v.gpu.bytes)})"
-    if v.fits:
+    if v.status == FITS:
         text.append(f"\nFits on {gpu}: ", style="bold green")
         text.append(f"{human_bytes(v.spare_bytes)} to spare")
-        text.append(_conv_workspace_caveat(result, v.spare_bytes))
+        if v.uncertain_reasons:
+            left = human_bytes(-v.worst_short_bytes)
+            text.append(f"\n  still {left} to spare if {_taking_bounds(v)}", style="dim")
+    elif v.status == BORDERLINE:
+        text.append(f"\nBorderline on {gpu}: ", style="bold yellow")
+        text.append(f"{human_bytes(v.spare_bytes)} to spare by the simulation,")
+        text.append(f"\n  up to {human_bytes(v.worst_short_bytes)} short if {_taking_bounds(v)}")
+        text.append(_uncertain_line(v))
     else:
         text.append(f"\nDoes not fit on {gpu}: ", style="bold red")
         text.append(f"needs {human_bytes(-v.spare_bytes)} more")

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.records import GpuSpec, Result
+from memtrace.tracer.records import BORDERLINE, GpuSpec, Result
 from memtrace.tracer.running import (
     Reading,
     StepSettings,
@@ -254,6 +254,11 @@ def prediction_text(result: Result) -> str:
         gpu = f"{v.gpu.name} ({human_bytes(v.gpu.bytes)})"
         if v.fits:
             lines.append(f"  fits {gpu}: {human_bytes(v.spare_bytes)} to spare ({v.basis} held against it)")
+        elif v.status == BORDERLINE:
+            lines.append(
+                f"  borderline on {gpu}: {human_bytes(v.spare_bytes)} to spare ({v.basis}), up to "
+                f"{human_bytes(v.worst_short_bytes)} short at the bound of {', '.join(v.uncertain_reasons)}"
+            )
         else:
             lines.append(f"  does not fit {gpu}: needs {human_bytes(-v.spare_bytes)} more ({v.basis})")
     return "\n".join(lines)
