@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,15 +14,20 @@ from PIL import Image
 from reference import measure
 from zoo import ZOO, make_inputs
 
-from memtrace.tracer.palette import PEAK_COLOUR
+from memtrace.tracer.fit import SweepRow
+from memtrace.tracer.palette import BUDGET_STYLES, PEAK_COLOUR
 from memtrace.tracer.plots import (
+    BUDGET_GID,
     CHOSEN_GID,
     DPI,
     PEAK_GID,
     SIZE_INCHES,
+    VALUE_GID,
     Series,
+    axis_scale,
     save,
     scaling_figure,
+    sweep_figure,
     timeline_figure,
     unit_for,
 )
@@ -38,7 +44,7 @@ from memtrace.tracer.records import (
     Verdict,
 )
 from memtrace.tracer.simulate import Config
-from memtrace.tracer.specs import OptimizerSpec
+from memtrace.tracer.specs import OptimizerSpec, short_bytes
 from memtrace.tracer.timeline import MAX_POINTS, compact, step_timeline
 
 A, F = Kind.ALLOC, Kind.FREE
@@ -201,9 +207,6 @@ def test_scaling_figure_marks_the_chosen_point(tmp_path: Path) -> None:
 
 
 def test_sweep_figure_marks_the_largest_that_fits(tmp_path: Path) -> None:
-    from memtrace.tracer.fit import SweepRow
-    from memtrace.tracer.plots import sweep_figure
-
     axes = [[{"B": 1}, {"B": 2}], [{"H": 100, "W": 200}, {"H": 200, "W": 400}, {"H": 400, "W": 800}]]
     rows = []
     for b in (1, 2):
@@ -217,7 +220,7 @@ def test_sweep_figure_marks_the_largest_that_fits(tmp_path: Path) -> None:
     assert list(lines["peak (B=2)"].get_ydata()) == [2.0, 8.0, 32.0]
     assert lines["peak (B=2)"].get_color() == lines["reserved (B=2)"].get_color()
     (chosen,) = [line for line in ax.get_lines() if line.get_gid() == CHOSEN_GID]
-    assert list(chosen.get_xdata()) == [1.0]  # 200x400 at B=1: 4 GB, the largest that fits
+    assert list(chosen.get_xdata()) == [200 * 400]  # 200x400 at B=1: 4 GB, the largest that fits
     assert list(chosen.get_ydata()) == [4.1]  # its reserved memory, what the verdict holds
     save(fig, tmp_path / "sweep.png")
     _not_blank(_pixels(tmp_path / "sweep.png"))
@@ -235,3 +238,127 @@ def test_fit_figure_marks_the_value_found() -> None:
     assert ax.get_ylim()[1] == 12.5  # the 400 GB overshoot is left above the chart
     assert "1 probe(s) above the chart" in ax.get_title(loc="left")
     assert ax.get_xscale() == "log"
+
+
+def _sweep_rows(
+    key: str, values: list[int], budget: int
+) -> tuple[list[SweepRow], list[list[dict[str, int]]]]:
+    """A sweep over one symbol whose peak grows linearly: 50 MB + 1 MB per unit."""
+    rows = []
+    for v in values:
+        peak = 50 * 10**6 + v * 10**6
+        rows.append(SweepRow({key: v}, 0, 0, 0, peak, {"gpu": peak <= budget}, ""))
+    return rows, [[{key: v} for v in values]]
+
+
+def _display_x(ax: Any, xs: list[int]) -> np.ndarray:
+    return np.array([ax.transData.transform((x, ax.get_ylim()[1]))[0] for x in xs])
+
+
+def _boxes(fig: Any, texts: list[Any]) -> list[Any]:
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in texts]
+
+
+def _disjoint(boxes: list[Any]) -> bool:
+    return not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_a_sweep_over_powers_of_two_is_spaced_by_log2_and_every_value_is_labelled(tmp_path: Path) -> None:
+    values = [256, 512, 2048, 4096, 16384]  # one and two doublings apart: evenly spaced ticks would fail
+    rows, axes = _sweep_rows("S", values, 10 * 10**9)
+    fig = sweep_figure(rows, axes, [("gpu", 10 * 10**9)])
+    save(fig, tmp_path / "sweep.png")
+    ax = fig.axes[0]
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "peak"]
+    assert list(line.get_xdata()) == values
+    xs = _display_x(ax, values)
+    per_doubling = np.diff(xs) / np.diff(np.log2(values))
+    assert np.allclose(per_doubling, per_doubling[0]) and per_doubling[0] > 0
+    assert list(ax.get_xticks()) == values
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    assert [t.get_text() for t in labels] == [str(v) for v in values]
+    assert _disjoint(_boxes(fig, labels))
+    assert ax.get_yscale() == "log"  # linear growth: a straight line, not a curve bending upward
+    written = [t for t in ax.texts if t.get_gid() == VALUE_GID]
+    assert [t.get_text() for t in written] == [short_bytes(r.peak_bytes) for r in rows]
+    assert _disjoint(_boxes(fig, written))
+
+
+def test_other_values_are_spaced_linearly(tmp_path: Path) -> None:
+    values = [1, 3, 5, 7, 12]
+    rows, axes = _sweep_rows("B", values, 10 * 10**9)
+    fig = sweep_figure(rows, axes, [])
+    save(fig, tmp_path / "sweep.png")
+    ax = fig.axes[0]
+    xs = _display_x(ax, values)
+    per_unit = np.diff(xs) / np.diff(values)
+    assert np.allclose(per_unit, per_unit[0]) and per_unit[0] > 0
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(v) for v in values]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "scale"),
+    [
+        ([1, 2, 4, 8], "log2"),
+        ([256, 4096], "log2"),
+        ([1, 3, 5, 7], "linear"),
+        ([144 * 256, 540 * 960, 1080 * 1920], "linear"),
+        ([1, 2, 3, 1000], "log"),  # linear would crowd 1, 2 and 3 into one spot
+        ([8], "linear"),
+    ],
+)
+def test_axis_scale_is_decided_from_the_values(values: list[int], scale: str) -> None:
+    assert axis_scale([float(v) for v in values]) == scale
+
+
+def test_crowded_tick_labels_turn_upright_and_stay_apart(tmp_path: Path) -> None:
+    sides = list(range(1000, 2500, 100))  # HxW=1000x1000,...: long labels, spaced by H*W
+    axes = [[{"H": s, "W": s} for s in sides]]
+    rows = [SweepRow({"H": s, "W": s}, 0, 0, 0, s * s * 100, {}, "") for s in sides]
+    fig = sweep_figure(rows, axes, [])
+    save(fig, tmp_path / "sweep.png")
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [s * s for s in sides]
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    assert [t.get_text() for t in labels] == [f"{s}x{s}" for s in sides]
+    assert {t.get_rotation() for t in labels} == {90.0}  # flat, they would overlap
+    assert _disjoint(_boxes(fig, labels))
+
+
+def test_budget_lines_differ_in_colour_and_dash_and_are_in_the_legend(tmp_path: Path) -> None:
+    values = [1, 2, 4, 8]
+    rows, axes = _sweep_rows("B", values, 10**9)
+    budgets = [("small", 30 * 10**6), ("large", 90 * 10**6)]
+    fig = sweep_figure(rows, axes, budgets)
+    path = tmp_path / "sweep.png"
+    save(fig, path)
+    ax = fig.axes[0]
+    lines = {line.get_gid(): line for line in ax.get_lines()}
+    first, second = lines[f"{BUDGET_GID}0"], lines[f"{BUDGET_GID}1"]
+    assert first.get_color() != second.get_color()
+    assert first.get_linestyle() != second.get_linestyle()
+    legend = ax.get_legend()
+    assert legend is not None
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert any(t.startswith("budget on small") for t in texts) and any(
+        t.startswith("budget on large") for t in texts
+    )
+    pixels = _pixels(path)
+    unit = unit_for(max(b for _, b in budgets))
+    left, right = ax.get_xlim()
+    for j, (_, budget) in enumerate(budgets):
+        colour = BUDGET_STYLES[j][0]
+        along = [ax.transData.transform((x, budget / unit.size)) for x in np.geomspace(left, right, 40)[1:-1]]
+        assert any(_near(pixels, x, y, colour, radius=1) for x, y in along), j
+
+
+def test_a_budget_far_above_the_data_is_named_not_drawn() -> None:
+    rows, axes = _sweep_rows("B", [1, 2, 4], 10**15)
+    fig = sweep_figure(rows, axes, [("huge", 10**15)])
+    ax = fig.axes[0]
+    (budget,) = [line for line in ax.get_lines() if line.get_gid() == f"{BUDGET_GID}0"]
+    assert list(budget.get_ydata()) == []
+    assert "above the chart" in str(budget.get_label())
+    assert ax.get_ylim()[1] < 10**15 / unit_for(10**15).size

@@ -47,4 +47,13 @@ PHASE_COLOURS: dict[Phase, str] = {
 
 PEAK_COLOUR = "#d62728"
 BUDGET_COLOUR = "#222222"
+# one (colour, dash) per budget line, so two GPUs' budgets tell apart in print and in grey; none of
+# matplotlib's series colours (C0..C9), which the scaling figures' lines take
+Dash = str | tuple[int, tuple[int, ...]]  # matplotlib's linestyle: a name, or (offset, on-off lengths)
+BUDGET_STYLES: tuple[tuple[str, Dash], ...] = (
+    (BUDGET_COLOUR, "--"),
+    ("#b5651d", "-."),
+    ("#6a3d9a", ":"),
+    ("#2f6f4f", (0, (6, 2, 1, 2, 1, 2))),
+)
 RESERVED_COLOUR = "#17becf"
