@@ -86,3 +86,42 @@ def test_phase_peaks_and_totals() -> None:
     assert row.phase is Phase.FORWARD and row.bytes == 57
     totals = analysis.category_totals(tr, 1)
     assert totals[Category.ACTIVATION] == 50 and totals[Category.GRADIENT] == 7
+
+
+def _phased(steps: list[tuple[str, int, int, Phase, str, str]]) -> Trace:
+    """Events of iteration 0: (kind, storage, bytes, phase, op, module)."""
+    storages: dict[int, StorageInfo] = {}
+    events = []
+    for seq, (kind, sid, nbytes, phase, op, module) in enumerate(steps):
+        info = StorageInfo(sid, nbytes, Category.TEMPORARY, op, module, (nbytes,), "uint8", phase, 0)
+        storages.setdefault(sid, info)
+        events.append(Event(seq, Kind(kind), sid, nbytes, phase, 0, op, module))
+    return Trace(tuple(events), storages, (), 1)
+
+
+def test_a_phase_peak_names_the_op_that_allocated_not_a_storage_freed() -> None:
+    """The autocast cache freed as the loss phase starts (made by a forward op) is not the loss's peak; a loss
+    phase that only frees has no op of its own."""
+    fwd, loss = Phase.FORWARD, Phase.LOSS
+    cast = ("alloc", 1, 400, fwd, "_to_copy", "block.attn")
+    freed = ("free", 1, 400, loss, "_to_copy", "block.attn")
+    tr = _phased([cast, ("alloc", 2, 300, fwd, "mm", "head"), freed, ("alloc", 3, 50, loss, "nll", "")])
+    rows = {p.phase: p for p in analysis.phase_peaks(tr, 0)}
+    assert (rows[loss].op, rows[loss].module, rows[loss].bytes) == ("nll", "", 350)
+    only_frees = {p.phase: p for p in analysis.phase_peaks(_phased([cast, freed]), 0)}
+    assert (only_frees[loss].op, only_frees[loss].module, only_frees[loss].bytes) == ("", "", 0)
+    assert (only_frees[fwd].op, only_frees[fwd].bytes) == ("_to_copy", 400)
+
+
+def test_the_loss_owns_what_the_loss_phase_and_loss_functions_make() -> None:
+    def info(module: str, phase: Phase, nbytes: int = 8, op: str = "op") -> StorageInfo:
+        return StorageInfo(
+            nbytes, nbytes, Category.TEMPORARY, op, module, (2, nbytes // 2), "float32", phase, 0
+        )
+
+    assert analysis.owner(info("", Phase.LOSS)) == analysis.LOSS
+    assert analysis.owner(info(f"{analysis.LOSS}:cross_entropy", Phase.FORWARD)) == analysis.LOSS
+    assert analysis.owner(info("", Phase.FORWARD)) == ""  # the root's own code, not a loss
+    assert analysis.owner(info("head", Phase.LOSS)) == "head"
+    made = [info(f"{analysis.LOSS}:cross_entropy", Phase.FORWARD, 64, "_log_softmax"), info("", Phase.LOSS)]
+    assert analysis.loss_type(made) == "cross_entropy: _log_softmax fp32 2x32"

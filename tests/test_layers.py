@@ -7,13 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 from rich.console import Console
 from test_cli import run
+from torch import nn
 from zoo import ZOO
 
+from memtrace.tracer.analysis import LOSS
 from memtrace.tracer.layers import at_depth, sort_rows, totals
-from memtrace.tracer.records import Category
-from memtrace.tracer.report import layers_table
+from memtrace.tracer.records import Category, InputSpec, LayerRow, Result
+from memtrace.tracer.report import dominant_line, layers_table
 from memtrace.tracer.simulate import simulate
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -81,3 +85,48 @@ def test_seed_1080p_diagnosis_names_fc1_gap_and_half_resolution(capsys: pytest.C
     half = fixes["half resolution"]
     assert 0 < gap["peak_bytes"] < peak / 5 and gap["saved_bytes"] == peak - gap["peak_bytes"]
     assert 0 < half["peak_bytes"] < peak / 2
+
+
+class _OwnLoss(nn.Module):
+    """A language model's shape: a head to a wide vocabulary, then its own loss after the head (as Hugging
+    Face's models compute it in their forward when given labels)."""
+
+    def __init__(self, vocab: int = 5000) -> None:
+        super().__init__()
+        self.body = nn.Linear(32, 32)
+        self.head = nn.Linear(32, vocab)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.head(torch.relu(self.body(x)))
+        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+
+def _loss_row(res: Result) -> LayerRow:
+    return next(r for r in at_depth(res.modules, 1) if r.name == LOSS)
+
+
+def test_the_loss_a_model_computes_is_the_loss_row_and_dominates() -> None:
+    res = simulate(_OwnLoss, [InputSpec((256, 32)), InputSpec((256,), "int64", "labels")], device="cpu")
+    row = _loss_row(res)
+    assert row.type == "cross_entropy: _log_softmax fp32 256x5000"
+    assert 256 * 5000 * 4 <= row.activation_bytes < 2 * 256 * 5000 * 4  # log_softmax's output, saved
+    assert res.top_layers[0].module == LOSS and "(model)" not in {r.module for r in res.top_layers[:1]}
+    console = Console(width=200, record=True)
+    console.print(dominant_line(res))
+    assert console.export_text().startswith(f"\nDominant: {LOSS} (cross_entropy: _log_softmax fp32 256x5000)")
+
+
+def test_the_default_steps_cross_entropy_is_the_loss_row() -> None:
+    class Plain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(32, 5000)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x)
+
+    res = simulate(Plain, [InputSpec((256, 32))], device="cpu", loss="ce")
+    row = _loss_row(res)
+    assert row.type == "cross_entropy: _log_softmax fp32 256x5000"
+    root = next(r for r in at_depth(res.modules, 1) if r.name == "(model)")
+    assert row.peak_bytes >= 256 * 5000 * 4 > 100 * root.peak_bytes  # the loss's tensors left the root

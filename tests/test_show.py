@@ -106,3 +106,19 @@ def test_show_refuses_what_is_no_result(capsys: pytest.CaptureFixture[str], mlp:
     assert "no timeline" in _error(
         capsys, "show", str(tmp_path / "old.json"), "--plot", str(tmp_path / "p.png")
     )
+
+
+def test_every_figure_is_named_and_the_step_said_as_it_ran(mlp: str, tmp_path: Path) -> None:
+    """The peak is the allocated figure, cached-but-unused memory is the reserved peak's, and an inference
+    step's FLOPs are the forward's alone; a saved schema-3 result still says so when shown."""
+    train = _invoke("trace", mlp, "--input", "8x16", "--gpu", "12GB")
+    assert "Peak allocated: " in train and "cached but unused at the reserved peak" in train
+    assert "GFLOP per step (forward, loss, backward and any recompute)" in train
+    infer = _invoke("trace", mlp, "--input", "8x16", "--mode", "infer")
+    assert "GFLOP per step (forward only, no loss)" in infer and "backward" not in infer
+    saved = tmp_path / "r.json"
+    _invoke("trace", mlp, "--input", "8x16", "--gpu", "12GB", "--output", str(saved))
+    old = json.loads(saved.read_text()) | {"schema": 3}
+    old["verdict"] = {k: v for k, v in old["verdict"].items() if not k.startswith(("status", "uncertain"))}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert "Fits on 12GB" in _invoke("show", str(tmp_path / "old.json"))

@@ -119,14 +119,28 @@ def step_peak(trace: Trace, iteration: int, rounding: Rounding = exact) -> Peak:
 
 
 def phase_peaks(trace: Trace, iteration: int, rounding: Rounding = exact) -> tuple[PhasePeak, ...]:
+    """Each phase's most bytes live after one of its allocations, with the op and module that allocated. A
+    phase that only frees (the autocast cache cleared as the loss phase starts, when the model computed its
+    own loss) keeps the level after its first free, with no op: the storage freed was made elsewhere."""
     tl = timeline(trace, rounding)
     rows = []
     for phase in (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.RECOMPUTE, Phase.OPTIMIZER):
-        idx = peak_index(tl, lambda e, p=phase: e.iteration == iteration and e.phase is p)  # type: ignore[misc]
+        idx = peak_index(tl, _in_phase(iteration, phase, allocs_only=True))
         if idx is not None:
             ev = tl.events[idx]
             rows.append(PhasePeak(phase, tl.live_after[idx], ev.op, ev.module))
+            continue
+        idx = peak_index(tl, _in_phase(iteration, phase, allocs_only=False))
+        if idx is not None:
+            rows.append(PhasePeak(phase, tl.live_after[idx], "", ""))
     return tuple(rows)
+
+
+def _in_phase(iteration: int, phase: Phase, allocs_only: bool) -> Callable[[Event], bool]:
+    def keep(e: Event) -> bool:
+        return e.iteration == iteration and e.phase is phase and (e.kind is Kind.ALLOC or not allocs_only)
+
+    return keep
 
 
 def storages_in(trace: Trace, iteration: int) -> set[int]:
@@ -151,13 +165,39 @@ def category_totals(trace: Trace, iteration: int, rounding: Rounding = exact) ->
 
 
 OPTIMIZER_STEP = "(optimizer step)"
+LOSS = "(loss)"  # the loss's tensors: the loss phase's, and a loss function's anywhere (hooks.py names them)
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
 
 
 def owner(info: StorageInfo) -> str:
-    """The module a storage belongs to; what the optimizer step makes outside any module is its own owner."""
+    """The module a storage belongs to; what the optimizer step makes outside any module is its own owner,
+    and so is what the loss makes: the loss phase's, and a loss function's inside the model (`(loss):NAME`,
+    a model computing its own loss after its head)."""
     if not info.module and info.phase is Phase.OPTIMIZER and info.category is Category.TEMPORARY:
         return OPTIMIZER_STEP
+    if info.module.startswith(LOSS) or (not info.module and info.phase is Phase.LOSS):
+        return LOSS
     return info.module
+
+
+def loss_type(infos: Iterable[StorageInfo]) -> str:
+    """The loss row's type: the loss function, and the op, dtype and shape of its largest tensor
+    (`cross_entropy: _log_softmax fp32 2048x50257`)."""
+    mine = [s for s in infos if owner(s) == LOSS]
+    if not mine:
+        return ""
+    big = max(mine, key=lambda s: (s.nbytes, -s.storage))
+    names = sorted({s.module.removeprefix(LOSS + ":") for s in mine if s.module.startswith(LOSS + ":")})
+    shape = "x".join(map(str, big.shape)) or "scalar"
+    tensor = f"{big.op} {_SHORT_DTYPES.get(big.dtype, big.dtype)} {shape}"
+    return f"{', '.join(names)}: {tensor}" if names else tensor
+
+
+def module_type(name: str, types: dict[str, str], infos: Iterable[StorageInfo]) -> str:
+    """A row's type: the module's class, the loss's function and largest tensor, nothing for the optimizer."""
+    if name == LOSS:
+        return loss_type(infos)
+    return types.get(name, "") if name != OPTIMIZER_STEP else ""
 
 
 def layers_at_peak(
@@ -174,7 +214,7 @@ def layers_at_peak(
     rows = [
         LayerShare(
             m,
-            types.get(m, "") if m != OPTIMIZER_STEP else "",
+            module_type(m, types, infos),
             sum(rounding(s.nbytes) for s in infos),
             by_category(infos, rounding),
         )

@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._pytree import tree_leaves
 
+from memtrace.tracer.analysis import LOSS
 from memtrace.tracer.recorder import Recorder, _Mode, claim
 from memtrace.tracer.records import Category, Phase
 
@@ -59,6 +60,9 @@ def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
         stack.callback(register_optimizer_step_post_hook(_optimizer_post(rec)).remove)
         for fn in ("backward", "grad"):
             stack.enter_context(_engine_watched(rec, fn))
+        loss_modules = {name for name, m in model.named_modules() if isinstance(m, nn.modules.loss._Loss)}
+        for fn in LOSS_FUNCTIONS:
+            stack.enter_context(_loss_named(rec, fn, loss_modules))
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(_pack(rec), _unpack))
         stack.enter_context(_resizes_seen(rec))
         stack.enter_context(_Mode(rec))
@@ -91,6 +95,49 @@ def _engine_watched(rec: Recorder, fn: str) -> Iterator[None]:
         yield
     finally:
         setattr(torch.autograd, fn, original)
+
+
+LOSS_FUNCTIONS = (
+    "cross_entropy",
+    "nll_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "kl_div",
+    "ctc_loss",
+    "poisson_nll_loss",
+    "gaussian_nll_loss",
+)
+
+
+@contextmanager
+def _loss_named(rec: Recorder, fn: str, loss_modules: set[str]) -> Iterator[None]:
+    """A loss function called outside a loss module (a model computing its own loss after its head, or the
+    default step's loss): what it makes, and its backward, belong to `(loss):NAME` (analysis.LOSS's row)."""
+    original = getattr(torch.nn.functional, fn)
+
+    @functools.wraps(original)
+    def named(*args: Any, **kwargs: Any) -> Any:
+        top = rec.module_stack[-1]
+        if top.startswith(LOSS) or top in loss_modules:
+            return original(*args, **kwargs)
+        rec.module_stack.append(f"{LOSS}:{fn}")
+        try:
+            out = original(*args, **kwargs)
+        finally:
+            rec.module_stack.pop()
+        if rec.phase in (Phase.FORWARD, Phase.LOSS) and torch.is_grad_enabled():
+            claim(rec.node_module, out, f"{LOSS}:{fn}")
+        return out
+
+    setattr(torch.nn.functional, fn, named)
+    try:
+        yield
+    finally:
+        setattr(torch.nn.functional, fn, original)
 
 
 @contextmanager

@@ -2,8 +2,9 @@
 
 Every storage of the step lands in exactly one row: its module's (parameters, their gradients and optimizer
 state belong to the module that holds the parameter; activations and temporaries to the module whose op made
-them), the root's row `(model)` for what runs outside any submodule, and `(inputs)`. So the columns sum to
-the summary's totals.
+them), `(loss)` for what the loss makes (in the loss phase, or in a loss function the model calls itself), the
+root's row `(model)` for what else runs outside any submodule, and `(inputs)`. So the columns sum to the
+summary's totals.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from memtrace.tracer.analysis import OPTIMIZER_STEP, Rounding, exact, live_at_peak, owner, storages_in
+from memtrace.tracer.analysis import (
+    LOSS,
+    OPTIMIZER_STEP,
+    Rounding,
+    exact,
+    live_at_peak,
+    loss_type,
+    owner,
+    storages_in,
+)
 from memtrace.tracer.records import Category, LayerRow, Peak, Phase, Trace
 
 INPUTS = "(inputs)"
@@ -29,7 +39,7 @@ class ModuleFacts:
 
 
 def _depth(name: str) -> int:
-    return 0 if name in ("", ROOT, INPUTS, OPTIMIZER_STEP) else name.count(".") + 1
+    return 0 if name in ("", ROOT, INPUTS, OPTIMIZER_STEP, LOSS) else name.count(".") + 1
 
 
 def module_rows(
@@ -39,8 +49,10 @@ def module_rows(
     rows = {f.name: _empty(f) for f in facts}
     rows[OPTIMIZER_STEP] = _empty(ModuleFacts(OPTIMIZER_STEP, "", 0))
     rows[INPUTS] = _empty(ModuleFacts(INPUTS, "", 0))
+    step = storages_in(trace, iteration)
+    rows[LOSS] = _empty(ModuleFacts(LOSS, loss_type(trace.storages[s] for s in step), 0))
     at_peak = live_at_peak(trace, peak)
-    for sid in storages_in(trace, iteration):
+    for sid in step:
         info = trace.storages[sid]
         key = INPUTS if info.category is Category.INPUT else owner(info)
         key = key if key in rows else ""
@@ -59,8 +71,11 @@ def module_rows(
             row = replace(row, peak_bytes=row.peak_bytes + rounding(info.nbytes))
         rows[key] = row
     for name, flops in trace.module_flops.items():
+        name = LOSS if name.startswith(LOSS) else name
         if name in rows:
             rows[name] = replace(rows[name], flops=rows[name].flops + flops)
+    if rows[LOSS] == _empty(ModuleFacts(LOSS, "", 0)):
+        del rows[LOSS]  # no loss (inference): no row
     for name, shape in trace.output_shapes.items():
         if name in rows:
             rows[name] = replace(rows[name], output_shape=shape, input_shape=trace.input_shapes.get(name, ()))
@@ -77,7 +92,7 @@ def at_depth(rows: Iterable[LayerRow], depth: int) -> tuple[LayerRow, ...]:
     by_name = {r.name: r for r in own}
     out: dict[str, LayerRow] = {}
     for r in own:
-        if r.name in (INPUTS, OPTIMIZER_STEP):
+        if r.name in (INPUTS, OPTIMIZER_STEP, LOSS):
             target = r.name
         elif r.name == "":
             target = ROOT

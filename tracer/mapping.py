@@ -18,7 +18,15 @@ def path_line(path: MapPath, reason: str, leaves: tuple[str, ...]) -> str:
         return "map: torch.fx symbolic trace"
     if path is MapPath.LEAF:
         return f"map: torch.fx with {', '.join(leaves)} kept as leaf modules (fx failed there: {reason})"
-    return f"map: module hooks (torch.fx could not trace the model: {reason})"
+    return (
+        "map: torch.fx could not trace the model, so the layers come from module hooks (each module's own "
+        f"figures, no per-op graph); the reason: {_short(reason)}"
+    )
+
+
+def _short(reason: str, most: int = 100) -> str:
+    """fx's error, cut to one short clause."""
+    return reason if len(reason) <= most else reason[: most - 3] + "..."
 
 
 @dataclass(frozen=True)

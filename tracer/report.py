@@ -189,7 +189,7 @@ def phase_table(result: Result) -> Table:
     for col in ("phase", "peak", "at op", "in module"):
         table.add_column(col, justify="right" if col == "peak" else "left")
     for row in result.phases:
-        table.add_row(row.phase.value, short_bytes(row.bytes), row.op, row.module or "-")
+        table.add_row(row.phase.value, short_bytes(row.bytes), row.op or "(frees only)", row.module or "-")
     return table
 
 
@@ -229,7 +229,8 @@ def dominant_line(result: Result) -> Text:
     text = Text()
     if not result.top_layers:
         return text
-    top = result.top_layers[0]
+    # the most specific holder: the root's own row holds what runs outside its children (workspaces, glue)
+    top = next((layer for layer in result.top_layers if layer.module), result.top_layers[0])
     text.append("\nDominant: ", style="bold")
     text.append(
         f"{top.module or '(model)'} ({top.type}) holds {human_bytes(top.bytes)}, "
@@ -369,7 +370,7 @@ def layers_table(rows: Sequence[LayerRow], total: LayerRow, depth: int) -> Table
         if col == "layer":
             table.add_column(col, footer=f, no_wrap=True, min_width=widest)
         elif col == "type":
-            table.add_column(col, footer=f, no_wrap=True, overflow="ellipsis", max_width=20)
+            table.add_column(col, footer=f, no_wrap=True, overflow="ellipsis", max_width=44)
         else:
             table.add_column(col, footer=f, justify="left" if col == "output" else "right", no_wrap=True)
     for r in rows:
