@@ -105,8 +105,11 @@ def _cells(row: Any, gpus: list[GpuSpec]) -> list[str]:
     sizes = [row.input_bytes, row.model_state_bytes, row.activation_bytes, row.peak_bytes]
     reserved = short_bytes(row.reserved_bytes) if row.reserved_bytes else "-"
     return [*(short_bytes(s) for s in sizes), reserved] + [
-        "fits" if row.fits[g.name] else "OOM" for g in gpus
+        _WORDS.get(row.status.get(g.name, ""), "OOM") for g in gpus
     ]
+
+
+_WORDS = {"fits": "fits", "borderline": "borderline", "does_not_fit": "OOM"}
 
 
 def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
@@ -121,6 +124,7 @@ def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
             keys
             + ["input_bytes", "model_state_bytes", "activation_bytes", "peak_bytes", "reserved_bytes"]
             + [f"fits_{g.name}" for g in gpus]
+            + [f"status_{g.name}" for g in gpus]
             + ["error"]
         )
         for r in rows:
@@ -128,6 +132,7 @@ def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
                 [r.values[k] for k in keys]
                 + [r.input_bytes, r.model_state_bytes, r.activation_bytes, r.peak_bytes, r.reserved_bytes]
                 + [r.fits.get(g.name, "") for g in gpus]
+                + [r.status.get(g.name, "") for g in gpus]
                 + [r.error]
             )
         return buf.getvalue()

@@ -128,3 +128,16 @@ def test_the_pytest_plugin_fails_on_does_not_fit_only(seed: Result) -> None:
         check_limit(model=builder, input=SPEC, gpu=_gpu(seed, spare), headroom="0")
     with pytest.raises(pytest.fail.Exception, match="over the"):
         check_limit(model=builder, input=SPEC, gpu=_gpu(seed, -1), headroom="0")
+
+
+def test_a_sweep_row_says_what_the_trace_says(seed: Result) -> None:
+    """`sweep` weighs the same uncertainties: a GPU whose budget the workspace bound could break is
+    borderline in its row, as in the trace's verdict, and not counted as a fit."""
+    from memtrace.tracer import fit as fit_module
+
+    spec = (parse_input("Bx3x144x256"),)
+    request = Request(ZOO_BY_NAME["seed_cnn"].build, spec, config=Config(device="cuda"))
+    gpus = [_gpu(seed, _bound(seed) // 2), replace(_gpu(seed, 2 * _bound(seed)), name="roomy")]
+    (row,) = fit_module.sweep(request, fit_module.parse_sets([("B", [(2,)])]), gpus, Headroom(nbytes=0))
+    assert row.status == {"test": BORDERLINE, "roomy": FITS}
+    assert row.fits == {"test": False, "roomy": True}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.records import Category, GpuSpec, Result, stated_uncertainty
+from memtrace.tracer.records import FITS, Category, GpuSpec, Result, Verdict, judge, stated_uncertainty
 from memtrace.tracer.simulate import Request, run, with_gpu_arch
 from memtrace.tracer.specs import Headroom, OptimizerSpec, bind_inputs, budget, input_symbols
 
@@ -377,9 +377,10 @@ class SweepRow:
     model_state_bytes: int  # parameters, buffers, gradients and optimizer state of the step
     activation_bytes: int  # the most saved activations live at once (one micro-batch's graph)
     peak_bytes: int
-    fits: dict[str, bool]
+    fits: dict[str, bool]  # surely fits: the status is `fits`
     error: str = ""
     reserved_bytes: int = 0  # on cuda: what max_memory_reserved would say (the verdicts hold this)
+    status: dict[str, str] = field(default_factory=dict)  # per GPU: fits | borderline | does_not_fit
 
 
 def parse_sets(sets: list[tuple[str, list[tuple[int, ...]]]]) -> list[list[dict[str, int]]]:
@@ -448,8 +449,17 @@ def _sweep_row(
         for c in (Category.PARAMETER, Category.BUFFER, Category.GRADIENT, Category.OPTIMIZER_STATE)
     )
     device = req.config.device
-    fits = {g.name: per_gpu[g.name].fit_bytes <= budget_of(g, headroom, device) for g in gpus}
+    verdicts = {g.name: _judged(per_gpu[g.name], g, headroom, device) for g in gpus}
+    fits = {name: v.status == FITS for name, v in verdicts.items()}
+    status = {name: v.status for name, v in verdicts.items()}
     reserved = res.cuda.reserved_peak_bytes if res.cuda is not None else 0
     return SweepRow(
-        values, cat[Category.INPUT], states, res.activation_peak, res.peak_bytes, fits, "", reserved
+        values, cat[Category.INPUT], states, res.activation_peak, res.peak_bytes, fits, "", reserved, status
     )
+
+
+def _judged(result: Result, gpu: GpuSpec, headroom: Headroom | None, device: str) -> Verdict:
+    """The verdict a trace of this row would give on `gpu`: its stated uncertainties weighed."""
+    basis = "reserved" if device == "cuda" else "allocated"
+    room = budget_of(gpu, headroom, device)
+    return judge(gpu, room, result.fit_bytes, basis, stated_uncertainty(result.cuda))
