@@ -38,6 +38,18 @@ GPT2 = (
 )
 README_MAIN = (SEED, *HD, "--gpu", "rtx4070")  # the README's main command (tests/test_docs.py checks it)
 SMALL = (SEED, "--input", "8x3x144x256")  # the seed CNN at 256x144, batch 8: seconds to simulate
+NANOGPT = (  # nanoGPT's train.py as a step: an autocast and a dtype decided at import, a logged loss
+    "benchmarks/models/nanogpt.py:build",
+    *("--arg", "layers=4", "--input", "8x1024:int64", "--input", "8x1024:int64"),
+    *(
+        "--step",
+        "benchmarks/models/nanogpt_train.py:step",
+        "--optimizer",
+        "adamw:fused=true",
+        "--gpu",
+        "a100-40gb",
+    ),
+)
 PICTURES = ("--plot", f"{OUT}/exports-plot.png", "--html", f"{OUT}/exports-plot.html")
 DIST = ("benchmarks/models/dist_models.py:lm", "--input", "4x64:int64", "--device", "cpu")
 T1 = (SEED, *HD, "--gpu", "rtx4070")
@@ -99,6 +111,7 @@ JOBS: tuple[Job, ...] = (
     Job("readme-diagnose", (*README_MAIN, "--diagnose")),
     Job("layers-table", (*SMALL, "--layers", "--depth", "1")),
     Job("step-own", (*SMALL, "--step", "benchmarks/models/seed_step.py:step")),
+    Job("step-nanogpt", NANOGPT),
     Job("recipes-whatif", (SEED, "--input", "256x3x144x256", "--what-if")),
     Job("verify-cpu", ("verify", *SMALL, "--device", "cpu")),
     Job("ddp", (*DIST, "--ddp", "2")),
@@ -122,6 +135,8 @@ CLAIMS: tuple[tuple[str, str, object], ...] = (
     ("t3-whatif.json", "peak.op", "_log_softmax_backward_data"),  # the loss, not the blocks, sets the peak
     ("t3-checkpoint.json", "peak.op", "_log_softmax_backward_data"),  # "still the loss's"
     ("t3-amp.json", "peak.top_tensors.0.dtype", "float32"),  # the loss's tensors stay fp32 under autocast
+    ("step-nanogpt.md", "", "answered for a100-40gb (sm80)"),  # "your code sees the target GPU"
+    ("step-nanogpt.md", "", "logged: .item() at benchmarks/models/nanogpt_train.py"),  # "read as 0.0"
 )
 LATER = ("gs-show",)  # jobs that read another job's output: run after the others
 
