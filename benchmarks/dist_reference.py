@@ -5,8 +5,8 @@
         benchmarks/models/dist_models.py:lm --input 4x64:int64
 
 Each case is measured in turn; each rank writes OUT/case{I}-rank{R}.json: {"rank", "world", "peak",
-"start", "rise", "unpaired"}. The step is memtrace's own (tracer/program.py), the model wrapped by the code
-the simulation runs (tracer/distributed.py `wrap_model`, without the simulation's patches). As
+"start", "rise", "unpaired"}. The step is memtrace's own (tracer/engine/program.py), the model wrapped by the code
+the simulation runs (tracer/engine/distributed.py `wrap_model`, without the simulation's patches). As
 tests/reference.py measures one process: one warm-up step, then the profiled step; peak = bytes live at its
 start + the largest rise of the allocator's events. The bytes live at the start are the net of every
 allocation event from the model's build through the warm-up step (profiled too), so buckets, shards and
@@ -36,14 +36,14 @@ import torch
 import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
-from memtrace.tracer.distributed import wrap_model
-from memtrace.tracer.loader import Built, load_object, split_result
-from memtrace.tracer.measure import _walk, allocation_events, largest_rise, real_plan
-from memtrace.tracer.parallel import Parallel
-from memtrace.tracer.program import NullObserver, make_optimizer, run_program
-from memtrace.tracer.recipes import Recipe, apply_to_model, cast_inputs
+from memtrace.tracer.core.parallel import Parallel
+from memtrace.tracer.core.specs import parse_input, parse_optimizer
+from memtrace.tracer.engine.distributed import wrap_model
+from memtrace.tracer.engine.loader import Built, load_object, split_result
+from memtrace.tracer.engine.program import NullObserver, make_optimizer, run_program
+from memtrace.tracer.engine.recipes import Recipe, apply_to_model, cast_inputs
+from memtrace.tracer.real.measure import _walk, allocation_events, largest_rise, real_plan
 from memtrace.tracer.simulate import Config, Request, step_batch, step_specs
-from memtrace.tracer.specs import parse_input, parse_optimizer
 
 
 def measure_rank(request: Request, mesh: object) -> dict[str, int]:

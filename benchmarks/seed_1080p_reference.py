@@ -28,8 +28,8 @@ def main() -> None:
     from reference import measure
     from seed_cnn import build
 
+    from memtrace.tracer.core.specs import human_bytes, parse_optimizer
     from memtrace.tracer.simulate import simulate
-    from memtrace.tracer.specs import human_bytes, parse_optimizer
 
     spec = f"1x3x{opts.h}x{opts.w}"
     t0 = time.perf_counter()

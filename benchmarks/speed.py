@@ -45,7 +45,7 @@ DEFAULT_CASES = ("seed_cnn_256", "lstm_tagger", "unet_small", "gpt2", "bert", "l
 
 def suite_case(name: str) -> Any:
     """The `Case` of benchmarks/suite.py by name, or the 70B step."""
-    from memtrace.tracer.bench import Case
+    from memtrace.tracer.real.bench import Case
 
     if name == LLAMA70B:
         return Case(
@@ -65,9 +65,9 @@ def suite_case(name: str) -> Any:
 
 
 def request(name: str, device: str, layers: int | None = None) -> Any:
-    from memtrace.tracer.bench_run import request_for
+    from memtrace.tracer.core.specs import parse_gpu
+    from memtrace.tracer.real.bench_run import request_for
     from memtrace.tracer.simulate import with_gpu_arch
-    from memtrace.tracer.specs import parse_gpu
 
     req = request_for(suite_case(name), device)
     if name == LLAMA70B:
@@ -119,15 +119,15 @@ def child_real(name: str) -> dict[str, Any]:
     """The real step on this CPU: one warm-up step, then the timed one (the same program memtrace runs)."""
     import torch
 
-    from memtrace.tracer.measure import _prepared, real_plan
-    from memtrace.tracer.program import NullObserver, run_program
-    from memtrace.tracer.recipes import cast_inputs
+    from memtrace.tracer.engine.program import NullObserver, run_program
+    from memtrace.tracer.engine.recipes import cast_inputs
+    from memtrace.tracer.real.measure import _prepared, real_plan
     from memtrace.tracer.simulate import build, step_batch, step_specs
 
     torch.manual_seed(0)
     req = request(name, "cpu")
     built = build(req.builder, dict(req.builder_kwargs))
-    from memtrace.tracer.loader import load_object
+    from memtrace.tracer.engine.loader import load_object
 
     model = load_object(req.builder)(**dict(req.builder_kwargs))  # real weights on the CPU
     batch = cast_inputs(step_batch(req, step_specs(req, built), "cpu"), req.config.recipe.dtype)
@@ -145,10 +145,10 @@ def child_memtracker(name: str) -> dict[str, Any]:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from memtrace.tracer.loader import load_object, make_inputs
-    from memtrace.tracer.measure import _prepared, real_plan
-    from memtrace.tracer.program import NullObserver, run_program
-    from memtrace.tracer.recipes import cast_inputs
+    from memtrace.tracer.engine.loader import load_object, make_inputs
+    from memtrace.tracer.engine.program import NullObserver, run_program
+    from memtrace.tracer.engine.recipes import cast_inputs
+    from memtrace.tracer.real.measure import _prepared, real_plan
 
     req = request(name, "cpu")
     config = replace(req.config, recipe=replace(req.config.recipe, dtype=None))

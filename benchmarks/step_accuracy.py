@@ -30,8 +30,8 @@ def step(model, inputs, optimizer):
 
 
 def _rows(step_file: str) -> list[tuple[str, str, str, dict[str, Any]]]:
-    from memtrace.tracer.recipes import Recipe
-    from memtrace.tracer.specs import LossSpec
+    from memtrace.tracer.core.specs import LossSpec
+    from memtrace.tracer.engine.recipes import Recipe
 
     return [
         ("transformer_sdpa", "train", "output held (default)", {}),
@@ -57,8 +57,8 @@ def main() -> None:
     from accuracy import compare_config
     from zoo import ZOO_BY_NAME
 
+    from memtrace.tracer.core.specs import parse_optimizer
     from memtrace.tracer.simulate import Config
-    from memtrace.tracer.specs import parse_optimizer
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "user_step.py"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memtrace.tracer.bench import Case
+from memtrace.tracer.real.bench import Case
 
 MODELS = Path(__file__).resolve().parent / "models"
 TV = ("torchvision",)

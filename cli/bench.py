@@ -14,10 +14,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from memtrace.cli.common import ToleranceType, file_option, user_stdout_to_stderr, writable
-from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.core.errors import MemtraceError
 
 if TYPE_CHECKING:  # the bench records, without importing them at the CLI's start
-    from memtrace.tracer.bench import BenchRun, Case, Move
+    from memtrace.tracer.real.bench import BenchRun, Case, Move
 
 
 @click.command("bench", short_help="Run the benchmark suite; gate peaks against a baseline.")
@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # the bench records, without importing them at the CLI's star
 @file_option(
     "--suite",
     "suite_path",
-    text="A suite file defining SUITE, a tuple of memtrace.tracer.bench.Case [default: benchmarks/suite.py].",
+    text="A suite file defining SUITE, a tuple of memtrace.tracer.real.bench.Case "
+    "[default: benchmarks/suite.py].",
 )
 @click.option(
     "--filter", "text", default=None, help="Only cases with this tag (ci) or this text in the name."
@@ -62,8 +63,8 @@ def bench(
     """Simulate (and, unless --no-measure, measure) each case of the suite; with --baseline, exit 1 when a
     predicted or measured peak grew by more than --threshold; exit 1 when a prediction's error exceeds
     --tolerance or a case fails."""
-    from memtrace.tracer import bench as pure
-    from memtrace.tracer.bench_run import DEFAULT_SUITE, load_suite
+    from memtrace.tracer.real import bench as pure
+    from memtrace.tracer.real.bench_run import DEFAULT_SUITE, load_suite
 
     if update_baseline and baseline is None:
         raise MemtraceError("--update-baseline writes the --baseline FILE: give one")
@@ -91,7 +92,7 @@ def bench(
 
 
 def _read(path: Path) -> BenchRun:
-    from memtrace.tracer.bench import BenchRun
+    from memtrace.tracer.real.bench import BenchRun
 
     try:
         return BenchRun.from_json(json.loads(path.read_text()))
@@ -107,7 +108,7 @@ def _run(chosen: Sequence[Case], device: str, measure: bool) -> BenchRun:
     """The cases under a progress bar on stderr; what the models print goes there too."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from memtrace.tracer.bench_run import bench_run, run_case
+    from memtrace.tracer.real.bench_run import bench_run, run_case
 
     rows = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -125,7 +126,7 @@ def _gates(
     run: BenchRun, old: BenchRun | None, threshold: float, tolerance: float, updating: bool, console: Console
 ) -> bool:
     """Print what moved and the prediction errors; True when any gate fails."""
-    from memtrace.tracer import bench as pure
+    from memtrace.tracer.real import bench as pure
 
     errors = pure.errors(run, tolerance)
     bad = any(m.failing for m in errors) or bool(pure.failed_cases(run))

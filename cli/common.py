@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from memtrace.tracer import specs
-from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.specs import OptionError, SpecError
+from memtrace.tracer.core import specs
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.core.specs import OptionError, SpecError
 
 if TYPE_CHECKING:
     from memtrace.tracer.simulate import Request
@@ -78,7 +78,7 @@ class WorldType(click.ParamType):  # type: ignore[type-arg]
     name = "N|W"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from memtrace.tracer.parallel import parse_world
+        from memtrace.tracer.core.parallel import parse_world
 
         if not isinstance(value, str):
             return value
@@ -92,7 +92,7 @@ class AssumeType(click.ParamType):  # type: ignore[type-arg]
     name = "KEY=VALUE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from memtrace.tracer.assume import parse_assume
+        from memtrace.tracer.core.assume import parse_assume
 
         if not isinstance(value, str):
             return value
@@ -250,7 +250,7 @@ def engine_options(fn: F) -> F:
 
 
 def _parallel_options() -> list[Callable[[F], F]]:
-    """--ddp / --fsdp and their engines' options (tracer/parallel.py)."""
+    """--ddp / --fsdp and their engines' options (tracer/core/parallel.py)."""
     return [
         click.option(
             "--ddp", type=WorldType(), default=None, help="One rank of DistributedDataParallel on N ranks."
@@ -369,8 +369,8 @@ def make_request(
     assume: tuple[tuple[str, str], ...] = (),
 ) -> Request:
     """The engine request the common options describe (imports torch)."""
-    from memtrace.tracer.parallel import parallel_from_flags
-    from memtrace.tracer.recipes import Recipe
+    from memtrace.tracer.core.parallel import parallel_from_flags
+    from memtrace.tracer.engine.recipes import Recipe
     from memtrace.tracer.simulate import Config, Request
 
     recipe = Recipe(amp, param_dtype, tuple(checkpoint), accumulate)

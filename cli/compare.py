@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from memtrace.tracer.specs import human_bytes
+from memtrace.tracer.core.specs import human_bytes
 
 
 @click.command("compare", short_help="Compare a saved prediction with a real run's snapshot.")
@@ -19,8 +19,8 @@ from memtrace.tracer.specs import human_bytes
 def compare(result_file: Path, real: Path, as_json: bool) -> None:
     """RESULT_FILE is memtrace's JSON (--output); REAL a torch.cuda.memory._dump_snapshot pickle of the same
     step on your GPU (never unpickled with pickle.load: plain data only), or a memtrace monitor JSON."""
-    from memtrace.tracer.compare import compare as run_compare
-    from memtrace.tracer.compare import load_result
+    from memtrace.tracer.real.compare import compare as run_compare
+    from memtrace.tracer.real.compare import load_result
 
     result = load_result(result_file)
     cmp = run_compare(result, real)

@@ -18,8 +18,8 @@ from memtrace.cli.common import (
     user_stdout_to_stderr,
     writable,
 )
-from memtrace.tracer.records import GpuSpec
-from memtrace.tracer.specs import Headroom, human_bytes
+from memtrace.tracer.core.records import GpuSpec
+from memtrace.tracer.core.specs import Headroom, human_bytes
 
 
 @click.command("fit", short_help="The largest batch (or any --input symbol) that fits a GPU.")
@@ -44,8 +44,8 @@ def fit(
 ) -> None:
     """Find the largest value of the --input symbol (e.g. B) whose predicted peak fits the GPU; with
     `--fsdp W` (or `--ddp W`), first the smallest world size (a power of two up to 1024) that fits."""
-    from memtrace.tracer.fit import fit as compute
-    from memtrace.tracer.fit import plan_accumulation, world_symbol
+    from memtrace.tracer.studies.fit import fit as compute
+    from memtrace.tracer.studies.fit import plan_accumulation, world_symbol
 
     writable(plot_file, "--plot", (".png", ".svg"))
     request = make_request(**options, gpu=gpu, headroom=headroom)
@@ -58,7 +58,7 @@ def fit(
         if target_batch is not None:
             plan = plan_accumulation(request, gpu, headroom, target_batch, result)
     if plot_file is not None:
-        from memtrace.tracer.plots import fit_figure, save
+        from memtrace.tracer.outputs.plots import fit_figure, save
 
         save(fit_figure(result, gpu.name), plot_file)
     data = result.to_json()
@@ -78,8 +78,8 @@ def _fit_world(
     target_batch: int | None,
     plot_file: Path | None,
 ) -> None:
-    from memtrace.tracer.errors import MemtraceError
-    from memtrace.tracer.fit import fit_world
+    from memtrace.tracer.core.errors import MemtraceError
+    from memtrace.tracer.studies.fit import fit_world
 
     if target_batch is not None or plot_file is not None:
         raise MemtraceError("--target-batch and --plot are for a batch symbol alone, not with a world size W")

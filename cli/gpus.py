@@ -8,7 +8,7 @@ import click
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
-from memtrace.tracer.devices.cuda.presets import PRESETS, GpuPreset, presets_named, short_names
+from memtrace.tracer.core.presets import PRESETS, GpuPreset, presets_named, short_names
 
 _WIDTH = 80  # a terminal's default; the table fits it too
 _COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (

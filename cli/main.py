@@ -19,7 +19,7 @@ from memtrace.cli.show import show
 from memtrace.cli.sweep import sweep
 from memtrace.cli.trace import trace
 from memtrace.cli.verify import verify
-from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.core.errors import MemtraceError
 
 
 class DefaultGroup(click.Group):

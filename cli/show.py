@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import click
 
 from memtrace.cli.common import file_option, plot_option, writable
-from memtrace.tracer.errors import MemtraceError
+from memtrace.tracer.core.errors import MemtraceError
 
 if TYPE_CHECKING:
-    from memtrace.tracer.saved import Saved
+    from memtrace.tracer.outputs.saved import Saved
 
 
 @click.command("show", short_help="Re-render a saved result (--output) without re-tracing.")
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 @file_option("--html", "html_file", text="Write a self-contained HTML report.")
 def show(result_file: Path, show_layers: bool, plot_file: Path | None, html_file: Path | None) -> None:
     """Print the report of RESULT.json (written by `memtrace ... --output`) as it was printed then."""
-    from memtrace.tracer.saved import print_report, report_console, saved_from_json
+    from memtrace.tracer.outputs.saved import print_report, report_console, saved_from_json
 
     writable(plot_file, "--plot", (".png", ".svg"))
     writable(html_file, "--html", (".html", ".htm"))
@@ -41,7 +41,7 @@ def read_result(path: Path) -> dict[str, object]:
         raise MemtraceError(f"{path}: not a memtrace result (JSON expected): {exc}") from None
     if not isinstance(data, dict) or "peak" not in data or "schema" not in data:
         raise MemtraceError(f"{path}: not a memtrace result (written by memtrace ... --output)")
-    from memtrace.tracer.records import READABLE_SCHEMAS
+    from memtrace.tracer.core.records import READABLE_SCHEMAS
 
     if data["schema"] not in READABLE_SCHEMAS:
         raise MemtraceError(f"{path}: result schema {data['schema']!r} is not one this memtrace reads")
@@ -51,10 +51,10 @@ def read_result(path: Path) -> dict[str, object]:
 def write_pictures(saved: Saved, plot_file: Path | None, html_file: Path | None) -> None:
     """--plot and --html, shared with `trace`."""
     if plot_file is not None:
-        from memtrace.tracer.plots import save, timeline_figure
+        from memtrace.tracer.outputs.plots import save, timeline_figure
 
         save(timeline_figure(saved.result), plot_file)
     if html_file is not None:
-        from memtrace.tracer.html_report import html_report
+        from memtrace.tracer.outputs.html_report import html_report
 
         html_file.write_text(html_report(saved), encoding="utf-8")

@@ -22,8 +22,8 @@ from memtrace.cli.common import (
     user_stdout_to_stderr,
     writable,
 )
-from memtrace.tracer.records import GpuSpec
-from memtrace.tracer.specs import Headroom, short_bytes
+from memtrace.tracer.core.records import GpuSpec
+from memtrace.tracer.core.specs import Headroom, short_bytes
 
 
 class SetType(click.ParamType):  # type: ignore[type-arg]
@@ -76,8 +76,8 @@ def sweep(
     **options: Any,
 ) -> None:
     """Simulate every combination of the --set values and tabulate peak and verdicts."""
-    from memtrace.tracer.fit import budget_of, parse_sets
-    from memtrace.tracer.fit import sweep as compute
+    from memtrace.tracer.studies.fit import budget_of, parse_sets
+    from memtrace.tracer.studies.fit import sweep as compute
 
     writable(plot_file, "--plot", (".png", ".svg"))
     axes = parse_sets(list(sets))
@@ -89,7 +89,7 @@ def sweep(
         task = bar.add_task("simulating", total=total)
         rows = compute(request, axes, list(gpus), headroom, lambda: bar.advance(task))
     if plot_file is not None:
-        from memtrace.tracer.plots import save, sweep_figure
+        from memtrace.tracer.outputs.plots import save, sweep_figure
 
         budgets = [(g.name, budget_of(g, headroom, request.config.device)) for g in gpus]
         save(sweep_figure(rows, axes, budgets), plot_file)

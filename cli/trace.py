@@ -19,13 +19,13 @@ from memtrace.cli.common import (
     user_stdout_to_stderr,
     writable,
 )
-from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.layers import at_depth, sort_rows
-from memtrace.tracer.records import GpuSpec, Result, Trace
+from memtrace.tracer.analysis.layers import at_depth, sort_rows
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.core.records import GpuSpec, Result, Trace
 
 if TYPE_CHECKING:
+    from memtrace.tracer.core.studies import WhatIfRow
     from memtrace.tracer.simulate import Request
-    from memtrace.tracer.whatif import WhatIfRow
 
 
 @click.command("trace", short_help="Simulate a step (the default: `memtrace MODEL ...`).")
@@ -86,7 +86,7 @@ def trace(
 ) -> None:
     """Simulate a step of MODEL (FILE.py:FUNC or package.module:FUNC) on the meta device."""
     from memtrace.cli.show import write_pictures
-    from memtrace.tracer.saved import print_report, report_console, saved_from_json
+    from memtrace.tracer.outputs.saved import print_report, report_console, saved_from_json
     from memtrace.tracer.simulate import run, run_traced
 
     _check_outputs(output, graph_file, plot_file, html_file, snapshot_file, trace_file, options["device"])
@@ -139,13 +139,13 @@ def _add_extras(
 ) -> None:
     rows: list[WhatIfRow] = []
     if what_if or diagnose:
-        from memtrace.tracer.whatif import what_if as compute
+        from memtrace.tracer.studies.whatif import what_if as compute
 
         _, rows = compute(request, result)
     if what_if:
         data["what_if"] = [r.to_json() for r in rows]
     if diagnose:
-        from memtrace.tracer.diagnosis import diagnose as compute_diagnosis
+        from memtrace.tracer.studies.diagnosis import diagnose as compute_diagnosis
 
         data["diagnosis"] = compute_diagnosis(request, result, rows).to_json()
 
@@ -153,7 +153,7 @@ def _add_extras(
 def _add_map(data: dict[str, Any], request: Request, graph_file: Path | None, show_layers: bool) -> None:
     """The fx map: exported with --graph; how it would be made, for the layer table, with --layers."""
     if graph_file is not None:
-        from memtrace.tracer.mapping import export, map_request
+        from memtrace.tracer.studies.mapping import export, map_request
 
         mapped = map_request(request)
         export(mapped, graph_file)
@@ -164,7 +164,7 @@ def _add_map(data: dict[str, Any], request: Request, graph_file: Path | None, sh
             "file": str(graph_file),
         }
     elif show_layers:
-        from memtrace.tracer.mapping import map_path
+        from memtrace.tracer.studies.mapping import map_path
 
         data["map_line"] = map_path(request)
 
@@ -179,15 +179,15 @@ def _export(
     """--export-snapshot and --export-trace, from the recorded trace (placed on cuda, as the figures)."""
     if recorded is None or (snapshot_file is None and trace_file is None):
         return
-    from memtrace.tracer.gpu import allocator_config
+    from memtrace.tracer.devices.gpu import allocator_config
 
     config = allocator_config(request.config.alloc_conf) if result.device == "cuda" else None
     if snapshot_file is not None:
-        from memtrace.tracer.export_snapshot import memory_snapshot, write_snapshot
+        from memtrace.tracer.outputs.export_snapshot import memory_snapshot, write_snapshot
 
         write_snapshot(memory_snapshot(recorded, config), snapshot_file)
     if trace_file is not None:
-        from memtrace.tracer.export_trace import chrome_trace, write_trace
+        from memtrace.tracer.outputs.export_trace import chrome_trace, write_trace
 
         write_trace(chrome_trace(*_device_trace(recorded, result, config)), trace_file)
 

@@ -37,11 +37,11 @@ from memtrace.cli.common import (
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: Any) -> None:
     """Simulate the step of MODEL, run it for real on --device (cuda or cpu), and compare each figure."""
-    from memtrace.tracer.assume import needed
-    from memtrace.tracer.errors import DataDependentError
-    from memtrace.tracer.measure import CudaMeasured, measure_request, on_this_gpu
+    from memtrace.tracer.core.assume import needed
+    from memtrace.tracer.core.errors import DataDependentError
+    from memtrace.tracer.real.measure import CudaMeasured, measure_request, on_this_gpu
+    from memtrace.tracer.real.verify import cpu_checks, cuda_checks, failing
     from memtrace.tracer.simulate import run
-    from memtrace.tracer.verify import cpu_checks, cuda_checks, failing
 
     writable(snapshot, "--snapshot", (".pickle",))
     request = on_this_gpu(make_request(**options))

@@ -240,6 +240,11 @@ def write_references() -> None:
     (GENERATED / "readme-commands.md").write_text(readme_commands())
     example = (ROOT / "docs" / "examples" / "api_simulate.py").read_text()
     (GENERATED / "api-simulate-source.md").write_text(f"```python\n{example}```\n")
+    import architecture_graph  # the rooms and their imports, read from the code
+
+    modules, edges = architecture_graph.room_edges()
+    architecture_graph.draw(edges, GENERATED / "architecture.png")
+    (GENERATED / "architecture.md").write_text(architecture_graph.table(modules, edges) + "\n")
 
 
 def generate(jobs: Sequence[Job], workers: int) -> None:

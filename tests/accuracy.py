@@ -9,11 +9,11 @@ import torch
 from reference import measure
 from zoo import ZooCase, make_inputs
 
-from memtrace.tracer.batch import Batch
-from memtrace.tracer.recipes import Recipe
-from memtrace.tracer.records import InputSpec, Result
+from memtrace.tracer.core.records import InputSpec, Result
+from memtrace.tracer.core.specs import parse_optimizer
+from memtrace.tracer.engine.batch import Batch
+from memtrace.tracer.engine.recipes import Recipe
 from memtrace.tracer.simulate import Config, analyse, trace_model
-from memtrace.tracer.specs import parse_optimizer
 
 # (mode, optimizer) each zoo model is held against the allocator with (tests and benchmarks/accuracy.py)
 RECIPES = [

@@ -1,4 +1,4 @@
-"""The ground truth: the same step on real CPU tensors, measured by the CPU allocator (tracer/measure.py).
+"""The ground truth: the same step on real CPU tensors, measured by the CPU allocator (tracer/real/measure.py).
 
 Peak = bytes live at the step's start + the largest rise of the profiler's allocation events in time order.
 One warm-up step runs first so lazily created optimizer state exists, as in the simulated steady state.
@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from memtrace.tracer.batch import Batch, as_batch
-from memtrace.tracer.measure import Measured, allocation_events, largest_rise, measure_cpu
-from memtrace.tracer.recipes import Recipe
+from memtrace.tracer.core.specs import OptimizerSpec
+from memtrace.tracer.engine.batch import Batch, as_batch
+from memtrace.tracer.engine.recipes import Recipe
+from memtrace.tracer.real.measure import Measured, allocation_events, largest_rise, measure_cpu
 from memtrace.tracer.simulate import Config
-from memtrace.tracer.specs import OptimizerSpec
 
 __all__ = [
     "Measured",
@@ -64,9 +64,9 @@ def _on_meta(t: Any) -> Any:
 
 def predicted_op_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
     """The same op on meta tensors, its outputs and workspace replayed by the recorder's CPU rules."""
-    from memtrace.tracer.devices import DeviceModel
-    from memtrace.tracer.recorder import Recorder
-    from memtrace.tracer.records import Kind
+    from memtrace.tracer.core.records import Kind
+    from memtrace.tracer.engine.device_model import DeviceModel
+    from memtrace.tracer.engine.recorder import Recorder
 
     meta_args = tuple(_on_meta(a) for a in args)
     out = func(*meta_args)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from memtrace.tracer import analysis
-from memtrace.tracer.records import Category, Event, Kind, Phase, StorageInfo, Trace
+from memtrace.tracer.analysis import peaks as analysis
+from memtrace.tracer.core.records import Category, Event, Kind, Phase, StorageInfo, Trace
 
 
 def _info(sid: int, nbytes: int, cat: Category, module: str = "m") -> StorageInfo:

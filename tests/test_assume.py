@@ -8,9 +8,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from memtrace.cli.main import cli
-from memtrace.tracer.assume import Counts, Policy, assignment, expert_counts, parse_assume, token_groups
-from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.records import Assumption, Result
+from memtrace.tracer.core.assume import Counts, Policy, assignment, expert_counts, parse_assume, token_groups
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.core.records import Assumption, Result
 from memtrace.tracer.simulate import Config, simulate
 
 
@@ -84,7 +84,7 @@ def test_config_refuses_a_bad_pair() -> None:
 
 
 def test_measured_counts_parse_per_call_and_per_step() -> None:
-    from memtrace.tracer.assume import item_value, kept_boxes, kept_elements, measured_values, needed
+    from memtrace.tracer.core.assume import item_value, kept_boxes, kept_elements, measured_values, needed
 
     assert parse_assume("nms.keep=0.3") == ("nms.keep", "0.3")
     assert kept_boxes("0.3", 1000, 5) == 300

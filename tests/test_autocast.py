@@ -1,4 +1,4 @@
-"""Autocast on meta tensors (tracer/autocast.py) against PyTorch's own autocast on CPU tensors.
+"""Autocast on meta tensors (tracer/meta/autocast.py) against PyTorch's own autocast on CPU tensors.
 
 Op by op, the emulation on meta runs the same aten ops with the same dtypes as real CPU autocast; whole
 training steps under `--amp` match the CPU allocator's peak. The allocator comparisons run with oneDNN off:
@@ -22,7 +22,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from zoo import ZOO_BY_NAME
 
-from memtrace.tracer.autocast import (
+from memtrace.tracer.engine.device_model import DeviceModel
+from memtrace.tracer.engine.recipes import Recipe
+from memtrace.tracer.meta.autocast import (
     AUTOCAST_KEYS,
     POLICIES,
     MetaGradScaler,
@@ -30,8 +32,6 @@ from memtrace.tracer.autocast import (
     policy_cast,
     registered_ops,
 )
-from memtrace.tracer.devices import DeviceModel
-from memtrace.tracer.recipes import Recipe
 
 TOLERANCE = 0.01
 

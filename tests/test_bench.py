@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from memtrace.cli.main import main
-from memtrace.tracer.bench import (
+from memtrace.tracer.real.bench import (
     BenchRun,
     Case,
     CaseResult,
@@ -125,7 +125,7 @@ def _suite(tmp_path: Path) -> Path:
     suite.write_text(
         textwrap.dedent(
             f"""
-            from memtrace.tracer.bench import Case
+            from memtrace.tracer.real.bench import Case
             M = {str(tmp_path / "models.py")!r}
             SUITE = (
                 Case("mlp", M + ":mlp", ("16x64",), tags=("ci",)),
@@ -226,7 +226,7 @@ def test_a_baseline_that_is_no_bench_result(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_the_repository_suite_loads_and_its_ci_subset_needs_no_torchvision() -> None:
-    from memtrace.tracer.bench_run import load_suite
+    from memtrace.tracer.real.bench_run import load_suite
 
     suite = load_suite(Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py")
     ci = select(suite, [], "ci")
@@ -239,7 +239,7 @@ def test_the_repository_suite_loads_and_its_ci_subset_needs_no_torchvision() -> 
 def test_a_needed_module_that_fails_to_import_skips_with_the_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from memtrace.tracer.bench_run import run_case
+    from memtrace.tracer.real.bench_run import run_case
 
     (tmp_path / "broken_extension.py").write_text(
         "raise RuntimeError('operator torchvision::nms does not exist')"

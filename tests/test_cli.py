@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memtrace.cli.main import main
-from memtrace.tracer.records import Result
+from memtrace.tracer.core.records import Result
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = str(REPO / "benchmarks" / "models" / "seed_cnn.py") + ":build"

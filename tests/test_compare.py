@@ -12,9 +12,9 @@ import torch
 from test_cli import SEED, run
 from test_cuda_snapshot import _Recorder
 
-from memtrace.tracer.records import Kind
+from memtrace.tracer.core.records import Kind
+from memtrace.tracer.core.specs import parse_input
 from memtrace.tracer.simulate import Config, build, trace_model
-from memtrace.tracer.specs import parse_input
 
 
 def _snapshot(tmp_path: Path, scale_largest: float = 1.0) -> Path:

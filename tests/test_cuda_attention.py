@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from memtrace.tracer.devices import DeviceModel
+from memtrace.tracer.core.presets import PRESETS
+from memtrace.tracer.core.specs import parse_gpu
 from memtrace.tracer.devices.cuda import attention as cuda_attention
 from memtrace.tracer.devices.cuda.attention import (
     current,
@@ -23,11 +24,10 @@ from memtrace.tracer.devices.cuda.attention import (
     runtime_flags,
     target,
 )
-from memtrace.tracer.devices.cuda.presets import PRESETS
 from memtrace.tracer.devices.cuda.sdp_choice import Call, Flags, Gpu, Operand, choose, prefer_cudnn
-from memtrace.tracer.recipes import Recipe
+from memtrace.tracer.engine.device_model import DeviceModel
+from memtrace.tracer.engine.recipes import Recipe
 from memtrace.tracer.simulate import simulate
-from memtrace.tracer.specs import parse_gpu
 
 _SIZES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 

@@ -11,10 +11,10 @@ import torch
 from test_cli import SEED, run
 from zoo import ZOO_BY_NAME
 
+from memtrace.tracer.core.records import Kind, Result
+from memtrace.tracer.core.specs import parse_cudnn_version, parse_gpu, parse_input
 from memtrace.tracer.devices.cuda.allocator import replay_events
-from memtrace.tracer.records import Kind, Result
 from memtrace.tracer.simulate import Config, simulate, trace_model
-from memtrace.tracer.specs import parse_cudnn_version, parse_gpu, parse_input
 
 
 def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
@@ -133,8 +133,8 @@ def test_verify_on_cuda(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_sweep_simulates_once_per_gpu_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
-    from memtrace.tracer import fit as fit_module
     from memtrace.tracer.simulate import Request
+    from memtrace.tracer.studies import fit as fit_module
 
     archs: list[str | None] = []
     real_run = fit_module.run

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from memtrace.cli.main import main
-from memtrace.tracer.devices import Workspace
+from memtrace.tracer.core.registry import Workspace
 from memtrace.tracer.devices.cuda import attention
 from memtrace.tracer.devices.cuda.sdp_choice import Call, Gpu, Operand, choose
 
@@ -138,7 +138,7 @@ def test_hf_attention_gets_is_causal_and_gqa_as_on_the_gpu() -> None:
 def test_checkpoint_recompute_keeps_cuda_autocast() -> None:
     """The recompute of a checkpointed block runs under the forward's CUDA autocast state (it failed with
     bf16 activations meeting fp32 weights, the H200 case seed/144x256-b64-bf16-ckpt)."""
-    from memtrace.tracer.recipes import Recipe
+    from memtrace.tracer.engine.recipes import Recipe
     from memtrace.tracer.simulate import simulate
 
     result = simulate(

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from memtrace.tracer.core.records import Category, Kind, Phase, Result, Trace
 from memtrace.tracer.devices.cuda import conv
 from memtrace.tracer.devices.cuda import cublas_workspace as cw
-from memtrace.tracer.records import Category, Kind, Phase, Result, Trace
-from memtrace.tracer.report import cuda_lines
+from memtrace.tracer.outputs.report import cuda_lines
 from memtrace.tracer.simulate import Config, simulate, trace_model
 
 MIB = 2**20

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from memtrace.tracer.assume import needed
-from memtrace.tracer.errors import DataDependentError
-from memtrace.tracer.measure import Measured, measure_request
-from memtrace.tracer.records import Result
+from memtrace.tracer.core.assume import needed
+from memtrace.tracer.core.errors import DataDependentError
+from memtrace.tracer.core.records import Result
+from memtrace.tracer.core.specs import parse_input
+from memtrace.tracer.real.measure import Measured, measure_request
 from memtrace.tracer.simulate import Config, Request, run
-from memtrace.tracer.specs import parse_input
 
 pytest.importorskip("torchvision")
 BUILDER = str(Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "detection.py")

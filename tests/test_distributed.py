@@ -17,14 +17,14 @@ import torch.distributed as dist
 from click.testing import CliRunner
 
 from memtrace.cli.main import cli, main
-from memtrace.tracer.distributed import fsdp_targets
-from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.loader import load_object
-from memtrace.tracer.parallel import Parallel
-from memtrace.tracer.recipes import Recipe
-from memtrace.tracer.records import Category, Result
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.core.parallel import Parallel
+from memtrace.tracer.core.records import Category, Result
+from memtrace.tracer.core.specs import parse_input, parse_tolerance
+from memtrace.tracer.engine.distributed import fsdp_targets
+from memtrace.tracer.engine.loader import load_object
+from memtrace.tracer.engine.recipes import Recipe
 from memtrace.tracer.simulate import Config, Request, run
-from memtrace.tracer.specs import parse_input, parse_tolerance
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = str(ROOT / "benchmarks" / "models" / "dist_models.py")
@@ -189,8 +189,8 @@ def test_cli_refuses_bad_engine_flags(
 
 def test_fit_finds_the_smallest_world_size_that_fits() -> None:
     """W=1 peaks above 10 MB, W=2 below: fit stops at 2, and its figure is the simulation's at 2."""
-    from memtrace.tracer.fit import fit_world
-    from memtrace.tracer.specs import parse_gpu, parse_headroom
+    from memtrace.tracer.core.specs import parse_gpu, parse_headroom
+    from memtrace.tracer.studies.fit import fit_world
 
     request = Request(
         f"{MODELS}:lm",

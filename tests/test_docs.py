@@ -189,7 +189,7 @@ def test_cli_reference_covers_every_command_and_option() -> None:
 def test_api_reference_lists_the_result_fields() -> None:
     import dataclasses
 
-    from memtrace.tracer.records import Result
+    from memtrace.tracer.core.records import Result
 
     text = reference.api_markdown()
     assert "memtrace.simulate(\n    model:" in text

@@ -6,9 +6,9 @@ import torch
 from reference import measure
 from torch import nn
 
-from memtrace.tracer.records import InputSpec
+from memtrace.tracer.core.records import InputSpec
+from memtrace.tracer.core.specs import parse_optimizer
 from memtrace.tracer.simulate import Config, analyse, trace_model
-from memtrace.tracer.specs import parse_optimizer
 
 
 class Branches(nn.Module):

@@ -16,9 +16,9 @@ import torch.cuda._memory_viz as memory_viz
 from test_cli import SEED, run
 
 from memtrace.cli.main import main
+from memtrace.tracer.core.records import InputSpec, Result, Trace
 from memtrace.tracer.devices.cuda.snapshot import load_plain_pickle, load_snapshot
 from memtrace.tracer.devices.cuda.snapshot_replay import replay_snapshot
-from memtrace.tracer.records import InputSpec, Result, Trace
 from memtrace.tracer.simulate import Request, run_traced
 
 INPUT = "8x3x144x256"

@@ -12,11 +12,11 @@ from reference import measure
 from test_cli import run
 from zoo import ZOO_BY_NAME
 
-from memtrace.tracer.fit import fit, sure_bytes
-from memtrace.tracer.records import GpuSpec, Result
+from memtrace.tracer.core.records import GpuSpec, Result
+from memtrace.tracer.core.specs import Headroom, OptimizerSpec, parse_gpu, parse_input
 from memtrace.tracer.simulate import Config, Request
 from memtrace.tracer.simulate import run as simulate_request
-from memtrace.tracer.specs import Headroom, OptimizerSpec, parse_gpu, parse_input
+from memtrace.tracer.studies.fit import fit, sure_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = str(REPO / "benchmarks" / "models" / "seed_cnn.py") + ":build"

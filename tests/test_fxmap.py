@@ -15,9 +15,12 @@ import torch
 from torch import nn
 from zoo import ZOO, ZOO_BY_NAME, ZooCase, _seed_cnn_module, make_inputs
 
-from memtrace.tracer import analysis
-from memtrace.tracer.fxmap import build_map, trace_graph, trace_with_map
-from memtrace.tracer.graph import (
+from memtrace.tracer.analysis import peaks as analysis
+from memtrace.tracer.core.records import Category, Kind, Phase, StorageInfo, Trace
+from memtrace.tracer.core.specs import OptimizerSpec
+from memtrace.tracer.simulate import Config, trace_model
+from memtrace.tracer.studies.fxmap import build_map, trace_graph, trace_with_map
+from memtrace.tracer.studies.graph import (
     ROOT,
     FxMap,
     MapPath,
@@ -28,9 +31,6 @@ from memtrace.tracer.graph import (
     node_memory,
     release_after,
 )
-from memtrace.tracer.records import Category, Kind, Phase, StorageInfo, Trace
-from memtrace.tracer.simulate import Config, trace_model
-from memtrace.tracer.specs import OptimizerSpec
 
 TRAIN = Config("train", OptimizerSpec("adam"), "cpu")
 INFER = Config("infer", OptimizerSpec("adam"), "cpu")
@@ -265,7 +265,7 @@ def test_module_fallback() -> None:
 
 
 def test_a_graph_that_does_not_run_falls_back_to_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    from memtrace.tracer import fxmap as fxmap_module
+    from memtrace.tracer.studies import fxmap as fxmap_module
 
     def fail(*args: object) -> None:
         raise RuntimeError("no kernel for this on meta\nmore detail")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from memtrace import pytest_plugin
 from memtrace.cli.common import GpuType, HeadroomType
 from memtrace.cli.main import cli, main
-from memtrace.tracer.devices.cuda.presets import PRESETS, model_number
+from memtrace.tracer.core.presets import PRESETS, model_number
 
 SIZE_TYPES = (GpuType, HeadroomType)
 

@@ -22,10 +22,10 @@ from PIL import Image
 from test_cli import BUILDERS
 
 from memtrace.cli.main import cli
-from memtrace.tracer.palette import CATEGORY_COLOURS, PEAK_COLOUR
-from memtrace.tracer.plots import DPI, HTML_DPI, SIZE_INCHES, timeline_figure
-from memtrace.tracer.records import Result
-from memtrace.tracer.specs import short_bytes
+from memtrace.tracer.core.records import Result
+from memtrace.tracer.core.specs import short_bytes
+from memtrace.tracer.outputs.palette import CATEGORY_COLOURS, PEAK_COLOUR
+from memtrace.tracer.outputs.plots import DPI, HTML_DPI, SIZE_INCHES, timeline_figure
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome", "headless_shell")
 WIDTH, HEIGHT = 1280, 1800

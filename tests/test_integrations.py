@@ -16,8 +16,8 @@ from torch import nn
 
 import memtrace
 from memtrace.monitor import METRIC_KEYS, Reading
-from memtrace.tracer.recipes import Recipe
-from memtrace.tracer.running import first_batch
+from memtrace.tracer.engine.recipes import Recipe
+from memtrace.tracer.real.running import first_batch
 
 
 def _readings(*peaks: int) -> Iterator[Reading]:

@@ -14,10 +14,10 @@ from test_cli import run
 from torch import nn
 from zoo import ZOO
 
-from memtrace.tracer.analysis import LOSS
-from memtrace.tracer.layers import at_depth, sort_rows, totals
-from memtrace.tracer.records import Category, InputSpec, LayerRow, Result
-from memtrace.tracer.report import dominant_line, layers_table
+from memtrace.tracer.analysis.layers import at_depth, sort_rows, totals
+from memtrace.tracer.analysis.peaks import LOSS
+from memtrace.tracer.core.records import Category, InputSpec, LayerRow, Result
+from memtrace.tracer.outputs.report import dominant_line, layers_table
 from memtrace.tracer.simulate import simulate
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

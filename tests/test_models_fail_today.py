@@ -15,9 +15,9 @@ from accuracy import compare
 from torch import nn
 from zoo import ZooCase, _seeded
 
-from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.loader import build_on_meta
-from memtrace.tracer.prepare import materialize
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.engine.loader import build_on_meta
+from memtrace.tracer.engine.prepare import materialize
 from memtrace.tracer.simulate import simulate
 
 TOLERANCE = 0.001

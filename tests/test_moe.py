@@ -15,11 +15,11 @@ import pytest
 import torch
 from reference import measure
 
-from memtrace.tracer.loader import make_inputs
-from memtrace.tracer.recipes import Recipe
-from memtrace.tracer.records import Result
+from memtrace.tracer.core.records import Result
+from memtrace.tracer.core.specs import parse_input
+from memtrace.tracer.engine.loader import make_inputs
+from memtrace.tracer.engine.recipes import Recipe
 from memtrace.tracer.simulate import Config, Request, run
-from memtrace.tracer.specs import parse_input
 
 pytest.importorskip("transformers")
 MODELS = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
@@ -72,7 +72,7 @@ def test_worst_routing_sends_every_token_to_the_first_experts() -> None:
 
 
 def test_counts_that_do_not_fit_the_routing_are_refused() -> None:
-    from memtrace.tracer.errors import MemtraceError
+    from memtrace.tracer.core.errors import MemtraceError
 
     with pytest.raises(MemtraceError, match="does not fit a routing of 128 tokens"):
         _simulate("mixtral", "eager", Recipe(), ("moe.tokens", "1,2,3,4"))
@@ -83,7 +83,7 @@ def test_llava_image_token_check_passes_by_the_policy() -> None:
     consistent (each row holds one image's placeholders), and the peaks agree within 1%."""
     import hf_llava
 
-    from memtrace.tracer.batch import Batch
+    from memtrace.tracer.engine.batch import Batch
 
     torch.manual_seed(0)
     model = hf_llava.build()

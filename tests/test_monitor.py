@@ -18,9 +18,9 @@ from torch import nn
 
 import memtrace
 from memtrace.monitor import MemoryDriftWarning, MemoryMonitor, Reading, Row
-from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.recipes import Recipe
-from memtrace.tracer.running import optimizer_spec
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.engine.recipes import Recipe
+from memtrace.tracer.real.running import optimizer_spec
 from memtrace.tracer.simulate import Config
 
 

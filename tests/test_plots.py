@@ -14,9 +14,22 @@ from PIL import Image
 from reference import measure
 from zoo import ZOO, make_inputs
 
-from memtrace.tracer.fit import SweepRow
-from memtrace.tracer.palette import BUDGET_STYLES, PEAK_COLOUR
-from memtrace.tracer.plots import (
+from memtrace.tracer.analysis.timeline import MAX_POINTS, compact, step_timeline
+from memtrace.tracer.core.records import (
+    Category,
+    Event,
+    GpuSpec,
+    Kind,
+    Phase,
+    Result,
+    StepTimeline,
+    StorageInfo,
+    Trace,
+    Verdict,
+)
+from memtrace.tracer.core.specs import OptimizerSpec, short_bytes
+from memtrace.tracer.outputs.palette import BUDGET_STYLES, PEAK_COLOUR
+from memtrace.tracer.outputs.plots import (
     BUDGET_GID,
     CHOSEN_GID,
     DPI,
@@ -31,21 +44,8 @@ from memtrace.tracer.plots import (
     timeline_figure,
     unit_for,
 )
-from memtrace.tracer.records import (
-    Category,
-    Event,
-    GpuSpec,
-    Kind,
-    Phase,
-    Result,
-    StepTimeline,
-    StorageInfo,
-    Trace,
-    Verdict,
-)
 from memtrace.tracer.simulate import Config
-from memtrace.tracer.specs import OptimizerSpec, short_bytes
-from memtrace.tracer.timeline import MAX_POINTS, compact, step_timeline
+from memtrace.tracer.studies.fit import SweepRow
 
 A, F = Kind.ALLOC, Kind.FREE
 SGD = Config("train", OptimizerSpec("sgd", (("momentum", 0.9),)), "cpu")
@@ -227,8 +227,8 @@ def test_sweep_figure_marks_the_largest_that_fits(tmp_path: Path) -> None:
 
 
 def test_fit_figure_marks_the_value_found() -> None:
-    from memtrace.tracer.fit import FitResult
-    from memtrace.tracer.plots import fit_figure
+    from memtrace.tracer.outputs.plots import fit_figure
+    from memtrace.tracer.studies.fit import FitResult
 
     probes = ((1, 10**9), (8, 3 * 10**9), (12, 4 * 10**9), (13, 5 * 10**9 + 1), (1024, 400 * 10**9))
     fit = FitResult("B", 12, 4 * 10**9, 5 * 10**9 + 1, 5 * 10**9, 5, probes, basis="reserved")

@@ -48,8 +48,8 @@ def test_hf_causal_lm_matches_the_cpu_allocator() -> None:
     import torch
     from reference import measure
 
+    from memtrace.tracer.core.specs import parse_optimizer
     from memtrace.tracer.simulate import simulate
-    from memtrace.tracer.specs import parse_optimizer
 
     spec = importlib.util.spec_from_file_location("hf_gpt2", GPT2.rsplit(":", 1)[0])
     assert spec and spec.loader

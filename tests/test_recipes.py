@@ -6,8 +6,8 @@ import pytest
 from accuracy import compare
 from zoo import ZOO_BY_NAME
 
-from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.recipes import Recipe, checkpoint_targets
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.engine.recipes import Recipe, checkpoint_targets
 from memtrace.tracer.simulate import simulate
 
 TOLERANCE = 0.01
@@ -143,7 +143,7 @@ def test_recompute_of_a_module_without_children_is_its_own_phase() -> None:
     import torch
     from reference import measure
 
-    from memtrace.tracer.specs import parse_optimizer
+    from memtrace.tracer.core.specs import parse_optimizer
 
     recipe = Recipe(checkpoint=("0", "1"))
     res = simulate(_flat_model, ["64x256"], device="cpu", optimizer="sgd", recipe=recipe)

@@ -11,10 +11,10 @@ from reference import measure
 from torch import nn
 
 from memtrace.cli.main import main
-from memtrace.tracer.extrapolate import NotAffine, affine
-from memtrace.tracer.recipes import Recipe
+from memtrace.tracer.analysis.extrapolate import NotAffine, affine
+from memtrace.tracer.core.specs import parse_input, parse_optimizer
+from memtrace.tracer.engine.recipes import Recipe
 from memtrace.tracer.simulate import Config, Request, run
-from memtrace.tracer.specs import parse_input, parse_optimizer
 
 
 class Block(nn.Module):

@@ -13,9 +13,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from zoo import ZooCase
 
-from memtrace.tracer.devices import DeviceModel
 from memtrace.tracer.devices.cpu import isa as cpu_isa
 from memtrace.tracer.devices.cpu.rnn import Layer
+from memtrace.tracer.engine.device_model import DeviceModel
 
 # oneDNN's RNN buffers are modelled for its x86 kernels (AVX2 and up, as this process's oneDNN may use
 # them, ONEDNN_MAX_CPU_ISA included); below AVX2 and off x86 (aarch64) other kernels run

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from test_cli import BUILDERS
 
 from memtrace.cli.main import cli, main
-from memtrace.tracer.records import SCHEMA_VERSION
+from memtrace.tracer.core.records import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = str(REPO / "benchmarks" / "models" / "seed_cnn.py") + ":build"

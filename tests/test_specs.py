@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from memtrace.tracer.devices.cuda.presets import PRESETS, model_number
-from memtrace.tracer.specs import (
+from memtrace.tracer.core.presets import PRESETS, model_number
+from memtrace.tracer.core.specs import (
     OptionError,
     SpecError,
     human_bytes,

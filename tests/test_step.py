@@ -12,12 +12,12 @@ from accuracy import compare, compare_config
 from reference import measure
 from zoo import ZOO_BY_NAME
 
-from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.loader import make_inputs
-from memtrace.tracer.recipes import Recipe
-from memtrace.tracer.records import Phase
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.core.records import Phase
+from memtrace.tracer.core.specs import LossSpec, parse_input, parse_optimizer
+from memtrace.tracer.engine.loader import make_inputs
+from memtrace.tracer.engine.recipes import Recipe
 from memtrace.tracer.simulate import Config, simulate
-from memtrace.tracer.specs import LossSpec, parse_input, parse_optimizer
 
 TOLERANCE = 0.001
 REPO = Path(__file__).resolve().parent.parent
@@ -184,7 +184,7 @@ def test_inference_modes_under_bf16_autocast(mode: str, name: str) -> None:
 
 def test_inference_mode_keeps_no_weight_cast() -> None:
     """inference_mode skips autocast's weight-cast cache (on PyTorch versions with pytorch#158232)."""
-    from memtrace.tracer.autocast import caches_under_inference_mode
+    from memtrace.tracer.meta.autocast import caches_under_inference_mode
 
     infer = compare(ZOO_BY_NAME["mlp"], "infer", "adam", Recipe(amp="bf16"))
     no_grad = compare(ZOO_BY_NAME["mlp"], "no_grad", "adam", Recipe(amp="bf16"))
@@ -196,7 +196,7 @@ def test_inference_mode_keeps_no_weight_cast() -> None:
 
 
 def test_real_module_is_copied_to_meta_without_its_weights() -> None:
-    from memtrace.tracer.metacopy import to_meta
+    from memtrace.tracer.meta.metacopy import to_meta
 
     model = ZOO_BY_NAME["tied"].build()
     before = {n: p.clone() for n, p in model.named_parameters()}
@@ -291,7 +291,7 @@ def test_a_step_file_is_imported_anew_for_each_simulation(tmp_path: Path) -> Non
 
 
 def test_cpu_step_counters_are_host_memory_on_cuda() -> None:
-    from memtrace.tracer.records import Category
+    from memtrace.tracer.core.records import Category
 
     res = simulate(ZOO_BY_NAME["mlp"].build, ["64x512"], optimizer="adam")
     params = [p for p in ZOO_BY_NAME["mlp"].build().parameters()]

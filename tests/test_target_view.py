@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from memtrace.tracer.errors import DataDependentError, MemtraceError
-from memtrace.tracer.measure import measure_request
-from memtrace.tracer.records import LOGGED, GpuSpec, Result
+from memtrace.tracer.core.errors import DataDependentError, MemtraceError
+from memtrace.tracer.core.records import LOGGED, GpuSpec, Result
+from memtrace.tracer.core.specs import parse_gpu, parse_input, parse_optimizer
+from memtrace.tracer.meta.target_view import target_gpu, target_view, view_key
+from memtrace.tracer.real.measure import measure_request
 from memtrace.tracer.simulate import Config, Request, run
-from memtrace.tracer.specs import parse_gpu, parse_input, parse_optimizer
-from memtrace.tracer.target_view import target_gpu, target_view, view_key
 
 MODELS = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
 GPT = f"{MODELS / 'nanogpt.py'}:build"

@@ -12,8 +12,7 @@ from rich.console import Console
 from zoo import ZOO_BY_NAME
 
 from memtrace.pytest_plugin import check_limit
-from memtrace.tracer.gpu import verdict
-from memtrace.tracer.records import (
+from memtrace.tracer.core.records import (
     BORDERLINE,
     CUDNN_WORKSPACE,
     DOES_NOT_FIT,
@@ -23,9 +22,10 @@ from memtrace.tracer.records import (
     Result,
     judge,
 )
-from memtrace.tracer.report import verdict_line
+from memtrace.tracer.core.specs import Headroom, human_bytes, parse_input
+from memtrace.tracer.devices.gpu import verdict
+from memtrace.tracer.outputs.report import verdict_line
 from memtrace.tracer.simulate import Config, Request, run
-from memtrace.tracer.specs import Headroom, human_bytes, parse_input
 
 SPEC = "2x3x144x256"
 
@@ -133,7 +133,7 @@ def test_the_pytest_plugin_fails_on_does_not_fit_only(seed: Result) -> None:
 def test_a_sweep_row_says_what_the_trace_says(seed: Result) -> None:
     """`sweep` weighs the same uncertainties: a GPU whose budget the workspace bound could break is
     borderline in its row, as in the trace's verdict, and not counted as a fit."""
-    from memtrace.tracer import fit as fit_module
+    from memtrace.tracer.studies import fit as fit_module
 
     spec = (parse_input("Bx3x144x256"),)
     request = Request(ZOO_BY_NAME["seed_cnn"].build, spec, config=Config(device="cuda"))

@@ -36,9 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from memtrace.tracer.errors import MemtraceError
-from memtrace.tracer.records import BORDERLINE, GpuSpec, Result
-from memtrace.tracer.running import (
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.core.records import BORDERLINE, GpuSpec, Result
+from memtrace.tracer.core.specs import human_bytes, parse_gpu, parse_tolerance
+from memtrace.tracer.real.running import (
     Reading,
     StepSettings,
     autocast_state,
@@ -47,8 +48,7 @@ from memtrace.tracer.running import (
     module_device,
     predict,
 )
-from memtrace.tracer.specs import human_bytes, parse_gpu, parse_tolerance
-from memtrace.tracer.verify import Check
+from memtrace.tracer.real.verify import Check
 
 Measure = Callable[[], "Reading | None"]
 Log = Callable[[str], None]

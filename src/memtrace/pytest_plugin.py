@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from memtrace.tracer.records import Result
+    from memtrace.tracer.core.records import Result
     from memtrace.tracer.simulate import Request
 
 MARKER = (
@@ -69,9 +69,9 @@ def memtrace_peak(request: pytest.FixtureRequest) -> Callable[..., Result]:
 
 def make_request(model: Any, input: Any = (), gpu: Any = None, **options: Any) -> Request:
     """The engine request of the marker's keywords, named as `memtrace`'s flags are."""
-    from memtrace.tracer.recipes import Recipe
+    from memtrace.tracer.core.specs import LossSpec, parse_gpu, parse_headroom, parse_loss, parse_optimizer
+    from memtrace.tracer.engine.recipes import Recipe
     from memtrace.tracer.simulate import Config, Request, as_builder, input_specs
-    from memtrace.tracer.specs import LossSpec, parse_gpu, parse_headroom, parse_loss, parse_optimizer
 
     recipe = Recipe(
         options.pop("amp", None),
@@ -102,10 +102,10 @@ def make_request(model: Any, input: Any = (), gpu: Any = None, **options: Any) -
 def check_limit(limit: Any = None, **kwargs: Any) -> None:
     """Fail the test (no traceback) when the simulated, or on CUDA the measured, peak exceeds the limit, or
     when the step does not fit the `gpu=` given."""
-    from memtrace.tracer.errors import MemtraceError
-    from memtrace.tracer.records import DOES_NOT_FIT
+    from memtrace.tracer.core.errors import MemtraceError
+    from memtrace.tracer.core.records import DOES_NOT_FIT
+    from memtrace.tracer.core.specs import parse_size
     from memtrace.tracer.simulate import run
-    from memtrace.tracer.specs import parse_size
 
     if limit is None and kwargs.get("gpu") is None:
         pytest.fail('memtrace_limit: give a limit ("12 GiB") or gpu=', pytrace=False)
@@ -136,7 +136,7 @@ def _measured_on_cuda(request: Request) -> int | None:
         return None
     if getattr(request.builder, "__name__", "") == "copy":  # an nn.Module given as is: no real build
         return None
-    from memtrace.tracer.measure import CudaMeasured, measure_request
+    from memtrace.tracer.real.measure import CudaMeasured, measure_request
 
     got = measure_request(request)
     return got.allocated_peak if isinstance(got, CudaMeasured) else None
@@ -148,8 +148,8 @@ def failure(result: Result, peak: int, limit: int, how: str) -> str:
 
     from rich.console import Console
 
-    from memtrace.tracer.report import category_table, dominant_line
-    from memtrace.tracer.specs import human_bytes
+    from memtrace.tracer.core.specs import human_bytes
+    from memtrace.tracer.outputs.report import category_table, dominant_line
 
     out = StringIO()
     console = Console(file=out, width=110, no_color=True, force_terminal=False)

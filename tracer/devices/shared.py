@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from memtrace.tracer.devices import Workspace
+from ..core.registry import Workspace
 
 
 def installed_torch() -> tuple[int, int]:
@@ -104,8 +104,8 @@ def meta_sdpa(device: str, kernel: Callable[[SdpaCall], torch.Tensor]) -> Callab
     """A replacement for SDPA: real tensors go to PyTorch's own function; meta tensors are cast as the
     device's autocast casts them (before the backend is chosen: the fused kernels bypass the dispatcher) and
     go to the device's `kernel`."""
-    from memtrace.tracer.autocast import policy_cast
-    from memtrace.tracer.recorder import simulated
+    from ..meta.autocast import policy_cast
+    from ..meta.tensors import simulated
 
     def wrap(original: SdpaFn) -> SdpaFn:
         inside = [False]

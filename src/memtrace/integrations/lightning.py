@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from memtrace.monitor import Log, Measure, MemoryMonitor, prediction_text
-from memtrace.tracer.metacopy import to_meta
-from memtrace.tracer.records import GpuSpec
-from memtrace.tracer.running import StepSettings, module_device, predict, this_device
-from memtrace.tracer.specs import parse_gpu
+from memtrace.tracer.core.records import GpuSpec
+from memtrace.tracer.core.specs import parse_gpu
+from memtrace.tracer.meta.metacopy import to_meta
+from memtrace.tracer.real.running import StepSettings, module_device, predict, this_device
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

@@ -31,9 +31,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
     ) from exc
 
 from memtrace.monitor import Log, Measure, MemoryMonitor, prediction_text
-from memtrace.tracer.records import GpuSpec
-from memtrace.tracer.running import first_batch, this_device
-from memtrace.tracer.specs import parse_gpu
+from memtrace.tracer.core.records import GpuSpec
+from memtrace.tracer.core.specs import parse_gpu
+from memtrace.tracer.real.running import first_batch, this_device
 
 
 class MemtraceCallback(TrainerCallback):  # type: ignore[misc]

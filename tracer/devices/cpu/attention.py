@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from memtrace.tracer.devices import patch
-from memtrace.tracer.devices.shared import SdpaCall, meta_sdpa, sdpa_replaced
+from ...core.registry import patch
+from ..shared import SdpaCall, meta_sdpa, sdpa_replaced
 
 _FLASH = 1  # torch.nn.attention.SDPBackend.FLASH_ATTENTION
 

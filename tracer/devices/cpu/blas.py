@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from memtrace.tracer.devices import Workspace, rule
-from memtrace.tracer.devices.cpu import gemm_lowp
-from memtrace.tracer.devices.shared import operand_copies
+from ...core.registry import Workspace, rule
+from ..shared import operand_copies
+from . import gemm_lowp
 
 
 def _lowp(*mats: Any) -> bool:

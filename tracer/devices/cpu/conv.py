@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from memtrace.tracer.devices import Workspace, rule
-from memtrace.tracer.devices.cpu import isa as cpu_isa
+from ...core.registry import Workspace, rule
+from . import isa as cpu_isa
 
 _ALIGN = 128  # oneDNN scratchpad entries are aligned to 128 bytes (memory_tracking.hpp)
 _PAGE = 4096  # page-aligned entries (brgemm buffers)

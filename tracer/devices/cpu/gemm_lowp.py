@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 
-from memtrace.tracer.devices import Workspace, rule
-from memtrace.tracer.devices.cpu import isa as cpu_isa
+from ...core.registry import Workspace, rule
+from . import isa as cpu_isa
 
 AMX, BF16, FP16 = "avx512_core_amx", "avx512_core_bf16", "avx512_core_fp16"
 AMX_FP16, VNNI2 = "avx512_core_amx_fp16", "avx2_vnni_2"  # their brgemm kernels are not ported

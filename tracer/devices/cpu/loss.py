@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from memtrace.tracer.devices import Workspace, rule
-from memtrace.tracer.devices.shared import mse_loss
+from ...core.registry import Workspace, rule
+from ..shared import mse_loss
 
 
 @rule("cpu", "aten.mse_loss.default")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from memtrace.tracer.devices import Workspace, rule
+from ...core.registry import Workspace, rule
 
 
 def _nbytes(t: torch.Tensor) -> int:

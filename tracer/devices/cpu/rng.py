@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from memtrace.tracer.devices import patch
+from ...core.registry import patch
 
 
 @patch("cpu", "rng_state")

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from memtrace.tracer.devices import patch
-from memtrace.tracer.devices.cpu import isa as cpu_isa
+from ...core.registry import patch
+from . import isa as cpu_isa
 
 _F32 = 4  # bytes per float32 element
 _GATES = 4  # LSTM gates

@@ -40,8 +40,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from memtrace.tracer.devices import Workspace, patch, rule
-from memtrace.tracer.devices.cuda.sdp_choice import (
+from ...core.registry import Workspace, patch, rule
+from ..shared import SdpaCall, installed_torch, meta_sdpa, sdpa_replaced
+from .sdp_choice import (
     DEFAULT_COMPUTE_CAPABILITY,
     DEFAULT_CUDA_VERSION,
     DEFAULT_CUDNN_VERSION,
@@ -52,7 +53,6 @@ from memtrace.tracer.devices.cuda.sdp_choice import (
     Operand,
     choose,
 )
-from memtrace.tracer.devices.shared import SdpaCall, installed_torch, meta_sdpa, sdpa_replaced
 
 BACKEND_CHOICES = ("auto", "flash", "efficient", "cudnn", "math")
 

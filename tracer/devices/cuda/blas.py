@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from memtrace.tracer.devices import Workspace, rule
-from memtrace.tracer.devices.cuda import attention, cublas_workspace
-from memtrace.tracer.devices.shared import installed_torch, operand_copies
+from ...core.registry import Workspace, rule
+from ..shared import installed_torch, operand_copies
+from . import attention, cublas_workspace
 
 
 def with_workspace(work: Workspace | None, lt: bool = False) -> Workspace:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
-from memtrace.tracer.devices import Workspace, rule
+from ...core.registry import Workspace, rule
 
 
 def conv_workspace_estimate(

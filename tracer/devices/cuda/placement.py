@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 
-from memtrace.tracer.devices.cuda.allocator import AllocatorConfig, CachingAllocator, ReplayStats, replay
-from memtrace.tracer.devices.cuda.allocator import Request as AllocRequest
-from memtrace.tracer.records import Event, Kind, StorageInfo, Trace
+from ...core.records import Event, Kind, StorageInfo, Trace
+from .allocator import AllocatorConfig, CachingAllocator, ReplayStats, replay
+from .allocator import Request as AllocRequest
 
 
 def _requests(trace: Trace) -> Iterator[AllocRequest]:

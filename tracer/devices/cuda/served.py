@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from memtrace.tracer.devices.cuda.allocator import AllocatorConfig, CachingAllocator
-from memtrace.tracer.records import Kind, Trace
+from ...core.records import Kind, Trace
+from .allocator import AllocatorConfig, CachingAllocator
 
 SegmentEvent = tuple[str, int, int]  # (segment_alloc | segment_free | segment_map | ..., address, size)
 

@@ -1,0 +1,109 @@
+"""A Result from a trace: the CUDA allocator placed over it, the peaks, the layers, the timeline and the
+verdict."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..engine.config import Config
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from torch import nn
+
+from ..analysis import peaks as analysis
+from ..analysis.layers import ModuleFacts, module_rows
+from ..analysis.timeline import step_timeline
+from ..core.records import (
+    Category,
+    GpuSpec,
+    InputSpec,
+    ModelInfo,
+    Result,
+    Trace,
+)
+from ..core.specs import (
+    Headroom,
+)
+from ..devices.cuda.conv import estimate_json
+from ..devices.cuda.placement import place
+from ..devices.gpu import allocator_config, cuda_figures
+from ..devices.gpu import verdict as verdict_for
+
+
+def analyse(
+    trace: Trace,
+    model: nn.Module,
+    built_path: str,
+    inputs: Sequence[InputSpec],
+    config: Config,
+    gpu: GpuSpec | None = None,
+    headroom: Headroom | None = None,
+) -> Result:
+    last = config.iterations - 1
+    requested, cuda_trace, stats = trace, None, None
+    if config.device == "cuda":  # every storage counts for its caching-allocator block
+        cuda_trace, stats = place(trace, allocator_config(config.alloc_conf))
+        trace = cuda_trace
+    rounding = analysis.exact
+    peak = analysis.step_peak(trace, last, rounding)
+    first = analysis.step_peak(trace, 0, rounding).bytes
+    types = {name: type(m).__name__ for name, m in model.named_modules()}
+    cuda, reserved = None, tuple[int, ...]()
+    if stats is not None:  # the bytes reserved after each event, from the placement's replay
+        reserved = tuple(stats.reserved_after[len(trace.baseline) :])
+        asked = max(analysis.step_peak(requested, it).bytes for it in range(config.iterations))
+        cuda = cuda_figures(peak.bytes, asked, stats, config.arch)
+        cuda = replace(cuda, cudnn_workspace_estimate=estimate_json(trace.workspace_estimate))
+    return Result(
+        model=_model_info(model, built_path),
+        device=config.device,
+        mode=config.mode,
+        optimizer=config.optimizer.text() if config.mode == "train" else "none",
+        recipe=config.recipe.text(),
+        accumulate=config.recipe.accumulate,
+        flops=trace.flops,
+        modules=module_rows(trace, peak, _facts(model), last, rounding),
+        activation_peak=analysis.category_peak(trace, last, Category.ACTIVATION, rounding),
+        inputs=tuple(inputs),
+        peak=peak,
+        phases=analysis.phase_peaks(trace, last, rounding),
+        totals=analysis.category_totals(trace, last, rounding),
+        first_iteration_peak=first,
+        top_layers=analysis.layers_at_peak(trace, peak, types, rounding=rounding),
+        verdict=verdict_for(gpu, headroom, peak.bytes, cuda),
+        cuda=cuda,
+        notes=((f"model built on meta via the {built_path} path",) if built_path != "meta" else ())
+        + trace.notes,
+        step=config.step_text(),
+        loss=config.loss_text(),
+        free_output=config.free_output,
+        parallel=config.parallel.text() if config.parallel is not None else "",
+        timeline=step_timeline(trace, last, peak.seq, reserved),
+        assumptions=trace.assumptions,
+    )
+
+
+def _facts(model: nn.Module) -> list[ModuleFacts]:
+    """Each module's type and own parameter count; a tied parameter counts for its first owner only."""
+    seen: set[int] = set()
+    facts = []
+    for name, m in model.named_modules():
+        own = [p for p in m.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        facts.append(ModuleFacts(name, type(m).__name__, sum(p.numel() for p in own)))
+    return facts
+
+
+def _model_info(model: nn.Module, built_path: str) -> ModelInfo:
+    params = list(model.parameters())
+    return ModelInfo(
+        name=type(model).__name__,
+        parameters=sum(p.numel() for p in params),
+        trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+        parameter_bytes=sum(p.numel() * p.element_size() for p in params),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
+        build_path=built_path,
+    )

@@ -1,0 +1,240 @@
+"""Pure functions over a Trace: the timeline, the peak and what is live at it, per-phase peaks.
+
+No torch import. Sizes pass through a rounding function (the device's allocator) before they are summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ..core.records import (
+    LOSS,
+    OPTIMIZER_STEP,
+    Category,
+    Event,
+    Kind,
+    LayerShare,
+    Peak,
+    Phase,
+    PhasePeak,
+    StorageInfo,
+    TensorRow,
+    Trace,
+)
+
+Rounding = Callable[[int], int]
+
+
+def exact(nbytes: int) -> int:
+    return nbytes
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Bytes live after each event, starting from the baseline."""
+
+    baseline: int
+    events: tuple[Event, ...]
+    live_after: tuple[int, ...]
+
+
+def timeline(trace: Trace, rounding: Rounding = exact) -> Timeline:
+    live = sum(rounding(trace.storages[s].nbytes) for s in trace.baseline)
+    base = live
+    after = []
+    for ev in trace.events:
+        size = rounding(ev.nbytes)
+        live += size if ev.kind is Kind.ALLOC else -size
+        after.append(live)
+    return Timeline(base, trace.events, tuple(after))
+
+
+def peak_index(tl: Timeline, keep: Callable[[Event], bool] = lambda e: True) -> int | None:
+    """Index of the first event at which live bytes are highest among the kept events."""
+    best: int | None = None
+    for i, ev in enumerate(tl.events):
+        if keep(ev) and (best is None or tl.live_after[i] > tl.live_after[best]):
+            best = i
+    return best
+
+
+def live_at(trace: Trace, index: int) -> set[int]:
+    """The storages live just after event `index` (the baseline included)."""
+    live = set(trace.baseline)
+    for ev in trace.events[: index + 1]:
+        if ev.kind is Kind.ALLOC:
+            live.add(ev.storage)
+        else:
+            live.discard(ev.storage)
+    return live
+
+
+def live_at_peak(trace: Trace, peak: Peak) -> set[int]:
+    """The storages live at a peak found by step_peak (the baseline when the step allocated nothing)."""
+    index = next((i for i, e in enumerate(trace.events) if e.seq == peak.seq), None)
+    return live_at(trace, index) if index is not None else set(trace.baseline)
+
+
+def by_category(storages: Iterable[StorageInfo], rounding: Rounding = exact) -> dict[Category, int]:
+    sums = {c: 0 for c in Category}
+    for s in storages:
+        sums[s.category] += rounding(s.nbytes)
+    return sums
+
+
+def top_tensors(
+    storages: Iterable[StorageInfo], n: int = 5, rounding: Rounding = exact
+) -> tuple[TensorRow, ...]:
+    rows = sorted(storages, key=lambda s: (-s.nbytes, s.storage))[:n]
+    return tuple(TensorRow(rounding(s.nbytes), s.category, s.shape, s.dtype, s.op, s.module) for s in rows)
+
+
+def step_peak(trace: Trace, iteration: int, rounding: Rounding = exact) -> Peak:
+    """The peak of one iteration of the step, and what is live at that moment."""
+    tl = timeline(trace, rounding)
+    idx = peak_index(tl, lambda e: e.iteration == iteration)
+    if idx is None:
+        infos = [trace.storages[s] for s in trace.baseline]
+        return Peak(
+            tl.baseline,
+            -1,
+            Phase.SETUP,
+            iteration,
+            "",
+            "",
+            by_category(infos, rounding),
+            top_tensors(infos, rounding=rounding),
+        )
+    ev = tl.events[idx]
+    infos = [trace.storages[s] for s in live_at(trace, idx)]
+    return Peak(
+        bytes=tl.live_after[idx],
+        seq=ev.seq,
+        phase=ev.phase,
+        iteration=ev.iteration,
+        op=ev.op,
+        module=ev.module,
+        by_category=by_category(infos, rounding),
+        top_tensors=top_tensors(infos, rounding=rounding),
+    )
+
+
+def phase_peaks(trace: Trace, iteration: int, rounding: Rounding = exact) -> tuple[PhasePeak, ...]:
+    """Each phase's most bytes live after one of its allocations, with the op and module that allocated. A
+    phase that only frees (the autocast cache cleared as the loss phase starts, when the model computed its
+    own loss) keeps the level after its first free, with no op: the storage freed was made elsewhere."""
+    tl = timeline(trace, rounding)
+    rows = []
+    for phase in (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.RECOMPUTE, Phase.OPTIMIZER):
+        idx = peak_index(tl, _in_phase(iteration, phase, allocs_only=True))
+        if idx is not None:
+            ev = tl.events[idx]
+            rows.append(PhasePeak(phase, tl.live_after[idx], ev.op, ev.module))
+            continue
+        idx = peak_index(tl, _in_phase(iteration, phase, allocs_only=False))
+        if idx is not None:
+            rows.append(PhasePeak(phase, tl.live_after[idx], "", ""))
+    return tuple(rows)
+
+
+def _in_phase(iteration: int, phase: Phase, allocs_only: bool) -> Callable[[Event], bool]:
+    def keep(e: Event) -> bool:
+        return e.iteration == iteration and e.phase is phase and (e.kind is Kind.ALLOC or not allocs_only)
+
+    return keep
+
+
+def storages_in(trace: Trace, iteration: int) -> set[int]:
+    """Every storage live at some point of the iteration: those live as it starts, and those it allocates."""
+    live = set(trace.baseline)
+    seen: set[int] = set()
+    for ev in trace.events:
+        if ev.iteration == iteration and not seen:
+            seen = set(live)
+        if ev.iteration == iteration:
+            seen.add(ev.storage)
+        elif ev.kind is Kind.ALLOC:
+            live.add(ev.storage)
+        else:
+            live.discard(ev.storage)
+    return seen or live
+
+
+def category_totals(trace: Trace, iteration: int, rounding: Rounding = exact) -> dict[Category, int]:
+    """Bytes of every storage of each category that was live at some point of the iteration."""
+    return by_category((trace.storages[s] for s in storages_in(trace, iteration)), rounding)
+
+
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
+
+
+def owner(info: StorageInfo) -> str:
+    """The module a storage belongs to; what the optimizer step makes outside any module is its own owner,
+    and so is what the loss makes: the loss phase's, and a loss function's inside the model (`(loss):NAME`,
+    a model computing its own loss after its head)."""
+    if not info.module and info.phase is Phase.OPTIMIZER and info.category is Category.TEMPORARY:
+        return OPTIMIZER_STEP
+    if info.module.startswith(LOSS) or (not info.module and info.phase is Phase.LOSS):
+        return LOSS
+    return info.module
+
+
+def loss_type(infos: Iterable[StorageInfo]) -> str:
+    """The loss row's type: the loss function, and the op, dtype and shape of its largest tensor
+    (`cross_entropy: _log_softmax fp32 2048x50257`)."""
+    mine = [s for s in infos if owner(s) == LOSS]
+    if not mine:
+        return ""
+    big = max(mine, key=lambda s: (s.nbytes, -s.storage))
+    names = sorted({s.module.removeprefix(LOSS + ":") for s in mine if s.module.startswith(LOSS + ":")})
+    shape = "x".join(map(str, big.shape)) or "scalar"
+    tensor = f"{big.op} {_SHORT_DTYPES.get(big.dtype, big.dtype)} {shape}"
+    return f"{', '.join(names)}: {tensor}" if names else tensor
+
+
+def module_type(name: str, types: dict[str, str], infos: Iterable[StorageInfo]) -> str:
+    """A row's type: the module's class, the loss's function and largest tensor, nothing for the optimizer."""
+    if name == LOSS:
+        return loss_type(infos)
+    return types.get(name, "") if name != OPTIMIZER_STEP else ""
+
+
+def layers_at_peak(
+    trace: Trace, peak: Peak, types: dict[str, str], n: int = 5, rounding: Rounding = exact
+) -> tuple[LayerShare, ...]:
+    """Group what is live at the peak by owning module (parameters count for the module that holds them)."""
+    live = live_at_peak(trace, peak)
+    groups: dict[str, list[StorageInfo]] = {}
+    for sid in live:
+        info = trace.storages[sid]
+        if info.category is Category.INPUT:
+            continue
+        groups.setdefault(owner(info), []).append(info)
+    rows = [
+        LayerShare(
+            m,
+            module_type(m, types, infos),
+            sum(rounding(s.nbytes) for s in infos),
+            by_category(infos, rounding),
+        )
+        for m, infos in groups.items()
+    ]
+    rows.sort(key=lambda r: (-r.bytes, r.module))
+    return tuple(rows[:n])
+
+
+def category_peak(trace: Trace, iteration: int, category: Category, rounding: Rounding = exact) -> int:
+    """The most bytes of one category live at once during the iteration (saved activations: what the graph
+    holds when backward starts, one micro-batch's worth)."""
+    live = sum(
+        rounding(trace.storages[s].nbytes) for s in trace.baseline if trace.storages[s].category is category
+    )
+    best = live if any(e.iteration == iteration for e in trace.events) else 0
+    for ev in trace.events:
+        if trace.storages[ev.storage].category is not category:
+            continue
+        live += rounding(ev.nbytes) if ev.kind is Kind.ALLOC else -rounding(ev.nbytes)
+        if ev.iteration == iteration:
+            best = max(best, live)
+    return best

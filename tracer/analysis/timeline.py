@@ -1,0 +1,115 @@
+"""The steady-state step as a timeline: bytes live per category after each event, phase bands, the peak's
+place, compacted so that a saved result stays small whatever the model (pure: no torch import).
+
+The x axis is the step's events (allocations and frees in program order, 0 = the step's first). Above
+`MAX_POINTS` events the timeline keeps, per bucket of consecutive events, the one with the most and the one
+with the fewest bytes live, plus the peak and every phase edge: the envelope of the curve and its peak are
+exact, and the JSON holds at most about `MAX_POINTS` points (about 0.5 MB) for any step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..core.records import Category, Event, Kind, Phase, PhaseBand, StepTimeline, Trace
+
+MAX_POINTS = 4000
+
+
+def step_range(trace: Trace, iteration: int) -> range:
+    """The indexes of the iteration's events in the trace (they are consecutive)."""
+    first = next((i for i, e in enumerate(trace.events) if e.iteration == iteration), None)
+    if first is None:
+        return range(0)
+    end = first
+    while end < len(trace.events) and trace.events[end].iteration == iteration:
+        end += 1
+    return range(first, end)
+
+
+def bands(events: Sequence[Event]) -> tuple[PhaseBand, ...]:
+    """Runs of consecutive events of one phase, as [start, end) indexes."""
+    runs: list[PhaseBand] = []
+    for i, ev in enumerate(events):
+        if runs and runs[-1].phase is ev.phase:
+            runs[-1] = PhaseBand(ev.phase, runs[-1].start, i + 1)
+        else:
+            runs.append(PhaseBand(ev.phase, i, i + 1))
+    return tuple(runs)
+
+
+def compact(totals: Sequence[int], keep: set[int], max_points: int = MAX_POINTS) -> list[int]:
+    """The indexes to keep: all when few; else each bucket's highest and lowest point, plus `keep`."""
+    n = len(totals)
+    if n <= max_points:
+        return list(range(n))
+    buckets = max(1, (max_points - len(keep)) // 2)
+    width = -(-n // buckets)
+    kept = {i for i in keep if 0 <= i < n}
+    for start in range(0, n, width):
+        chunk = range(start, min(start + width, n))
+        kept.add(max(chunk, key=totals.__getitem__))  # the first highest, as the peak is the first
+        kept.add(min(chunk, key=totals.__getitem__))
+    return sorted(kept)
+
+
+def _live_before(trace: Trace, first: int) -> dict[Category, int]:
+    live = {c: 0 for c in Category}
+    for sid in trace.baseline:
+        info = trace.storages[sid]
+        live[info.category] += info.nbytes
+    for ev in trace.events[:first]:
+        _apply(live, trace, ev)
+    return live
+
+
+def _apply(live: dict[Category, int], trace: Trace, ev: Event) -> None:
+    cat = trace.storages[ev.storage].category
+    live[cat] += ev.nbytes if ev.kind is Kind.ALLOC else -ev.nbytes
+
+
+def step_timeline(
+    trace: Trace,
+    iteration: int,
+    peak_seq: int,
+    reserved: Sequence[int] = (),
+    max_points: int = MAX_POINTS,
+) -> StepTimeline | None:
+    """The timeline of one iteration (None when it made no event). `reserved` holds the allocator's
+    reserved bytes after every trace event (cuda), or nothing; `peak_seq` is the reported peak's event."""
+    span = step_range(trace, iteration)
+    if not span:
+        return None
+    events = trace.events[span.start : span.stop]
+    live = _live_before(trace, span.start)
+    start = dict(live)
+    totals, total = [], sum(live.values())
+    for ev in events:
+        total += ev.nbytes if ev.kind is Kind.ALLOC else -ev.nbytes
+        totals.append(total)
+    runs = bands(events)
+    peak = next((i for i, e in enumerate(events) if e.seq == peak_seq), -1)
+    edges = {b.start for b in runs} | {b.end - 1 for b in runs} | {peak}
+    kept = compact(totals, edges, max_points)
+    series: dict[Category, list[int]] = {c: [] for c in Category}
+    live, at = start, iter(kept)
+    nxt = next(at, None)
+    for i, ev in enumerate(events):
+        _apply(live, trace, ev)
+        if i == nxt:
+            for c in Category:
+                series[c].append(live[c])
+            nxt = next(at, None)
+    return StepTimeline(
+        events=len(events),
+        index=tuple(kept),
+        by_category={c: tuple(v) for c, v in series.items() if any(v)},
+        reserved=tuple(reserved[span.start + i] for i in kept) if reserved else (),
+        bands=runs,
+        peak_index=peak,
+    )
+
+
+def phase_at(timeline: StepTimeline, index: int) -> Phase | None:
+    """The phase of the event at `index`."""
+    return next((b.phase for b in timeline.bands if b.start <= index < b.end), None)

@@ -1,0 +1,505 @@
+"""Dispatch-level recording of every storage allocation and free, with op, module, phase and category.
+
+A private TorchDispatchMode sees every aten op; storages are tracked by weak reference so the recorder never
+changes a lifetime. saved_tensors_hooks mark what autograd keeps for backward; module hooks and the autograd
+node running in backward give the module (those hooks, and the dispatch mode's installation, are in
+hooks.py). The recorder emits events, nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch._C import DispatchKey
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+from ..core.records import Category, Event, Kind, Phase, StorageInfo, Trace
+from ..meta.tensors import simulated
+from .batch import Batch, floating_leaves
+from .device_model import DeviceModel
+
+
+@dataclass
+class _Live:
+    ref: StorageWeakRef
+    sid: int
+    order: int  # when it became live: sweeps emit frees in this order
+    watch: weakref.ref[torch.UntypedStorage]  # its callback reports the storage's death
+
+
+@dataclass
+class _Meta:
+    nbytes: int
+    op: str
+    module: str
+    shape: tuple[int, ...]
+    dtype: str
+    phase: Phase
+    iteration: int
+    category: Category | None = None
+    node: str = ""
+    grad_node: int = -1  # the autograd node that allocated it in backward
+
+
+_PRECEDENCE = {
+    Category.PARAMETER: 0,
+    Category.BUFFER: 1,
+    Category.INPUT: 2,
+    Category.OPTIMIZER_STATE: 3,
+    Category.GRADIENT: 4,
+    Category.COMMUNICATION: 5,
+    Category.ACTIVATION: 6,
+    Category.OUTPUT: 7,
+    Category.TEMPORARY: 8,
+    Category.WORKSPACE: 9,
+}
+
+
+class Recorder:
+    """Collects events; use `recording(model)` around the program and pass the recorder as its observer."""
+
+    def __init__(self, device: DeviceModel) -> None:
+        self.device = device
+        self.events: list[Event] = []
+        self.meta: dict[int, _Meta] = {}
+        self.live: dict[int, _Live] = {}  # keyed by the StorageImpl address while alive
+        self.baseline: list[int] = []
+        self.phase = Phase.SETUP
+        self.iteration = 0
+        self.module_stack: list[str] = [""]
+        self.node_module: dict[int, str] = {}
+        self.owners: dict[int, str] = {}
+        self.params: list[nn.Parameter] = []
+        self.module_flops: dict[tuple[int, str], int] = {}
+        self.output_shapes: dict[str, tuple[int, ...]] = {}
+        self.input_shapes: dict[str, tuple[int, ...]] = {}
+        self.fx_node = ""
+        self.recompute_depth = 0
+        self.failed_in = ""  # the innermost module an exception left, for the error message
+        self.autograd_fx: dict[int, str] = {}
+        self._ids = itertools.count(1)
+        self._order = itertools.count()
+        self._dead: list[int] = []  # keys of live storages whose last reference went, not yet swept
+        self._seq = itertools.count()
+        self.persistent: dict[str, int] = {}  # library workspaces kept for the run, by name
+        self.estimate: tuple[int, int] | None = None  # the largest unplaced workspace estimate
+        self.allocating_as: Category | None = None  # what new storages are while a caller says (distributed)
+
+    # --- storages -------------------------------------------------------------------------------
+    def track(self, t: torch.Tensor, category: Category | None, op: str) -> int | None:
+        """Register a tensor's storage if new; returns its id. New storages emit an alloc event. On the cuda
+        target, tensors off meta (the optimizers' CPU step counters) are host memory: not counted."""
+        t = local_tensor(t)
+        if self.device.name == "cuda" and not simulated(t):
+            return None
+        storage = t.untyped_storage()
+        ref = StorageWeakRef(storage)
+        found = self.live.get(ref.cdata)
+        if found is not None and not found.ref.expired():
+            if category is not None:
+                self.mark(found.sid, category)
+            return found.sid
+        sid = next(self._ids)
+        nbytes = int(storage.nbytes())
+        category = category or self.allocating_as
+        self._watch(ref, storage, sid)
+        self.meta[sid] = _Meta(
+            nbytes,
+            op,
+            self.current_module(),
+            tuple(t.shape),
+            str(t.dtype).removeprefix("torch."),
+            self.phase,
+            self.iteration,
+            category,
+            self.current_node(),
+        )
+        if self.phase is Phase.BACKWARD:
+            self.meta[sid].grad_node = _node_seq()
+        if self.phase is Phase.SETUP and op == "":
+            self.baseline.append(sid)
+        else:
+            self._emit(Kind.ALLOC, sid, nbytes, op)
+        return sid
+
+    @contextmanager
+    def recomputing(self, module: str) -> Iterator[None]:
+        """A checkpointed forward run again inside backward: its own phase, attributed to its module."""
+        phase, depth, stack = self.phase, self.recompute_depth, len(self.module_stack)
+        self.phase, self.recompute_depth = Phase.RECOMPUTE, 0
+        self.module_stack.append(module)
+        try:
+            yield
+        finally:
+            self.phase, self.recompute_depth = phase, depth
+            del self.module_stack[stack:]
+
+    def resized(self, storage: torch.UntypedStorage) -> None:
+        """A storage resized in place (FSDP2 frees and re-allocates its unsharded parameters so): the old
+        bytes are freed, and the new ones, if any, are a new allocation of the same category."""
+        ref = StorageWeakRef(storage)
+        found = self.live.pop(ref.cdata, None)
+        category = self.allocating_as
+        if found is not None:
+            category = category or self.meta[found.sid].category
+            self._emit(Kind.FREE, found.sid, self.meta[found.sid].nbytes, "resize_")
+        nbytes = int(storage.nbytes())
+        if nbytes > 0:
+            sid = self._buffer(nbytes, "resize_")
+            self._watch(ref, storage, sid)
+            self.meta[sid].category = category
+
+    def storage_id(self, t: torch.Tensor) -> int | None:
+        """The id of the live storage behind a tensor, if the recorder knows it."""
+        found = self.live.get(StorageWeakRef(t.untyped_storage()).cdata)
+        return found.sid if found is not None and not found.ref.expired() else None
+
+    def mark(self, sid: int, category: Category) -> None:
+        meta = self.meta[sid]
+        if meta.category is None or _PRECEDENCE[category] < _PRECEDENCE[meta.category]:
+            meta.category = category
+
+    def mark_tensor(self, t: torch.Tensor, category: Category, module: str | None = None) -> None:
+        sid = self.track(t, category, op="")
+        if sid is not None and module is not None:
+            self.meta[sid].module = module
+
+    def _watch(self, ref: StorageWeakRef, storage: torch.UntypedStorage, sid: int) -> None:
+        """The storage is live under `sid`. A storage's Python object lives exactly as long as the storage
+        (PyTorch preserves it while C++ holds the storage), so a weak reference's callback tells its death;
+        sweeping then costs the storages that died, not all those alive (a 70B step keeps thousands)."""
+        key: int = ref.cdata
+        dead = self._dead
+
+        def died(_: object) -> None:
+            dead.append(key)
+
+        self.live[key] = _Live(ref, sid, next(self._order), weakref.ref(storage, died))
+
+    def sweep(self) -> None:
+        """Emit frees for storages whose last reference went away since the last sweep, in the order they
+        became live."""
+        if not self._dead:
+            return
+        keys, self._dead[:] = set(self._dead), []
+        found = [(live.order, key) for key in keys if (live := self.live.get(key)) and live.ref.expired()]
+        for _, key in sorted(found):
+            live = self.live.pop(key)
+            self._emit(Kind.FREE, live.sid, self.meta[live.sid].nbytes, "")
+
+    def _buffer(self, nbytes: int, op: str) -> int:
+        """A storage of `nbytes` no tensor output made: a kernel's buffer (or a storage resized)."""
+        sid = next(self._ids)
+        self.meta[sid] = _Meta(
+            nbytes,
+            op,
+            self.current_module(),
+            (nbytes,),
+            "uint8",
+            self.phase,
+            self.iteration,
+            Category.TEMPORARY,
+            self.current_node(),
+        )
+        self._emit(Kind.ALLOC, sid, nbytes, op)
+        return sid
+
+    def _persist(self, name: str, nbytes: int, op: str) -> None:
+        """A library workspace: allocated once per name, owned by no module, never freed."""
+        if name in self.persistent or nbytes <= 0:
+            return
+        sid = self._buffer(nbytes, op)
+        self.meta[sid].category, self.meta[sid].module, self.meta[sid].node = Category.WORKSPACE, "", ""
+        self.persistent[name] = sid
+
+    def _emit(self, kind: Kind, sid: int, nbytes: int, op: str) -> None:
+        meta = self.meta[sid]
+        self.events.append(
+            Event(
+                next(self._seq),
+                kind,
+                sid,
+                nbytes,
+                self.phase,
+                self.iteration,
+                op or meta.op,
+                self.current_module() if kind is Kind.ALLOC else meta.module,
+                self.current_node() if kind is Kind.ALLOC else meta.node,
+            )
+        )
+
+    def current_node(self) -> str:
+        """The fx node running (set by the fx map's interpreter); in backward, the grad_fn's node."""
+        if self.phase is Phase.BACKWARD:
+            node = torch._C._current_autograd_node()
+            if node is not None:
+                return self.autograd_fx.get(node._sequence_nr(), "")
+        return self.fx_node
+
+    def claim_for_node(self, out: Any, name: str) -> None:
+        """Called by the fx interpreter after a node ran: its new autograd nodes belong to it."""
+        if self.phase is Phase.FORWARD and torch.is_grad_enabled():
+            claim(self.autograd_fx, out, name)
+
+    def inside_module(self) -> bool:
+        """Whether a module's forward (or its recompute) is running: the root's counts too."""
+        return len(self.module_stack) > 1
+
+    def current_module(self) -> str:
+        if self.phase is Phase.BACKWARD:
+            node = torch._C._current_autograd_node()
+            if node is not None:
+                return self.node_module.get(node._sequence_nr(), "")
+        return self.module_stack[-1]
+
+    # --- the op ---------------------------------------------------------------------------------
+    def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
+        flops = count_flops(func, args, kwargs, out)
+        if flops:
+            key = (self.iteration, self.current_module())
+            self.module_flops[key] = self.module_flops.get(key, 0) + flops
+        if self.phase is Phase.BACKWARD and self._accumulates_in_place(func, args, kwargs, out):
+            return
+        work = self.device.workspace(func, args, kwargs, out)
+        if work is None:
+            self._track_outputs(out, name, None)
+            return
+        if work.estimate is not None:
+            self.estimate = max(self.estimate or work.estimate, work.estimate, key=lambda e: e[1])
+        if work.output_nbytes and work.output_nbytes > out.untyped_storage().nbytes():
+            out.untyped_storage().resize_(work.output_nbytes)  # meta: the size only, nothing to copy
+        buffers: dict[int, int] = {}
+        placed = False
+        for step in work.steps:
+            if step.kind == "alloc":
+                buffers[step.key] = self._buffer(step.nbytes, name)
+            elif step.kind == "free" and step.key in buffers:
+                sid = buffers.pop(step.key)
+                self._emit(Kind.FREE, sid, self.meta[sid].nbytes, name)
+            elif step.kind == "persist":
+                self._persist(step.name, step.nbytes, f"{name} ({step.name.split(':')[0]} workspace)")
+            elif step.kind == "output":
+                placed = True
+                self._track_outputs(out, name, None if step.key < 0 else step.key)
+        if not placed:
+            self._track_outputs(out, name, None)
+        for sid in buffers.values():
+            self._emit(Kind.FREE, sid, self.meta[sid].nbytes, name)
+        self._track_outputs(out, name, None)
+
+    def _accumulates_in_place(self, func: Any, args: Any, kwargs: Any, out: Any) -> bool:
+        """Autograd's InputBuffer sums two gradients of one input in place when the buffer alone holds one of
+        them; under any Python dispatch mode it adds out of place (`isTensorSubclassLike`). Recognise that sum
+        (an earlier node's gradient plus the running node's) and record it as the real engine runs it: the
+        result takes over the storage of the operand it would have been written to."""
+        if func is not torch.ops.aten.add.Tensor or kwargs or len(args) != 2:
+            return False
+        old, new = args
+        if not all(
+            isinstance(t, torch.Tensor) and t.shape == out.shape and t.dtype == out.dtype for t in args
+        ):
+            return False
+        old_sid, new_sid = self.storage_id(old), self.storage_id(new)
+        if old_sid is None or new_sid is None or self.storage_id(out) is not None:
+            return False
+        node = _node_seq()
+        old_meta, new_meta = self.meta[old_sid], self.meta[new_sid]
+        if (
+            new_meta.grad_node != node
+            or old_meta.grad_node in (-1, node)
+            or old_meta.iteration != self.iteration
+        ):
+            return False
+        target = old if _sole_owner(old) else new if _sole_owner(new) else None
+        if target is None:
+            return False
+        cdata = StorageWeakRef(target.untyped_storage()).cdata
+        reused = self.live.pop(cdata)
+        storage = out.untyped_storage()
+        self._watch(StorageWeakRef(storage), storage, reused.sid)
+        return True
+
+    def _track_outputs(self, out: Any, name: str, index: int | None) -> None:
+        """Track the op's outputs (all, or output `index` of a tuple); known storages stay as they are."""
+        chosen = out if index is None else (out[index] if isinstance(out, (tuple, list)) else out)
+        for t in tree_leaves(chosen):
+            if isinstance(t, torch.Tensor):
+                self.track(t, None, name)
+
+    # --- program observer and phases -------------------------------------------------------------
+    def start(self, iteration: int) -> None:
+        """A new step starts: what the previous one left behind is settled first."""
+        self.sweep()
+        self.phase, self.iteration = Phase.SETUP, iteration
+        self.module_stack = [""]
+        self.failed_in = ""
+        for p in self.params:  # a parameter whose storage was replaced (FSDP2 re-pads uneven shards)
+            sid = self.storage_id(local_tensor(p))
+            if sid is not None:
+                self.mark(sid, Category.PARAMETER)
+
+    def enter(self, phase: Phase) -> None:
+        """The step moves to `phase` (said by the default step, or found by a hook)."""
+        if phase is not self.phase and self.phase is not Phase.RECOMPUTE:
+            self.sweep()
+            self.phase = phase
+
+    def targets(self, batch: Batch) -> None:
+        """Targets a built-in loss made belong to the batch, as a data loader's labels do."""
+        for t in batch.made.values():
+            self.mark_tensor(t, Category.INPUT)
+
+    def settle(self) -> None:
+        self.sweep()
+
+    def outputs(self, out: Any) -> None:
+        for t in floating_leaves(out):
+            self.mark_tensor(t, Category.OUTPUT)
+
+    def gradients(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                self.mark_tensor(p.grad, Category.GRADIENT, self.owners.get(id(p), ""))
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        for param, state in optimizer.state.items():
+            for v in state.values():
+                if isinstance(v, torch.Tensor):
+                    self.mark_tensor(v, Category.OPTIMIZER_STATE, self.owners.get(id(param), ""))
+
+    # --- results --------------------------------------------------------------------------------
+    def trace(self, iterations: int) -> Trace:
+        self.sweep()
+        storages = {
+            sid: StorageInfo(
+                sid,
+                m.nbytes,
+                m.category or Category.TEMPORARY,
+                m.op,
+                m.module,
+                m.shape,
+                m.dtype,
+                m.phase,
+                m.iteration,
+                m.node,
+            )
+            for sid, m in self.meta.items()
+        }
+        last = iterations - 1
+        module_flops = {m: f for (it, m), f in self.module_flops.items() if it == last}
+        return Trace(
+            tuple(self.events),
+            storages,
+            tuple(self.baseline),
+            iterations,
+            sum(module_flops.values()),
+            module_flops,
+            dict(self.output_shapes),
+            dict(self.input_shapes),
+            workspace_estimate=self.estimate,
+        )
+
+
+_EXTRA_FLOPS: dict[str, Callable[[Any], int]] = {
+    # the CPU's fused attention, which flop_counter has no formula for: the same count as any SDPA
+    "aten._scaled_dot_product_flash_attention_for_cpu": lambda a: int(
+        sdpa_flop_count(a[0].shape, a[1].shape, a[2].shape)
+    ),
+    "aten._scaled_dot_product_flash_attention_for_cpu_backward": lambda a: int(
+        sdpa_backward_flop_count(a[0].shape, a[1].shape, a[2].shape, a[3].shape)
+    ),
+}
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2's parameters, gradients and optimizer state); any other tensor as is."""
+    inner = getattr(t, "_local_tensor", None)
+    return inner if isinstance(inner, torch.Tensor) else t
+
+
+def _wrapper(cls: type) -> bool:
+    """A tensor subclass dispatching to inner tensors (DTensor); not the simulation's FakeTensor."""
+    return cls not in (torch.Tensor, FakeTensor) and "__torch_dispatch__" in vars(cls)
+
+
+def _node_seq() -> int:
+    node = torch._C._current_autograd_node()
+    return int(node._sequence_nr()) if node is not None else -1
+
+
+def _sole_owner(t: torch.Tensor) -> bool:
+    """Whether only one owner holds the tensor's storage (the probe's own handle not counted)."""
+    storage = t.untyped_storage()
+    return t.is_contiguous() and torch._C._storage_Use_Count(storage._cdata) == 2
+
+
+def count_flops(func: Any, args: Any, kwargs: Any, out: Any) -> int:
+    """FLOPs as torch.utils.flop_counter counts them (2 per multiply-add), without its module tracking,
+    whose hooks would hold outputs alive and change the lifetimes being measured."""
+    packet = getattr(func, "overloadpacket", None)
+    extra = _EXTRA_FLOPS.get(str(packet))
+    if extra is not None:
+        return extra(args)
+    fn = flop_registry.get(packet)
+    if fn is None:
+        return 0
+    try:
+        return int(fn(*args, **(kwargs or {}), out_val=out))
+    except Exception:  # a formula that does not apply to these arguments counts nothing
+        return 0
+
+
+class _Mode(TorchDispatchMode):
+    def __init__(self, rec: Recorder) -> None:
+        super().__init__()
+        self.rec = rec
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if any(_wrapper(t) for t in types):
+            return NotImplemented  # a wrapper (DTensor) runs its local ops, which come back here
+        if _composite(func):  # under inference_mode composite ops reach the mode whole: run their parts
+            with self:  # ATen's own C++ decomposition, not a Python one (dropout's clones its input)
+                return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **(kwargs or {}))
+        self.rec.sweep()
+        out = func(*args, **(kwargs or {}))
+        self.rec.on_op(func, args, kwargs, out)
+        return out
+
+
+@functools.cache
+def _composite(func: Any) -> bool:
+    """An op the CPU runs as its CompositeImplicitAutograd decomposition. Autograd's key decomposes such ops
+    before any dispatch mode sees them, except under inference_mode, which skips that key: there the parts
+    (convolution, native_batch_norm, addmm) must still meet the recorder and the device rules."""
+    name = func.name() if hasattr(func, "name") else ""
+    if name.startswith("prim::"):  # TorchScript's prim ops (prim::device, which DDP's reducer runs)
+        return False
+    return bool(name) and (
+        torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CompositeImplicitAutograd)
+        and not torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CPU)
+    )
+
+
+def claim(table: dict[int, str], out: Any, name: str) -> None:
+    """Give the autograd nodes behind `out` that nothing claimed yet (inner module, earlier node) to name."""
+    stack = [t.grad_fn for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        key = node._sequence_nr()
+        if key in table or type(node).__name__ == "AccumulateGrad":
+            continue
+        table[key] = name
+        stack.extend(n for n, _ in node.next_functions if n is not None)

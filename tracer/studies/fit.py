@@ -1,0 +1,368 @@
+"""Fit and sweep: the largest batch that fits, accumulation plans, and tables over batch x resolution.
+
+Every figure is a simulation; the search only decides which values to simulate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..core.errors import MemtraceError
+from ..core.records import FITS, Category, GpuSpec, Result, Verdict, judge, stated_uncertainty
+from ..core.specs import Headroom, OptimizerSpec, bind_inputs, budget, input_symbols
+from ..core.studies import FitResult, Plan, Suggestion, SweepRow, WorldFit
+from ..simulate import Request, run, with_gpu_arch
+
+MAX_VALUE = 1 << 16
+
+
+def bind(request: Request, values: dict[str, int]) -> Request:
+    """Give the symbols values: in the input shapes, in builder arguments that name a symbol (`h=H`), and in
+    the world size of `--ddp W` / `--fsdp W`."""
+    inputs = bind_inputs(request.inputs, values)
+    kwargs = tuple(
+        (k, values[v] if isinstance(v, str) and v in values else v) for k, v in request.builder_kwargs
+    )
+    config = request.config
+    parallel = config.parallel
+    if parallel is not None and parallel.symbol in values:
+        config = replace(config, parallel=replace(parallel, world=values[parallel.world]))  # type: ignore[index]
+    return replace(request, inputs=inputs, builder_kwargs=kwargs, config=config)
+
+
+def world_symbol(request: Request) -> str | None:
+    """The symbol of `--ddp W` / `--fsdp W`, if the world size is one."""
+    parallel = request.config.parallel
+    return parallel.symbol if parallel is not None else None
+
+
+def budget_of(gpu: GpuSpec, headroom: Headroom | None, device: str) -> int:
+    """The GPU's budget for the figure `Result.fit_bytes` gives: reserved memory on cuda."""
+    return budget(gpu, headroom, reserved=device == "cuda")
+
+
+def uncertain_bytes(result: Result) -> int:
+    """What the figure held against the budget may still grow by: the verdict's stated bounds, summed."""
+    return sum(b for _, b in stated_uncertainty(result.cuda))
+
+
+def sure_bytes(result: Result) -> int:
+    """The figure held against the budget with every stated uncertainty at its bound: what surely fits."""
+    return result.fit_bytes + uncertain_bytes(result)
+
+
+@dataclass
+class Probe:
+    """Simulations made so far for one symbol, by value. `sure`: the figure held against the budget counts
+    every stated uncertainty at its bound (a value that fits surely fits); else the simulated figure alone (a
+    value that fits only so is borderline). Views of both kinds share the simulations."""
+
+    request: Request
+    symbol: str
+    results: dict[int, Result] = field(default_factory=dict)
+    sure: bool = True
+
+    @property
+    def peaks(self) -> dict[int, int]:
+        """The figure held against the budget, by value simulated."""
+        return {v: sure_bytes(r) if self.sure else r.fit_bytes for v, r in self.results.items()}
+
+    def peak(self, value: int) -> int:
+        if value not in self.results:
+            self.results[value] = run(bind(self.request, {self.symbol: value}))
+        res = self.results[value]
+        return sure_bytes(res) if self.sure else res.fit_bytes
+
+    def allocated(self, value: int) -> int:
+        """The allocated peak, which grows about affinely, where reserved memory grows in segment steps."""
+        self.peak(value)
+        return self.results[value].peak_bytes
+
+
+def the_symbol(request: Request) -> str:
+    symbols = input_symbols(request.inputs)
+    if not symbols:
+        raise MemtraceError("no symbol in --input: write the dimension to fit as a letter, e.g. Bx3x224x224")
+    if len(symbols) > 1:
+        raise MemtraceError(
+            f"fit takes one symbol, --input has {', '.join(symbols)}: give the others numbers"
+        )
+    return symbols[0]
+
+
+def boundary(probe: Probe, budget: int, limit: int = MAX_VALUE) -> tuple[int, bool]:
+    """The largest value in [1, limit] whose figure (`probe.peak`) fits (0 if none; True if it hit the limit).
+
+    Peaks grow about affinely with a batch size: a line through probed peaks predicts the boundary, the
+    prediction is probed, and a value that fits next to one that does not ends the search. When the line
+    only creeps along the bracket's edge, bisection takes over. On cuda the figure held against the budget is
+    reserved memory, which grows in segment steps and need not be monotone: the line follows the allocated
+    peak (plus what reserved holds beyond it) until the boundary is bracketed, and bisection finishes it.
+    """
+    if probe.peak(1) > budget:
+        return 0, False
+    probe.peak(2 if limit >= 2 else 1)
+    creep = 0  # probes in a row that only moved the bracket by one
+    width = limit + 1  # the closed bracket's width before the last probe
+    while True:
+        hi = min((v for v, p in probe.peaks.items() if p > budget), default=limit + 1)
+        lo = max(v for v, p in probe.peaks.items() if p <= budget and v < hi)
+        if hi - lo <= 1 or lo >= limit:
+            return min(lo, limit), hi > limit
+        guess = min(max(_line_guess(probe, lo, hi, budget, limit), lo + 1), hi - 1)
+        stepwise = probe.peak(lo) != probe.allocated(lo)  # reserved memory: segment steps
+        halving = hi - lo <= width // 2  # the line's last guess at least halved the bracket
+        if creep >= 2 or (stepwise and hi <= limit and not (halving and hi - lo > max(64, lo // 8))):
+            guess = (lo + hi) // 2
+        width = hi - lo if hi <= limit else width
+        fits = probe.peak(guess) <= budget
+        creep = (
+            creep + 1 if (fits and guess == lo + 1 and hi - lo > 2) or (not fits and guess == hi - 1) else 0
+        )
+
+
+def _line_guess(probe: Probe, lo: int, hi: int, budget: int, limit: int) -> int:
+    """Where the allocated peak's line through the bracket's ends (or the two largest values that fit)
+    crosses the budget, less what the figure holds beyond the allocated peak at the line's start."""
+    if hi <= limit:
+        a, b = lo, hi
+    else:
+        fitting = sorted(v for v, p in probe.peaks.items() if p <= budget)
+        a, b = (fitting[-2], fitting[-1]) if len(fitting) > 1 else (lo, lo)
+    slope = (probe.allocated(b) - probe.allocated(a)) / (b - a) if b != a else 0.0
+    if slope <= 0:
+        return min(limit, lo * 4)
+    overhead = probe.peak(a) - probe.allocated(a)  # reserved beyond allocated (0 off cuda)
+    return a + int((budget - overhead - probe.allocated(a)) // slope)
+
+
+WORLD_SIZES = tuple(1 << k for k in range(11))  # the world sizes fit tries: powers of two up to 1024
+
+
+def fit_world(request: Request, gpu: GpuSpec, headroom: Headroom | None = None) -> WorldFit:
+    """The powers of two from 1 up to 1024, in turn, until one fits, with the input symbol, if any, at 1;
+    then fit the input symbol at that world size. Upward, not bisected: a rank's peak need not fall as the
+    world grows (FSDP2 pads every shard to the world size, which on a small model outweighs the sharding)."""
+    symbol = world_symbol(request)
+    assert symbol is not None
+    batch_symbols = input_symbols(request.inputs)
+    if len(batch_symbols) > 1:
+        raise MemtraceError(
+            f"fit takes one --input symbol besides {symbol}, --input has {', '.join(batch_symbols)}"
+        )
+    ones = {s: 1 for s in batch_symbols}
+    budget = budget_of(gpu, headroom, request.config.device)
+    basis = "reserved" if request.config.device == "cuda" else "allocated"
+    probes: list[tuple[int, int]] = []
+    for world in WORLD_SIZES:
+        res = run(bind(request, {symbol: world, **ones}))
+        probes.append((world, res.fit_bytes))
+        if sure_bytes(res) <= budget:
+            break
+    else:
+        return WorldFit(symbol, 0, probes[-1][1], budget, tuple(probes), basis)
+    at_world = replace(request, config=bind(request, {symbol: world, **ones}).config)
+    batch = fit(at_world, gpu, headroom, suggest=False) if batch_symbols else None
+    return WorldFit(symbol, world, probes[-1][1], budget, tuple(probes), basis, batch)
+
+
+def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, suggest: bool = True) -> FitResult:
+    """The largest value that surely fits, then (from the same simulations on) the largest that fits by the
+    simulation alone: borderline when it is larger."""
+    symbol = the_symbol(request)
+    budget = budget_of(gpu, headroom, request.config.device)
+    probe = Probe(request, symbol)
+    best, capped = boundary(probe, budget)
+    simulated = replace(probe, sure=False)  # the same simulations, the uncertainty left out
+    edge, edge_capped = boundary(simulated, budget) if not capped else (best, capped)
+    suggestions = tuple(_suggest(request, gpu, headroom)) if best == 0 and suggest else ()
+    at = max(best, 1)
+    nxt = simulated.peak(best + 1) if not capped else simulated.peak(at)
+    border = edge if edge > best else 0
+    return FitResult(
+        symbol,
+        best,
+        simulated.peak(at),
+        nxt,
+        budget,
+        len(probe.results),
+        tuple(sorted(simulated.peaks.items())),
+        suggestions,
+        capped,
+        "reserved" if request.config.device == "cuda" else "allocated",
+        probe.results[at].peak_bytes,
+        uncertain_bytes(probe.results[at]),
+        tuple(r for r, _ in stated_uncertainty(probe.results[at].cuda)),
+        border,
+        simulated.peak(border) if border else 0,
+        simulated.peak(border + 1) if border and not edge_capped else 0,
+    )
+
+
+def _suggest(request: Request, gpu: GpuSpec, headroom: Headroom | None) -> Iterator[Suggestion]:
+    """Each single change that makes the smallest batch fit, with the batch it then allows."""
+    from .whatif import top_level_blocks
+
+    def recipe(**kw: Any) -> Callable[[Request], Request]:
+        return lambda r: replace(r, config=replace(r.config, recipe=replace(r.config.recipe, **kw)))
+
+    changes: list[tuple[str, str, Callable[[Request], Request]]] = [
+        ("bf16 autocast", "--amp bf16", recipe(amp="bf16")),
+        ("SGD with momentum", "--optimizer sgd:momentum=0.9", _sgd),
+        ("half resolution", "halve the last two input dimensions", _half_resolution),
+    ]
+    try:
+        from ..simulate import build
+
+        blocks = top_level_blocks(build(request.builder, dict(request.builder_kwargs)).model)
+        if blocks:
+            changes.insert(
+                1,
+                (
+                    "checkpoint blocks",
+                    " ".join(f"--checkpoint {b}" for b in blocks),
+                    recipe(checkpoint=tuple(blocks)),
+                ),
+            )
+    except MemtraceError:
+        pass
+    for change, flags, make in changes:
+        try:
+            res = fit(make(request), gpu, headroom, suggest=False)
+        except MemtraceError:
+            continue
+        if res.max_value > 0:
+            yield Suggestion(change, flags, res.max_value, res.peak_bytes)
+
+
+def _sgd(request: Request) -> Request:
+    return replace(
+        request, config=replace(request.config, optimizer=OptimizerSpec("sgd", (("momentum", 0.9),)))
+    )
+
+
+_SIZE_ARGS = ("h", "w", "height", "width", "size", "image_size", "img_size", "resolution")
+
+
+def _half_resolution(request: Request) -> Request:
+    inputs = tuple(
+        replace(s, shape=(*s.shape[:-2], *(_half(d) for d in s.shape[-2:]))) if len(s.shape) >= 3 else s
+        for s in request.inputs
+    )
+    kwargs = tuple(
+        (k, _half(v) if k in _SIZE_ARGS and isinstance(v, int) else v) for k, v in request.builder_kwargs
+    )
+    return replace(request, inputs=inputs, builder_kwargs=kwargs)
+
+
+def _half(d: int | str) -> int | str:
+    return max(1, d // 2) if isinstance(d, int) else d
+
+
+def plan_accumulation(
+    request: Request, gpu: GpuSpec, headroom: Headroom | None, target: int, fitted: FitResult
+) -> Plan:
+    """Fewest accumulation steps reaching an effective batch >= target, each verified by simulation to fit
+    surely (every stated uncertainty at its bound)."""
+    if target < 1:
+        raise MemtraceError("--target-batch must be at least 1")
+    if fitted.max_value == 0:
+        raise MemtraceError("even a batch of 1 does not surely fit: no accumulation plan can help")
+    budget = budget_of(gpu, headroom, request.config.device)
+    steps = math.ceil(target / fitted.max_value)
+    while steps <= target:
+        micro = math.ceil(target / steps)
+        req = replace(
+            request, config=replace(request.config, recipe=replace(request.config.recipe, accumulate=steps))
+        )
+        res = run(bind(req, {fitted.symbol: micro}))
+        if sure_bytes(res) <= budget:
+            return Plan(micro, steps, micro * steps, res.fit_bytes)
+        steps += 1
+    raise MemtraceError(f"no accumulation plan reaches a batch of {target}")
+
+
+def parse_sets(sets: list[tuple[str, list[tuple[int, ...]]]]) -> list[list[dict[str, int]]]:
+    """`HxW=144x256,540x960` -> one axis of bindings [{H: 144, W: 256}, {H: 540, W: 960}]."""
+    axes = []
+    seen: set[str] = set()
+    for names, values in sets:
+        keys = names.split("x")
+        for k in keys:
+            if k in seen:
+                raise MemtraceError(f"--set gives {k} twice")
+            seen.add(k)
+        axes.append([dict(zip(keys, v, strict=True)) for v in values])
+    return axes
+
+
+def sweep(
+    request: Request,
+    axes: list[list[dict[str, int]]],
+    gpus: list[GpuSpec],
+    headroom: Headroom | None,
+    progress: Callable[[], None] = lambda: None,
+) -> list[SweepRow]:
+    given = {k for axis in axes for k in axis[0]}
+    world = world_symbol(request)
+    symbols = set(input_symbols(request.inputs)) | ({world} if world is not None else set())
+    used = symbols | {v for _, v in request.builder_kwargs if isinstance(v, str)}
+    missing = symbols - given
+    if missing:
+        raise MemtraceError(f"symbol {sorted(missing)[0]} has no --set")
+    if given - used:
+        raise MemtraceError(f"--set gives {sorted(given - used)[0]}, which no --input or --arg uses")
+    rows = []
+    for combo in itertools.product(*axes):
+        values = {k: v for part in combo for k, v in part.items()}
+        rows.append(_sweep_row(bind(request, values), values, gpus, headroom))
+        progress()
+    return rows
+
+
+def _per_gpu(req: Request, gpus: list[GpuSpec]) -> dict[str, Result]:
+    """One simulation per distinct GPU architecture (SDPA's kernel and workspaces depend on it), by GPU."""
+    by_arch: dict[str | None, Result] = {}
+    results: dict[str, Result] = {}
+    choices: list[GpuSpec | None] = [*gpus] or [None]
+    for gpu in choices:
+        target = with_gpu_arch(replace(req, gpu=gpu))
+        arch = target.config.arch
+        if arch not in by_arch:
+            by_arch[arch] = run(replace(target, gpu=None))
+        results[gpu.name if gpu is not None else ""] = by_arch[arch]
+    return results
+
+
+def _sweep_row(
+    req: Request, values: dict[str, int], gpus: list[GpuSpec], headroom: Headroom | None
+) -> SweepRow:
+    try:
+        per_gpu = _per_gpu(req, gpus)
+    except MemtraceError as exc:
+        return SweepRow(values, 0, 0, 0, 0, {}, exc.one_line())
+    res = next(iter(per_gpu.values()))
+    cat = res.totals
+    states = sum(
+        cat.get(c, 0)
+        for c in (Category.PARAMETER, Category.BUFFER, Category.GRADIENT, Category.OPTIMIZER_STATE)
+    )
+    device = req.config.device
+    verdicts = {g.name: _judged(per_gpu[g.name], g, headroom, device) for g in gpus}
+    fits = {name: v.status == FITS for name, v in verdicts.items()}
+    status = {name: v.status for name, v in verdicts.items()}
+    reserved = res.cuda.reserved_peak_bytes if res.cuda is not None else 0
+    return SweepRow(
+        values, cat[Category.INPUT], states, res.activation_peak, res.peak_bytes, fits, "", reserved, status
+    )
+
+
+def _judged(result: Result, gpu: GpuSpec, headroom: Headroom | None, device: str) -> Verdict:
+    """The verdict a trace of this row would give on `gpu`: its stated uncertainties weighed."""
+    basis = "reserved" if device == "cuda" else "allocated"
+    room = budget_of(gpu, headroom, device)
+    return judge(gpu, room, result.fit_bytes, basis, stated_uncertainty(result.cuda))
