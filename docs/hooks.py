@@ -65,7 +65,7 @@ def lookup(directory: Path, name: str, key: str) -> Any:
 
 def value(directory: Path, name: str, key: str) -> str:
     """One figure of a saved result: `key` is a dotted path; ints are shown as bytes, other values as text."""
-    from memtrace.tracer.specs import human_bytes
+    from memtrace.tracer.core.specs import human_bytes
 
     node = lookup(directory, name, key)
     if isinstance(node, float):

@@ -135,8 +135,8 @@ def _signature(title: str, obj: Any) -> str:
 def api_markdown() -> str:
     """Signatures and docstrings of the public entry points, and the fields of the result records."""
     from memtrace.monitor import MemoryMonitor
-    from memtrace.tracer import records
-    from memtrace.tracer.recipes import Recipe
+    from memtrace.tracer.core import records
+    from memtrace.tracer.engine.recipes import Recipe
     from memtrace.tracer.simulate import simulate
 
     parts = [_function_markdown("memtrace.simulate", simulate), record_markdown(Recipe)]
@@ -144,6 +144,6 @@ def api_markdown() -> str:
     parts.append(inspect.cleandoc(inspect.getmodule(MemoryMonitor).__doc__ or "") + "\n")  # type: ignore[union-attr]
     for name in ("predict", "step", "read", "to_json"):
         parts.append(_function_markdown(f"MemoryMonitor.{name}", getattr(MemoryMonitor, name)))
-    parts.append("## The result records (`memtrace.tracer.records`)\n")
+    parts.append("## The result records (`memtrace.tracer.core.records`)\n")
     parts.extend(record_markdown(getattr(records, name)) for name in RECORDS)
     return "\n".join(parts)

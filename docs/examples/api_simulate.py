@@ -1,8 +1,8 @@
 """The Python API in a few lines: simulate a step, read the result (docs/api.md shows it and its output)."""
 
 import memtrace
-from memtrace.tracer.recipes import Recipe
-from memtrace.tracer.specs import human_bytes, parse_gpu
+from memtrace.tracer.core.specs import human_bytes, parse_gpu
+from memtrace.tracer.engine.recipes import Recipe
 
 result = memtrace.simulate(
     "benchmarks/models/seed_cnn.py:build",
