@@ -21,6 +21,9 @@ and off x86 (aarch64) oneDNN runs other kernels, whose buffers are not modelled.
 
 Left to PyTorch's own meta decomposition: oneDNN's bfloat16/float16 LSTM (also under CPU autocast), double
 backward through the oneDNN LSTM, calls on real tensors.
+
+Here: the emulated oneDNN kernels, which path a call takes, and the registered patches; oneDNN's buffer sizes
+are in `rnn_onednn.py`, the native path in `rnn_native.py`.
 """
 
 from __future__ import annotations
@@ -31,161 +34,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ...core.registry import patch
-from . import isa as cpu_isa
+from .rnn_native import RnnSpec, native_rnn
+from .rnn_onednn import GATES, Layer
 
-_F32 = 4  # bytes per float32 element
-_GATES = 4  # LSTM gates
-_PAGE = 4096  # oneDNN's rnn workspace/scratchpad sections are page aligned
-_ALIGN = 128  # oneDNN scratchpad registry's default alignment per booked buffer
-_BATCH_ELEMENT = 40  # sizeof(brgemm_batch_element_t)
-
-
-# --------------------------------------------------------------------------- oneDNN buffer sizes
-
-
-def _rnd_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
-
-
-def good_ld(dim: int, elem: int = _F32) -> int:
-    """oneDNN's gemm leading dimension: 64-byte aligned, never a multiple of 256 elements (4K aliasing)."""
-    ld = _rnd_up(dim, 64 // elem)
-    return ld + 64 // elem if ld % 256 == 0 else ld
-
-
-def _sections(sizes: Sequence[int], start: int = 0) -> int:
-    """oneDNN's `register_space`: each section starts page aligned."""
-    offset = start
-    for size in sizes:
-        offset = _rnd_up(offset, _PAGE) + size
-    return offset
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One `mkldnn_rnn_layer` call: sequence length, batch, input size, hidden size (float32)."""
-
-    t: int
-    b: int
-    i: int
-    h: int
-
-    @property
-    def states(self) -> int:
-        """Rows of the per-timestep state buffers: (layers + 1) * directions * (T + 1) * batch."""
-        return 2 * (self.t + 1) * self.b
-
-    def workspace(self) -> int:
-        """Bytes of the training workspace (`pd.workspace_desc().get_size()`)."""
-        t, b, h, wide = self.t, self.b, self.h, max(self.i, self.h)
-        return _sections(
-            [
-                t * b * good_ld(_GATES * h) * _F32,  # ws_gates
-                t * b * good_ld(h) * _F32,  # ws_ht
-                self.states * good_ld(wide) * _F32,  # ws_states_layer (== iter)
-                self.states * h * _F32,  # ws_states_iter_c
-                self.states * good_ld(wide) * _F32,  # ws_diff_states_layer
-                self.states * good_ld(wide) * _F32,  # ws_diff_states_iter
-                self.states * h * _F32,  # ws_diff_states_iter_c
-                0,  # ws_grid_comp (page-aligns the end)
-            ]
-        )
-
-    def _scratch(self, rnn_space: int, gate_steps: int, training: bool) -> int:
-        b, h = self.b, self.h
-        space = _sections(
-            [
-                _F32 * gate_steps * b * good_ld(_GATES * h),  # scratch_gates
-                _F32 * b * good_ld(h),  # scratch_ht
-                _F32 * b * good_ld(h) if training else 0,  # scratch_diff_ht
-                0,  # scratch_cell
-            ],
-            rnn_space,
-        )
-        pointers = 3 * (8 + _ALIGN) + (8 * _F32 + _ALIGN)  # weights/bias pointer arrays
-        return space + _PAGE + pointers
-
-    def scratch_forward(self) -> int:
-        """Training forward: gemms merged over time when the batch is under 128."""
-        return self._scratch(0, self.t if self.b < 128 else 1, True)
-
-    def scratch_backward(self) -> int:
-        return self._scratch(0, self.t, True)
-
-    def scratch_inference(self, threads: int) -> int:
-        """brgemm inference: no workspace, its state buffers go to the scratchpad, plus brgemm batches."""
-        merged = self.b <= 1 and self.t >= 2
-        states = _sections(
-            [0, 0, self.states * good_ld(max(self.i, self.h)) * _F32, self.states * self.h * _F32, 0, 0, 0, 0]
-        )
-        fused = self.i == self.h and not merged
-        batch = 2 * (2 if fused else 1) * threads * _BATCH_ELEMENT + _ALIGN
-        return self._scratch(states, self.t if merged else 1, False) + batch
-
-    def ldigo(self, k: int) -> int:
-        """Weights (k inputs) in oneDNN's forward layout: k rows of good_ld(4H) (size-1 dims: no stride)."""
-        return (k * good_ld(_GATES * self.h) if k > 1 else _GATES * self.h) * _F32
-
-    def ldgoi(self, k: int) -> int:
-        """Weights (k inputs) in oneDNN's backward layout: 4H rows of good_ld(k)."""
-        return _GATES * self.h * good_ld(k) * _F32
-
-    def blocked(self, k: int, n_block: int) -> int:
-        """Weights in brgemm's ldgOi{n}o layout: output channels padded to the block."""
-        return k * _GATES * _rnd_up(self.h, n_block) * _F32
-
-    def forward_buffers(self, training: bool, threads: int) -> list[int]:
-        """ideep's allocations inside the forward kernel, in order (freed in reverse)."""
-        if training:
-            reorders = [self.ldigo(k) for k in (self.i, self.h) if k > 1]
-            return [*reorders, self.scratch_forward()]
-        nb = _n_block(self.b)
-        return [self.blocked(self.i, nb), self.blocked(self.h, nb), self.scratch_inference(threads)]
-
-    def backward_buffers(self) -> list[int]:
-        """ideep's allocations inside the backward kernel, in order (freed in reverse)."""
-        reorders = [self.ldgoi(k) for k in (self.i, self.h) if good_ld(k) != k]
-        diff = [self.ldigo(self.i), self.ldigo(self.h), _GATES * self.h * _F32]
-        return [*reorders, *diff, self.scratch_backward()]
-
-
-def _n_block(batch: int) -> int:
-    """brgemm's output-channel block for float32 LSTM: 2 vectors, 4 on AVX2 with a batch of one.
-
-    The vectors are oneDNN's (`brgemm_calc_isa`: avx512_core where it may use it, else avx2), not ATen's:
-    ATEN_CPU_CAPABILITY does not lower them, ONEDNN_MAX_CPU_ISA does.
-    """
-    if cpu_isa.mayiuse("avx512_core"):
-        return 32
-    return 32 if batch == 1 else 16
+__all__ = ["Layer", "gru_patch", "lstm_patch", "rnn_relu_patch", "rnn_tanh_patch"]
 
 
 # --------------------------------------------------------------------------- the emulated kernels
-
-
-@dataclass(frozen=True)
-class _Rnn:
-    """The non-tensor arguments of `_VF.lstm/gru/rnn_tanh/rnn_relu`, either overload."""
-
-    kind: str
-    has_biases: bool
-    num_layers: int
-    dropout: float
-    train: bool
-    bidirectional: bool
-    batch_first: bool
-    batch_sizes: tuple[int, ...] | None = None  # a packed sequence's batch size per timestep
-
-    @property
-    def directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    def dropout_after(self, layer: int) -> bool:
-        return self.dropout != 0 and self.train and layer < self.num_layers - 1
 
 
 @dataclass(frozen=True)
@@ -206,7 +64,7 @@ def _kernel_buffers(sizes: Sequence[int], device: torch.device) -> None:
 def _bias(w2: Tensor, w3: Tensor, call: _LayerCall) -> Tensor:
     if call.has_biases:
         return w2 + w3
-    return torch.zeros(_GATES * call.layer.h, dtype=w2.dtype, device=w2.device)
+    return torch.zeros(GATES * call.layer.h, dtype=w2.dtype, device=w2.device)
 
 
 def _layer_forward(
@@ -302,7 +160,7 @@ def _layer_biases(w: Sequence[Tensor], has_biases: bool) -> tuple[Tensor, Tensor
 
 
 def _mkldnn_layer(
-    x: Tensor, params: Sequence[Tensor], hx: Tensor, cx: Tensor, index: int, spec: _Rnn
+    x: Tensor, params: Sequence[Tensor], hx: Tensor, cx: Tensor, index: int, spec: RnnSpec
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Layer and direction `index` of `mkldnn_rnn`: its weights, h0 and c0 rows, one kernel."""
     stride = 4 if spec.has_biases else 2
@@ -313,7 +171,7 @@ def _mkldnn_layer(
 
 
 def _mkldnn_rnn(
-    x: Tensor, hx: Tensor, cx: Tensor, params: Sequence[Tensor], spec: _Rnn
+    x: Tensor, hx: Tensor, cx: Tensor, params: Sequence[Tensor], spec: RnnSpec
 ) -> tuple[Tensor, ...]:
     """`mkldnn_rnn`: time-major contiguous input, one kernel per layer and direction, stacked hy/cy."""
     if spec.batch_first:
@@ -344,234 +202,6 @@ def _mkldnn_rnn(
     return output, hy_all, cy_all
 
 
-# --------------------------------------------------------------------------- the native path (GRU, RNN, ...)
-
-
-def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """`at::linear` as on real tensors: a non-contiguous input (the batch-first transpose) takes matmul and an
-    in-place `add_` (under a dispatch mode `isTensorSubclassLike` holds and ATen adds out of place)."""
-    if b is None or x.dim() == 2 or x.is_contiguous():
-        return F.linear(x, w, b)
-    return torch.matmul(x, w.t()).add_(b)
-
-
-@dataclass(frozen=True)
-class _Params:
-    """`CellParams`: one layer and direction's weights (biases and projection may be absent)."""
-
-    w_ih: Tensor
-    w_hh: Tensor
-    b_ih: Tensor | None
-    b_hh: Tensor | None
-    w_hr: Tensor | None
-
-    def linear_ih(self, x: Tensor) -> Tensor:
-        return _linear(x, self.w_ih, self.b_ih)
-
-    def linear_hh(self, h: Tensor) -> Tensor:
-        return _linear(h, self.w_hh, self.b_hh)
-
-    def matmul_hr(self, h: Tensor) -> Tensor:
-        return h if self.w_hr is None else torch.matmul(h, self.w_hr.t())
-
-
-def _gather_params(params: Sequence[Tensor], has_biases: bool, has_projections: bool) -> list[_Params]:
-    stride = 2 + 2 * has_biases + has_projections
-    out = []
-    for k in range(0, len(params), stride):
-        w = params[k : k + stride]
-        b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
-        out.append(_Params(w[0], w[1], b_ih, b_hh, w[-1] if has_projections else None))
-    return out
-
-
-Hidden = Tensor | tuple[Tensor, Tensor]
-
-
-def _gru_cell(x: Tensor, hidden: Tensor, p: _Params) -> Tensor:
-    igates = x.unsafe_chunk(3, 1)
-    hgates = p.linear_hh(hidden).unsafe_chunk(3, 1)
-    reset_gate = hgates[0].add_(igates[0]).sigmoid_()
-    input_gate = hgates[1].add_(igates[1]).sigmoid_()
-    new_gate = igates[2].add(hgates[2].mul_(reset_gate)).tanh_()
-    return (hidden - new_gate).mul_(input_gate).add_(new_gate)
-
-
-def _lstm_cell(x: Tensor, hidden: tuple[Tensor, Tensor], p: _Params) -> tuple[Tensor, Tensor]:
-    hx, cx = hidden
-    gates = p.linear_hh(hx).add_(x).unsafe_chunk(4, 1)
-    ingate, forgetgate = gates[0].sigmoid_(), gates[1].sigmoid_()
-    cellgate, outgate = gates[2].tanh_(), gates[3].sigmoid_()
-    cy = (forgetgate * cx).add_(ingate * cellgate)
-    hy = outgate * cy.tanh()
-    return p.matmul_hr(hy), cy
-
-
-def _cell(kind: str, x: Tensor, hidden: Hidden, p: _Params) -> Hidden:
-    """One step of RNN.cpp's cells, with the input projection already computed (the CPU path)."""
-    if kind == "lstm":
-        assert isinstance(hidden, tuple)
-        return _lstm_cell(x, hidden, p)
-    assert isinstance(hidden, Tensor)
-    if kind == "gru":
-        return _gru_cell(x, hidden, p)
-    gates = p.linear_hh(hidden).add_(x)
-    return torch.tanh(gates) if kind == "rnn_tanh" else torch.relu(gates)
-
-
-def _as_output(hidden: Hidden) -> Tensor:
-    return hidden[0] if isinstance(hidden, tuple) else hidden
-
-
-def _steps(kind: str, inputs: Sequence[Tensor], hidden: Hidden, p: _Params) -> tuple[list[Tensor], Hidden]:
-    outputs = []
-    for x in inputs:
-        hidden = _cell(kind, x, hidden, p)
-        outputs.append(_as_output(hidden))
-    return outputs, hidden
-
-
-def _full_layer(kind: str, x: Tensor, hidden: Hidden, p: _Params) -> tuple[Tensor, Hidden]:
-    """`FullLayer` on the CPU: the input projection of every timestep in one gemm, then the cells."""
-    inputs_w = p.linear_ih(x)
-    outputs, final = _steps(kind, inputs_w.unbind(0), hidden, p)
-    return torch.stack(outputs, 0), final
-
-
-def _full_bidirectional_layer(
-    kind: str, x: Tensor, hidden: tuple[Hidden, Hidden], p: tuple[_Params, _Params]
-) -> tuple[Tensor, tuple[Hidden, Hidden]]:
-    """`FullBidirectionalLayer` on the CPU."""
-    input_w = p[0].linear_ih(x)
-    step_inputs = input_w.unbind(0)
-    fw_outputs, fw_final = _steps(kind, step_inputs, hidden[0], p[0])
-    fw_output = torch.stack(fw_outputs, 0)
-    input_w = p[1].linear_ih(x)
-    step_inputs = input_w.unbind(0)
-    rev_outputs, rev_final = _steps(kind, step_inputs[::-1], hidden[1], p[1])
-    rev_output = torch.stack(rev_outputs[::-1], 0)
-    return torch.cat([fw_output, rev_output], fw_output.dim() - 1), (fw_final, rev_final)
-
-
-def _hidden_slice(hidden: Hidden, start: int, end: int) -> Hidden:
-    if isinstance(hidden, tuple):
-        return hidden[0].narrow(0, start, end - start), hidden[1].narrow(0, start, end - start)
-    return hidden.narrow(0, start, end - start)
-
-
-def _hidden_concat(hiddens: Sequence[Hidden]) -> Hidden:
-    if all(isinstance(h, Tensor) for h in hiddens):
-        return torch.cat([h for h in hiddens if isinstance(h, Tensor)], 0)
-    pairs = [h for h in hiddens if isinstance(h, tuple)]
-    c = torch.cat([c for _, c in pairs], 0)  # GCC evaluates make_tuple's arguments right to left
-    return torch.cat([h for h, _ in pairs], 0), c
-
-
-def _packed_layer(
-    kind: str, data: Tensor, sizes: Sequence[int], hidden: Hidden, p: _Params
-) -> tuple[Tensor, Hidden]:
-    """`PackedLayer` on the CPU: the batch shrinks over time, finished sequences' hiddens are set aside."""
-    input_w = p.linear_ih(data)
-    outputs: list[Tensor] = []
-    done: list[Hidden] = []
-    offset, last = 0, sizes[0]
-    for size in sizes:
-        step_input = input_w.narrow(0, offset, size)
-        offset += size
-        if last > size:
-            done.append(_hidden_slice(hidden, size, last))
-            hidden = _hidden_slice(hidden, 0, size)
-        last = size
-        hidden = _cell(kind, step_input, hidden, p)
-        outputs.append(_as_output(hidden))
-    done.append(hidden)
-    return torch.cat(outputs, 0), _hidden_concat(done[::-1])
-
-
-def _reversed_packed_layer(
-    kind: str, data: Tensor, sizes: Sequence[int], initial: Hidden, p: _Params
-) -> tuple[Tensor, Hidden]:
-    """`ReversedPackedLayer` on the CPU: from the last timestep back, the batch grows."""
-    input_w = p.linear_ih(data)
-    outputs: list[Tensor] = []
-    offset, last = data.shape[0], sizes[-1]
-    hidden = _hidden_slice(initial, 0, last)
-    for size in reversed(sizes):
-        if size > last:
-            hidden = _hidden_concat([hidden, _hidden_slice(initial, last, size)])
-        step_input = input_w.narrow(0, offset - size, size)
-        offset -= size
-        last = size
-        hidden = _cell(kind, step_input, hidden, p)
-        outputs.append(_as_output(hidden))
-    return torch.cat(outputs[::-1], 0), hidden
-
-
-def _layer(spec: _Rnn, x: Tensor, hidden: Hidden, p: _Params) -> tuple[Tensor, Hidden]:
-    if spec.batch_sizes is None:
-        return _full_layer(spec.kind, x, hidden, p)
-    return _packed_layer(spec.kind, x, spec.batch_sizes, hidden, p)
-
-
-def _bidirectional_layer(
-    spec: _Rnn, x: Tensor, hidden: tuple[Hidden, Hidden], p: tuple[_Params, _Params]
-) -> tuple[Tensor, tuple[Hidden, Hidden]]:
-    if spec.batch_sizes is None:
-        return _full_bidirectional_layer(spec.kind, x, hidden, p)
-    fw = _packed_layer(spec.kind, x, spec.batch_sizes, hidden[0], p[0])
-    rev = _reversed_packed_layer(spec.kind, x, spec.batch_sizes, hidden[1], p[1])
-    return torch.cat([fw[0], rev[0]], -1), (fw[1], rev[1])
-
-
-def _layer_stack(
-    x: Tensor, hiddens: Sequence[Hidden], params: Sequence[_Params], spec: _Rnn
-) -> tuple[Tensor, list[Hidden]]:
-    """`apply_layer_stack` over (bidirectional) full or packed layers: the output and the final hiddens."""
-    layer_input = x
-    finals: list[Hidden] = []
-    for layer in range(spec.num_layers):
-        if spec.bidirectional:
-            pair = (hiddens[2 * layer], hiddens[2 * layer + 1])
-            output, final = _bidirectional_layer(
-                spec, layer_input, pair, (params[2 * layer], params[2 * layer + 1])
-            )
-            finals.extend(final)
-        else:
-            output, last = _layer(spec, layer_input, hiddens[layer], params[layer])
-            finals.append(last)
-        layer_input = output
-        del output
-        if spec.dropout_after(layer):
-            layer_input = torch.dropout(layer_input, spec.dropout, True)
-    return layer_input, finals
-
-
-def _stack_finals(finals: Sequence[Hidden]) -> tuple[Tensor, ...]:
-    """The final hidden states stacked over layers: (hy,) or, for an LSTM, (hy, cy)."""
-    if all(isinstance(f, Tensor) for f in finals):
-        return (torch.stack([f for f in finals if isinstance(f, Tensor)], 0),)
-    pairs = [f for f in finals if isinstance(f, tuple)]
-    cy = torch.stack([c for _, c in pairs], 0)  # GCC evaluates make_tuple's arguments right to left
-    return torch.stack([h for h, _ in pairs], 0), cy
-
-
-def _native_rnn(x: Tensor, hx: Sequence[Tensor], params: Sequence[Tensor], spec: _Rnn) -> tuple[Tensor, ...]:
-    """`at::lstm/gru/rnn_*` without cuDNN or oneDNN: RNN.cpp's `_rnn_impl` as it runs on the CPU."""
-    if spec.batch_first:
-        x = x.transpose(0, 1)
-    projections = spec.kind == "lstm" and hx[0].shape[2] != hx[1].shape[2]
-    cells = _gather_params(params, spec.has_biases, projections)
-    if spec.kind == "lstm":
-        hiddens: list[Hidden] = list(zip(hx[0].unbind(0), hx[1].unbind(0), strict=True))
-    else:
-        hiddens = list(hx[0].unbind(0))
-    output, finals = _layer_stack(x, hiddens, cells, spec)
-    stacked = _stack_finals(finals)
-    if spec.batch_first:
-        output = output.transpose(0, 1)
-    return (output, *stacked)
-
-
 # --------------------------------------------------------------------------- when PyTorch takes which path
 
 
@@ -600,7 +230,7 @@ class _Args:
     x: Tensor
     hx: list[Tensor]
     params: list[Tensor]
-    spec: _Rnn
+    spec: RnnSpec
 
 
 def _parse(kind: str, args: Sequence[Any]) -> _Args | None:
@@ -619,7 +249,7 @@ def _parse(kind: str, args: Sequence[Any]) -> _Args | None:
     if not _on_meta([x, *hx, *params]) or x.dim() != (2 if packed else 3):
         return None
     flags = (bool(args[3]), int(args[4]), float(args[5]), bool(args[6]), bool(args[7]), bool(args[8]))
-    return _Args(x, hx, params, _Rnn(kind, *flags, batch_sizes))
+    return _Args(x, hx, params, RnnSpec(kind, *flags, batch_sizes))
 
 
 def _uniform(batch_sizes: tuple[int, ...] | None) -> bool:
@@ -628,7 +258,7 @@ def _uniform(batch_sizes: tuple[int, ...] | None) -> bool:
 
 
 def _mkldnn_packed(
-    data: Tensor, hx: Sequence[Tensor], params: Sequence[Tensor], spec: _Rnn
+    data: Tensor, hx: Sequence[Tensor], params: Sequence[Tensor], spec: RnnSpec
 ) -> tuple[Tensor, ...]:
     """A packed sequence of equal lengths: its data viewed as (T, B, input) through the oneDNN LSTM."""
     assert spec.batch_sizes is not None
@@ -646,7 +276,7 @@ def _emulation(kind: str, original: Any) -> Any:
             return original(*args, **kwargs)  # autocast runs the LSTM in bfloat16: not emulated
         x, hx, params, spec = call.x, call.hx, call.params, call.spec
         if kind != "lstm" or not _uses_mkldnn(x, hx, params) or not _uniform(spec.batch_sizes):
-            return _native_rnn(x, hx, params, spec)
+            return native_rnn(x, hx, params, spec)
         if any(t.dtype != torch.float32 for t in [x, *hx, *params]):
             return original(*args, **kwargs)  # oneDNN's reduced-precision LSTM: not emulated
         if spec.batch_sizes is None:

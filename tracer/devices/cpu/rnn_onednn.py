@@ -1,0 +1,141 @@
+"""oneDNN's buffer sizes for the CPU's LSTM kernels (`rnn.py` emulates the kernels with them).
+
+`mkldnn_rnn_layer` allocates a workspace that autograd saves for backward and, inside ideep, weight reorders
+and a scratchpad; `mkldnn_rnn_layer_backward` its own reorders, zeroed diff-weight buffers and scratchpad.
+Their sizes follow oneDNN v3.x (src/cpu/rnn/rnn_utils.*, ref_rnn.cpp, x64/rnn/rnn_brgemm_utils.cpp): training
+uses the reference implementation with gemm-friendly leading dimensions; float32 inference uses the brgemm
+implementation (blocked weights, 32 output channels per block on AVX-512).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import isa as cpu_isa
+
+_F32 = 4  # bytes per float32 element
+GATES = 4  # LSTM gates
+_PAGE = 4096  # oneDNN's rnn workspace/scratchpad sections are page aligned
+_ALIGN = 128  # oneDNN scratchpad registry's default alignment per booked buffer
+_BATCH_ELEMENT = 40  # sizeof(brgemm_batch_element_t)
+
+
+# --------------------------------------------------------------------------- oneDNN buffer sizes
+
+
+def _rnd_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def good_ld(dim: int, elem: int = _F32) -> int:
+    """oneDNN's gemm leading dimension: 64-byte aligned, never a multiple of 256 elements (4K aliasing)."""
+    ld = _rnd_up(dim, 64 // elem)
+    return ld + 64 // elem if ld % 256 == 0 else ld
+
+
+def _sections(sizes: Sequence[int], start: int = 0) -> int:
+    """oneDNN's `register_space`: each section starts page aligned."""
+    offset = start
+    for size in sizes:
+        offset = _rnd_up(offset, _PAGE) + size
+    return offset
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One `mkldnn_rnn_layer` call: sequence length, batch, input size, hidden size (float32)."""
+
+    t: int
+    b: int
+    i: int
+    h: int
+
+    @property
+    def states(self) -> int:
+        """Rows of the per-timestep state buffers: (layers + 1) * directions * (T + 1) * batch."""
+        return 2 * (self.t + 1) * self.b
+
+    def workspace(self) -> int:
+        """Bytes of the training workspace (`pd.workspace_desc().get_size()`)."""
+        t, b, h, wide = self.t, self.b, self.h, max(self.i, self.h)
+        return _sections(
+            [
+                t * b * good_ld(GATES * h) * _F32,  # ws_gates
+                t * b * good_ld(h) * _F32,  # ws_ht
+                self.states * good_ld(wide) * _F32,  # ws_states_layer (== iter)
+                self.states * h * _F32,  # ws_states_iter_c
+                self.states * good_ld(wide) * _F32,  # ws_diff_states_layer
+                self.states * good_ld(wide) * _F32,  # ws_diff_states_iter
+                self.states * h * _F32,  # ws_diff_states_iter_c
+                0,  # ws_grid_comp (page-aligns the end)
+            ]
+        )
+
+    def _scratch(self, rnn_space: int, gate_steps: int, training: bool) -> int:
+        b, h = self.b, self.h
+        space = _sections(
+            [
+                _F32 * gate_steps * b * good_ld(GATES * h),  # scratch_gates
+                _F32 * b * good_ld(h),  # scratch_ht
+                _F32 * b * good_ld(h) if training else 0,  # scratch_diff_ht
+                0,  # scratch_cell
+            ],
+            rnn_space,
+        )
+        pointers = 3 * (8 + _ALIGN) + (8 * _F32 + _ALIGN)  # weights/bias pointer arrays
+        return space + _PAGE + pointers
+
+    def scratch_forward(self) -> int:
+        """Training forward: gemms merged over time when the batch is under 128."""
+        return self._scratch(0, self.t if self.b < 128 else 1, True)
+
+    def scratch_backward(self) -> int:
+        return self._scratch(0, self.t, True)
+
+    def scratch_inference(self, threads: int) -> int:
+        """brgemm inference: no workspace, its state buffers go to the scratchpad, plus brgemm batches."""
+        merged = self.b <= 1 and self.t >= 2
+        states = _sections(
+            [0, 0, self.states * good_ld(max(self.i, self.h)) * _F32, self.states * self.h * _F32, 0, 0, 0, 0]
+        )
+        fused = self.i == self.h and not merged
+        batch = 2 * (2 if fused else 1) * threads * _BATCH_ELEMENT + _ALIGN
+        return self._scratch(states, self.t if merged else 1, False) + batch
+
+    def ldigo(self, k: int) -> int:
+        """Weights (k inputs) in oneDNN's forward layout: k rows of good_ld(4H) (size-1 dims: no stride)."""
+        return (k * good_ld(GATES * self.h) if k > 1 else GATES * self.h) * _F32
+
+    def ldgoi(self, k: int) -> int:
+        """Weights (k inputs) in oneDNN's backward layout: 4H rows of good_ld(k)."""
+        return GATES * self.h * good_ld(k) * _F32
+
+    def blocked(self, k: int, n_block: int) -> int:
+        """Weights in brgemm's ldgOi{n}o layout: output channels padded to the block."""
+        return k * GATES * _rnd_up(self.h, n_block) * _F32
+
+    def forward_buffers(self, training: bool, threads: int) -> list[int]:
+        """ideep's allocations inside the forward kernel, in order (freed in reverse)."""
+        if training:
+            reorders = [self.ldigo(k) for k in (self.i, self.h) if k > 1]
+            return [*reorders, self.scratch_forward()]
+        nb = _n_block(self.b)
+        return [self.blocked(self.i, nb), self.blocked(self.h, nb), self.scratch_inference(threads)]
+
+    def backward_buffers(self) -> list[int]:
+        """ideep's allocations inside the backward kernel, in order (freed in reverse)."""
+        reorders = [self.ldgoi(k) for k in (self.i, self.h) if good_ld(k) != k]
+        diff = [self.ldigo(self.i), self.ldigo(self.h), GATES * self.h * _F32]
+        return [*reorders, *diff, self.scratch_backward()]
+
+
+def _n_block(batch: int) -> int:
+    """brgemm's output-channel block for float32 LSTM: 2 vectors, 4 on AVX2 with a batch of one.
+
+    The vectors are oneDNN's (`brgemm_calc_isa`: avx512_core where it may use it, else avx2), not ATen's:
+    ATEN_CPU_CAPABILITY does not lower them, ONEDNN_MAX_CPU_ISA does.
+    """
+    if cpu_isa.mayiuse("avx512_core"):
+        return 32
+    return 32 if batch == 1 else 16
