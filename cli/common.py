@@ -336,73 +336,13 @@ def plot_option(text: str) -> Callable[[F], F]:
 
 
 def make_request(
-    model: str,
-    inputs: tuple[Any, ...],
-    args: tuple[tuple[str, Any], ...],
-    mode: str,
-    device: str,
-    optimizer: Any,
-    amp: str | None,
-    param_dtype: str | None,
-    checkpoint: tuple[str, ...],
-    accumulate: int,
-    loss: str | None = None,
-    loss_class_dim: int | None = None,
-    targets: tuple[Any, ...] = (),
-    free_output: bool = False,
-    step: str | None = None,
-    alloc_conf: str | None = None,
-    sdpa_backend: str = "auto",
-    cudnn_version: int | None = None,
-    gpu: Any = None,
-    headroom: Any = None,
-    ddp: int | str | None = None,
-    bucket_cap_mb: float | None = None,
-    fsdp: int | str | None = None,
-    reshard_after_forward: str = "yes",
-    fsdp_wrap: tuple[str, ...] = (),
-    fsdp_param_dtype: str | None = None,
-    fsdp_reduce_dtype: str | None = None,
-    cpu_offload: bool = False,
-    rank: int = 0,
-    repeat_layers: int = 0,
-    assume: tuple[tuple[str, str], ...] = (),
+    model: str, inputs: tuple[Any, ...], param_dtype: str | None = None, **options: Any
 ) -> Request:
-    """The engine request the common options describe (imports torch)."""
-    from memtrace.tracer.core.parallel import parallel_from_flags
-    from memtrace.tracer.engine.recipes import Recipe
-    from memtrace.tracer.simulate import Config, Request
+    """The engine request the common options describe (imports torch): `simulate.request` of the parsed
+    flags (`--dtype` is its `dtype`)."""
+    from memtrace.tracer.simulate import request
 
-    recipe = Recipe(amp, param_dtype, tuple(checkpoint), accumulate)
-    loss_spec = None
-    if loss is not None or loss_class_dim is not None or targets:
-        loss_spec = specs.LossSpec(loss or "auto", tuple(targets), loss_class_dim)
-    config = Config(
-        mode,
-        optimizer,
-        device,
-        recipe=recipe,
-        loss=loss_spec,
-        free_output=free_output,
-        step=step,
-        alloc_conf=alloc_conf,
-        sdpa_backend=sdpa_backend,
-        cudnn_version=cudnn_version,
-        parallel=parallel_from_flags(
-            ddp,
-            fsdp,
-            rank,
-            bucket_cap_mb,
-            reshard_after_forward,
-            tuple(fsdp_wrap),
-            fsdp_param_dtype,
-            fsdp_reduce_dtype,
-            cpu_offload,
-        ),
-        repeat_layers=repeat_layers,
-        assume=tuple(assume),
-    )
-    return Request(model, tuple(inputs), tuple(args), config, gpu, headroom)
+    return request(model, inputs, dtype=param_dtype, **options)
 
 
 @contextmanager

@@ -22,12 +22,13 @@ if TYPE_CHECKING:
 @file_option("--html", "html_file", text="Write a self-contained HTML report.")
 def show(result_file: Path, show_layers: bool, plot_file: Path | None, html_file: Path | None) -> None:
     """Print the report of RESULT.json (written by `memtrace ... --output`) as it was printed then."""
-    from memtrace.tracer.outputs.saved import print_report, report_console, saved_from_json
+    from memtrace.tracer.outputs.report import render, report_console
+    from memtrace.tracer.outputs.saved import Saved
 
     writable(plot_file, "--plot", (".png", ".svg"))
     writable(html_file, "--html", (".html", ".htm"))
-    saved = saved_from_json(read_result(result_file))
-    print_report(report_console(), saved, show_layers)
+    saved = Saved.from_json(read_result(result_file))
+    render(saved, report_console(), layers=show_layers)
     write_pictures(saved, plot_file, html_file)
 
 
@@ -51,10 +52,10 @@ def read_result(path: Path) -> dict[str, object]:
 def write_pictures(saved: Saved, plot_file: Path | None, html_file: Path | None) -> None:
     """--plot and --html, shared with `trace`."""
     if plot_file is not None:
-        from memtrace.tracer.outputs.plots import save, timeline_figure
+        from memtrace.tracer.outputs import plots
 
-        save(timeline_figure(saved.result), plot_file)
+        plots.render(saved, plot_file)
     if html_file is not None:
-        from memtrace.tracer.outputs.html_report import html_report
+        from memtrace.tracer.outputs import html_report
 
-        html_file.write_text(html_report(saved), encoding="utf-8")
+        html_report.render(saved, html_file)

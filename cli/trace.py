@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +20,11 @@ from memtrace.cli.common import (
 )
 from memtrace.tracer.analysis.layers import at_depth, sort_rows
 from memtrace.tracer.core.errors import MemtraceError
-from memtrace.tracer.core.records import GpuSpec, Result, Trace
+from memtrace.tracer.core.records import GpuSpec, Result
 
 if TYPE_CHECKING:
-    from memtrace.tracer.core.studies import WhatIfRow
+    from memtrace.tracer.core.studies import Diagnosis, WhatIfRow
+    from memtrace.tracer.outputs.saved import Saved
     from memtrace.tracer.simulate import Request
 
 
@@ -86,8 +86,10 @@ def trace(
 ) -> None:
     """Simulate a step of MODEL (FILE.py:FUNC or package.module:FUNC) on the meta device."""
     from memtrace.cli.show import write_pictures
-    from memtrace.tracer.outputs.saved import print_report, report_console, saved_from_json
-    from memtrace.tracer.simulate import run, run_traced
+    from memtrace.tracer.outputs import saved as saved_json
+    from memtrace.tracer.outputs.report import render, report_console
+    from memtrace.tracer.outputs.saved import Saved
+    from memtrace.tracer.simulate import run, run_recorded
 
     _check_outputs(output, graph_file, plot_file, html_file, snapshot_file, trace_file, options["device"])
     if options.get("repeat_layers") and (snapshot_file or trace_file or graph_file):
@@ -95,23 +97,23 @@ def trace(
     request = make_request(**options)
     with user_stdout_to_stderr(as_json):
         if request.config.repeat_layers:  # no full trace: its figures from three short stacks
-            recorded, result = None, run(request)
+            ran, result = None, run(request)
         else:
-            recorded, result = run_traced(request)
+            ran = run_recorded(request)
+            result = ran.result
         result = replace(result, flags=command_flags())
-        data = result.to_json()
-        data["layers"] = [asdict(r) for r in sort_rows(at_depth(result.modules, depth), sort)]
-        _add_extras(data, request, result, what_if, diagnose)
-        _add_map(data, request, graph_file, show_layers)
-        _export(recorded, result, request, snapshot_file, trace_file)
+        layers = tuple(sort_rows(at_depth(result.modules, depth), sort))
+        rows, diagnosis = _extras(request, result, what_if, diagnose)
+        map_line, map_info = _map(request, graph_file, show_layers)
+        saved = Saved(result, layers, rows, diagnosis, map_line, map_info is not None, map_info, ran)
+        _export(saved, snapshot_file, trace_file)
     if output is not None:
-        output.write_text(json.dumps(data, indent=2) + "\n")
-    saved = saved_from_json(data)
+        saved_json.render(saved, output)
     write_pictures(saved, plot_file, html_file)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(saved_json.json_text(saved))
         return
-    print_report(report_console(), saved, show_layers)
+    render(saved, report_console(), layers=show_layers)
 
 
 def _check_outputs(
@@ -134,73 +136,55 @@ def _check_outputs(
         raise MemtraceError("--export-snapshot is a CUDA memory snapshot: it needs --device cuda")
 
 
-def _add_extras(
-    data: dict[str, Any], request: Request, result: Result, what_if: bool, diagnose: bool
-) -> None:
+def _extras(
+    request: Request, result: Result, what_if: bool, diagnose: bool
+) -> tuple[tuple[WhatIfRow, ...] | None, Diagnosis | None]:
+    """The what-if rows (with --what-if) and the diagnosis (with --diagnose), which re-simulate."""
     rows: list[WhatIfRow] = []
     if what_if or diagnose:
         from memtrace.tracer.studies.whatif import what_if as compute
 
         _, rows = compute(request, result)
-    if what_if:
-        data["what_if"] = [r.to_json() for r in rows]
+    diagnosis = None
     if diagnose:
         from memtrace.tracer.studies.diagnosis import diagnose as compute_diagnosis
 
-        data["diagnosis"] = compute_diagnosis(request, result, rows).to_json()
+        diagnosis = compute_diagnosis(request, result, rows)
+    return (tuple(rows) if what_if else None), diagnosis
 
 
-def _add_map(data: dict[str, Any], request: Request, graph_file: Path | None, show_layers: bool) -> None:
-    """The fx map: exported with --graph; how it would be made, for the layer table, with --layers."""
+def _map(request: Request, graph_file: Path | None, show_layers: bool) -> tuple[str, dict[str, str] | None]:
+    """The fx map: exported with --graph; how it would be made, for the layer table, with --layers.
+
+    --graph runs the step again, through the fx interpreter (studies/fxmap.py): the map attributes each event
+    to the fx node that made it, which the run's own trace (recorded on the eager model) does not know, and
+    an infer-mode step through the map can peak lower than the eager one that the figures report."""
     if graph_file is not None:
         from memtrace.tracer.studies.mapping import export, map_request
 
         mapped = map_request(request)
         export(mapped, graph_file)
-        data["map_line"] = f"{mapped.path_line()}; graph written to {graph_file}"
-        data["map"] = {
-            "path": mapped.fxmap.path.value,
-            "reason": mapped.fxmap.reason,
-            "file": str(graph_file),
-        }
-    elif show_layers:
+        info = {"path": mapped.fxmap.path.value, "reason": mapped.fxmap.reason, "file": str(graph_file)}
+        return f"{mapped.path_line()}; graph written to {graph_file}", info
+    if show_layers:
         from memtrace.tracer.studies.mapping import map_path
 
-        data["map_line"] = map_path(request)
+        return map_path(request), None
+    return "", None
 
 
-def _export(
-    recorded: Trace | None,
-    result: Result,
-    request: Request,
-    snapshot_file: Path | None,
-    trace_file: Path | None,
-) -> None:
-    """--export-snapshot and --export-trace, from the recorded trace (placed on cuda, as the figures)."""
-    if recorded is None or (snapshot_file is None and trace_file is None):
+def _export(saved: Saved, snapshot_file: Path | None, trace_file: Path | None) -> None:
+    """--export-snapshot and --export-trace, from the run's trace and its one placement on cuda."""
+    if saved.run is None:
         return
-    from memtrace.tracer.devices.gpu import allocator_config
-
-    config = allocator_config(request.config.alloc_conf) if result.device == "cuda" else None
     if snapshot_file is not None:
-        from memtrace.tracer.outputs.export_snapshot import memory_snapshot, write_snapshot
+        from memtrace.tracer.outputs import export_snapshot
 
-        write_snapshot(memory_snapshot(recorded, config), snapshot_file)
+        export_snapshot.render(saved, snapshot_file)
     if trace_file is not None:
-        from memtrace.tracer.outputs.export_trace import chrome_trace, write_trace
+        from memtrace.tracer.outputs import export_trace
 
-        write_trace(chrome_trace(*_device_trace(recorded, result, config)), trace_file)
-
-
-def _device_trace(recorded: Trace, result: Result, config: Any) -> tuple[Trace, Result, tuple[int, ...]]:
-    """The trace with each storage's bytes as the device counts them, and reserved bytes per event."""
-    if result.device != "cuda":
-        return recorded, result, ()
-    from memtrace.tracer.devices.cuda.placement import place
-    from memtrace.tracer.devices.cuda.served import serve
-
-    placed, _ = place(recorded, config)
-    return placed, result, tuple(s.reserved for s in serve(recorded, config).events)
+        export_trace.render(saved, trace_file)
 
 
 def command_flags() -> dict[str, Any]:

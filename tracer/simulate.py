@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .analysis.compose import analyse
+from .analysis.compose import Run, analyse, compose
 from .core.errors import MemtraceError
+from .core.parallel import Parallel, parallel_from_flags
 from .core.presets import PRESETS, normalise_gpu_name
 from .core.records import (
     Category,
@@ -24,6 +25,8 @@ from .core.specs import (
     LossSpec,
     OptimizerSpec,
     check_input_names,
+    parse_gpu,
+    parse_headroom,
     parse_input,
     parse_loss,
     parse_optimizer,
@@ -77,7 +80,7 @@ def run(request: Request) -> Result:
         request = with_gpu_arch(request)
         with target_view(view_target(request)):
             return run_repeated(request, run, build)
-    return run_traced(request)[1]
+    return run_recorded(request).result
 
 
 def view_target(request: Request) -> TargetGpu | None:
@@ -86,8 +89,15 @@ def view_target(request: Request) -> TargetGpu | None:
 
 
 def run_traced(request: Request) -> tuple[Trace, Result]:
-    """`run`, also giving the recorded trace (sizes as requested), for the exports. The user's code (the
-    builder's module, the builder, the step's module and the step) sees the target GPU while it runs."""
+    """`run`, also giving the recorded trace (sizes as requested), for the exports."""
+    ran = run_recorded(request)
+    return ran.trace, ran.result
+
+
+def run_recorded(request: Request) -> Run:
+    """`run`, keeping what the outputs need beside the Result: the trace as recorded and, on cuda, its one
+    placement through the caching allocator (`Run.placed`). The user's code (the builder's module, the
+    builder, the step's module and the step) sees the target GPU while it runs."""
     request = with_gpu_arch(request)
     with target_view(view_target(request)) as seen:
         built = build(request.builder, dict(request.builder_kwargs))
@@ -96,9 +106,7 @@ def run_traced(request: Request) -> tuple[Trace, Result]:
         specs = step_specs(request, built)
         trace = trace_model(built.model, step_batch(request, specs), request.config)
     trace = replace(trace, notes=(*trace.notes, *seen.lines()))
-    return trace, analyse(
-        trace, built.model, built.path, specs, request.config, request.gpu, request.headroom
-    )
+    return compose(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
 
 
 def step_specs(request: Request, built: Built) -> list[InputSpec]:
@@ -134,8 +142,8 @@ def simulate(
     mode: str = "train",
     optimizer: str | OptimizerSpec = "adam",
     device: str = "cuda",
-    gpu: GpuSpec | None = None,
-    headroom: Headroom | None = None,
+    gpu: str | GpuSpec | None = None,
+    headroom: str | Headroom | None = None,
     iterations: int = 2,
     recipe: Recipe | None = None,
     loss: str | LossSpec | None = None,
@@ -152,24 +160,122 @@ def simulate(
     weights. `inputs` are specs (`"4x512:int64"`), tensors (their shape and dtype), or a dict of them for
     keyword inputs. `step` is the user's own step function, called as `step(model, inputs, optimizer)`.
     """
+    return run(
+        request(
+            model,
+            inputs,
+            args=builder_kwargs or {},
+            mode=mode,
+            optimizer=optimizer,
+            device=device,
+            gpu=gpu,
+            headroom=headroom,
+            iterations=iterations,
+            recipe=recipe,
+            loss=loss,
+            free_output=free_output,
+            step=step,
+            sdpa_backend=sdpa_backend,
+            cudnn_version=cudnn_version,
+            alloc_conf=alloc_conf,
+            assume=assume,
+        )
+    )
+
+
+def request(
+    builder: str | Callable[..., Any] | nn.Module,
+    inputs: Inputs = (),
+    *,
+    args: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+    mode: str = "train",
+    optimizer: str | OptimizerSpec = "adam",
+    device: str = "cuda",
+    gpu: str | GpuSpec | None = None,
+    headroom: str | Headroom | None = None,
+    iterations: int = 2,
+    recipe: Recipe | None = None,
+    amp: str | None = None,
+    dtype: str | None = None,
+    checkpoint: Iterable[str] = (),
+    accumulate: int = 1,
+    loss: str | LossSpec | None = None,
+    loss_class_dim: int | None = None,
+    targets: Iterable[InputSpec | str] = (),
+    free_output: bool = False,
+    step: str | StepFn | None = None,
+    alloc_conf: str | None = None,
+    arch: str | None = None,
+    sdpa_backend: str = "auto",
+    cudnn_version: int | None = None,
+    cuda_version: str | None = None,
+    parallel: Parallel | None = None,
+    ddp: int | str | None = None,
+    fsdp: int | str | None = None,
+    rank: int = 0,
+    bucket_cap_mb: float | None = None,
+    reshard_after_forward: str = "yes",
+    fsdp_wrap: Iterable[str] = (),
+    fsdp_param_dtype: str | None = None,
+    fsdp_reduce_dtype: str | None = None,
+    cpu_offload: bool = False,
+    repeat_layers: int = 0,
+    assume: Iterable[tuple[str, str]] = (),
+) -> Request:
+    """The one Request of user-level values, as the CLI's flags, the pytest marker's keywords, `simulate()`,
+    the monitor and `bench` give them: strings are parsed (`"adamw:fused=true"`, `"rtx4070"`, `"4x512:int64"`)
+    and parsed specs taken as they are, each checked once, before anything is built.
+
+    `builder` is `"FILE.py:FUNC"`, a callable, or a real `nn.Module` (copied to meta, weights left out);
+    `args` the builder's keyword arguments; `recipe` a whole Recipe, else one of `amp`, `dtype`,
+    `checkpoint` and `accumulate`; `parallel` a whole Parallel, else the `--ddp`/`--fsdp` flags' values."""
+    recipe = recipe or Recipe(amp, dtype, tuple(checkpoint), int(accumulate))
     opt = parse_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
-    loss_spec = LossSpec(parse_loss(loss)) if isinstance(loss, str) else loss
+    target_specs = tuple(_spec(t) for t in targets)
+    loss_spec = loss if isinstance(loss, LossSpec) else None
+    if loss_spec is None and (loss is not None or loss_class_dim is not None or target_specs):
+        loss_spec = LossSpec(
+            parse_loss(loss) if isinstance(loss, str) else "auto", target_specs, loss_class_dim
+        )
+    if parallel is None:
+        parallel = parallel_from_flags(
+            ddp,
+            fsdp,
+            rank,
+            bucket_cap_mb,
+            reshard_after_forward,
+            tuple(fsdp_wrap),
+            fsdp_param_dtype,
+            fsdp_reduce_dtype,
+            cpu_offload,
+        )
     config = Config(
         mode,
         opt,
         device,
         iterations,
-        recipe or Recipe(),
+        recipe,
         loss_spec,
         free_output,
         step,
         alloc_conf,
+        arch,
         sdpa_backend=sdpa_backend,
         cudnn_version=cudnn_version,
-        assume=assume,
+        parallel=parallel,
+        cuda_version=cuda_version,
+        repeat_layers=repeat_layers,
+        assume=tuple(assume),
     )
-    kwargs = tuple((builder_kwargs or {}).items())
-    return run(Request(as_builder(model), input_specs(inputs), kwargs, config, gpu, headroom))
+    kwargs = tuple(args.items()) if isinstance(args, Mapping) else tuple(args)
+    return Request(
+        as_builder(builder),
+        input_specs(inputs),
+        kwargs,
+        config,
+        parse_gpu(gpu, option="gpu") if isinstance(gpu, str) else gpu,
+        parse_headroom(headroom, option="headroom") if isinstance(headroom, str) else headroom,
+    )
 
 
 def as_builder(model: str | Callable[..., Any] | nn.Module) -> str | Callable[..., Any]:
@@ -206,11 +312,14 @@ __all__ = [
     "Category",
     "Config",
     "Request",
+    "Run",
     "StepFn",
     "analyse",
     "build",
     "plan_for",
+    "request",
     "run",
+    "run_recorded",
     "simulate",
     "step_function",
     "trace_model",

@@ -68,35 +68,13 @@ def memtrace_peak(request: pytest.FixtureRequest) -> Callable[..., Result]:
 
 
 def make_request(model: Any, input: Any = (), gpu: Any = None, **options: Any) -> Request:
-    """The engine request of the marker's keywords, named as `memtrace`'s flags are."""
-    from memtrace.tracer.core.specs import LossSpec, parse_gpu, parse_headroom, parse_loss, parse_optimizer
-    from memtrace.tracer.engine.recipes import Recipe
-    from memtrace.tracer.simulate import Config, Request, as_builder, input_specs
+    """The engine request of the marker's keywords, named as `memtrace`'s flags are (`simulate.request`)."""
+    from memtrace.tracer.simulate import request
 
-    recipe = Recipe(
-        options.pop("amp", None),
-        options.pop("dtype", None),
-        tuple(options.pop("checkpoint", ())),
-        int(options.pop("accumulate", 1)),
-    )
-    args = tuple(dict(options.pop("args", {})).items())
-    headroom = options.pop("headroom", None)
-    if isinstance(options.get("optimizer"), str):
-        options["optimizer"] = parse_optimizer(options["optimizer"])
-    if isinstance(options.get("loss"), str):
-        options["loss"] = LossSpec(parse_loss(options["loss"]))
     try:
-        config = Config(recipe=recipe, **options)
+        return request(model, input, gpu=gpu, **options)
     except TypeError as exc:
         pytest.fail(f"memtrace_limit: {exc}", pytrace=False)
-    return Request(
-        as_builder(model),
-        input_specs(input),
-        args,
-        config,
-        parse_gpu(gpu, option="gpu") if isinstance(gpu, str) else gpu,
-        parse_headroom(headroom, option="headroom") if isinstance(headroom, str) else headroom,
-    )
 
 
 def check_limit(limit: Any = None, **kwargs: Any) -> None:

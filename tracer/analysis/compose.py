@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from ..engine.config import Config
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -28,9 +28,24 @@ from ..core.specs import (
     Headroom,
 )
 from ..devices.cuda.conv import estimate_json
-from ..devices.cuda.placement import place
 from ..devices.gpu import allocator_config, cuda_figures
 from ..devices.gpu import verdict as verdict_for
+from .placed import Placed, place
+
+
+@dataclass(frozen=True)
+class Run:
+    """A Result with what the outputs need beside it and the JSON leaves out: the trace as recorded and, on
+    cuda, its one placement through the caching allocator (the exports read both, replaying nothing)."""
+
+    result: Result
+    trace: Trace  # sizes as requested
+    placed: Placed | None = None  # on cuda
+
+    @property
+    def device_trace(self) -> Trace:
+        """Each storage's bytes as the device counts them: the placed trace on cuda."""
+        return self.placed.trace if self.placed is not None else self.trace
 
 
 def analyse(
@@ -42,14 +57,27 @@ def analyse(
     gpu: GpuSpec | None = None,
     headroom: Headroom | None = None,
 ) -> Result:
+    return compose(trace, model, built_path, inputs, config, gpu, headroom).result
+
+
+def compose(
+    trace: Trace,
+    model: nn.Module,
+    built_path: str,
+    inputs: Sequence[InputSpec],
+    config: Config,
+    gpu: GpuSpec | None = None,
+    headroom: Headroom | None = None,
+) -> Run:
+    """The Result of a trace, with the trace and its placement (on cuda: every storage counts for its
+    caching-allocator block)."""
     last = config.iterations - 1
-    requested, cuda_trace, stats = trace, None, None
-    if config.device == "cuda":  # every storage counts for its caching-allocator block
-        cuda_trace, stats = place(trace, allocator_config(config.alloc_conf))
-        trace = cuda_trace
-    rounding = analysis.exact
-    peak = analysis.step_peak(trace, last, rounding)
-    first = analysis.step_peak(trace, 0, rounding).bytes
+    requested, placed, stats = trace, None, None
+    if config.device == "cuda":
+        placed = place(trace, allocator_config(config.alloc_conf))
+        trace, stats = placed.trace, placed.stats
+    peak = analysis.step_peak(trace, last)
+    first = analysis.step_peak(trace, 0).bytes
     types = {name: type(m).__name__ for name, m in model.named_modules()}
     cuda, reserved = None, tuple[int, ...]()
     if stats is not None:  # the bytes reserved after each event, from the placement's replay
@@ -57,7 +85,7 @@ def analyse(
         asked = max(analysis.step_peak(requested, it).bytes for it in range(config.iterations))
         cuda = cuda_figures(peak.bytes, asked, stats, config.arch)
         cuda = replace(cuda, cudnn_workspace_estimate=estimate_json(trace.workspace_estimate))
-    return Result(
+    result = Result(
         model=_model_info(model, built_path),
         device=config.device,
         mode=config.mode,
@@ -65,14 +93,14 @@ def analyse(
         recipe=config.recipe.text(),
         accumulate=config.recipe.accumulate,
         flops=trace.flops,
-        modules=module_rows(trace, peak, _facts(model), last, rounding),
-        activation_peak=analysis.category_peak(trace, last, Category.ACTIVATION, rounding),
+        modules=module_rows(trace, peak, _facts(model), last),
+        activation_peak=analysis.category_peak(trace, last, Category.ACTIVATION),
         inputs=tuple(inputs),
         peak=peak,
-        phases=analysis.phase_peaks(trace, last, rounding),
-        totals=analysis.category_totals(trace, last, rounding),
+        phases=analysis.phase_peaks(trace, last),
+        totals=analysis.category_totals(trace, last),
         first_iteration_peak=first,
-        top_layers=analysis.layers_at_peak(trace, peak, types, rounding=rounding),
+        top_layers=analysis.layers_at_peak(trace, peak, types),
         verdict=verdict_for(gpu, headroom, peak.bytes, cuda),
         cuda=cuda,
         notes=((f"model built on meta via the {built_path} path",) if built_path != "meta" else ())
@@ -84,6 +112,7 @@ def analyse(
         timeline=step_timeline(trace, last, peak.seq, reserved),
         assumptions=trace.assumptions,
     )
+    return Run(result, requested, placed)
 
 
 def _facts(model: nn.Module) -> list[ModuleFacts]:

@@ -15,8 +15,6 @@ from typing import Any
 
 from ..core.records import LOSS, OPTIMIZER_STEP, Category, LayerRow, Peak, Phase, Trace
 from .peaks import (
-    Rounding,
-    exact,
     live_at_peak,
     loss_type,
     owner,
@@ -41,7 +39,7 @@ def _depth(name: str) -> int:
 
 
 def module_rows(
-    trace: Trace, peak: Peak, facts: Sequence[ModuleFacts], iteration: int, rounding: Rounding = exact
+    trace: Trace, peak: Peak, facts: Sequence[ModuleFacts], iteration: int
 ) -> tuple[LayerRow, ...]:
     """Each module's own figures (not its children's), in the device's allocation sizes."""
     rows = {f.name: _empty(f) for f in facts}
@@ -62,11 +60,11 @@ def module_rows(
             Category.OPTIMIZER_STATE: "optimizer_bytes",
         }.get(info.category)
         if add is not None:
-            row = replace(row, **{add: getattr(row, add) + rounding(info.nbytes)})
+            row = replace(row, **{add: getattr(row, add) + info.nbytes})
         elif info.category is Category.ACTIVATION and info.phase in (Phase.FORWARD, Phase.RECOMPUTE):
-            row = replace(row, activation_bytes=row.activation_bytes + rounding(info.nbytes))
+            row = replace(row, activation_bytes=row.activation_bytes + info.nbytes)
         if sid in at_peak:
-            row = replace(row, peak_bytes=row.peak_bytes + rounding(info.nbytes))
+            row = replace(row, peak_bytes=row.peak_bytes + info.nbytes)
         rows[key] = row
     for name, flops in trace.module_flops.items():
         name = LOSS if name.startswith(LOSS) else name

@@ -1,6 +1,6 @@
 """Pure functions over a Trace: the timeline, the peak and what is live at it, per-phase peaks.
 
-No torch import. Sizes pass through a rounding function (the device's allocator) before they are summed.
+No torch import. Sizes are the trace's own: on cuda, the placed trace's blocks (`placed.py`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ from ..core.records import (
     Trace,
 )
 
-Rounding = Callable[[int], int]
-
-
-def exact(nbytes: int) -> int:
-    return nbytes
-
 
 @dataclass(frozen=True)
 class Timeline:
@@ -39,12 +33,12 @@ class Timeline:
     live_after: tuple[int, ...]
 
 
-def timeline(trace: Trace, rounding: Rounding = exact) -> Timeline:
-    live = sum(rounding(trace.storages[s].nbytes) for s in trace.baseline)
+def timeline(trace: Trace) -> Timeline:
+    live = sum(trace.storages[s].nbytes for s in trace.baseline)
     base = live
     after = []
     for ev in trace.events:
-        size = rounding(ev.nbytes)
+        size = ev.nbytes
         live += size if ev.kind is Kind.ALLOC else -size
         after.append(live)
     return Timeline(base, trace.events, tuple(after))
@@ -76,23 +70,21 @@ def live_at_peak(trace: Trace, peak: Peak) -> set[int]:
     return live_at(trace, index) if index is not None else set(trace.baseline)
 
 
-def by_category(storages: Iterable[StorageInfo], rounding: Rounding = exact) -> dict[Category, int]:
+def by_category(storages: Iterable[StorageInfo]) -> dict[Category, int]:
     sums = {c: 0 for c in Category}
     for s in storages:
-        sums[s.category] += rounding(s.nbytes)
+        sums[s.category] += s.nbytes
     return sums
 
 
-def top_tensors(
-    storages: Iterable[StorageInfo], n: int = 5, rounding: Rounding = exact
-) -> tuple[TensorRow, ...]:
+def top_tensors(storages: Iterable[StorageInfo], n: int = 5) -> tuple[TensorRow, ...]:
     rows = sorted(storages, key=lambda s: (-s.nbytes, s.storage))[:n]
-    return tuple(TensorRow(rounding(s.nbytes), s.category, s.shape, s.dtype, s.op, s.module) for s in rows)
+    return tuple(TensorRow(s.nbytes, s.category, s.shape, s.dtype, s.op, s.module) for s in rows)
 
 
-def step_peak(trace: Trace, iteration: int, rounding: Rounding = exact) -> Peak:
+def step_peak(trace: Trace, iteration: int) -> Peak:
     """The peak of one iteration of the step, and what is live at that moment."""
-    tl = timeline(trace, rounding)
+    tl = timeline(trace)
     idx = peak_index(tl, lambda e: e.iteration == iteration)
     if idx is None:
         infos = [trace.storages[s] for s in trace.baseline]
@@ -103,8 +95,8 @@ def step_peak(trace: Trace, iteration: int, rounding: Rounding = exact) -> Peak:
             iteration,
             "",
             "",
-            by_category(infos, rounding),
-            top_tensors(infos, rounding=rounding),
+            by_category(infos),
+            top_tensors(infos),
         )
     ev = tl.events[idx]
     infos = [trace.storages[s] for s in live_at(trace, idx)]
@@ -115,16 +107,16 @@ def step_peak(trace: Trace, iteration: int, rounding: Rounding = exact) -> Peak:
         iteration=ev.iteration,
         op=ev.op,
         module=ev.module,
-        by_category=by_category(infos, rounding),
-        top_tensors=top_tensors(infos, rounding=rounding),
+        by_category=by_category(infos),
+        top_tensors=top_tensors(infos),
     )
 
 
-def phase_peaks(trace: Trace, iteration: int, rounding: Rounding = exact) -> tuple[PhasePeak, ...]:
+def phase_peaks(trace: Trace, iteration: int) -> tuple[PhasePeak, ...]:
     """Each phase's most bytes live after one of its allocations, with the op and module that allocated. A
     phase that only frees (the autocast cache cleared as the loss phase starts, when the model computed its
     own loss) keeps the level after its first free, with no op: the storage freed was made elsewhere."""
-    tl = timeline(trace, rounding)
+    tl = timeline(trace)
     rows = []
     for phase in (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.RECOMPUTE, Phase.OPTIMIZER):
         idx = peak_index(tl, _in_phase(iteration, phase, allocs_only=True))
@@ -161,9 +153,9 @@ def storages_in(trace: Trace, iteration: int) -> set[int]:
     return seen or live
 
 
-def category_totals(trace: Trace, iteration: int, rounding: Rounding = exact) -> dict[Category, int]:
+def category_totals(trace: Trace, iteration: int) -> dict[Category, int]:
     """Bytes of every storage of each category that was live at some point of the iteration."""
-    return by_category((trace.storages[s] for s in storages_in(trace, iteration)), rounding)
+    return by_category(trace.storages[s] for s in storages_in(trace, iteration))
 
 
 _SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
@@ -200,9 +192,7 @@ def module_type(name: str, types: dict[str, str], infos: Iterable[StorageInfo]) 
     return types.get(name, "") if name != OPTIMIZER_STEP else ""
 
 
-def layers_at_peak(
-    trace: Trace, peak: Peak, types: dict[str, str], n: int = 5, rounding: Rounding = exact
-) -> tuple[LayerShare, ...]:
+def layers_at_peak(trace: Trace, peak: Peak, types: dict[str, str], n: int = 5) -> tuple[LayerShare, ...]:
     """Group what is live at the peak by owning module (parameters count for the module that holds them)."""
     live = live_at_peak(trace, peak)
     groups: dict[str, list[StorageInfo]] = {}
@@ -215,8 +205,8 @@ def layers_at_peak(
         LayerShare(
             m,
             module_type(m, types, infos),
-            sum(rounding(s.nbytes) for s in infos),
-            by_category(infos, rounding),
+            sum(s.nbytes for s in infos),
+            by_category(infos),
         )
         for m, infos in groups.items()
     ]
@@ -224,17 +214,15 @@ def layers_at_peak(
     return tuple(rows[:n])
 
 
-def category_peak(trace: Trace, iteration: int, category: Category, rounding: Rounding = exact) -> int:
+def category_peak(trace: Trace, iteration: int, category: Category) -> int:
     """The most bytes of one category live at once during the iteration (saved activations: what the graph
     holds when backward starts, one micro-batch's worth)."""
-    live = sum(
-        rounding(trace.storages[s].nbytes) for s in trace.baseline if trace.storages[s].category is category
-    )
+    live = sum(trace.storages[s].nbytes for s in trace.baseline if trace.storages[s].category is category)
     best = live if any(e.iteration == iteration for e in trace.events) else 0
     for ev in trace.events:
         if trace.storages[ev.storage].category is not category:
             continue
-        live += rounding(ev.nbytes) if ev.kind is Kind.ALLOC else -rounding(ev.nbytes)
+        live += ev.nbytes if ev.kind is Kind.ALLOC else -ev.nbytes
         if ev.iteration == iteration:
             best = max(best, live)
     return best

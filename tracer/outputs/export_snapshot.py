@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
+from ..core.errors import MemtraceError
 from ..core.records import Kind, StorageInfo, Trace
 from ..devices.cuda.allocator import AllocatorConfig
-from ..devices.cuda.served import Served, serve
+from ..devices.cuda.served import Served, ServedTrace, serve
+
+if TYPE_CHECKING:
+    from .saved import Saved
 
 Frame = dict[str, Any]
 
@@ -80,9 +84,12 @@ def _segment(seg: dict[str, Any], trace: Trace, owners: dict[int, int]) -> dict[
     return {**seg, "device": 0, "segment_pool_id": (0, 0), "frames": [], "blocks": blocks}
 
 
-def memory_snapshot(trace: Trace, config: AllocatorConfig | None = None) -> dict[str, Any]:
-    """The run as `torch.cuda.memory._snapshot()` would give it after the simulated steps."""
-    served = serve(trace, config)
+def memory_snapshot(
+    trace: Trace, config: AllocatorConfig | None = None, served: ServedTrace | None = None
+) -> dict[str, Any]:
+    """The run as `torch.cuda.memory._snapshot()` would give it after the simulated steps; `served`: the
+    trace's requests as the allocator served them, when the run kept them (else replayed here)."""
+    served = served if served is not None else serve(trace, config)
     return {
         "segments": [_segment(s, trace, served.owners) for s in served.segments],
         "device_traces": [device_trace(trace, served)],
@@ -93,3 +100,15 @@ def memory_snapshot(trace: Trace, config: AllocatorConfig | None = None) -> dict
 def write_snapshot(snapshot: dict[str, Any], path: Path) -> None:
     with open(path, "wb") as f:
         pickle.dump(snapshot, f)
+
+
+def render(saved: Saved, out: Path | IO[bytes]) -> None:
+    """The snapshot of a fresh cuda run (its trace and its one placement), pickled to `out`."""
+    run = saved.run
+    if run is None or run.placed is None:
+        raise MemtraceError("--export-snapshot needs a fresh run's trace on --device cuda")
+    snapshot = memory_snapshot(run.trace, run.placed.config, run.placed.served)
+    if isinstance(out, Path):
+        write_snapshot(snapshot, out)
+    else:
+        pickle.dump(snapshot, out)

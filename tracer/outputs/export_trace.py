@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
+from ..core.errors import MemtraceError
 from ..core.records import Category, Event, Kind, Result, Trace
+
+if TYPE_CHECKING:
+    from .saved import Saved
 
 PID = 1
 OPS_TID, PHASES_TID = 1, 2
@@ -104,3 +108,16 @@ def chrome_trace(trace: Trace, result: Result, reserved: Sequence[int] = ()) -> 
 
 def write_trace(data: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+
+
+def render(saved: Saved, out: Path | IO[str]) -> None:
+    """The Chrome trace of a fresh run: its trace as the device counts it (placed on cuda, with reserved)."""
+    run = saved.run
+    if run is None:
+        raise MemtraceError("--export-trace needs a fresh run's trace")
+    reserved = run.placed.reserved if run.placed is not None else ()
+    data = chrome_trace(run.device_trace, saved.result, reserved)
+    if isinstance(out, Path):
+        write_trace(data, out)
+    else:
+        out.write(json.dumps(data, separators=(",", ":")) + "\n")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from rich.text import Text
 
@@ -218,7 +219,7 @@ def tensor_table(result: Result) -> str:
     return table("Largest tensors at the peak", cols, rows)
 
 
-def top_layer_table(result: Result) -> str:
+def top_layers_table(result: Result) -> str:
     cols = (Col("layer"), Col("type"), Col("bytes", num=True), Col("share", num=True), Col("of which"))
     rows = [
         [
@@ -266,7 +267,7 @@ def _layer_cells(r: LayerRow, name: str) -> list[str]:
     ]
 
 
-def layers_table(rows: tuple[LayerRow, ...], depth: int) -> str:
+def layer_breakdown_table(rows: tuple[LayerRow, ...], depth: int) -> str:
     """The per-layer table (--layers): names indented by depth, its totals line the summary's figures."""
     body = [_layer_cells(r, "  " * max(r.depth - 1, 0) + r.name) for r in rows]
     foot = ["total", "", "", *_layer_cells(totals(rows), "total")[3:]]
@@ -357,10 +358,10 @@ def html_report(saved: Saved) -> str:
         category_table(result),
         phase_table(result),
         tensor_table(result),
-        top_layer_table(result),
+        top_layers_table(result),
     ]
     if saved.layers:
-        parts += ["<h2>Layers</h2>", layers_table(saved.layers, saved.depth)]
+        parts += ["<h2>Layers</h2>", layer_breakdown_table(saved.layers, saved.depth)]
     if saved.map_line and (saved.layers or saved.graph):
         parts.append(f'<p class="dim">{html.escape(saved.map_line)}</p>')
     if saved.diagnosis is not None:
@@ -372,3 +373,12 @@ def html_report(saved: Saved) -> str:
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
     )
+
+
+def render(saved: Saved, out: IO[str] | Path) -> None:
+    """The page, written to `out` (a path is written as UTF-8)."""
+    page = html_report(saved)
+    if isinstance(out, Path):
+        out.write_text(page, encoding="utf-8")
+    else:
+        out.write(page)

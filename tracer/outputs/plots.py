@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..core.errors import MemtraceError
 from ..core.records import Result, StepTimeline
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..core.studies import FitResult, SweepRow
+    from .saved import Saved
 
 SUFFIXES = (".png", ".svg")
 SIZE_INCHES = (12.0, 6.0)
@@ -483,6 +484,18 @@ def save(fig: Figure, path: Path) -> None:
     check_suffix(path)
     FigureCanvasAgg(fig)
     fig.savefig(path, format=path.suffix.lower().lstrip("."), dpi=DPI)
+
+
+def render(saved: Saved, out: Path | IO[bytes]) -> None:
+    """The timeline of the step: PNG or SVG by a path's suffix; PNG into a binary file."""
+    fig = timeline_figure(saved.result)
+    if isinstance(out, Path):
+        save(fig, out)
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.savefig(out, format="png", dpi=DPI)
 
 
 def png_base64(fig: Figure, dpi: int = HTML_DPI) -> str:

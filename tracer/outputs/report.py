@@ -1,14 +1,15 @@
-"""Render a Result for people: the terminal summary. Pure: no torch import."""
+"""Render a Result for people: the terminal report (`render`). Pure: no torch import."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from ..analysis.layers import totals
 from ..core.records import (
     BORDERLINE,
     CUDNN_WORKSPACE,
@@ -25,6 +26,7 @@ from .palette import CATEGORY_COLOURS
 
 if TYPE_CHECKING:
     from ..core.studies import Diagnosis, WhatIfRow
+    from .saved import Saved
 
 CATEGORY_LABELS: dict[Category, str] = {
     Category.PARAMETER: "parameters",
@@ -208,7 +210,8 @@ def tensor_table(result: Result) -> Table:
     return table
 
 
-def layer_table(result: Result) -> Table:
+def top_layers_table(result: Result) -> Table:
+    """The summary's table of the layers holding the most at the peak (`Result.top_layers`)."""
     table = Table(title="Layers holding the most at the peak", title_justify="left", show_edge=False)
     for col in ("layer", "type", "bytes", "share", "of which"):
         table.add_column(col, justify="right" if col in ("bytes", "share") else "left")
@@ -296,14 +299,35 @@ def summary(result: Result) -> Group:
         Text(),
         tensor_table(result),
         Text(),
-        layer_table(result),
+        top_layers_table(result),
         dominant_line(result),
         verdict_line(result),
     )
 
 
-def render(result: Result, console: Console) -> None:
+def render(saved: Saved, out: Console | IO[str], *, layers: bool = False) -> None:
+    """The terminal report of `memtrace trace` (and `show`), from the records alone: the summary, the map
+    line, the layer table (`layers`), the diagnosis and the what-if table. `out`: a console, or a text file
+    (printed 160 columns wide)."""
+    console = out if isinstance(out, Console) else Console(file=out, width=160)
+    result = saved.result
     console.print(summary(result))
+    if saved.graph and saved.map_line:
+        console.print(saved.map_line, style="dim")
+    if layers:
+        if not saved.graph and saved.map_line:
+            console.print(saved.map_line, style="dim")
+        console.print(Text())
+        console.print(layer_breakdown_table(saved.layers, totals(saved.layers), saved.depth))
+    if saved.diagnosis is not None:
+        console.print(diagnosis_view(result, saved.diagnosis))
+    if saved.what_if is not None:
+        console.print(what_if_table(result, saved.what_if))
+
+
+def report_console() -> Console:
+    """The console `trace` and `show` print to: the terminal's, else 160 columns (pipes, tests)."""
+    return Console() if Console().is_terminal else Console(width=160)
 
 
 def what_if_table(result: Result, rows: Sequence[WhatIfRow]) -> Table:
@@ -339,8 +363,8 @@ def _flops(n: int) -> str:
     return str(n)
 
 
-def layers_table(rows: Sequence[LayerRow], total: LayerRow, depth: int) -> Table:
-    """The per-layer table; its totals line equals the summary's figures."""
+def layer_breakdown_table(rows: Sequence[LayerRow], total: LayerRow, depth: int) -> Table:
+    """The per-layer table (--layers); its totals line equals the summary's figures."""
     table = Table(title=f"Layers (depth {depth})", title_justify="left", show_edge=False, show_footer=True)
     cols = (
         "layer",

@@ -1,24 +1,28 @@
-"""A saved `memtrace trace` output read back: the Result and what the command added to it (the layer rows,
-what-if rows, diagnosis, the map line), and the terminal report printed from them.
+"""The one record every renderer takes (`Saved`): the Result and what the command added to it (the layer
+rows, what-if rows, diagnosis, the map line) and, fresh from a run, the run's trace and placement for the
+exports; made in memory by `trace`, or read back from a saved `--output` (`Saved.from_json`). Each output
+module renders it with `render(saved, out)`: the terminal report (`report.py`), JSON (here), HTML, the
+timeline plot, the memory snapshot and the Chrome trace.
 
-`trace` prints through `print_report` too, so `memtrace show RESULT.json` gives the same text without
+`trace` prints through `report.render` too, so `memtrace show RESULT.json` gives the same text without
 re-tracing. The what-if and diagnosis records are imported only when a saved result has them (their
 modules import torch).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.text import Text
 
-from ..analysis.layers import totals
 from ..core.records import Category, LayerRow, LayerShare, Result
-from .report import diagnosis_view, layers_table, render, what_if_table
+from . import report
 
 if TYPE_CHECKING:
+    from ..analysis.compose import Run
     from ..core.studies import Diagnosis, WhatIfRow
 
 DEFAULT_DEPTH = 2
@@ -32,10 +36,43 @@ class Saved:
     diagnosis: Diagnosis | None = None
     map_line: str = ""  # how the layer map was made (printed with --layers, or with --graph)
     graph: bool = False  # the map line came from --graph: printed after the summary even without --layers
+    map_info: dict[str, str] | None = None  # --graph: the map's path, reason and file, as saved
+    run: Run | None = None  # fresh from a run (not saved): the trace and its placement, for the exports
 
     @property
     def depth(self) -> int:
         return int(self.result.flags.get("depth") or DEFAULT_DEPTH)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Saved:
+        return saved_from_json(data)
+
+    def to_json(self) -> dict[str, Any]:
+        """What `trace --json` prints and `--output` writes: the Result's JSON and what the command added."""
+        data = self.result.to_json()
+        data["layers"] = [asdict(r) for r in self.layers]
+        if self.what_if is not None:
+            data["what_if"] = [r.to_json() for r in self.what_if]
+        if self.diagnosis is not None:
+            data["diagnosis"] = self.diagnosis.to_json()
+        if self.map_line:
+            data["map_line"] = self.map_line
+        if self.map_info is not None:
+            data["map"] = self.map_info
+        return data
+
+
+def json_text(saved: Saved) -> str:
+    return json.dumps(saved.to_json(), indent=2)
+
+
+def render(saved: Saved, out: IO[str] | Path) -> None:
+    """The JSON of the result, as `--output` writes it."""
+    text = json_text(saved) + "\n"
+    if isinstance(out, Path):
+        out.write_text(text)
+    else:
+        out.write(text)
 
 
 def saved_from_json(data: dict[str, Any]) -> Saved:
@@ -47,7 +84,13 @@ def saved_from_json(data: dict[str, Any]) -> Saved:
     what_if = tuple(_what_if_row(r) for r in data["what_if"]) if "what_if" in data else None
     diagnosis = _diagnosis(data["diagnosis"]) if data.get("diagnosis") else None
     return Saved(
-        Result.from_json(data), rows, what_if, diagnosis, str(data.get("map_line", "")), "map" in data
+        Result.from_json(data),
+        rows,
+        what_if,
+        diagnosis,
+        str(data.get("map_line", "")),
+        "map" in data,
+        data.get("map"),
     )
 
 
@@ -70,22 +113,8 @@ def _diagnosis(d: dict[str, Any]) -> Diagnosis:
 
 
 def print_report(console: Console, saved: Saved, show_layers: bool) -> None:
-    """The terminal report of `memtrace trace`, from the saved records alone."""
-    result = saved.result
-    render(result, console)
-    if saved.graph and saved.map_line:
-        console.print(saved.map_line, style="dim")
-    if show_layers:
-        if not saved.graph and saved.map_line:
-            console.print(saved.map_line, style="dim")
-        console.print(Text())
-        console.print(layers_table(saved.layers, totals(saved.layers), saved.depth))
-    if saved.diagnosis is not None:
-        console.print(diagnosis_view(result, saved.diagnosis))
-    if saved.what_if is not None:
-        console.print(what_if_table(result, saved.what_if))
+    """The terminal report of `memtrace trace` (`report.render`)."""
+    report.render(saved, console, layers=show_layers)
 
 
-def report_console() -> Console:
-    """The console `trace` and `show` print to: the terminal's, else 160 columns (pipes, tests)."""
-    return Console() if Console().is_terminal else Console(width=160)
+report_console = report.report_console

@@ -19,9 +19,7 @@ from memtrace import __version__
 
 from ..core.errors import MemtraceError
 from ..core.records import Result
-from ..core.specs import LossSpec, parse_input, parse_loss, parse_optimizer
-from ..engine.recipes import Recipe
-from ..simulate import Config, Request
+from ..simulate import Request, request
 from .bench import BenchRun, Case, CaseResult, Figures, Machine
 
 DEFAULT_SUITE = Path("benchmarks") / "suite.py"  # in the current directory, as in this repository
@@ -84,11 +82,19 @@ def _target(aimed: bool) -> str:
 
 def request_for(case: Case, device: str) -> Request:
     """The engine request of a case, as `memtrace` would build it from the same flags."""
-    loss = LossSpec(parse_loss(case.loss)) if case.loss is not None else None
-    recipe = Recipe(case.amp, case.dtype, tuple(case.checkpoint), case.accumulate)
-    config = Config(case.mode, parse_optimizer(case.optimizer), device, recipe=recipe, loss=loss)
-    inputs = tuple(parse_input(text) for text in case.inputs)
-    return Request(case.builder, inputs, tuple(case.args.items()), config)
+    return request(
+        case.builder,
+        tuple(case.inputs),
+        args=case.args,
+        mode=case.mode,
+        optimizer=case.optimizer,
+        device=device,
+        amp=case.amp,
+        dtype=case.dtype,
+        checkpoint=case.checkpoint,
+        accumulate=case.accumulate,
+        loss=case.loss,
+    )
 
 
 def missing(case: Case) -> str | None:

@@ -24,9 +24,8 @@ from torch import nn
 
 from ..core.errors import MemtraceError
 from ..core.records import GpuSpec, InputSpec, Result
-from ..core.specs import LossSpec, OptimizerSpec, parse_loss
-from ..engine.recipes import Recipe
-from ..simulate import Config, Request, as_builder, input_specs, run
+from ..core.specs import OptimizerSpec
+from ..simulate import input_specs, request, run
 from .measure import on_this_gpu
 
 Plain = bool | int | float | str | None
@@ -151,20 +150,22 @@ def predict(
 ) -> Result:
     """The step on meta: the module copied without its weights (or `builder`'s meta module), the batch's
     shapes, the optimizer's spec, on the module's device (the GPU it runs on, when it is on one)."""
-    device = module_device(model)
-    recipe = Recipe(amp=settings.amp, checkpoint=settings.checkpoint, accumulate=settings.accumulate)
-    loss = LossSpec(parse_loss(settings.loss)) if settings.loss is not None else None
-    config = Config(
+    specs = batch_specs(batch)
+    req = request(
+        builder or model,
+        specs,
         optimizer=optimizer_spec(optimizer),
-        device=device,
-        recipe=recipe,
-        loss=loss,
+        device=module_device(model),
+        gpu=settings.gpu,
+        amp=settings.amp,
+        checkpoint=settings.checkpoint,
+        accumulate=settings.accumulate,
+        loss=settings.loss,
         free_output=settings.free_output,
         step=settings.step,
     )
-    request = Request(builder or as_builder(model), batch_specs(batch), (), config, settings.gpu)
     with outside_the_step():
-        return run(on_this_gpu(request))
+        return run(on_this_gpu(req))
 
 
 @contextmanager
