@@ -17,9 +17,9 @@ import pytest
 from memtrace.tracer.devices.cuda.allocator import (
     AllocatorConfig,
     AllocatorConfigError,
+    AllocRequest,
     CachingAllocator,
     OutOfMemoryError,
-    Request,
     replay,
     replay_events,
 )
@@ -214,9 +214,9 @@ def test_torch_memory_stats_generator() -> None:
         n = 4
         for d in shape:
             n *= d
-        requests.append(Request("alloc", key, n))
+        requests.append(AllocRequest("alloc", key, n))
         key += 1
-    requests += [Request("free", k) for k in reversed(range(key))]
+    requests += [AllocRequest("free", k) for k in reversed(range(key))]
     stats = replay(requests)
     assert stats.allocated_bytes == 0
     assert stats.allocated_peak_bytes >= stats.requested_peak_bytes

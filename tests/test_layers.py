@@ -17,7 +17,7 @@ from zoo import ZOO
 from memtrace.tracer.analysis.layers import at_depth, sort_rows, totals
 from memtrace.tracer.analysis.peaks import LOSS
 from memtrace.tracer.core.records import Category, InputSpec, LayerRow, Result
-from memtrace.tracer.outputs.report import dominant_line, layers_table
+from memtrace.tracer.outputs.report import dominant_line, layer_breakdown_table
 from memtrace.tracer.simulate import simulate
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -30,7 +30,7 @@ def _render(depth: int, sort: str | None) -> str:
     rows = sort_rows(at_depth(res.modules, depth), sort)
     console = Console(width=140, record=True, force_terminal=False, color_system=None)
     with console.capture() as cap:
-        console.print(layers_table(rows, totals(rows), depth))
+        console.print(layer_breakdown_table(rows, totals(rows), depth))
     return cap.get()
 
 

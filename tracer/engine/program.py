@@ -39,7 +39,9 @@ from .losses import LossFn, auto_loss
 MODES = ("train", "infer", "no_grad")
 
 
-class Observer(Protocol):
+class StepObserver(Protocol):
+    """What follows the step as it runs (the recorder): iterations, phases, the loss's targets, the end."""
+
     def start(self, iteration: int) -> None: ...
 
     def enter(self, phase: Phase) -> None: ...
@@ -137,7 +139,7 @@ def train_step(
     batch: Batch,
     optimizer: torch.optim.Optimizer | None,
     plan: StepPlan,
-    observer: Observer,
+    observer: StepObserver,
 ) -> None:
     """memtrace's default training step; `out` and `loss` are locals, alive until it returns."""
     out: Any = None
@@ -170,7 +172,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
 
 
-def infer_step(model: nn.Module, batch: Batch, plan: StepPlan, observer: Observer) -> None:
+def infer_step(model: nn.Module, batch: Batch, plan: StepPlan, observer: StepObserver) -> None:
     observer.enter(Phase.FORWARD)
     grad_off = torch.inference_mode() if plan.mode == "infer" else torch.no_grad()
     with grad_off, plan.amp():
@@ -182,7 +184,7 @@ def run_program(
     batch: Batch,
     optimizer: torch.optim.Optimizer | None,
     plan: StepPlan,
-    observer: Observer,
+    observer: StepObserver,
     iterations: int = 2,
     first: int = 0,
 ) -> None:

@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..core.registry import patch
 
 
-class Policy(enum.Enum):
+class CastPolicy(enum.Enum):
     """autocast_mode.h's CastPolicy, plus the CUDA ban on binary_cross_entropy."""
 
     LOWER = "lower_precision_fp"  # cast floating args to the autocast dtype
@@ -50,20 +50,20 @@ class Policy(enum.Enum):
     BANNED = "banned"
 
 
-def _policy(policy: Policy, names: str) -> dict[str, Policy]:
+def _policy(policy: CastPolicy, names: str) -> dict[str, CastPolicy]:
     return dict.fromkeys(names.split(), policy)
 
 
-CPU_POLICIES: dict[str, Policy] = {
+CPU_POLICIES: dict[str, CastPolicy] = {
     **_policy(
-        Policy.LOWER,
+        CastPolicy.LOWER,
         """conv1d conv1d.padding conv2d conv2d.padding conv3d conv3d.padding bmm mm linalg_vecdot
         baddbmm addmm _addmm_activation addbmm linear _convolution.deprecated matmul conv_tbc
         mkldnn_rnn_layer conv_transpose1d conv_transpose2d.input conv_transpose3d.input prelu
         scaled_dot_product_attention _native_multi_head_attention""",
     ),
     **_policy(
-        Policy.FP32,
+        CastPolicy.FP32,
         """avg_pool3d binary_cross_entropy grid_sampler polar prod prod.dim_int quantile
         quantile.scalar nanquantile nanquantile.scalar stft stft.center cdist grid_sampler_2d
         _grid_sampler_2d_cpu_fallback grid_sampler_3d trace view_as_complex cholesky
@@ -84,12 +84,12 @@ CPU_POLICIES: dict[str, Policy] = {
         multilabel_margin_loss_forward linalg_qr linalg_cholesky_ex linalg_svd linalg_eig
         linalg_eigh linalg_lstsq linalg_inv_ex""",
     ),
-    **_policy(Policy.PROMOTE, "stack cat index_copy"),
+    **_policy(CastPolicy.PROMOTE, "stack cat index_copy"),
 }
 
-CUDA_POLICIES: dict[str, Policy] = {
+CUDA_POLICIES: dict[str, CastPolicy] = {
     **_policy(
-        Policy.LOWER,
+        CastPolicy.LOWER,
         """_convolution.deprecated _convolution conv1d conv2d conv3d conv_tbc conv_transpose1d
         conv_transpose2d.input conv_transpose3d.input convolution prelu addmm addmv addr matmul
         einsum mm mv linalg_vecdot linear addbmm baddbmm bmm chain_matmul linalg_multi_dot
@@ -98,7 +98,7 @@ CUDA_POLICIES: dict[str, Policy] = {
         cudnn_convolution_transpose""",
     ),
     **_policy(
-        Policy.FP32,
+        CastPolicy.FP32,
         """acos asin cosh erfinv exp expm1 log log10 log2 log1p reciprocal rsqrt sinh tan
         pow.Tensor_Scalar pow.Tensor_Tensor pow.Scalar softplus layer_norm native_layer_norm
         rms_norm group_norm frobenius_norm.dim nuclear_norm nuclear_norm.dim cosine_similarity
@@ -111,19 +111,19 @@ CUDA_POLICIES: dict[str, Policy] = {
         _upsample_bicubic2d_aa""",
     ),
     **_policy(
-        Policy.FP32_SET_OPT_DTYPE,
+        CastPolicy.FP32_SET_OPT_DTYPE,
         """prod prod.dim_int softmax.int log_softmax.int cumprod cumsum linalg_vector_norm
         linalg_matrix_norm linalg_matrix_norm.str_ord sum sum.dim_IntList""",
     ),
-    **_policy(Policy.FP32_APPEND_DTYPE, "norm.Scalar norm.ScalarOpt_dim"),
+    **_policy(CastPolicy.FP32_APPEND_DTYPE, "norm.Scalar norm.ScalarOpt_dim"),
     **_policy(
-        Policy.PROMOTE,
+        CastPolicy.PROMOTE,
         "addcdiv addcmul atan2 bilinear cross dot vdot grid_sampler index_put tensordot scatter_add",
     ),
-    **_policy(Policy.BANNED, "binary_cross_entropy"),
+    **_policy(CastPolicy.BANNED, "binary_cross_entropy"),
 }
 
-POLICIES: dict[str, dict[str, Policy]] = {"cpu": CPU_POLICIES, "cuda": CUDA_POLICIES}
+POLICIES: dict[str, dict[str, CastPolicy]] = {"cpu": CPU_POLICIES, "cuda": CUDA_POLICIES}
 AUTOCAST_KEYS: dict[str, DispatchKey] = {"cpu": DispatchKey.AutocastCPU, "cuda": DispatchKey.AutocastCUDA}
 
 # fp32_append_dtype: the overload each registered one redispatches to, with `dtype` appended.
@@ -306,13 +306,13 @@ def _banned(op: Any, device_type: str, args: tuple[Any, ...], kwargs: dict[str, 
     raise RuntimeError(_BANNED_MESSAGE)
 
 
-_RUNNERS: dict[Policy, Runner] = {
-    Policy.LOWER: _lower,
-    Policy.FP32: _fp32,
-    Policy.FP32_SET_OPT_DTYPE: _set_opt_dtype,
-    Policy.FP32_APPEND_DTYPE: _append_dtype,
-    Policy.PROMOTE: _promote,
-    Policy.BANNED: _banned,
+_RUNNERS: dict[CastPolicy, Runner] = {
+    CastPolicy.LOWER: _lower,
+    CastPolicy.FP32: _fp32,
+    CastPolicy.FP32_SET_OPT_DTYPE: _set_opt_dtype,
+    CastPolicy.FP32_APPEND_DTYPE: _append_dtype,
+    CastPolicy.PROMOTE: _promote,
+    CastPolicy.BANNED: _banned,
 }
 
 
@@ -331,11 +331,11 @@ def policy_cast(device_type: str, op: str, *args: Any) -> tuple[Any, ...]:
     policy = POLICIES[device_type].get(op)
     if policy is None or not _active(device_type):
         return args
-    if policy is Policy.LOWER:
+    if policy is CastPolicy.LOWER:
         to = torch.get_autocast_dtype(device_type)
-    elif policy is Policy.FP32:
+    elif policy is CastPolicy.FP32:
         to = torch.float32
-    elif policy is Policy.PROMOTE:
+    elif policy is CastPolicy.PROMOTE:
         to = promote_type(torch.get_autocast_dtype(device_type), args, device_type)
     else:
         return args
@@ -351,7 +351,7 @@ def _active(device_type: str) -> bool:
 # --- installing the kernels ----------------------------------------------------------------------------
 
 
-def _kernel(op: Any, policy: Policy, device_type: str) -> Callable[..., Any]:
+def _kernel(op: Any, policy: CastPolicy, device_type: str) -> Callable[..., Any]:
     run = _RUNNERS[policy]
 
     def kernel(*args: Any, **kwargs: Any) -> Any:

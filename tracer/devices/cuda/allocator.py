@@ -16,6 +16,7 @@ The rules themselves live in `allocator_config` (rounding, segment sizes, option
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,12 @@ from .allocator_config import AllocatorConfig, AllocatorConfigError
 from .allocator_core import CachingAllocator, OutOfMemoryError
 
 __all__ = [
+    "AllocRequest",
     "AllocatorConfig",
     "AllocatorConfigError",
     "CachingAllocator",
     "OutOfMemoryError",
     "ReplayStats",
-    "Request",
     "replay",
     "replay_events",
     "restore_segment",
@@ -38,7 +39,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Request:
+class AllocRequest:
     """One allocator call: "alloc" of `size` bytes under `key`, or "free" of `key`; on `stream`."""
 
     action: str
@@ -85,7 +86,7 @@ def _segment_summary(segment: dict[str, Any]) -> dict[str, Any]:
 
 
 def replay(
-    requests: Iterable[Request],
+    requests: Iterable[AllocRequest],
     config: AllocatorConfig | None = None,
     capacity_bytes: int | None = None,
     allocator: CachingAllocator | None = None,
@@ -121,7 +122,7 @@ def replay(
     return _finish(alloc, stats)
 
 
-def _serve(alloc: CachingAllocator, req: Request, ptrs: dict[int, int]) -> None:
+def _serve(alloc: CachingAllocator, req: AllocRequest, ptrs: dict[int, int]) -> None:
     if req.action == "free":
         ptr = ptrs.pop(req.key)
         if ptr:
@@ -132,7 +133,7 @@ def _serve(alloc: CachingAllocator, req: Request, ptrs: dict[int, int]) -> None:
         ptrs[req.key] = alloc.malloc(req.size, req.stream)
 
 
-def _segments_after(requests: list[Request], like: CachingAllocator) -> list[dict[str, Any]]:
+def _segments_after(requests: list[AllocRequest], like: CachingAllocator) -> list[dict[str, Any]]:
     """The segments after a prefix of the requests, replayed on an empty allocator like `like`. Taking a
     snapshot at every rise of the reserved peak instead costs the number of rises times the blocks: hours
     for a 70B-parameter step, whose parameters each raise it."""
@@ -163,7 +164,7 @@ def replay_events(
     capacity_bytes: int | None = None,
 ) -> ReplayStats:
     """The simulator's storage events, ("alloc"|"free", storage_id, nbytes_requested), on one stream."""
-    return replay((Request(action, key, size) for action, key, size in events), config, capacity_bytes)
+    return replay((AllocRequest(action, key, size) for action, key, size in events), config, capacity_bytes)
 
 
 def restore_segment(
@@ -201,3 +202,16 @@ def restore_segment(
     alloc.total_allocated_memory += total
     alloc.stats.change("segment", is_small, 1)
     alloc.stats.change("reserved_bytes", is_small, total)
+
+
+def __getattr__(name: str) -> Any:
+    """`Request`, this class's name in memtrace 0.1 (also the name of the facade's request), kept for one
+    release with a DeprecationWarning."""
+    if name == "Request":
+        warnings.warn(
+            "memtrace.tracer.devices.cuda.allocator.Request is now AllocRequest",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AllocRequest
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from ...core.records import Event, Kind, StorageInfo, Trace
-from .allocator import AllocatorConfig, CachingAllocator, ReplayStats, replay
-from .allocator import Request as AllocRequest
+from .allocator import AllocatorConfig, AllocRequest, CachingAllocator, ReplayStats, replay
 
 
 def _requests(trace: Trace) -> Iterator[AllocRequest]:
