@@ -1,7 +1,7 @@
-"""Models that used to fail (issue 9, item 7) now run, their `--device cpu` peak held against the CPU
-allocator, or give one line naming what is unsupported: a builder that reads values it computed with torch
-(RegNet), a Linear on a permuted input (ConvNeXt), a parameter created in `forward`, lazy modules, packed
-sequences with lengths on meta, TorchScript submodules."""
+"""Models with awkward builds or forwards, which used to fail (issue 9, item 7): each runs, its
+`--device cpu` peak held against the CPU allocator, or gives one line naming what is unsupported: a builder
+that reads values it computed with torch (RegNet), a Linear on a permuted input (ConvNeXt), a parameter
+created in `forward`, lazy modules, packed sequences with lengths on meta, TorchScript submodules."""
 
 from __future__ import annotations
 
