@@ -21,18 +21,57 @@ from memtrace.cli.trace import trace
 from memtrace.cli.verify import verify
 from memtrace.tracer.core.errors import MemtraceError
 
+_GROUP_OPTIONS = ("--help", "-h", "--version", "--verbose")
+
 
 class DefaultGroup(click.Group):
     """A group whose first argument, when it is no subcommand, is the MODEL of the default `trace`."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+        if args and args[0] not in self.commands and args[0] not in _GROUP_OPTIONS:
             args = ["trace", *args]
         return super().parse_args(ctx, args)
 
 
+def _remember_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    ctx.meta["memtrace.verbose"] = value
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`--version`: memtrace's version; with `--verbose`, torch's, each device's rules and the optional ops
+    this installation skips (and why). `--verbose` is eager, so it is known here in either order."""
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"memtrace, version {__version__}")
+    if ctx.meta.get("memtrace.verbose"):
+        import torch
+
+        from memtrace.tracer.core.registry import patches_for
+        from memtrace.tracer.engine.device_model import DEVICES, device_rules, skipped_optional_ops
+
+        click.echo(f"torch {torch.__version__}")
+        for device in DEVICES:
+            rules = len(device_rules(device)[0])
+            click.echo(f"{device}: {rules} workspace rules, {len(patches_for(device))} kernel patches")
+        skipped = skipped_optional_ops()
+        click.echo("optional ops skipped:" + ("" if skipped else " none"))
+        for op in skipped:
+            click.echo(f"  {op.device} {op.name}: {op.reason}")
+    ctx.exit()
+
+
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="memtrace")
+@click.option(
+    "--version", is_flag=True, expose_value=False, callback=_print_version, help="Show the version and exit."
+)
+@click.option(
+    "--verbose",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_remember_verbose,
+    help="With --version: torch's version, each device's rule counts and the optional ops skipped.",
+)
 def cli() -> None:
     """Exact memory of a PyTorch training step, simulated on the meta device.
 

@@ -11,19 +11,21 @@ from ...core.registry import Workspace, rule
 from ..shared import operand_copies
 from . import gemm_lowp
 
+aten = torch.ops.aten
+
 
 def _lowp(*mats: Any) -> bool:
     return all(isinstance(m, torch.Tensor) and m.dtype in (torch.bfloat16, torch.float16) for m in mats)
 
 
-@rule("cpu", "aten.mm.default")
+@rule("cpu", aten.mm.default)
 def mm_cpu(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     if _lowp(args[0], args[1]):
         return gemm_lowp.gemm_workspace(args[0], args[1], out)
     return operand_copies(args[0], args[1])
 
 
-@rule("cpu", "aten.addmm.default")
+@rule("cpu", aten.addmm.default)
 def addmm_cpu(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     if _lowp(args[1], args[2]):
         beta = float(kwargs.get("beta", args[3] if len(args) > 3 else 1))

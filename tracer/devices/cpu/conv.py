@@ -48,6 +48,8 @@ from .conv_onednn import (
     weights_scratch,
 )
 
+aten = torch.ops.aten
+
 __all__ = ["channel_block", "convolution", "convolution_backward", "onednn_modelled"]
 
 
@@ -222,7 +224,7 @@ def _slow_backward(ws: Workspace, cv: Conv, dilated: bool, mask: list[bool]) -> 
 # --------------------------------------------------------------------------- the rules
 
 
-@rule("cpu", "aten.convolution.default")
+@rule("cpu", aten.convolution.default)
 def convolution(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     a = _args(args, kwargs, _FORWARD)
     has_bias = a.get("bias") is not None
@@ -238,7 +240,7 @@ def convolution(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return ws
 
 
-@rule("cpu", "aten.convolution_backward.default")
+@rule("cpu", aten.convolution_backward.default)
 def convolution_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     a = _args(args, kwargs, _BACKWARD)
     mask = [bool(m) for m in a["output_mask"]]

@@ -47,6 +47,8 @@ import torch
 from ...core.registry import Workspace, rule
 from . import isa as cpu_isa
 
+aten = torch.ops.aten
+
 AMX, BF16, FP16 = "avx512_core_amx", "avx512_core_bf16", "avx512_core_fp16"
 AMX_FP16, VNNI2 = "avx512_core_amx_fp16", "avx2_vnni_2"  # their brgemm kernels are not ported
 GEMM = "gemm_bf16"  # gemm_bf16_matmul_t: bf16 on AVX-512 without a bf16 brgemm
@@ -1489,12 +1491,12 @@ def gemm_workspace(m1: Any, m2: Any, out: Any, beta: float = 0.0, alpha: float =
     return _workspace(problem, copies, h)
 
 
-@rule("cpu", "aten.bmm.default")
+@rule("cpu", aten.bmm.default)
 def bmm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return _batched_workspace(args[0], args[1], out, 0.0, 1.0)
 
 
-@rule("cpu", "aten.baddbmm.default")
+@rule("cpu", aten.baddbmm.default)
 def baddbmm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     beta, alpha = _scalar(args, kwargs, 3, "beta"), _scalar(args, kwargs, 4, "alpha")
     return _batched_workspace(args[1], args[2], out, beta, alpha)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ...core.registry import Workspace, rule
 from ..shared import mse_loss
 
+aten = torch.ops.aten
 
-@rule("cpu", "aten.mse_loss.default")
+
+@rule("cpu", aten.mse_loss.default)
 def mse(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return mse_loss("cpu", args, kwargs)

@@ -16,12 +16,14 @@ import torch
 
 from ...core.registry import Workspace, rule
 
+aten = torch.ops.aten
+
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-@rule("cpu", "aten.native_layer_norm.default")
+@rule("cpu", aten.native_layer_norm.default)
 def _layer_norm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     x = args[0]
     if x.is_contiguous():
@@ -32,7 +34,7 @@ def _layer_norm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return ws
 
 
-@rule("cpu", "aten.native_layer_norm_backward.default")
+@rule("cpu", aten.native_layer_norm_backward.default)
 def _layer_norm_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     grad, x, normalized_shape, mask = args[0], args[1], args[2], args[7]
     ws = Workspace()

@@ -329,7 +329,7 @@ def flash_forward_splits(
     return num_splits_heuristic(b * h * -(-sq // 64), sms * 2, -(-sk // block_n), 128)
 
 
-@rule("cuda", "aten._scaled_dot_product_flash_attention.default")
+@rule("cuda", _ATEN._scaled_dot_product_flash_attention.default)
 def flash_forward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     q, k = args[0], args[1]
     dropout_p = float(args[3]) if len(args) > 3 else float(kwargs.get("dropout_p", 0.0))
@@ -376,7 +376,7 @@ def _strict_deterministic() -> bool:
     )
 
 
-@rule("cuda", "aten._scaled_dot_product_flash_attention_backward.default")
+@rule("cuda", _ATEN._scaled_dot_product_flash_attention_backward.default)
 def flash_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     grad_out, q, k, o = args[0], args[1], args[2], args[4]
     ws = Workspace()
@@ -408,7 +408,7 @@ def cudnn_backward_workspace(q: Any, k: Any) -> int:
     return int(nbytes)
 
 
-@rule("cuda", "aten._scaled_dot_product_cudnn_attention.default")
+@rule("cuda", _ATEN._scaled_dot_product_cudnn_attention.default)
 def cudnn_forward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     ws = Workspace()
     ws.outputs()
@@ -416,7 +416,7 @@ def cudnn_forward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return ws
 
 
-@rule("cuda", "aten._scaled_dot_product_cudnn_attention_backward.default")
+@rule("cuda", _ATEN._scaled_dot_product_cudnn_attention_backward.default)
 def cudnn_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     """dq, dk, dv; then `permute_to_matching_layout` copies grad_out unless it has the output's strides;
     then the plan's workspace; both are freed before the op returns."""
@@ -510,7 +510,7 @@ def efficient_workspace(
     return b * h * round_multiple(gk + gv + gq, 4) * 4
 
 
-@rule("cuda", "aten._scaled_dot_product_efficient_attention_backward.default")
+@rule("cuda", _ATEN._scaled_dot_product_efficient_attention_backward.default)
 def efficient_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     grad_out, q, k, v = args[0], args[1], args[2], args[3]
     dropout_p = float(args[9]) if len(args) > 9 else float(kwargs.get("dropout_p", 0.0))

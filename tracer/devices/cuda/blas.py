@@ -13,6 +13,8 @@ from ...core.registry import Workspace, rule
 from ..shared import installed_torch, operand_copies
 from . import attention, cublas_workspace
 
+aten = torch.ops.aten
+
 
 def with_workspace(work: Workspace | None, lt: bool = False) -> Workspace:
     """The kernel's steps, then its thread's library workspace (allocated on the thread's first call).
@@ -35,12 +37,12 @@ def with_workspace(work: Workspace | None, lt: bool = False) -> Workspace:
     return ws
 
 
-@rule("cuda", "aten.mm.default")
+@rule("cuda", aten.mm.default)
 def mm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return with_workspace(operand_copies(args[0], args[1]))
 
 
-@rule("cuda", "aten.addmm.default")
+@rule("cuda", aten.addmm.default)
 def addmm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     """A 1-d bias goes to cuBLASLt's fused epilogue (`gemm_and_bias`); a full matrix to cuBLAS."""
     return with_workspace(operand_copies(args[1], args[2]), lt=args[0].dim() == 1)
@@ -48,18 +50,18 @@ def addmm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
 
 @rule(
     "cuda",
-    "aten.bmm.default",
-    "aten.baddbmm.default",
-    "aten.addbmm.default",
-    "aten.addmv.default",
-    "aten.mv.default",
-    "aten.dot.default",
-    "aten.vdot.default",
+    aten.bmm.default,
+    aten.baddbmm.default,
+    aten.addbmm.default,
+    aten.addmv.default,
+    aten.mv.default,
+    aten.dot.default,
+    aten.vdot.default,
 )
 def cublas_call(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return with_workspace(None)
 
 
-@rule("cuda", "aten._addmm_activation.default", "aten._scaled_mm.default", "aten._int_mm.default")
+@rule("cuda", aten._addmm_activation.default, aten._scaled_mm.default, aten._int_mm.default)
 def cublaslt_call(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return with_workspace(None, lt=True)

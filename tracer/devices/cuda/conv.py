@@ -26,7 +26,11 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
+import torch
+
 from ...core.registry import Workspace, rule
+
+aten = torch.ops.aten
 
 
 def conv_workspace_estimate(
@@ -50,12 +54,12 @@ def _estimated(x: Any, w: Any, y: Any) -> Workspace:
     return Workspace(estimate=estimate)
 
 
-@rule("cuda", "aten.convolution.default")
+@rule("cuda", aten.convolution.default)
 def convolution(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return _estimated(args[0], args[1], out)
 
 
-@rule("cuda", "aten.convolution_backward.default")
+@rule("cuda", aten.convolution_backward.default)
 def convolution_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     grad_output, x, w = args[0], args[1], args[2]
     return _estimated(x, w, grad_output)
