@@ -7,6 +7,7 @@ step is skipped, with the reason, when the simulated step needs more memory than
 
     .venv/bin/python benchmarks/speed.py                          # the default cases, a table
     .venv/bin/python benchmarks/speed.py llama70b --memtracker-timeout 900 --json /tmp/speed.json
+    .venv/bin/python benchmarks/speed.py --hot-path cpu cuda      # the 70B CLI command: total - imports
 
 Cases: a few of benchmarks/suite.py's (on the CPU target, whose real step can run here) and the
 Llama-70B-shaped step of issue 10 (bf16 parameters, AdamW, batch 1, 4096 tokens, cuda target, h100-80gb).
@@ -192,6 +193,48 @@ def spawn(kind: str, case: SpeedCase, timeout: float | None) -> dict[str, Any]:
     return {"status": "ok", "wall_s": wall, **json.loads(lines[-1])}
 
 
+# --- a CLI command, as a user runs it ------------------------------------------------------------------
+HOT_PATH = (  # the Llama-70B-shaped step of benchmarks/README.md's "Hot path", per target
+    "benchmarks/models/llama70b.py:build --input 1x4096:int64 --dtype bf16 --optimizer adamw:foreach=false",
+)
+IMPORTS = "import memtrace.cli.main, memtrace.tracer.simulate, transformers.models.llama.modeling_llama"
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and largest resident set (MB) of one fresh process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"speed.py: {' '.join(cmd)} failed ({status})")
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def measure_cli(args: str, repeats: int) -> dict[str, Any]:
+    """`memtrace ARGS --json` in a fresh process, and the same imports alone in another, alternately:
+    simulation = total - imports (the best of `repeats` each)."""
+    totals, imports, rss = [], [], 0.0
+    for _ in range(repeats):
+        wall, peak = timed([sys.executable, "-m", "memtrace.cli.main", *args.split(), "--json"])
+        totals.append(wall)
+        rss = max(rss, peak)
+        imports.append(timed([sys.executable, "-c", IMPORTS])[0])
+    total, imported = min(totals), min(imports)
+    return {"total_s": total, "import_s": imported, "simulate_s": total - imported, "rss_mb": rss}
+
+
+def main_cli(targets: list[str], repeats: int) -> None:
+    print("| target | total s | imports s | simulation s | RSS MB |\n|---|---|---|---|---|")
+    for target in targets:
+        extra = "--device cpu" if target == "cpu" else "--device cuda --gpu h100-80gb"
+        m = measure_cli(f"{HOT_PATH[0]} {extra}", repeats)
+        print(
+            f"| {target} | {m['total_s']:.2f} | {m['import_s']:.2f} | {m['simulate_s']:.2f} "
+            f"| {m['rss_mb']:.0f} |",
+            flush=True,
+        )
+
+
 def available_bytes() -> int:
     with open("/proc/meminfo") as fh:
         for line in fh:
@@ -255,9 +298,19 @@ def main() -> None:
     ap.add_argument("--memtracker-timeout", type=float, default=600.0, help="seconds per MemTracker run")
     ap.add_argument("--no-real", action="store_true", help="skip the real CPU steps")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument(
+        "--hot-path",
+        nargs="*",
+        choices=("cpu", "cuda"),
+        help="time the 70B CLI command per target: total, its imports alone, simulation = the difference",
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="with --hot-path: runs per figure (the best kept)")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--device", default=None, help=argparse.SUPPRESS)
     ns = ap.parse_args()
+    if ns.hot_path is not None:
+        main_cli(ns.hot_path or ["cpu", "cuda"], ns.repeats)
+        return
     if ns.child:
         fn = CHILDREN[ns.child]
         out = fn(ns.cases[0], ns.device) if ns.child == "simulate" else fn(ns.cases[0])

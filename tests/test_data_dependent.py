@@ -10,7 +10,7 @@ import torch
 from memtrace.tracer.core.assume import Policy
 from memtrace.tracer.core.errors import DataDependentError
 from memtrace.tracer.core.records import LOGGED, Assumption
-from memtrace.tracer.engine.data_dependent import KnownValues, resolving
+from memtrace.tracer.engine.data_dependent import KnownValues, resolved_alone, resolving
 
 N = 16
 
@@ -46,14 +46,14 @@ def test_known_values_die_with_their_storage() -> None:
 
 
 def test_nonzero_keeps_every_element_by_default() -> None:
-    with resolving(Policy(), lambda: "mask") as used:
+    with resolving(Policy(), lambda: "mask") as used, resolved_alone():
         kept = torch.nonzero(_meta() > 0)
     assert kept.shape == (N, 1)
     assert used == [Assumption("nonzero", "mask", f"all {N} elements kept", "default")]
 
 
 def test_nonzero_counts_given_per_call() -> None:
-    with resolving(Policy((("nonzero", "3,5"),)), lambda: "mask") as used:
+    with resolving(Policy((("nonzero", "3,5"),)), lambda: "mask") as used, resolved_alone():
         first, second = torch.nonzero(_meta() > 0), torch.nonzero(_meta() < 0)
     assert (first.shape[0], second.shape[0]) == (3, 5)
     assert [(a.value, a.source) for a in used] == [
@@ -64,7 +64,7 @@ def test_nonzero_counts_given_per_call() -> None:
 
 def test_known_inputs_need_no_policy() -> None:
     """Values made on the CPU and moved to meta are known: nonzero and `.item()` compute them."""
-    with resolving(Policy(), lambda: "m") as used:
+    with resolving(Policy(), lambda: "m") as used, resolved_alone():
         y = torch.tensor([1, 0, 3, 0, 5]).to("meta")
         assert torch.nonzero(y).shape == (3, 1)
         assert (y > 0).sum().item() == 3
@@ -72,7 +72,7 @@ def test_known_inputs_need_no_policy() -> None:
 
 
 def test_item_values_given_in_call_order() -> None:
-    with resolving(Policy((("item", "2.5,7"),)), lambda: "m") as used:
+    with resolving(Policy((("item", "2.5,7"),)), lambda: "m") as used, resolved_alone():
         first, second = _meta().sum().item(), _meta().amax().item()
     assert (first, second) == (2.5, 7.0)
     assert [(a.op, a.value, a.source) for a in used] == [
@@ -83,7 +83,7 @@ def test_item_values_given_in_call_order() -> None:
 
 def test_a_logged_item_gets_a_placeholder() -> None:
     """A floating value read outside any module's forward (a loss printed) is logged: a placeholder, said."""
-    with resolving(Policy(), lambda: "m", in_model=lambda: False) as used:
+    with resolving(Policy(), lambda: "m", in_model=lambda: False) as used, resolved_alone():
         value = _meta().sum().item()
     assert value == 0.0
     [logged] = used
@@ -92,7 +92,11 @@ def test_a_logged_item_gets_a_placeholder() -> None:
 
 
 def test_an_unbounded_item_in_a_module_is_one_line() -> None:
-    with resolving(Policy(), lambda: "gate") as used, pytest.raises(DataDependentError) as exc:
+    with (
+        resolving(Policy(), lambda: "gate") as used,
+        resolved_alone(),
+        pytest.raises(DataDependentError) as exc,
+    ):
         _meta().sum().item()
     text = str(exc.value)
     assert "\n" not in text and "in module 'gate'" in text and "--assume item=V" in text

@@ -1,6 +1,7 @@
 """Data-dependent ops on meta, resolved by the assumption policy (tracer/core/assume.py).
 
-A dispatch mode below the recorder's keeps *known values* beside some meta tensors and computes with them on
+The recorder's dispatch mode hands each op to the resolver (one mode, one Python dispatch per op), which keeps
+*known values* beside some meta tensors and computes with them on
 small CPU tensors: what the step made on the CPU and moved to meta (a data loader's targets, `torch.tensor`
 of Python numbers), constant fills, `randperm` (a permutation of its own generator), the experts a top-k
 routing picks (`moe.routing`, `moe.tokens`), the first k indices of any other top-k over unknown scores,
@@ -28,13 +29,13 @@ storage's known values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
@@ -102,6 +103,10 @@ class KnownValues:
     def forget(self, t: torch.Tensor) -> None:
         self._by_storage.pop(t.untyped_storage()._cdata, None)
 
+    def holds(self, storage: int) -> bool:
+        """Whether some view of the storage (its `_cdata`) may have a known value."""
+        return storage in self._by_storage
+
 
 def counted(func: Any) -> str | None:
     """The counted op `func` is (`nonzero`, `nms`, `_local_scalar_dense`), else None: the simulation numbers
@@ -133,7 +138,9 @@ class CallCounter:
         return self.seen[name] - 1
 
 
-class _Resolver(TorchDispatchMode):
+class _Resolver:
+    """Runs an op for the recorder's dispatch mode: on known values, by the policy, or as it is."""
+
     def __init__(
         self,
         policy: Policy,
@@ -141,7 +148,6 @@ class _Resolver(TorchDispatchMode):
         iteration: Callable[[], int],
         in_model: Callable[[], bool] = lambda: True,
     ) -> None:
-        super().__init__()
         self.policy, self.where, self.values = policy, where, KnownValues()
         self.in_model = in_model
         self.used: dict[Assumption, None] = {}
@@ -149,8 +155,13 @@ class _Resolver(TorchDispatchMode):
         self.generator = torch.Generator().manual_seed(0)
         self.calls = CallCounter(iteration)
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
+    @staticmethod
+    def passes_through(func: Any) -> bool:
+        """Whether the op, given no known value among its inputs, is run as it is: no call counted, no value
+        kept (the op cache replays only those)."""
+        return _plain(func)
+
+    def dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         name = func.overloadpacket.__name__
         call = self.calls.next(func)
         if func is aten._grouped_mm.default and args[0].device == _META and args[0].dtype != torch.bfloat16:
@@ -159,12 +170,12 @@ class _Resolver(TorchDispatchMode):
             calls = [self.calls.take("nonzero") for i in args[1] if _is_bool(i)]
             if any(_is_mask(i) for i in args[1]):
                 args = (args[0], self._mask_indices(args[1], iter(calls)), *args[2:])
-        flat, spec = tree_flatten((args, kwargs))
-        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
-        known = [self._known(t) for t in tensors]
-        to_meta = any(t.device == _META for t in tensors) or any(x == _META for x in flat if _is_device(x))
-        if to_meta and tensors and all(v is not None for v in known):
-            return self._on_values(func, name, flat, spec, iter(known))
+        tensors = _tensors(kwargs.values(), _tensors(args, []))
+        if tensors and all(self._known(t) is not None for t in tensors):  # seldom: flattened then
+            flat, spec = tree_flatten((args, kwargs))
+            known = [self._known(t) for t in flat if isinstance(t, torch.Tensor)]
+            if any(t.device == _META for t in tensors) or any(x == _META for x in flat if _is_device(x)):
+                return self._on_values(func, name, flat, spec, iter(known))
         if name in _FILLS:
             return self._filled(func, name, args, kwargs)
         if name == "randperm":
@@ -389,27 +400,40 @@ class _Resolver(TorchDispatchMode):
         self.values.put(indices, picks)
 
 
-class _Lifted(TorchFunctionMode):
+@contextmanager
+def _lifted(values: KnownValues) -> Iterator[None]:
     """`torch.tensor(data, device=meta)` and `torch.as_tensor`: PyTorch builds these on the CPU below the
-    dispatch modes, so their values are kept here (the image mean of a transform, a box's scale ratio)."""
+    dispatch modes, so their values are kept here (the image mean of a transform, a box's scale ratio). The
+    two functions are wrapped while the step runs (a torch-function mode would cost every call)."""
+    originals = torch.tensor, torch.as_tensor
+    torch.tensor, torch.as_tensor = _lifting(torch.tensor, values), _lifting(torch.as_tensor, values)
+    try:
+        yield
+    finally:
+        torch.tensor, torch.as_tensor = originals
 
-    def __init__(self, values: KnownValues) -> None:
-        super().__init__()
-        self.values = values
 
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
+def _lifting(func: Callable[..., torch.Tensor], values: KnownValues) -> Callable[..., torch.Tensor]:
+    @functools.wraps(func)
+    def made(*args: Any, **kwargs: Any) -> torch.Tensor:
         out = func(*args, **kwargs)
-        lifted = func in _FROM_DATA and isinstance(out, torch.Tensor) and out.device == _META
+        lifted = isinstance(out, torch.Tensor) and out.device == _META
         if lifted and out.numel() <= _MAX_KNOWN and not isinstance(args[0], torch.Tensor):
-            self.values.put(out, func(*args, **{**kwargs, "device": _CPU}))
+            values.put(out, func(*args, **{**kwargs, "device": _CPU}))
         return out
 
-
-_FROM_DATA = (torch.tensor, torch.as_tensor)
+    return made
 
 
 _INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default)
+
+
+@functools.cache
+def _plain(func: Any) -> bool:
+    name = func.overloadpacket.__name__
+    special = name in _FILLS or name in _SIZE_FROM_DATA or name in ("randperm", "topk")
+    special = special or func in _INDEXED or func in (aten.fill_.Scalar, aten.zero_.default)
+    return not (special or counted(func) is not None or func.namespace != "aten")
 
 
 def _unbounded(name: str, x: torch.Tensor, where: str) -> str:
@@ -465,12 +489,31 @@ def _meta_like(v: Any) -> Any:
 def _written(func: Any, args: Any, kwargs: Any) -> list[torch.Tensor]:
     """The tensor arguments the op writes (in-place and out= ops)."""
     found = []
-    for i, arg in enumerate(func._schema.arguments):
-        if arg.alias_info is None or not arg.alias_info.is_write:
-            continue
-        value = args[i] if i < len(args) else kwargs.get(arg.name)
+    for i, name in _writes(func):
+        value = args[i] if i < len(args) else kwargs.get(name)
         if isinstance(value, torch.Tensor):
             found.append(value)
+    return found
+
+
+@functools.cache
+def _writes(func: Any) -> tuple[tuple[int, str], ...]:
+    """The positions and names of the arguments the op's schema writes."""
+    schema = func._schema.arguments
+    return tuple((i, a.name) for i, a in enumerate(schema) if _writes_to(a))
+
+
+def _writes_to(arg: Any) -> bool:
+    return arg.alias_info is not None and bool(arg.alias_info.is_write)
+
+
+def _tensors(args: Iterable[Any], found: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors among an op's arguments (nested in lists and tuples), in order."""
+    for x in args:
+        if isinstance(x, torch.Tensor):
+            found.append(x)
+        elif isinstance(x, (list, tuple)):
+            _tensors(x, found)
     return found
 
 
@@ -496,16 +539,49 @@ def resolving(
     iteration: Callable[[], int] = lambda: 0,
     in_model: Callable[[], bool] = lambda: True,
 ) -> Iterator[list[Assumption]]:
-    """The data-dependent ops of the step resolved by `policy`; the list fills with the assumptions made.
+    """The data-dependent ops of the step resolved by `policy` (run by the recorder's dispatch mode, entered
+    inside); the list fills with the assumptions made.
     `iteration` tells the step being run (measured counts are per step); `in_model` whether a module's
     forward is running (a floating-point value read outside it is logged, and gets a placeholder)."""
     used: list[Assumption] = []
     mode = _Resolver(policy, where, iteration, in_model)
+    _ACTIVE.append(mode)
     try:
-        with mode, _Lifted(mode.values):
+        with _lifted(mode.values):
             yield used
     finally:
+        _ACTIVE.remove(mode)
         used.extend(mode.used)
+
+
+_ACTIVE: list[_Resolver] = []
+
+
+class _Alone(TorchDispatchMode):
+    """The resolver's own dispatch mode, where no recorder runs it (the unit tests of this module)."""
+
+    def __init__(self, resolver: _Resolver) -> None:
+        super().__init__()
+        self.resolver = resolver
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return self.resolver.dispatch(func, args, kwargs or {})
+
+
+@contextmanager
+def resolved_alone() -> Iterator[None]:
+    """Inside `resolving`, with no recorder: the resolver runs every op itself."""
+    resolver = active_resolver()
+    if resolver is None:
+        raise RuntimeError("resolved_alone() runs inside resolving()")
+    with _Alone(resolver):
+        yield
+
+
+def active_resolver() -> _Resolver | None:
+    """The resolver of the simulation in progress: the recorder's dispatch mode, entered inside
+    `resolving`, runs every op through it."""
+    return _ACTIVE[-1] if _ACTIVE else None
 
 
 class Observer(TorchDispatchMode):

@@ -117,10 +117,11 @@ def _restore(saved: Snapshot) -> None:
 def _probing(model: nn.Module) -> Iterator[None]:
     """No autograd, factories on meta, the device patches (meta-safe ops), the training flag kept."""
     from .device_model import DeviceModel
+    from .meta_cache import Replaying
 
     training = [(m, m.training) for m in model.modules()]
     try:
-        with torch.no_grad(), torch.device("meta"), DeviceModel("cpu").patched():
+        with torch.no_grad(), torch.device("meta"), DeviceModel("cpu").patched(), Replaying():
             yield
     finally:
         for m, flag in training:

@@ -28,7 +28,9 @@ from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sd
 from ..core.records import Category, Event, Kind, Phase, StorageInfo, Trace
 from ..meta.tensors import simulated
 from .batch import Batch, floating_leaves
+from .data_dependent import active_resolver
 from .device_model import DeviceModel
+from .meta_cache import MetaCache
 
 
 @dataclass
@@ -105,8 +107,7 @@ class Recorder:
         if self.device.name == "cuda" and not simulated(t):
             return None
         storage = t.untyped_storage()
-        ref = StorageWeakRef(storage)
-        found = self.live.get(ref.cdata)
+        found = self.live.get(storage._cdata)
         if found is not None and not found.ref.expired():
             if category is not None:
                 self.mark(found.sid, category)
@@ -114,7 +115,7 @@ class Recorder:
         sid = next(self._ids)
         nbytes = int(storage.nbytes())
         category = category or self.allocating_as
-        self._watch(ref, storage, sid)
+        self._watch(StorageWeakRef(storage), storage, sid)
         self.meta[sid] = _Meta(
             nbytes,
             op,
@@ -163,7 +164,7 @@ class Recorder:
 
     def storage_id(self, t: torch.Tensor) -> int | None:
         """The id of the live storage behind a tensor, if the recorder knows it."""
-        found = self.live.get(StorageWeakRef(t.untyped_storage()).cdata)
+        found = self.live.get(t.untyped_storage()._cdata)
         return found.sid if found is not None and not found.ref.expired() else None
 
     def mark(self, sid: int, category: Category) -> None:
@@ -266,7 +267,7 @@ class Recorder:
 
     # --- the op ---------------------------------------------------------------------------------
     def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
-        name = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
+        name = _op_name(func)
         flops = count_flops(func, args, kwargs, out)
         if flops:
             key = (self.iteration, self.current_module())
@@ -335,6 +336,9 @@ class Recorder:
     def _track_outputs(self, out: Any, name: str, index: int | None) -> None:
         """Track the op's outputs (all, or output `index` of a tuple); known storages stay as they are."""
         chosen = out if index is None else (out[index] if isinstance(out, (tuple, list)) else out)
+        if isinstance(chosen, torch.Tensor):
+            self.track(chosen, None, name)
+            return
         for t in tree_leaves(chosen):
             if isinstance(t, torch.Tensor):
                 self.track(t, None, name)
@@ -430,6 +434,11 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return inner if isinstance(inner, torch.Tensor) else t
 
 
+@functools.cache
+def _wrapped(types: tuple[type, ...]) -> bool:
+    return any(_wrapper(t) for t in types)
+
+
 def _wrapper(cls: type) -> bool:
     """A tensor subclass dispatching to inner tensors (DTensor); not the simulation's FakeTensor."""
     return cls not in (torch.Tensor, FakeTensor) and "__torch_dispatch__" in vars(cls)
@@ -449,34 +458,83 @@ def _sole_owner(t: torch.Tensor) -> bool:
 def count_flops(func: Any, args: Any, kwargs: Any, out: Any) -> int:
     """FLOPs as torch.utils.flop_counter counts them (2 per multiply-add), without its module tracking,
     whose hooks would hold outputs alive and change the lifetimes being measured."""
-    packet = getattr(func, "overloadpacket", None)
-    extra = _EXTRA_FLOPS.get(str(packet))
+    extra, fn = _flop_formulas(func)
     if extra is not None:
         return extra(args)
-    fn = flop_registry.get(packet)
     if fn is None:
         return 0
+    key = (func, _shapes(args), _shapes(tuple((kwargs or {}).items())), _shapes((out,)))
+    try:
+        found = _FLOPS.get(key)
+    except TypeError:  # an argument that is not hashable: counted each time
+        return _formula(fn, args, kwargs, out)
+    if found is None:
+        found = _FLOPS[key] = _formula(fn, args, kwargs, out)
+    return found
+
+
+def _formula(fn: Callable[..., Any], args: Any, kwargs: Any, out: Any) -> int:
     try:
         return int(fn(*args, **(kwargs or {}), out_val=out))
     except Exception:  # a formula that does not apply to these arguments counts nothing
         return 0
 
 
+_FLOPS: dict[tuple[Any, ...], int] = {}  # a formula's count by op and arguments, tensors by their shapes
+
+
+def _shapes(values: tuple[Any, ...] | list[Any]) -> tuple[Any, ...]:
+    """Arguments as flop_counter's formulas read them (a tensor by its shape), hashable."""
+    return tuple(
+        (torch.Size, x.shape)
+        if isinstance(x, torch.Tensor)
+        else _shapes(x)
+        if isinstance(x, (tuple, list))
+        else (type(x), x)
+        for x in values
+    )
+
+
+@functools.cache
+def _flop_formulas(func: Any) -> tuple[Callable[[Any], int] | None, Callable[..., Any] | None]:
+    """The op's FLOP formula: memtrace's own, or flop_counter's (by overload packet)."""
+    packet = getattr(func, "overloadpacket", None)
+    return _EXTRA_FLOPS.get(str(packet)), flop_registry.get(packet)
+
+
+@functools.cache
+def _op_name(func: Any) -> str:
+    return str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
+
+
 class _Mode(TorchDispatchMode):
+    """The simulation's one dispatch mode: each op runs through the data-dependent resolver (when
+    `resolving` is active), its meta computation replayed where the cache has it, then is recorded."""
+
     def __init__(self, rec: Recorder) -> None:
         super().__init__()
         self.rec = rec
+        self.resolver = active_resolver()
+        values = self.resolver.values if self.resolver is not None else None
+        through = self.resolver.passes_through if self.resolver is not None else lambda func: True
+        self.cache = MetaCache(through, values.holds if values is not None else lambda storage: False)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if any(_wrapper(t) for t in types):
+        if _wrapped(tuple(types)):
             return NotImplemented  # a wrapper (DTensor) runs its local ops, which come back here
+        kwargs = kwargs or {}
         if _composite(func):  # under inference_mode composite ops reach the mode whole: run their parts
             with self:  # ATen's own C++ decomposition, not a Python one (dropout's clones its input)
-                return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **(kwargs or {}))
+                return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
         self.rec.sweep()
-        out = func(*args, **(kwargs or {}))
+        out = self.cache.run(func, args, kwargs, lambda: self._run(func, args, kwargs))
         self.rec.on_op(func, args, kwargs, out)
         return out
+
+    def _run(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        if self.resolver is None:
+            return func(*args, **kwargs)
+        return self.resolver.dispatch(func, args, kwargs)
 
 
 @functools.cache
