@@ -87,4 +87,6 @@ def test_verify_prints_the_values_that_replay_the_run(capsys: pytest.CaptureFixt
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "--assume item=" in err and "--assume nms.keep=" in err
-    assert err.strip().splitlines()[-1].startswith("memtrace: error: aten::_local_scalar_dense")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("memtrace: error: ") and ".py:" in last, last  # the line of code that asked
+    assert ".item() (or int(), float(), bool()) reads an integer" in last and "--assume item=" in last
