@@ -5,8 +5,8 @@
         benchmarks/models/dist_models.py:lm --input 4x64:int64
 
 Each case is measured in turn; each rank writes OUT/case{I}-rank{R}.json: {"rank", "world", "peak",
-"start", "rise", "unpaired"}. The step is memtrace's own (tracer/engine/program.py), the model wrapped by the code
-the simulation runs (tracer/engine/distributed.py `wrap_model`, without the simulation's patches). As
+"start", "rise", "unpaired"}. The step is memtrace's own (tracer/engine/program.py), the model wrapped by the
+code the simulation runs (tracer/engine/distributed.py `wrap_model`, without the simulation's patches). As
 tests/reference.py measures one process: one warm-up step, then the profiled step; peak = bytes live at its
 start + the largest rise of the allocator's events. The bytes live at the start are the net of every
 allocation event from the model's build through the warm-up step (profiled too), so buckets, shards and

@@ -1,4 +1,5 @@
-"""The ground truth: the same step on real CPU tensors, measured by the CPU allocator (tracer/real/measure.py).
+"""The ground truth: the same step on real CPU tensors, measured by the CPU allocator
+(tracer/real/measure.py).
 
 Peak = bytes live at the step's start + the largest rise of the profiler's allocation events in time order.
 One warm-up step runs first so lazily created optimizer state exists, as in the simulated steady state.

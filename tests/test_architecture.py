@@ -171,3 +171,36 @@ def test_old_paths_warn_and_give_the_new_module(old: str, new: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         assert importlib.import_module(old) is importlib.import_module(new)
+
+
+MAX_LINES = 600
+LONG_ALLOWED = {"devices/cpu/gemm_lowp.py"}  # the line-by-line port of oneDNN's GEMM blocking
+
+
+def test_modules_are_small() -> None:
+    long = [
+        f"{path.relative_to(TRACER)} ({n} lines)"
+        for path in [*TRACER.rglob("*.py"), *(ROOT / "cli").rglob("*.py"), *(ROOT / "src").rglob("*.py")]
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+        and str(path.relative_to(TRACER) if path.is_relative_to(TRACER) else path) not in LONG_ALLOWED
+    ]
+    assert not long, long
+
+
+def test_only_the_recorder_assigns_its_fields() -> None:
+    """The Recorder's narrow API (push/pop of modules, phases, `allocating_as`, `at_node`, ...): no other
+    module assigns a recorder's fields or mutates its module stack."""
+    wrong = []
+    for path in TRACER.rglob("*.py"):
+        if path.name == "recorder.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for target in targets:
+                owner = ast.unparse(target.value) if isinstance(target, ast.Attribute) else ""
+                if owner in ("rec", "recorder", "self.rec"):
+                    wrong.append(f"{path.relative_to(TRACER)}:{node.lineno} {ast.unparse(target)}")
+            called = ast.unparse(node.func) if isinstance(node, ast.Call) else ""
+            if called.startswith(("rec.module_stack.", "rec.input_shapes.", "rec.output_shapes.")):
+                wrong.append(f"{path.relative_to(TRACER)}:{node.lineno} {called}")
+    assert not wrong, wrong

@@ -323,7 +323,7 @@ def test_flash_backward_rule_orders_copies_outputs_and_buffers() -> None:
         ("alloc", 128 * 4 * 64 * 4),  # dq_accum
     ]
     assert DeviceModel("cuda").workspace(
-        "aten._scaled_dot_product_flash_attention_backward.default", args, {}, None
+        torch.ops.aten._scaled_dot_product_flash_attention_backward.default, args, {}, None
     )
 
 

@@ -10,7 +10,8 @@ import torch
 from memtrace.tracer.core.assume import Policy
 from memtrace.tracer.core.errors import DataDependentError
 from memtrace.tracer.core.records import LOGGED, Assumption
-from memtrace.tracer.engine.data_dependent import KnownValues, resolved_alone, resolving
+from memtrace.tracer.engine.data_dependent import KnownValues, resolving
+from memtrace.tracer.engine.data_observer import resolved_alone
 
 N = 16
 

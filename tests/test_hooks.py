@@ -11,9 +11,9 @@ from memtrace.tracer.core.records import Category, Event, Kind, Phase, Trace
 from memtrace.tracer.core.specs import OptimizerSpec
 from memtrace.tracer.engine.batch import Batch
 from memtrace.tracer.engine.device_model import DeviceModel
-from memtrace.tracer.engine.hooks import active_recorder, recording, register_baseline
+from memtrace.tracer.engine.hooks import recording, register_baseline
 from memtrace.tracer.engine.program import StepPlan, make_optimizer, run_program
-from memtrace.tracer.engine.recorder import Recorder
+from memtrace.tracer.engine.recorder import Recorder, active_recorder
 
 BATCH, IN, HIDDEN, OUT = 4, 8, 16, 2
 F32 = torch.empty(0).element_size()

@@ -36,12 +36,10 @@ from typing import Any
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.assume import (
     KEYS,
-    Counts,
     Policy,
     assignment,
     check_counts,
@@ -49,7 +47,6 @@ from ..core.assume import (
     item_value,
     kept_boxes,
     kept_elements,
-    measured_values,
     token_groups,
 )
 from ..core.errors import DataDependentError, MemtraceError
@@ -138,7 +135,7 @@ class CallCounter:
         return self.seen[name] - 1
 
 
-class _Resolver:
+class Resolver:
     """Runs an op for the recorder's dispatch mode: on known values, by the policy, or as it is."""
 
     def __init__(
@@ -166,8 +163,8 @@ class _Resolver:
         call = self.calls.next(func)
         if func is aten._grouped_mm.default and args[0].device == _META and args[0].dtype != torch.bfloat16:
             return _grouped_mm_shape(*args, **kwargs)
-        if func in _INDEXED:  # a real run's observer counts each boolean mask of an index as a nonzero
-            calls = [self.calls.take("nonzero") for i in args[1] if _is_bool(i)]
+        if func in INDEXED:  # a real run's observer counts each boolean mask of an index as a nonzero
+            calls = [self.calls.take("nonzero") for i in args[1] if is_bool_index(i)]
             if any(_is_mask(i) for i in args[1]):
                 args = (args[0], self._mask_indices(args[1], iter(calls)), *args[2:])
         tensors = _tensors(kwargs.values(), _tensors(args, []))
@@ -255,7 +252,7 @@ class _Resolver:
         the mask's values are known, else by the nonzero policy (meta has no size for a mask's count)."""
         found: list[torch.Tensor | None] = []
         for index in indices:
-            call = next(calls) if _is_bool(index) else None
+            call = next(calls) if is_bool_index(index) else None
             if not _is_mask(index):
                 found.append(index)
                 continue
@@ -425,14 +422,14 @@ def _lifting(func: Callable[..., torch.Tensor], values: KnownValues) -> Callable
     return made
 
 
-_INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default)
+INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default)
 
 
 @functools.cache
 def _plain(func: Any) -> bool:
     name = func.overloadpacket.__name__
     special = name in _FILLS or name in _SIZE_FROM_DATA or name in ("randperm", "topk")
-    special = special or func in _INDEXED or func in (aten.fill_.Scalar, aten.zero_.default)
+    special = special or func in INDEXED or func in (aten.fill_.Scalar, aten.zero_.default)
     return not (special or counted(func) is not None or func.namespace != "aten")
 
 
@@ -463,12 +460,12 @@ def _keepable(t: torch.Tensor) -> bool:
     return t.numel() <= (_MAX_KNOWN if t.is_floating_point() or t.is_complex() else _MAX_KNOWN_INDEX)
 
 
-def _is_bool(x: Any) -> bool:
+def is_bool_index(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.dtype in (torch.bool, torch.uint8)
 
 
 def _is_mask(x: Any) -> bool:
-    return _is_bool(x) and x.device == _META
+    return is_bool_index(x) and x.device == _META
 
 
 def _is_device(x: Any) -> bool:
@@ -544,7 +541,7 @@ def resolving(
     `iteration` tells the step being run (measured counts are per step); `in_model` whether a module's
     forward is running (a floating-point value read outside it is logged, and gets a placeholder)."""
     used: list[Assumption] = []
-    mode = _Resolver(policy, where, iteration, in_model)
+    mode = Resolver(policy, where, iteration, in_model)
     _ACTIVE.append(mode)
     try:
         with _lifted(mode.values):
@@ -554,62 +551,10 @@ def resolving(
         used.extend(mode.used)
 
 
-_ACTIVE: list[_Resolver] = []
+_ACTIVE: list[Resolver] = []
 
 
-class _Alone(TorchDispatchMode):
-    """The resolver's own dispatch mode, where no recorder runs it (the unit tests of this module)."""
-
-    def __init__(self, resolver: _Resolver) -> None:
-        super().__init__()
-        self.resolver = resolver
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        return self.resolver.dispatch(func, args, kwargs or {})
-
-
-@contextmanager
-def resolved_alone() -> Iterator[None]:
-    """Inside `resolving`, with no recorder: the resolver runs every op itself."""
-    resolver = active_resolver()
-    if resolver is None:
-        raise RuntimeError("resolved_alone() runs inside resolving()")
-    with _Alone(resolver):
-        yield
-
-
-def active_resolver() -> _Resolver | None:
+def active_resolver() -> Resolver | None:
     """The resolver of the simulation in progress: the recorder's dispatch mode, entered inside
     `resolving`, runs every op through it."""
     return _ACTIVE[-1] if _ACTIVE else None
-
-
-class Observer(TorchDispatchMode):
-    """On real tensors: the counts `nonzero` (and each boolean mask of an index) and `torchvision::nms`
-    return, and the values of `.item()`, in call order, per step (`mark()` starts the next one)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.steps: list[tuple[Counts, Counts, Counts]] = []
-        self.mark()
-
-    def mark(self) -> None:
-        self.steps.append(([], [], []))
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        name = counted(func)
-        nonzero, nms, items = self.steps[-1]
-        if name == "nms":
-            nms.append(int(out.shape[0]))
-        elif name == "nonzero":
-            nonzero.append(int(out.shape[0]))
-        elif name == "_local_scalar_dense":
-            items.append(out)
-        elif func in _INDEXED:  # a boolean mask among the indices: its count, as a nonzero's
-            nonzero.extend(int(m.count_nonzero()) for m in args[1] if _is_bool(m))
-        return out
-
-    def assumptions(self) -> tuple[tuple[str, str], ...]:
-        """The `--assume` pairs that replay what was observed."""
-        return measured_values(self.steps)

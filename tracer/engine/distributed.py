@@ -34,7 +34,8 @@ from ..core.errors import MemtraceError
 from ..core.parallel import Parallel
 from ..core.records import Category
 from .batch import Batch
-from .recorder import Recorder, _Mode
+from .dispatch import RecordingMode
+from .recorder import Recorder
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -169,7 +170,7 @@ class World:
             self.stack.enter_context(_fsdp_communication(rec))
             self.stack.enter_context(_propagation_unrecorded())
         else:
-            with _Mode(rec), allocating(rec, Category.COMMUNICATION):
+            with RecordingMode(rec), rec.allocating_as(Category.COMMUNICATION):
                 runner = wrap_model(model, self.parallel, self.mesh, simulated=True)
         self.stack.enter_context(_rng_state_kept())
         return runner, batch
@@ -207,17 +208,6 @@ def simulated_world(parallel: Parallel | None) -> Iterator[World | None]:
 
 
 @contextmanager
-def allocating(rec: Recorder, category: Category | None) -> Iterator[None]:
-    """New storages are `category` while the block runs (None: as the recorder finds them)."""
-    previous = rec.allocating_as
-    rec.allocating_as = category or previous
-    try:
-        yield
-    finally:
-        rec.allocating_as = previous
-
-
-@contextmanager
 def _fsdp_communication(rec: Recorder) -> Iterator[None]:
     """FSDP2's unshard (all-gather in, copy out), its wait, and its post-backward (reduce-scatter) allocate
     communication buffers; patched on the param-group class while the simulation runs."""
@@ -228,7 +218,7 @@ def _fsdp_communication(rec: Recorder) -> Iterator[None]:
 
     def patched(original: Any) -> Any:
         def run(*args: Any, **kwargs: Any) -> Any:
-            with allocating(rec, Category.COMMUNICATION):
+            with rec.allocating_as(Category.COMMUNICATION):
                 return original(*args, **kwargs)
 
         return run

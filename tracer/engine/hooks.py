@@ -15,18 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-from torch.utils._pytree import tree_leaves
 
 from ..core.records import LOSS, Category, Phase
-from .recorder import Recorder, _Mode, claim
+from .dispatch import RecordingMode
+from .recorder import Recorder, claim
 
 
 def register_baseline(
     rec: Recorder, model: nn.Module, inputs: Sequence[torch.Tensor], owners: dict[int, str]
 ) -> None:
     """Parameters, buffers and inputs exist before the step; parameters remember their module."""
-    rec.owners = owners
-    rec.params = list(model.parameters())
+    rec.bind_model(owners, list(model.parameters()))
     for p in model.parameters():
         rec.mark_tensor(p, Category.PARAMETER, owners.get(id(p), ""))
     for b in model.buffers():
@@ -35,20 +34,11 @@ def register_baseline(
         rec.mark_tensor(x, Category.INPUT)
 
 
-_ACTIVE: list[Recorder] = []
-
-
-def active_recorder() -> Recorder | None:
-    """The recorder of the simulation in progress, if any."""
-    return _ACTIVE[-1] if _ACTIVE else None
-
-
 @contextmanager
 def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
     """Module hooks, saved-tensor hooks and the dispatch mode, all removed on exit."""
     with ExitStack() as stack:
-        _ACTIVE.append(rec)
-        stack.callback(_ACTIVE.pop)
+        stack.enter_context(rec.active())
         for name, module in model.named_modules():
             if isinstance(module, torch.jit.ScriptModule):
                 continue  # takes no Python hooks: its ops count for the module around it
@@ -64,7 +54,7 @@ def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
             stack.enter_context(_loss_named(rec, fn, loss_modules))
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(_pack(rec), _unpack))
         stack.enter_context(_resizes_seen(rec))
-        stack.enter_context(_Mode(rec))
+        stack.enter_context(RecordingMode(rec))
         yield rec
 
 
@@ -123,11 +113,8 @@ def _loss_named(rec: Recorder, fn: str, loss_modules: set[str]) -> Iterator[None
         top = rec.module_stack[-1]
         if top.startswith(LOSS) or top in loss_modules:
             return original(*args, **kwargs)
-        rec.module_stack.append(f"{LOSS}:{fn}")
-        try:
+        with rec.in_module(f"{LOSS}:{fn}"):
             out = original(*args, **kwargs)
-        finally:
-            rec.module_stack.pop()
         if rec.phase in (Phase.FORWARD, Phase.LOSS) and torch.is_grad_enabled():
             claim(rec.node_module, out, f"{LOSS}:{fn}")
         return out
@@ -176,31 +163,23 @@ def _optimizer_post(rec: Recorder) -> Any:
 
 def _pre_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any) -> None:
-        rec.module_stack.append(name)
+        rec.push_module(name)
         if rec.phase is not Phase.RECOMPUTE and in_engine():
             rec.sweep()
-            rec.phase = Phase.RECOMPUTE
-            rec.recompute_depth = len(rec.module_stack)
+            rec.start_recompute()
         elif rec.phase is not Phase.RECOMPUTE:
             rec.enter(Phase.FORWARD)  # a forward starts: the model's, or a submodule a user's step calls
-        if rec.phase is Phase.FORWARD and name not in rec.input_shapes:
-            first = next((t for t in tree_leaves(args) if isinstance(t, torch.Tensor)), None)
-            rec.input_shapes[name] = tuple(first.shape) if first is not None else ()
+        rec.note_input(name, args)
 
     return hook
 
 
 def _post_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any, out: Any) -> None:
-        if sys.exc_info()[1] is not None and not rec.failed_in:
-            rec.failed_in = name or type(module).__name__
-        if rec.phase is Phase.RECOMPUTE and len(rec.module_stack) == rec.recompute_depth:
-            rec.phase = Phase.BACKWARD
-        if len(rec.module_stack) > 1:
-            rec.module_stack.pop()
-        if rec.phase is Phase.FORWARD and name not in rec.output_shapes:
-            first = next((t for t in tree_leaves(out) if isinstance(t, torch.Tensor)), None)
-            rec.output_shapes[name] = tuple(first.shape) if first is not None else ()
+        if sys.exc_info()[1] is not None:
+            rec.fail_in(name or type(module).__name__)
+        rec.leave_module()
+        rec.note_output(name, out)
         if rec.phase is Phase.FORWARD and torch.is_grad_enabled():
             claim(rec.node_module, out, name)
         if not name and rec.phase is Phase.FORWARD and sys.exc_info()[1] is None:

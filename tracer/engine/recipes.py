@@ -75,7 +75,8 @@ def wrap_checkpoint(model: nn.Module, globs: tuple[str, ...]) -> list[str]:
 
 def _checkpointed(forward: Callable[..., Any], name: str) -> Callable[..., Any]:
     def body(*args: Any, **kwargs: Any) -> Any:
-        from .hooks import active_recorder, in_engine
+        from .hooks import in_engine
+        from .recorder import active_recorder
 
         rec = active_recorder()
         if rec is not None and in_engine():

@@ -8,29 +8,23 @@ hooks.py). The recorder emits events, nothing else.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch._C import DispatchKey
-from torch._subclasses.fake_tensor import FakeTensor
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
 from ..core.records import Category, Event, Kind, Phase, StorageInfo, Trace
 from ..meta.tensors import simulated
 from .batch import Batch, floating_leaves
-from .data_dependent import active_resolver
 from .device_model import DeviceModel
-from .meta_cache import MetaCache
+from .flops import count_flops, op_name
 
 
 @dataclass
@@ -97,7 +91,83 @@ class Recorder:
         self._seq = itertools.count()
         self.persistent: dict[str, int] = {}  # library workspaces kept for the run, by name
         self.estimate: tuple[int, int] | None = None  # the largest unplaced workspace estimate
-        self.allocating_as: Category | None = None  # what new storages are while a caller says (distributed)
+        self._allocating: Category | None = None  # what new storages are while a caller says (distributed)
+
+    # --- the narrow API of the hooks, the map and the ranks: no other module assigns these fields ------
+    def bind_model(self, owners: dict[int, str], params: list[nn.Parameter]) -> None:
+        """The parameters' owning modules (their gradients and optimizer state are filed under them)."""
+        self.owners, self.params = owners, params
+
+    def push_module(self, name: str) -> None:
+        self.module_stack.append(name)
+
+    def pop_module(self) -> None:
+        if len(self.module_stack) > 1:
+            self.module_stack.pop()
+
+    @contextmanager
+    def in_module(self, name: str) -> Iterator[None]:
+        """What runs inside belongs to `name` (a loss function, a node fx inlined from a module)."""
+        depth = len(self.module_stack)
+        self.module_stack.append(name)
+        try:
+            yield
+        finally:
+            del self.module_stack[depth:]
+
+    def start_recompute(self) -> None:
+        """The module just pushed is a checkpoint's forward run again inside backward."""
+        self.phase = Phase.RECOMPUTE
+        self.recompute_depth = len(self.module_stack)
+
+    def leave_module(self) -> None:
+        """A module's forward returned: a recomputation ends with its outermost module."""
+        if self.phase is Phase.RECOMPUTE and len(self.module_stack) == self.recompute_depth:
+            self.phase = Phase.BACKWARD
+        self.pop_module()
+
+    def fail_in(self, name: str) -> None:
+        """The innermost module an exception left, for the error message."""
+        if not self.failed_in:
+            self.failed_in = name
+
+    def note_input(self, name: str, args: Any) -> None:
+        """The shape of a module's first input tensor, from its first forward."""
+        if self.phase is Phase.FORWARD and name not in self.input_shapes:
+            self.input_shapes[name] = _first_shape(args)
+
+    def note_output(self, name: str, out: Any) -> None:
+        """The shape of a module's first output tensor, from its first forward."""
+        if self.phase is Phase.FORWARD and name not in self.output_shapes:
+            self.output_shapes[name] = _first_shape(out)
+
+    @contextmanager
+    def allocating_as(self, category: Category | None) -> Iterator[None]:
+        """New storages are `category` while the block runs (None: as the recorder finds them)."""
+        previous = self._allocating
+        self._allocating = category or previous
+        try:
+            yield
+        finally:
+            self._allocating = previous
+
+    @contextmanager
+    def at_node(self, name: str) -> Iterator[None]:
+        """The fx node running: on every event while the block runs."""
+        self.fx_node = name
+        try:
+            yield
+        finally:
+            self.fx_node = ""
+
+    @contextmanager
+    def active(self) -> Iterator[Recorder]:
+        """This recorder is `active_recorder()` while the block runs."""
+        _ACTIVE.append(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.remove(self)
 
     # --- storages -------------------------------------------------------------------------------
     def track(self, t: torch.Tensor, category: Category | None, op: str) -> int | None:
@@ -114,7 +184,7 @@ class Recorder:
             return found.sid
         sid = next(self._ids)
         nbytes = int(storage.nbytes())
-        category = category or self.allocating_as
+        category = category or self._allocating
         self._watch(StorageWeakRef(storage), storage, sid)
         self.meta[sid] = _Meta(
             nbytes,
@@ -152,7 +222,7 @@ class Recorder:
         bytes are freed, and the new ones, if any, are a new allocation of the same category."""
         ref = StorageWeakRef(storage)
         found = self.live.pop(ref.cdata, None)
-        category = self.allocating_as
+        category = self._allocating
         if found is not None:
             category = category or self.meta[found.sid].category
             self._emit(Kind.FREE, found.sid, self.meta[found.sid].nbytes, "resize_")
@@ -267,7 +337,7 @@ class Recorder:
 
     # --- the op ---------------------------------------------------------------------------------
     def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
-        name = _op_name(func)
+        name = op_name(func)
         flops = count_flops(func, args, kwargs, out)
         if flops:
             key = (self.iteration, self.current_module())
@@ -417,31 +487,23 @@ class Recorder:
         )
 
 
-_EXTRA_FLOPS: dict[str, Callable[[Any], int]] = {
-    # the CPU's fused attention, which flop_counter has no formula for: the same count as any SDPA
-    "aten._scaled_dot_product_flash_attention_for_cpu": lambda a: int(
-        sdpa_flop_count(a[0].shape, a[1].shape, a[2].shape)
-    ),
-    "aten._scaled_dot_product_flash_attention_for_cpu_backward": lambda a: int(
-        sdpa_backward_flop_count(a[0].shape, a[1].shape, a[2].shape, a[3].shape)
-    ),
-}
-
-
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's local shard (FSDP2's parameters, gradients and optimizer state); any other tensor as is."""
     inner = getattr(t, "_local_tensor", None)
     return inner if isinstance(inner, torch.Tensor) else t
 
 
-@functools.cache
-def _wrapped(types: tuple[type, ...]) -> bool:
-    return any(_wrapper(t) for t in types)
+_ACTIVE: list[Recorder] = []
 
 
-def _wrapper(cls: type) -> bool:
-    """A tensor subclass dispatching to inner tensors (DTensor); not the simulation's FakeTensor."""
-    return cls not in (torch.Tensor, FakeTensor) and "__torch_dispatch__" in vars(cls)
+def active_recorder() -> Recorder | None:
+    """The recorder of the simulation in progress, if any."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+def _first_shape(value: Any) -> tuple[int, ...]:
+    first = next((t for t in tree_leaves(value) if isinstance(t, torch.Tensor)), None)
+    return tuple(first.shape) if first is not None else ()
 
 
 def _node_seq() -> int:
@@ -453,102 +515,6 @@ def _sole_owner(t: torch.Tensor) -> bool:
     """Whether only one owner holds the tensor's storage (the probe's own handle not counted)."""
     storage = t.untyped_storage()
     return t.is_contiguous() and torch._C._storage_Use_Count(storage._cdata) == 2
-
-
-def count_flops(func: Any, args: Any, kwargs: Any, out: Any) -> int:
-    """FLOPs as torch.utils.flop_counter counts them (2 per multiply-add), without its module tracking,
-    whose hooks would hold outputs alive and change the lifetimes being measured."""
-    extra, fn = _flop_formulas(func)
-    if extra is not None:
-        return extra(args)
-    if fn is None:
-        return 0
-    key = (func, _shapes(args), _shapes(tuple((kwargs or {}).items())), _shapes((out,)))
-    try:
-        found = _FLOPS.get(key)
-    except TypeError:  # an argument that is not hashable: counted each time
-        return _formula(fn, args, kwargs, out)
-    if found is None:
-        found = _FLOPS[key] = _formula(fn, args, kwargs, out)
-    return found
-
-
-def _formula(fn: Callable[..., Any], args: Any, kwargs: Any, out: Any) -> int:
-    try:
-        return int(fn(*args, **(kwargs or {}), out_val=out))
-    except Exception:  # a formula that does not apply to these arguments counts nothing
-        return 0
-
-
-_FLOPS: dict[tuple[Any, ...], int] = {}  # a formula's count by op and arguments, tensors by their shapes
-
-
-def _shapes(values: tuple[Any, ...] | list[Any]) -> tuple[Any, ...]:
-    """Arguments as flop_counter's formulas read them (a tensor by its shape), hashable."""
-    return tuple(
-        (torch.Size, x.shape)
-        if isinstance(x, torch.Tensor)
-        else _shapes(x)
-        if isinstance(x, (tuple, list))
-        else (type(x), x)
-        for x in values
-    )
-
-
-@functools.cache
-def _flop_formulas(func: Any) -> tuple[Callable[[Any], int] | None, Callable[..., Any] | None]:
-    """The op's FLOP formula: memtrace's own, or flop_counter's (by overload packet)."""
-    packet = getattr(func, "overloadpacket", None)
-    return _EXTRA_FLOPS.get(str(packet)), flop_registry.get(packet)
-
-
-@functools.cache
-def _op_name(func: Any) -> str:
-    return str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
-
-
-class _Mode(TorchDispatchMode):
-    """The simulation's one dispatch mode: each op runs through the data-dependent resolver (when
-    `resolving` is active), its meta computation replayed where the cache has it, then is recorded."""
-
-    def __init__(self, rec: Recorder) -> None:
-        super().__init__()
-        self.rec = rec
-        self.resolver = active_resolver()
-        values = self.resolver.values if self.resolver is not None else None
-        through = self.resolver.passes_through if self.resolver is not None else lambda func: True
-        self.cache = MetaCache(through, values.holds if values is not None else lambda storage: False)
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if _wrapped(tuple(types)):
-            return NotImplemented  # a wrapper (DTensor) runs its local ops, which come back here
-        kwargs = kwargs or {}
-        if _composite(func):  # under inference_mode composite ops reach the mode whole: run their parts
-            with self:  # ATen's own C++ decomposition, not a Python one (dropout's clones its input)
-                return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
-        self.rec.sweep()
-        out = self.cache.run(func, args, kwargs, lambda: self._run(func, args, kwargs))
-        self.rec.on_op(func, args, kwargs, out)
-        return out
-
-    def _run(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        if self.resolver is None:
-            return func(*args, **kwargs)
-        return self.resolver.dispatch(func, args, kwargs)
-
-
-@functools.cache
-def _composite(func: Any) -> bool:
-    """An op the CPU runs as its CompositeImplicitAutograd decomposition. Autograd's key decomposes such ops
-    before any dispatch mode sees them, except under inference_mode, which skips that key: there the parts
-    (convolution, native_batch_norm, addmm) must still meet the recorder and the device rules."""
-    name = func.name() if hasattr(func, "name") else ""
-    if name.startswith("prim::"):  # TorchScript's prim ops (prim::device, which DDP's reducer runs)
-        return False
-    return bool(name) and (
-        torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CompositeImplicitAutograd)
-        and not torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CPU)
-    )
 
 
 def claim(table: dict[int, str], out: Any, name: str) -> None:

@@ -7,7 +7,8 @@ meta at all, made to run on meta as they run on the device.
   out of place, one more output-sized buffer. The patch runs ATen's plain branch on meta tensors.
 - `pack_padded_sequence` needs its lengths on the CPU (it reads them). Lengths given as a meta tensor (an
   input of the model) have no values: the simulation packs every sequence at full length, the worst case,
-  and `tracer/engine/prepare.py` says so in a note. Lengths on the CPU (a list, a CPU tensor) are used as they are.
+  and `tracer/engine/prepare.py` says so in a note. Lengths on the CPU (a list, a CPU tensor) are used as
+  they are.
   `nn.utils.rnn.pad_packed_sequence` of such an unsorted pack reorders its output on meta.
 """
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..core.errors import MemtraceError, first_line
 from ..engine.batch import Batch
-from ..engine.data_dependent import Observer
+from ..engine.data_observer import Observer
 from ..engine.loader import Built, load_object, split_result
 from ..engine.losses import make_loss
 from ..engine.program import NullObserver, StepPlan, make_optimizer, run_program

@@ -34,16 +34,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..core.errors import first_line
 from ..core.records import Phase, Trace
 from ..engine.batch import Batch, as_batch, floating_leaves
 from ..engine.device_model import DeviceModel
+from ..engine.flops import count_flops
 from ..engine.losses import LossFn
-from ..engine.recorder import Recorder, claim, count_flops
+from ..engine.recorder import Recorder, active_recorder, claim
 from .graph import ROOT, FxMap, MapPath, NodeInfo, NodeRun
 
 if TYPE_CHECKING:
@@ -423,23 +423,13 @@ def _runner(model: nn.Module, call: Callable[..., Any]) -> nn.Module:
     return runner
 
 
-def active_recorder() -> Recorder | None:
-    """The recorder of the engine run in progress (its dispatch mode is on the mode stack)."""
-    for mode in reversed(_get_current_dispatch_mode_stack()):
-        rec = getattr(mode, "rec", None)
-        if isinstance(rec, Recorder):
-            return rec
-    return None
-
-
 def storage_ids(rec: Recorder, out: Any) -> tuple[int, ...]:
     """The recorder's ids of the storages behind the tensors in `out`."""
     sids: list[int] = []
     for t in tree_leaves(out):
-        if isinstance(t, torch.Tensor):
-            live = rec.live.get(StorageWeakRef(t.untyped_storage()).cdata)
-            if live is not None and not live.ref.expired() and live.sid not in sids:
-                sids.append(live.sid)
+        sid = rec.storage_id(t) if isinstance(t, torch.Tensor) else None
+        if sid is not None and sid not in sids:
+            sids.append(sid)
     return tuple(sids)
 
 
@@ -471,15 +461,8 @@ class _Recorded(_Interpreter):
 
     def _run(self, n: fx.Node, module: str | None) -> Any:
         rec = self.rec
-        if module is not None:
-            rec.module_stack.append(module)
-        rec.fx_node = n.name
-        try:
+        with rec.in_module(module) if module is not None else contextlib.nullcontext(), rec.at_node(n.name):
             return super().run_node(n)
-        finally:
-            rec.fx_node = ""
-            if module is not None:
-                rec.module_stack.pop()
 
 
 def eager_last_uses(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:

@@ -1,0 +1,70 @@
+"""The recorder's one dispatch mode: every op of the step runs here (the data-dependent resolver, the meta
+cache), and its outputs, buffers, frees and FLOPs go to the recorder."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch._C import DispatchKey
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .data_dependent import active_resolver
+from .meta_cache import MetaCache
+from .recorder import Recorder
+
+
+@functools.cache
+def _wrapped(types: tuple[type, ...]) -> bool:
+    return any(_wrapper(t) for t in types)
+
+
+def _wrapper(cls: type) -> bool:
+    """A tensor subclass dispatching to inner tensors (DTensor); not the simulation's FakeTensor."""
+    return cls not in (torch.Tensor, FakeTensor) and "__torch_dispatch__" in vars(cls)
+
+
+class RecordingMode(TorchDispatchMode):
+    """The simulation's one dispatch mode: each op runs through the data-dependent resolver (when
+    `resolving` is active), its meta computation replayed where the cache has it, then is recorded."""
+
+    def __init__(self, rec: Recorder) -> None:
+        super().__init__()
+        self.rec = rec
+        self.resolver = active_resolver()
+        values = self.resolver.values if self.resolver is not None else None
+        through = self.resolver.passes_through if self.resolver is not None else lambda func: True
+        self.cache = MetaCache(through, values.holds if values is not None else lambda storage: False)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if _wrapped(tuple(types)):
+            return NotImplemented  # a wrapper (DTensor) runs its local ops, which come back here
+        kwargs = kwargs or {}
+        if _composite(func):  # under inference_mode composite ops reach the mode whole: run their parts
+            with self:  # ATen's own C++ decomposition, not a Python one (dropout's clones its input)
+                return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
+        self.rec.sweep()
+        out = self.cache.run(func, args, kwargs, lambda: self._run(func, args, kwargs))
+        self.rec.on_op(func, args, kwargs, out)
+        return out
+
+    def _run(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        if self.resolver is None:
+            return func(*args, **kwargs)
+        return self.resolver.dispatch(func, args, kwargs)
+
+
+@functools.cache
+def _composite(func: Any) -> bool:
+    """An op the CPU runs as its CompositeImplicitAutograd decomposition. Autograd's key decomposes such ops
+    before any dispatch mode sees them, except under inference_mode, which skips that key: there the parts
+    (convolution, native_batch_norm, addmm) must still meet the recorder and the device rules."""
+    name = func.name() if hasattr(func, "name") else ""
+    if name.startswith("prim::"):  # TorchScript's prim ops (prim::device, which DDP's reducer runs)
+        return False
+    return bool(name) and (
+        torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CompositeImplicitAutograd)
+        and not torch._C._dispatch_has_kernel_for_dispatch_key(name, DispatchKey.CPU)
+    )
