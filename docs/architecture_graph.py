@@ -34,7 +34,8 @@ def module_of(path: Path) -> list[str]:
     return [p for p in path.relative_to(TRACER).with_suffix("").parts if p != "__init__"]
 
 
-def _guarded(tree: ast.Module) -> set[int]:
+def type_checking_lines(tree: ast.Module) -> set[int]:
+    """The lines of imports under `if TYPE_CHECKING:` (they do not count)."""
     lines: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -46,7 +47,7 @@ def _guarded(tree: ast.Module) -> set[int]:
 def targets(path: Path) -> list[str]:
     """The tracer modules (first component: the room) a file imports, relative imports resolved."""
     tree = ast.parse(path.read_text())
-    skip = _guarded(tree)
+    skip = type_checking_lines(tree)
     here = module_of(path)
     package = here if path.name == "__init__.py" else here[:-1]
     found = []

@@ -17,6 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACER = ROOT / "tracer"
+sys.path.insert(0, str(ROOT / "docs"))
+import architecture_graph as _GRAPH  # noqa: E402  (the docs draw the rooms with the same reader)
+
+sys.path.remove(str(ROOT / "docs"))
 
 # Each room and the rooms it may import (itself always). The facade is `tracer/simulate.py` (and
 # `tracer/__init__.py`); "studies" and "real" sit above it.
@@ -44,19 +48,10 @@ def room(module: str) -> str:
     return first if first in ALLOWED else "facade"
 
 
-def _type_checking_lines(tree: ast.Module) -> set[int]:
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for inner in node.body:
-                lines.update(range(inner.lineno, (inner.end_lineno or inner.lineno) + 1))
-    return lines
-
-
 def imports(path: Path) -> Iterator[tuple[int, str, bool]]:
     """(line, imported tracer module, is relative) for every import of a tracer module in the file."""
     tree = ast.parse(path.read_text())
-    skip = _type_checking_lines(tree)
+    skip = _GRAPH.type_checking_lines(tree)
     here = _module(path).split(".") if _module(path) else []
     package = here if path.name == "__init__.py" else here[:-1]
     for node in ast.walk(tree):

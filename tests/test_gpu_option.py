@@ -9,10 +9,11 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from test_cli import run
 
 from memtrace import pytest_plugin
 from memtrace.cli.common import GpuType, HeadroomType
-from memtrace.cli.main import cli, main
+from memtrace.cli.main import cli
 from memtrace.tracer.core.presets import PRESETS, model_number
 
 SIZE_TYPES = (GpuType, HeadroomType)
@@ -43,16 +44,6 @@ def loud_builder(tmp_path: Path) -> Path:
         "raise RuntimeError('the builder file was imported')\n"
     )
     return path
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(capsys: pytest.CaptureFixture[str], builder: Path, *argv: str) -> str:

@@ -19,7 +19,7 @@ from ..core.records import Category, LayerRow, Result
 from ..core.specs import human_bytes, short_bytes
 from .palette import CATEGORY_COLOURS
 from .plots import DPI, HTML_DPI, SIZE_INCHES, png_base64, timeline_figure
-from .report import CATEGORY_LABELS, dominant_line, header, verdict_line
+from .report import CATEGORY_LABELS, dominant_line, header, layer_cells, verdict_line
 from .saved import Saved
 
 if TYPE_CHECKING:
@@ -84,13 +84,6 @@ def table(
 
 def _share(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
-
-
-def _flops(n: int) -> str:
-    for unit, size in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return str(n)
 
 
 def _shape(shape: tuple[int, ...], empty: str = "-") -> str:
@@ -253,24 +246,10 @@ _LAYER_COLS = (
 )
 
 
-def _layer_cells(r: LayerRow, name: str) -> list[str]:
-    return [
-        name,
-        r.type,
-        _shape(r.output_shape),
-        f"{r.parameters:,}",
-        short_bytes(r.parameter_bytes),
-        short_bytes(r.gradient_bytes + r.optimizer_bytes),
-        short_bytes(r.activation_bytes),
-        short_bytes(r.peak_bytes),
-        _flops(r.flops),
-    ]
-
-
 def layer_breakdown_table(rows: tuple[LayerRow, ...], depth: int) -> str:
     """The per-layer table (--layers): names indented by depth, its totals line the summary's figures."""
-    body = [_layer_cells(r, "  " * max(r.depth - 1, 0) + r.name) for r in rows]
-    foot = ["total", "", "", *_layer_cells(totals(rows), "total")[3:]]
+    body = [layer_cells(r, "  " * max(r.depth - 1, 0) + r.name) for r in rows]
+    foot = ["total", "", "", *layer_cells(totals(rows), "total")[3:]]
     return table(f"Layers (depth {depth})", _LAYER_COLS, body, foot)
 
 

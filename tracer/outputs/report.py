@@ -352,6 +352,21 @@ def what_if_table(result: Result, rows: Sequence[WhatIfRow]) -> Table:
     return table
 
 
+def layer_cells(r: LayerRow, name: str) -> list[str]:
+    """A row of the per-layer table (`--layers`), as the terminal and the HTML page show it."""
+    return [
+        name,
+        r.type,
+        _shape(r.output_shape),
+        f"{r.parameters:,}",
+        short_bytes(r.parameter_bytes),
+        short_bytes(r.gradient_bytes + r.optimizer_bytes),
+        short_bytes(r.activation_bytes),
+        short_bytes(r.peak_bytes),
+        _flops(r.flops),
+    ]
+
+
 def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape)) if shape else "-"
 
@@ -397,17 +412,7 @@ def layer_breakdown_table(rows: Sequence[LayerRow], total: LayerRow, depth: int)
         else:
             table.add_column(col, footer=f, justify="left" if col == "output" else "right", no_wrap=True)
     for r in rows:
-        table.add_row(
-            "  " * max(r.depth - 1, 0) + r.name,
-            r.type,
-            _shape(r.output_shape),
-            f"{r.parameters:,}",
-            short_bytes(r.parameter_bytes),
-            short_bytes(r.gradient_bytes + r.optimizer_bytes),
-            short_bytes(r.activation_bytes),
-            short_bytes(r.peak_bytes),
-            _flops(r.flops),
-        )
+        table.add_row(*layer_cells(r, "  " * max(r.depth - 1, 0) + r.name))
     return table
 
 
