@@ -19,17 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memtrace.tracer.engine.loader import DTYPES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_CNN_PATH = REPO_ROOT / "benchmarks" / "models" / "seed_cnn.py"
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
 
 
 @dataclass(frozen=True)

@@ -51,18 +51,22 @@ def target_gpu(device: str, gpu: GpuSpec | None, arch: str | None) -> TargetGpu 
     """The GPU of a simulation: None on `--device cpu`; a size alone has the assumed architecture."""
     if device != "cuda":
         return None
-    preset = PRESETS.get(normalise_gpu_name(gpu.name)) if gpu is not None else PRESETS[DEFAULT_PRESET]
-    capability = arch or (preset.compute_capability if preset is not None else "8.0")
-    major, minor = (int(p) for p in capability.split(".")[:2])
-    if preset is not None and gpu is None:
-        label = f"{preset.name} (no --gpu: assumed)"
-    else:
-        label = (
-            preset.name if preset is not None else f"{gpu.name if gpu else '?'} (sm{major}{minor} assumed)"
+    default = PRESETS[DEFAULT_PRESET]
+    preset = PRESETS.get(normalise_gpu_name(gpu.name)) if gpu is not None else default
+    major, minor = (int(p) for p in (arch or (preset or default).compute_capability).split(".")[:2])
+    if gpu is None:
+        return TargetGpu(
+            f"{default.name} (no --gpu: assumed)",
+            f"NVIDIA {default.description}",
+            major,
+            minor,
+            default.memory_bytes,
         )
-    name = f"NVIDIA {preset.description}" if preset is not None else f"a GPU of {gpu.name if gpu else '?'}"
-    total = gpu.bytes if gpu is not None else preset.memory_bytes if preset is not None else 0
-    return TargetGpu(label, name, major, minor, total)
+    if preset is None:
+        return TargetGpu(
+            f"{gpu.name} (sm{major}{minor} assumed)", f"a GPU of {gpu.name}", major, minor, gpu.bytes
+        )
+    return TargetGpu(preset.name, f"NVIDIA {preset.description}", major, minor, gpu.bytes)
 
 
 @dataclass

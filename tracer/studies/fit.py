@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..core.errors import MemtraceError
-from ..core.records import FITS, Category, GpuSpec, Result, Verdict, judge, stated_uncertainty
+from ..core.records import FITS, Category, GpuSpec, Result, Verdict, stated_uncertainty
 from ..core.specs import Headroom, OptimizerSpec, bind_inputs, budget, input_symbols
 from ..core.studies import FitResult, Plan, Suggestion, SweepRow, WorldFit
+from ..devices.gpu import verdict
 from ..simulate import Request, run, with_gpu_arch
 
 MAX_VALUE = 1 << 16
@@ -351,8 +352,7 @@ def _sweep_row(
         cat.get(c, 0)
         for c in (Category.PARAMETER, Category.BUFFER, Category.GRADIENT, Category.OPTIMIZER_STATE)
     )
-    device = req.config.device
-    verdicts = {g.name: _judged(per_gpu[g.name], g, headroom, device) for g in gpus}
+    verdicts = {g.name: _verdict(per_gpu[g.name], g, headroom) for g in gpus}
     fits = {name: v.status == FITS for name, v in verdicts.items()}
     status = {name: v.status for name, v in verdicts.items()}
     reserved = res.cuda.reserved_peak_bytes if res.cuda is not None else 0
@@ -361,8 +361,8 @@ def _sweep_row(
     )
 
 
-def _judged(result: Result, gpu: GpuSpec, headroom: Headroom | None, device: str) -> Verdict:
-    """The verdict a trace of this row would give on `gpu`: its stated uncertainties weighed."""
-    basis = "reserved" if device == "cuda" else "allocated"
-    room = budget_of(gpu, headroom, device)
-    return judge(gpu, room, result.fit_bytes, basis, stated_uncertainty(result.cuda))
+def _verdict(result: Result, gpu: GpuSpec, headroom: Headroom | None) -> Verdict:
+    """The verdict the row's trace would give on `gpu` (the same judgement, its uncertainties weighed)."""
+    found = verdict(gpu, headroom, result.peak_bytes, result.cuda)
+    assert found is not None  # a GPU is given
+    return found
