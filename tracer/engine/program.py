@@ -34,6 +34,7 @@ from ..core.errors import MemtraceError
 from ..core.records import Phase
 from ..core.specs import OptimizerSpec
 from .batch import Batch
+from .generation import known_stops
 from .losses import LossFn, auto_loss
 
 MODES = ("train", "infer", "no_grad")
@@ -190,7 +191,19 @@ def run_program(
 ) -> None:
     """The step, `iterations` times; each iteration's locals are freed before the next one starts."""
     model.train(plan.mode == "train")
-    for it in range(first, first + iterations):
+    with known_stops():
+        _iterate(model, batch, optimizer, plan, observer, range(first, first + iterations))
+
+
+def _iterate(
+    model: nn.Module,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer | None,
+    plan: StepPlan,
+    observer: StepObserver,
+    iterations: range,
+) -> None:
+    for it in iterations:
         observer.start(it)
         if plan.user_step is not None:
             plan.user_step(model, batch.for_step(), optimizer)

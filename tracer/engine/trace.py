@@ -30,7 +30,6 @@ from ..engine.recipes import apply_to_model, cast_inputs, meta_autocast
 from ..engine.recorder import Recorder
 from ..meta.optim_meta import fused_on_meta
 from ..meta.routing import routed_if
-from ..meta.target_view import generation_stand_in
 from .config import Config, StepFn
 
 
@@ -69,7 +68,6 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                     rec.inside_module,
                 ) as assumed,
                 recording(rec, model),
-                generation_stand_in(),
             ):
                 run_program(runner, batch, optimizer, plan, rec, config.iterations)
     except MemtraceError:

@@ -20,8 +20,6 @@ step's module, the builder and the step run, `torch.cuda`'s questions are answer
 
 from __future__ import annotations
 
-import inspect
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -247,33 +245,3 @@ def target_view(target: TargetGpu | None) -> Iterator[Seen]:
         _ACTIVE.append(seen)
         stack.callback(_ACTIVE.pop)
         yield seen
-
-
-@contextmanager
-def generation_stand_in() -> Iterator[None]:
-    """A step that calls Hugging Face's `generate()`: until generation is simulated, the prompt's forward runs
-    (prefill, with its KV cache, logits of the last position as `generate` asks for), said in one line."""
-    seen = active_view()
-    mixin = getattr(sys.modules.get("transformers.generation.utils"), "GenerationMixin", None)
-    if seen is None or mixin is None:
-        yield
-        return
-
-    def generate(self: Any, inputs: Any = None, *args: Any, **kwargs: Any) -> Any:
-        ids: torch.Tensor = inputs if inputs is not None else kwargs["input_ids"]
-        new = int(kwargs.get("max_new_tokens") or 0)
-        seen.note(
-            f"generate(): the prompt's forward (prefill, with its KV cache) was simulated, not the {new} "
-            "decode steps after it"
-        )
-        call: dict[str, Any] = {"input_ids": ids, "use_cache": True}
-        if kwargs.get("attention_mask") is not None:
-            call["attention_mask"] = kwargs["attention_mask"]
-        if "logits_to_keep" in inspect.signature(self.forward).parameters:
-            call["logits_to_keep"] = 1
-        with torch.no_grad():
-            self(**call)
-        return torch.cat([ids, ids.new_zeros((ids.shape[0], new))], dim=1)
-
-    with _patched(mixin, {"generate": generate}):
-        yield
