@@ -107,6 +107,14 @@ class KeyValueType(_SpecType):
     parser = staticmethod(specs.parse_kv)
 
 
+class GenerateArgType(_SpecType):
+    name = "KEY=VALUE"
+
+    @staticmethod
+    def parser(text: str) -> Any:
+        return specs.parse_kv(text, "--generate-arg")
+
+
 def engine_options(fn: F) -> F:
     """The options every simulating command takes."""
     decorators = [
@@ -128,11 +136,12 @@ def engine_options(fn: F) -> F:
         ),
         click.option(
             "--mode",
-            type=click.Choice(["train", "infer", "no_grad"]),
+            type=click.Choice(["train", "infer", "no_grad", "generate"]),
             default="train",
             show_default=True,
             help="train: forward, loss, backward, optimizer step; infer: the forward under "
-            "torch.inference_mode() in eval mode; no_grad: the same under torch.no_grad().",
+            "torch.inference_mode() in eval mode; no_grad: the same under torch.no_grad(); generate: "
+            "Hugging Face's generate() on the inputs (the prompt), with --max-new-tokens.",
         ),
         click.option(
             "--device",
@@ -243,6 +252,7 @@ def engine_options(fn: F) -> F:
             help="Your own step function, FILE.py:FUNC, called as FUNC(model, inputs, optimizer).",
         ),
         *_parallel_options(),
+        *_generate_options(),
     ]
     for deco in reversed(decorators):
         fn = deco(fn)
@@ -300,6 +310,47 @@ def _parallel_options() -> list[Callable[[F], F]]:
             default=0,
             show_default=True,
             help="The rank simulated (ranks differ where shards are uneven).",
+        ),
+    ]
+
+
+def _generate_options() -> list[Callable[[F], F]]:
+    """--mode generate's options (tracer/core/generation.py)."""
+    return [
+        click.option(
+            "--max-new-tokens",
+            "max_new_tokens",
+            type=click.IntRange(min=1),
+            default=None,
+            help="--mode generate: the new tokens generate() makes (required; EOS cannot end it early on "
+            "meta, so the figure is an upper bound).",
+        ),
+        click.option(
+            "--kv-cache",
+            "kv_cache",
+            type=click.Choice(["dynamic", "static", "offloaded", "offloaded_static", "quantized"]),
+            default=None,
+            help="--mode generate: Hugging Face's cache_implementation (default: the model's own).",
+        ),
+        click.option(
+            "--sample",
+            is_flag=True,
+            help="--mode generate: do_sample with the generation config's top-k/top-p.",
+        ),
+        click.option(
+            "--num-beams",
+            "num_beams",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="--mode generate: beam search with K beams.",
+        ),
+        click.option(
+            "--generate-arg",
+            "generate_args",
+            multiple=True,
+            type=GenerateArgType(),
+            help="--mode generate: another generate() keyword, key=value (parsed as --arg's); repeatable.",
         ),
     ]
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from .analysis.compose import Run, analyse, compose
 from .core.errors import MemtraceError
+from .core.generation import GenerateSpec
 from .core.parallel import Parallel, parallel_from_flags
 from .core.presets import PRESETS, normalise_gpu_name
 from .core.records import (
@@ -221,6 +222,11 @@ def request(
     cpu_offload: bool = False,
     repeat_layers: int = 0,
     assume: Iterable[tuple[str, str]] = (),
+    max_new_tokens: int | None = None,
+    kv_cache: str | None = None,
+    sample: bool = False,
+    num_beams: int = 1,
+    generate_args: Iterable[tuple[str, Any]] = (),
 ) -> Request:
     """The one Request of user-level values, as the CLI's flags, the pytest marker's keywords, `simulate()`,
     the monitor and `bench` give them: strings are parsed (`"adamw:fused=true"`, `"rtx4070"`, `"4x512:int64"`)
@@ -266,6 +272,7 @@ def request(
         cuda_version=cuda_version,
         repeat_layers=repeat_layers,
         assume=tuple(assume),
+        generate=generate_spec(max_new_tokens, kv_cache, sample, num_beams, tuple(generate_args)),
     )
     kwargs = tuple(args.items()) if isinstance(args, Mapping) else tuple(args)
     return Request(
@@ -276,6 +283,24 @@ def request(
         parse_gpu(gpu, option="gpu") if isinstance(gpu, str) else gpu,
         parse_headroom(headroom, option="headroom") if isinstance(headroom, str) else headroom,
     )
+
+
+def generate_spec(
+    max_new_tokens: int | None,
+    kv_cache: str | None,
+    sample: bool,
+    num_beams: int,
+    args: tuple[tuple[str, Any], ...],
+) -> GenerateSpec | None:
+    """The generation flags as one spec; the others without --max-new-tokens are refused in one line."""
+    if max_new_tokens is None:
+        given = {"--kv-cache": kv_cache is not None, "--sample": sample, "--num-beams": num_beams != 1}
+        given["--generate-arg"] = bool(args)
+        for flag, used in given.items():
+            if used:
+                raise MemtraceError(f"{flag} is for --mode generate, with --max-new-tokens N")
+        return None
+    return GenerateSpec(max_new_tokens, kv_cache, sample, num_beams, args)
 
 
 def as_builder(model: str | Callable[..., Any] | nn.Module) -> str | Callable[..., Any]:

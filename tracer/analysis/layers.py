@@ -65,6 +65,8 @@ def module_rows(
             row = replace(row, activation_bytes=row.activation_bytes + info.nbytes)
         if sid in at_peak:
             row = replace(row, peak_bytes=row.peak_bytes + info.nbytes)
+            if info.category is Category.KV_CACHE:
+                row = replace(row, kv_cache=row.kv_cache + info.nbytes)
         rows[key] = row
     for name, flops in trace.module_flops.items():
         name = LOSS if name.startswith(LOSS) else name
@@ -115,6 +117,7 @@ def _zero() -> dict[str, int]:
         "activation_bytes",
         "peak_bytes",
         "flops",
+        "kv_cache",
     )
     return dict.fromkeys(fields, 0)
 

@@ -109,7 +109,27 @@ def step_peak(trace: Trace, iteration: int) -> Peak:
         module=ev.module,
         by_category=by_category(infos),
         top_tensors=top_tensors(infos),
+        token_index=token_index(trace, ev),
     )
+
+
+def token_index(trace: Trace, ev: Event) -> int | None:
+    """The decode step an event of the decode phase falls in (1: the first after the prefill), else None."""
+    if ev.phase is not Phase.DECODE:
+        return None
+    starts = [seq for it, seq in trace.decode_starts if it == ev.iteration and seq <= ev.seq]
+    return len(starts) or None
+
+
+_REPORTED = (
+    Phase.FORWARD,
+    Phase.LOSS,
+    Phase.BACKWARD,
+    Phase.RECOMPUTE,
+    Phase.OPTIMIZER,
+    Phase.PREFILL,
+    Phase.DECODE,
+)
 
 
 def phase_peaks(trace: Trace, iteration: int) -> tuple[PhasePeak, ...]:
@@ -118,7 +138,7 @@ def phase_peaks(trace: Trace, iteration: int) -> tuple[PhasePeak, ...]:
     own loss) keeps the level after its first free, with no op: the storage freed was made elsewhere."""
     tl = timeline(trace)
     rows = []
-    for phase in (Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.RECOMPUTE, Phase.OPTIMIZER):
+    for phase in _REPORTED:
         idx = peak_index(tl, _in_phase(iteration, phase, allocs_only=True))
         if idx is not None:
             ev = tl.events[idx]

@@ -29,6 +29,7 @@ class Category(str, Enum):
     OUTPUT = "output"
     WORKSPACE = "workspace"  # a library's persistent workspace (cuBLAS), allocated once and kept
     COMMUNICATION = "communication"  # DDP's buckets, FSDP2's all-gather and reduce-scatter buffers
+    KV_CACHE = "kv_cache"  # the storages a KV cache object keeps (engine/generation.py's rule)
 
 
 class Phase(str, Enum):
@@ -38,6 +39,8 @@ class Phase(str, Enum):
     BACKWARD = "backward"
     RECOMPUTE = "recompute"  # a checkpointed forward run again inside backward
     OPTIMIZER = "optimizer"
+    PREFILL = "prefill"  # generation: the first forward with a KV cache under no_grad (the prompt's)
+    DECODE = "decode"  # generation: the later forwards, one a new token
 
 
 class Kind(str, Enum):
@@ -96,6 +99,9 @@ class Trace:
     notes: tuple[str, ...] = ()  # what the user should know of how the step ran (lazy modules, TorchScript)
     workspace_estimate: tuple[int, int] | None = None  # the largest unplaced kernel workspace (cuDNN conv)
     assumptions: tuple[Assumption, ...] = ()  # the data-dependent values chosen (tracer/core/assume.py)
+    decode_starts: tuple[
+        tuple[int, int], ...
+    ] = ()  # generation: (iteration, seq) where decode step i+1 starts
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,7 @@ class LayerRow:
     peak_bytes: int  # live at the peak
     flops: int
     input_shape: tuple[int, ...] = ()
+    kv_cache: int = 0  # the bytes of this layer's KV cache live at the peak (engine/generation.py's rule)
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,7 @@ class Peak:
     module: str
     by_category: dict[Category, int]
     top_tensors: tuple[TensorRow, ...]
+    token_index: int | None = None  # generation: the decode step (1 = the first new token after prefill)
 
 
 @dataclass(frozen=True)
@@ -512,6 +520,7 @@ def _peak_from(d: dict[str, Any]) -> Peak:
         module=d["module"],
         by_category={Category(k): v for k, v in d["by_category"].items()},
         top_tensors=tuple(_tensor_from(t) for t in d["top_tensors"]),
+        token_index=d.get("token_index"),
     )
 
 

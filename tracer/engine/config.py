@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core.assume import Policy
 from ..core.errors import MemtraceError
+from ..core.generation import GenerateSpec
 from ..core.parallel import Parallel
 from ..core.records import (
     InputSpec,
@@ -48,6 +49,7 @@ class Config:
     cuda_version: str | None = None  # the CUDA runtime PyTorch was built with (12.8); None: the default
     repeat_layers: int = 0  # --repeat-layers K: extrapolate a stack of identical layers from K, K+1, K+2
     assume: tuple[tuple[str, str], ...] = ()  # --assume KEY=VALUE: the data-dependent values (assume.py)
+    generate: GenerateSpec | None = None  # --mode generate: what generate() is asked (core/generation.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -60,6 +62,7 @@ class Config:
             raise MemtraceError("--repeat-layers must be at least 1 (0: off)")
         if self.step is not None:
             _refuse_with_step(self)
+        _check_generate(self)
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise MemtraceError(f"unknown --sdpa-backend {self.sdpa_backend!r} ({', '.join(SDPA_BACKENDS)})")
         _check_loss(self.loss)
@@ -73,7 +76,7 @@ class Config:
 
     def step_text(self) -> str:
         if self.step is None:
-            return "default"
+            return "default" if self.generate is None else self.generate.text()
         return (
             self.step if isinstance(self.step, str) else getattr(self.step, "__qualname__", repr(self.step))
         )
@@ -124,3 +127,31 @@ def _refuse_with_step(config: Config) -> None:
             raise MemtraceError(
                 f"{flag} would change your own step: with --step, write it in the step function"
             )
+
+
+def _check_generate(config: Config) -> None:
+    """`--mode generate` needs `--max-new-tokens` (unless the step is the user's own loop); the training
+    flags are refused with it, and the generation flags without it, one line each."""
+    if config.mode != "generate":
+        if config.generate is not None:
+            raise MemtraceError(
+                "--max-new-tokens (and --kv-cache, --sample, --num-beams) need --mode generate"
+            )
+        return
+    if config.step is not None:
+        if config.generate is not None:
+            raise MemtraceError(
+                "--max-new-tokens would change your own step: with --step, your step is the generation loop"
+            )
+    elif config.generate is None:
+        raise MemtraceError("--mode generate needs --max-new-tokens N (the new tokens generate() makes)")
+    changes = {
+        "--optimizer": config.optimizer != OptimizerSpec("adam"),
+        "--accumulate": config.recipe.accumulate > 1,
+        "--loss": config.loss is not None,
+        "--ddp/--fsdp": config.parallel is not None,
+        "--free-output": config.free_output,
+    }
+    for flag, given in changes.items():
+        if given:
+            raise MemtraceError(f"{flag} is for training: --mode generate runs no backward")

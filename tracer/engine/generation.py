@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 
+from ..core.generation import UPPER_BOUND
+from ..core.records import Category, Phase
 from .data_dependent import active_resolver
+from .recorder import Recorder
 
 _READS_TOKENS = ("EosTokenCriteria", "StopStringCriteria")
 
@@ -64,3 +68,171 @@ def settle_false(out: torch.Tensor) -> None:
         return
     with torch.no_grad():
         out.zero_()
+
+
+class GenerationWatch:
+    """Tells the recorder which of the model's forwards are generation's, and which storages the KV cache
+    keeps.
+
+    Phases: a forward of the whole model under no_grad (or inference mode) that receives a KV cache (a
+    `cache`/`past_key_values` argument, or a model holding a static cache as the rule below finds it) is a
+    generation forward: the first in a step is `prefill`, the later ones `decode` steps, numbered from 1
+    (the token index). Everything else keeps its phase.
+
+    The KV cache (`kv_cache`), marked after each generation forward: every tensor a Hugging Face cache
+    layer holds (`DynamicCache`/`StaticCache` layers' keys and values, a quantized layer's packed data and
+    scales, an offloaded layer's copies), filed under the attention module of the same layer (the module
+    whose `layer_idx` is the cache layer's index, else the i-th module named `*attn*`/`*attention`); and a
+    user's static cache: the buffers and tensor attributes of a module whose class name ends in `KVCache`
+    (gpt-fast's `k_cache`/`v_cache`), and `cache_k`/`cache_v` tensors of any module (Meta's Llama code),
+    filed under that module.
+    """
+
+    def __init__(self, rec: Recorder, model: nn.Module) -> None:
+        self.rec, self.model = rec, model
+        self.static = static_caches(model)
+        self.attention = attention_modules(model)
+        self.starts: list[tuple[int, int]] = []  # (iteration, seq) where each decode step starts
+        self._iteration, self._forwards = -1, 0
+        self.hf_cache = False  # a Hugging Face cache was seen (its loop ends by the rule above)
+
+    def before(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        if torch.is_grad_enabled() or not (self.static or _has_cache(kwargs)):
+            return
+        if self.rec.iteration != self._iteration:
+            self._iteration, self._forwards = self.rec.iteration, 0
+        self._forwards += 1
+        self.rec.enter(Phase.PREFILL if self._forwards == 1 else Phase.DECODE)
+        if self._forwards > 1:
+            self.starts.append((self.rec.iteration, len(self.rec.events)))
+
+    def after(self, module: nn.Module, args: Any, kwargs: dict[str, Any], out: Any) -> None:
+        if self.rec.phase not in (Phase.PREFILL, Phase.DECODE) or sys.exc_info()[1] is not None:
+            return
+        self.rec.outputs(out)
+        cache = _past(out) or _given_cache(kwargs)
+        self.hf_cache = self.hf_cache or cache is not None
+        self.mark(cache)
+
+    def decode_steps(self) -> int:
+        """Decode steps in the last step run."""
+        return sum(1 for it, _ in self.starts if it == self._iteration)
+
+    def mark(self, cache: Any) -> None:
+        for name, tensors in self.static:
+            for t in tensors():
+                self.rec.mark_tensor(t, Category.KV_CACHE, name)
+        for i, layer in enumerate(getattr(cache, "layers", None) or ()):
+            module = self.attention.get(i, "")
+            for t in _held(layer):
+                self.rec.mark_tensor(t, Category.KV_CACHE, module)
+
+
+@contextmanager
+def watching_generation(rec: Recorder, model: nn.Module) -> Iterator[GenerationWatch]:
+    """The watch's hooks on the whole model, after the recorder's own (so its phase wins); removed on exit."""
+    watch = GenerationWatch(rec, model)
+    pre = model.register_forward_pre_hook(watch.before, with_kwargs=True)
+    post = model.register_forward_hook(watch.after, with_kwargs=True)
+    try:
+        yield watch
+    finally:
+        pre.remove()
+        post.remove()
+
+
+def static_caches(model: nn.Module) -> list[tuple[str, Callable[[], list[torch.Tensor]]]]:
+    """A user's static caches: (module name, a function giving its cache tensors now)."""
+    found: list[tuple[str, Callable[[], list[torch.Tensor]]]] = []
+    for name, module in model.named_modules():
+        if type(module).__name__.endswith("KVCache"):
+            found.append((name, functools.partial(_held, module)))
+        elif any(isinstance(getattr(module, a, None), torch.Tensor) for a in _META_LLAMA):
+            found.append((name, functools.partial(_named, module, _META_LLAMA)))
+    return found
+
+
+_META_LLAMA = ("cache_k", "cache_v")
+
+
+def attention_modules(model: nn.Module) -> dict[int, str]:
+    """Cache layer i's attention module: the one whose `layer_idx` is i, else the i-th `*attn*` module."""
+    by_index: dict[int, str] = {}
+    named: list[str] = []
+    for name, module in model.named_modules():
+        idx = getattr(module, "layer_idx", None)
+        if isinstance(idx, int) and idx not in by_index:
+            by_index[idx] = name
+        last = name.rsplit(".", 1)[-1]
+        if "attn" in last or last.endswith("attention"):
+            named.append(name)
+    return by_index or dict(enumerate(_outermost(named)))
+
+
+def _outermost(names: list[str]) -> list[str]:
+    return [n for n in names if not any(n.startswith(m + ".") for m in names)]
+
+
+def _held(obj: Any) -> list[torch.Tensor]:
+    """The tensors an object keeps: its attributes (and buffers), in lists, tuples and dicts one deep, and
+    the inner tensors of a quantized tensor subclass."""
+    values = list(vars(obj).values())
+    if isinstance(obj, nn.Module):
+        values += list(obj.buffers(recurse=False))
+    found: list[torch.Tensor] = []
+    for v in values:
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else (v,)
+        for x in items:
+            if isinstance(x, torch.Tensor):
+                found.extend(_inner(x))
+    return found
+
+
+def _inner(t: torch.Tensor) -> list[torch.Tensor]:
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if flatten is None or type(t) is torch.Tensor or isinstance(t, nn.Parameter):
+        return [t]
+    names, _ = flatten()
+    return [x for n in names if isinstance(x := getattr(t, n, None), torch.Tensor)]
+
+
+def _named(module: nn.Module, names: tuple[str, ...]) -> list[torch.Tensor]:
+    return [t for n in names if isinstance(t := getattr(module, n, None), torch.Tensor)]
+
+
+_CACHE_NAMES = ("cache", "past_key_values")  # transformers 5 names the argument `cache`, earlier ones not
+
+
+def _given_cache(kwargs: dict[str, Any]) -> Any:
+    found = (kwargs.get(n) for n in _CACHE_NAMES)
+    return next((c for c in found if hasattr(c, "layers")), None)
+
+
+def _has_cache(kwargs: dict[str, Any]) -> bool:
+    return _given_cache(kwargs) is not None
+
+
+def _past(out: Any) -> Any:
+    found = (getattr(out, n, None) for n in _CACHE_NAMES)
+    return next((c for c in found if hasattr(c, "layers")), None)
+
+
+def generation_notes(config: Any, watch: GenerationWatch) -> tuple[str, ...]:
+    """What the report says of a generation: the steps it ran, the upper bound, autocast, compile."""
+    notes: list[str] = []
+    spec = config.generate
+    if spec is not None or watch.starts:
+        ran = f"generation: the prefill and {watch.decode_steps()} decode steps"
+        notes.append(f"{ran}; {UPPER_BOUND}" if spec is not None or watch.hf_cache else ran)
+    if config.mode == "generate" and config.recipe.amp is not None:
+        notes.append(
+            "generate() runs under torch.no_grad(): autocast's weight-cast cache applies (each weight cast "
+            "once per autocast region and kept until it exits)"
+        )
+    static = spec is not None and spec.kv_cache in ("static", "offloaded_static")
+    if static and config.device == "cuda":
+        notes.append(
+            "a static cache on CUDA: generate() compiles the forward itself (CompileConfig, "
+            "reduce-overhead); the figure assumes disable_compile=True (the eager forward)"
+        )
+    return tuple(notes)

@@ -161,13 +161,16 @@ def _optimizer_post(rec: Recorder) -> Any:
     return hook
 
 
+_KEPT = (Phase.RECOMPUTE, Phase.PREFILL, Phase.DECODE)  # phases a module's forward runs inside of
+
+
 def _pre_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any) -> None:
         rec.push_module(name)
         if rec.phase is not Phase.RECOMPUTE and in_engine():
             rec.sweep()
             rec.start_recompute()
-        elif rec.phase is not Phase.RECOMPUTE:
+        elif rec.phase not in _KEPT:
             rec.enter(Phase.FORWARD)  # a forward starts: the model's, or a submodule a user's step calls
         rec.note_input(name, args)
 

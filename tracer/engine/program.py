@@ -37,7 +37,7 @@ from .batch import Batch
 from .generation import known_stops
 from .losses import LossFn, auto_loss
 
-MODES = ("train", "infer", "no_grad")
+MODES = ("train", "infer", "no_grad", "generate")
 
 
 class StepObserver(Protocol):
@@ -130,6 +130,7 @@ class StepPlan:
     loss_fn: LossFn = auto_loss
     free_output: bool = False
     user_step: UserStep | None = None
+    generate: tuple[tuple[str, Any], ...] = ()  # --mode generate: generate()'s keyword arguments
 
     def amp(self) -> AbstractContextManager[Any]:
         return self.autocast() if self.autocast is not None else contextlib.nullcontext()
@@ -180,6 +181,14 @@ def infer_step(model: nn.Module, batch: Batch, plan: StepPlan, observer: StepObs
         model(*batch.args, **batch.kwargs)
 
 
+def generate_step(model: nn.Module, batch: Batch, plan: StepPlan, observer: StepObserver) -> None:
+    """Hugging Face's `generate()` on the batch (the prompt): it runs under its own `no_grad`; the model's
+    forwards are the prefill and the decode steps (the recorder's hooks tell them apart)."""
+    observer.enter(Phase.PREFILL)
+    with plan.amp():
+        model.generate(*batch.args, **batch.kwargs, **dict(plan.generate))  # type: ignore[operator]
+
+
 def run_program(
     model: nn.Module,
     batch: Batch,
@@ -209,6 +218,8 @@ def _iterate(
             plan.user_step(model, batch.for_step(), optimizer)
         elif plan.mode == "train":
             train_step(model, batch, optimizer, plan, observer)
+        elif plan.mode == "generate":
+            generate_step(model, batch, plan, observer)
         else:
             infer_step(model, batch, plan, observer)
         observer.settle()

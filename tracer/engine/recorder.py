@@ -51,15 +51,16 @@ class _Meta:
 
 _PRECEDENCE = {
     Category.PARAMETER: 0,
-    Category.BUFFER: 1,
-    Category.INPUT: 2,
-    Category.OPTIMIZER_STATE: 3,
-    Category.GRADIENT: 4,
-    Category.COMMUNICATION: 5,
-    Category.ACTIVATION: 6,
-    Category.OUTPUT: 7,
-    Category.TEMPORARY: 8,
-    Category.WORKSPACE: 9,
+    Category.KV_CACHE: 1,  # a static cache kept as a module's buffer (gpt-fast's k_cache) is the cache
+    Category.BUFFER: 2,
+    Category.INPUT: 3,
+    Category.OPTIMIZER_STATE: 4,
+    Category.GRADIENT: 5,
+    Category.COMMUNICATION: 6,
+    Category.ACTIVATION: 7,
+    Category.OUTPUT: 8,
+    Category.TEMPORARY: 9,
+    Category.WORKSPACE: 10,
 }
 
 

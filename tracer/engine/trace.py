@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from ..engine.recorder import Recorder
 from ..meta.optim_meta import fused_on_meta
 from ..meta.routing import routed_if
 from .config import Config, StepFn
+from .generation import generation_notes, watching_generation
 
 
 def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config: Config) -> Trace:
@@ -68,6 +70,7 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                     rec.inside_module,
                 ) as assumed,
                 recording(rec, model),
+                watching_generation(rec, model) as watch,
             ):
                 run_program(runner, batch, optimizer, plan, rec, config.iterations)
     except MemtraceError:
@@ -75,7 +78,13 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
     except Exception as exc:
         raise MemtraceError(_failure(rec, model, exc)) from exc
     every_note = (*notes, *gpu_notes(config, gpu))
-    return replace(rec.trace(config.iterations), notes=every_note, assumptions=tuple(assumed))
+    every_note += generation_notes(config, watch)
+    return replace(
+        rec.trace(config.iterations),
+        notes=every_note,
+        assumptions=tuple(assumed),
+        decode_starts=tuple(watch.starts),
+    )
 
 
 def plan_for(config: Config) -> StepPlan:
@@ -90,7 +99,20 @@ def plan_for(config: Config) -> StepPlan:
 
         scaler = MetaGradScaler(config.device)  # fp16 training scales the loss
     loss_fn = make_loss(config.loss)
-    return StepPlan(config.mode, config.recipe.accumulate, autocast, scaler, loss_fn, config.free_output)
+    return StepPlan(
+        config.mode,
+        config.recipe.accumulate,
+        autocast,
+        scaler,
+        loss_fn,
+        config.free_output,
+        generate=generate_kwargs(config),
+    )
+
+
+def generate_kwargs(config: Config) -> tuple[tuple[str, Any], ...]:
+    """`generate()`'s keyword arguments under --mode generate, else none."""
+    return tuple(config.generate.kwargs().items()) if config.generate is not None else ()
 
 
 def step_function(step: str | StepFn) -> StepFn:

@@ -11,6 +11,7 @@ from ..core.records import Category, Phase
 CATEGORY_ORDER: tuple[Category, ...] = (
     Category.PARAMETER,
     Category.BUFFER,
+    Category.KV_CACHE,
     Category.GRADIENT,
     Category.OPTIMIZER_STATE,
     Category.ACTIVATION,
@@ -32,6 +33,7 @@ _COLOURS = {
     "output": "#da8bc3",
     "workspace": "#64b5cd",
     "communication": "#ccb974",
+    "kv_cache": "#2a9d8f",
 }
 OTHER_COLOUR = "#7f7f7f"  # a category added later without a colour of its own
 CATEGORY_COLOURS: dict[Category, str] = {c: _COLOURS.get(c.value, OTHER_COLOUR) for c in Category}
@@ -43,6 +45,8 @@ PHASE_COLOURS: dict[Phase, str] = {
     Phase.BACKWARD: "#dd8452",
     Phase.RECOMPUTE: "#55a868",
     Phase.OPTIMIZER: "#8172b3",
+    Phase.PREFILL: "#4c72b0",
+    Phase.DECODE: "#2a9d8f",
 }
 
 PEAK_COLOUR = "#d62728"

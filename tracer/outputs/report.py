@@ -39,6 +39,7 @@ CATEGORY_LABELS: dict[Category, str] = {
     Category.OUTPUT: "outputs",
     Category.WORKSPACE: "library workspaces",
     Category.COMMUNICATION: "communication buffers",
+    Category.KV_CACHE: "KV cache",
 }
 _ORDER = list(CATEGORY_LABELS)
 
@@ -103,6 +104,12 @@ def assumption_lines(result: Result) -> Text:
 
 def flops_scope(result: Result) -> str:
     """What the step's FLOPs count, by what the step runs."""
+    if result.mode == "generate":
+        return (
+            "the prefill and every decode step"
+            if result.step.startswith("generate()")
+            else "all your step runs"
+        )
     if result.step != "default":
         return "all your step runs"
     if result.mode != "train":
@@ -112,6 +119,10 @@ def flops_scope(result: Result) -> str:
 
 def step_text(result: Result) -> str:
     """Which program was simulated, in the words the README uses."""
+    if result.mode == "generate" and result.step.startswith("generate()"):
+        return f"Hugging Face {result.step}, eval mode, under its own no_grad (an upper bound: see the note)"
+    if result.step != "default" and result.mode == "generate":
+        return f"your {result.step}, your own generation loop, the model in eval mode, no backward"
     if result.step != "default" and result.mode != "train":
         return f"your {result.step}, the model in eval mode, no optimizer (whatever your step runs)"
     if result.step != "default":

@@ -24,6 +24,7 @@ from ..engine.loader import Built, load_object, split_result
 from ..engine.losses import make_loss
 from ..engine.program import NullObserver, StepPlan, make_optimizer, run_program
 from ..engine.recipes import apply_to_model, cast_inputs, real_autocast
+from ..engine.trace import generate_kwargs
 from ..meta.routing import routed, routed_if
 from ..simulate import Config, step_batch, step_function, step_specs
 
@@ -103,7 +104,15 @@ def real_plan(config: Config, device: str) -> StepPlan:
         scaler = torch.amp.GradScaler(device, init_scale=1.0)
     loss_fn = make_loss(config.loss)
     autocast = real_autocast(device, recipe.amp)
-    return StepPlan(config.mode, recipe.accumulate, autocast, scaler, loss_fn, config.free_output)
+    return StepPlan(
+        config.mode,
+        recipe.accumulate,
+        autocast,
+        scaler,
+        loss_fn,
+        config.free_output,
+        generate=generate_kwargs(config),
+    )
 
 
 def _prepared(model: nn.Module, batch: Batch, config: Config, device: str) -> torch.optim.Optimizer | None:
