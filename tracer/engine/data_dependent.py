@@ -173,6 +173,8 @@ class Resolver:
             known = [self._known(t) for t in flat if isinstance(t, torch.Tensor)]
             if any(t.device == _META for t in tensors) or any(x == _META for x in flat if _is_device(x)):
                 return self._on_values(func, name, flat, spec, iter(known))
+        if func in _ABSORBING and tensors:
+            return self._absorbed(func, args, kwargs)
         if name in _FILLS:
             return self._filled(func, name, args, kwargs)
         if name == "randperm":
@@ -198,6 +200,20 @@ class Resolver:
         if t.device.type == "cpu":
             return t if _keepable(t) else None
         return self.values.get(t)
+
+    def _absorbed(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """`a & b` with one side known all False is all False, `a | b` with one side known all True all True
+        (whatever the other holds): a loop's stop condition known from its bound alone (beam search's
+        `improvement & open & valid` once `valid` is False at max_length)."""
+        out = func(*args, **kwargs)
+        absorbing = _ABSORBING[func]
+        for x in args[:2]:
+            value = self._known(x) if isinstance(x, torch.Tensor) else None
+            if value is not None and value.dtype == torch.bool and bool((value == absorbing).all()):
+                if isinstance(out, torch.Tensor) and out.dtype == torch.bool and out.device == _META:
+                    self.values.put(out, torch.full(out.shape, absorbing, dtype=torch.bool))
+                break
+        return out
 
     def _randperm(self, func: Any, args: Any, kwargs: Any) -> Any:
         """`randperm` on meta: a permutation, known (drawn from a generator of its own, so the user's random
@@ -422,6 +438,12 @@ def _lifting(func: Callable[..., torch.Tensor], values: KnownValues) -> Callable
     return made
 
 
+_ABSORBING = {  # boolean ops whose result one side's value decides: the absorbing value
+    aten.bitwise_and.Tensor: False,
+    aten.logical_and.default: False,
+    aten.bitwise_or.Tensor: True,
+    aten.logical_or.default: True,
+}
 INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default)
 
 
@@ -429,7 +451,9 @@ INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, a
 def _plain(func: Any) -> bool:
     name = func.overloadpacket.__name__
     special = name in _FILLS or name in _SIZE_FROM_DATA or name in ("randperm", "topk")
-    special = special or func in INDEXED or func in (aten.fill_.Scalar, aten.zero_.default)
+    special = (
+        special or func in INDEXED or func in (aten.fill_.Scalar, aten.zero_.default) or func in _ABSORBING
+    )
     return not (special or counted(func) is not None or func.namespace != "aten")
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.generation import UPPER_BOUND
+from ..core.errors import MemtraceError
+from ..core.generation import UPPER_BOUND, GenerateSpec
 from ..core.records import Category, Phase
 from .data_dependent import active_resolver
 from .recorder import Recorder
@@ -236,3 +237,48 @@ def generation_notes(config: Any, watch: GenerationWatch) -> tuple[str, ...]:
             "reduce-overhead); the figure assumes disable_compile=True (the eager forward)"
         )
     return tuple(notes)
+
+
+def check_generate(model: nn.Module, prompt: torch.Tensor | None, spec: GenerateSpec) -> None:
+    """--mode generate on a model that cannot: no `generate()`, a prompt and new tokens beyond the model's
+    positions, a quantized cache whose backend is not installed; one line each, before anything runs."""
+    max_new_tokens = spec.max_new_tokens
+    can = getattr(model, "can_generate", None)
+    if not (callable(can) and can()):
+        raise MemtraceError(
+            f"--mode generate: {type(model).__name__} has no Hugging Face generate(); write your own decode "
+            "loop and "
+            "pass it with --step FILE.py:FUNC --mode generate"
+        )
+    if spec.kv_cache == "quantized":
+        check_quantized_backend(model)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if prompt is None or not isinstance(positions, int) or prompt.dim() == 0:
+        return
+    total = int(prompt.shape[-1]) + max_new_tokens
+    if total > positions:
+        raise MemtraceError(
+            f"--mode generate: a prompt of {prompt.shape[-1]} tokens and --max-new-tokens {max_new_tokens} "
+            f"make {total} positions, beyond the model's max_position_embeddings ({positions})"
+        )
+
+
+_BACKENDS = {"quanto": ("optimum.quanto", "optimum-quanto"), "hqq": ("hqq", "hqq")}
+
+
+def check_quantized_backend(model: nn.Module) -> None:
+    """HF's quantized cache takes its backend from the generation config's `cache_config` (default quanto)."""
+    import importlib.util
+
+    config = getattr(getattr(model, "generation_config", None), "cache_config", None) or {}
+    backend = str(config.get("backend", "quanto")) if hasattr(config, "get") else "quanto"
+    module, package = _BACKENDS.get(backend, ("", ""))
+    try:
+        found = not module or importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise MemtraceError(
+            f"--kv-cache quantized: its backend {backend} (the generation config's cache_config) needs "
+            f"{package}, which is not installed"
+        )

@@ -32,7 +32,7 @@ from ..engine.recorder import Recorder
 from ..meta.optim_meta import fused_on_meta
 from ..meta.routing import routed_if
 from .config import Config, StepFn
-from .generation import generation_notes, watching_generation
+from .generation import check_generate, generation_notes, watching_generation
 
 
 def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config: Config) -> Trace:
@@ -41,6 +41,9 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
     The recipe is applied to the model here (cast, checkpoint wrapping): pass a freshly built model.
     """
     batch = as_batch(inputs)
+    if config.generate is not None and config.step is None:
+        prompt = batch.kwargs.get("input_ids", batch.args[0] if batch.args else None)
+        check_generate(model, prompt, config.generate)
     device = DeviceModel(config.device)
     rec = Recorder(device)
     try:
