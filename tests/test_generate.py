@@ -1,0 +1,163 @@
+"""`--mode generate` and generation inside `--step`: Hugging Face's `generate()` runs exactly its bound
+(tracer/engine/generation.py), held against the CPU allocator on GPT-2, Llama with grouped-query attention and
+Mistral with a sliding window, dynamic and static caches, greedy, sampling and beams, fp32 and bf16; the
+`kv_cache` category, the prefill and decode phases, and the one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_cli import run as cli
+
+from memtrace.tracer.core.records import Category, Phase, Result
+from memtrace.tracer.real.measure import Measured, measure_request
+from memtrace.tracer.simulate import request, run
+
+pytest.importorskip("transformers")
+
+MODELS = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
+GPT2 = f"{MODELS / 'hf_gpt2.py'}:build"
+LLAMA = f"{MODELS / 'hf_llama.py'}:build"
+MISTRAL = f"{MODELS / 'hf_mistral.py'}:build"
+SMALL_LLAMA = {"hidden": 128, "heads": 4, "kv_heads": 2, "intermediate": 256, "vocab": 512}
+
+
+def _generate(builder: str, prompt: str, tokens: int, args: dict[str, Any] | None = None, **kw: Any) -> Any:
+    return request(
+        builder,
+        (f"input_ids={prompt}:int64",),
+        args=args or {},
+        mode="generate",
+        device="cpu",
+        max_new_tokens=tokens,
+        **kw,
+    )
+
+
+CASES = {
+    "gpt2-dynamic-greedy": (GPT2, "2x8", 12, None, {}),
+    "gpt2-static-sample": (GPT2, "2x8", 12, None, {"kv_cache": "static", "sample": True}),
+    "llama-gqa-dynamic-bf16": (LLAMA, "2x8", 10, SMALL_LLAMA, {"dtype": "bf16"}),
+    "llama-gqa-static-amp-bf16": (LLAMA, "1x8", 10, SMALL_LLAMA, {"kv_cache": "static", "amp": "bf16"}),
+    "llama-gqa-sample": (LLAMA, "2x8", 10, SMALL_LLAMA, {"sample": True}),
+    "llama-gqa-beams": (LLAMA, "1x8", 6, SMALL_LLAMA, {"num_beams": 2}),
+    "mistral-window-dynamic": (MISTRAL, "2x8", 20, None, {}),
+    "mistral-window-static-bf16": (MISTRAL, "1x8", 20, None, {"kv_cache": "static", "dtype": "bf16"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_generate_against_the_cpu_allocator(case: str) -> None:
+    builder, prompt, tokens, args, kw = CASES[case]
+    req = _generate(builder, prompt, tokens, args, **kw)
+    result = run(req)
+    measured = measure_request(req)
+    assert isinstance(measured, Measured)
+    assert result.peak_bytes == pytest.approx(measured.peak, rel=0.01), case
+    assert result.totals[Category.KV_CACHE] > 0
+    assert any(f"and {tokens - 1} decode steps" in n and "upper bound" in n for n in result.notes)
+
+
+def test_the_cache_grows_token_by_token_and_the_peak_names_its_token() -> None:
+    """A short prompt and a long generation: the peak falls in the last decode step, where the dynamic
+    cache is longest; each layer's cache is filed under its attention module."""
+    result = run(_generate(GPT2, "1x4", 40))
+    phases = {p.phase: p for p in result.phases}
+    assert set(phases) == {Phase.PREFILL, Phase.DECODE}
+    assert result.peak.phase is Phase.DECODE and result.peak.token_index == 39
+    assert phases[Phase.DECODE].bytes == result.peak_bytes > phases[Phase.PREFILL].bytes
+    kv_rows = {m.name: m.kv_cache for m in result.modules if m.kv_cache}
+    assert set(kv_rows) == {"transformer.h.0.attn", "transformer.h.1.attn"}
+    assert sum(kv_rows.values()) == result.peak.by_category[Category.KV_CACHE]
+    data = Result.from_json(json.loads(json.dumps(result.to_json())))
+    assert data.peak.token_index == 39 and data.modules == result.modules
+
+
+def test_a_step_calling_generate_runs_every_token(tmp_path: Path) -> None:
+    """`model.generate()` inside --step runs its N tokens as the real step does (no stand-in)."""
+    step = tmp_path / "gen.py"
+    step.write_text(
+        textwrap.dedent(
+            """
+            def step(model, inputs, optimizer):
+                return model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=True)
+            """
+        )
+    )
+    req = request(
+        LLAMA, ("input_ids=1x16:int64",), args=SMALL_LLAMA, mode="infer", device="cpu", step=f"{step}:step"
+    )
+    result = run(req)
+    measured = measure_request(req)
+    assert isinstance(measured, Measured)
+    assert result.peak_bytes == pytest.approx(measured.peak, rel=0.01)
+    assert result.totals[Category.KV_CACHE] > 0
+    assert any("the prefill and 5 decode steps" in n for n in result.notes)
+
+
+def test_the_header_says_what_ran(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(
+        capsys, LLAMA, "--input", "input_ids=1x8:int64", *_args(SMALL_LLAMA), "--mode", "generate",
+        "--max-new-tokens", "3", "--kv-cache", "static", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "generate(), 3 new tokens, static cache, greedy" in out
+    assert "its own loss" not in out and "KV cache" in out and "upper bound" in out
+    code, out, err = cli(
+        capsys, LLAMA, "--input", "input_ids=1x8:int64", *_args(SMALL_LLAMA), "--mode", "generate",
+        "--max-new-tokens", "3", "--device", "cpu", "--json",
+    )  # fmt: skip
+    data = json.loads(out)
+    assert set(data["phases"]) == {"prefill", "decode"} and "token_index" in data["peak"]
+    assert data["totals"]["kv_cache"] > 0 and all("kv_cache" in m for m in data["modules"])
+
+
+def _args(kwargs: dict[str, Any]) -> list[str]:
+    return [x for k, v in kwargs.items() for x in ("--arg", f"{k}={v}")]
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--mode", "generate"], "--mode generate needs --max-new-tokens"),
+        (["--max-new-tokens", "4"], "need --mode generate"),
+        (["--kv-cache", "static"], "--kv-cache is for --mode generate"),
+        (
+            ["--mode", "generate", "--max-new-tokens", "4", "--optimizer", "sgd"],
+            "--optimizer is for training",
+        ),
+        (
+            ["--mode", "generate", "--max-new-tokens", "4", "--accumulate", "2"],
+            "--accumulate is for training",
+        ),
+        (["--mode", "generate", "--max-new-tokens", "4", "--loss", "ce"], "--loss is for training"),
+        (
+            ["--mode", "generate", "--max-new-tokens", "30", "--arg", "positions=32"],
+            "max_position_embeddings",
+        ),
+        (["--mode", "generate", "--max-new-tokens", "4", "--kv-cache", "quantized"], "--kv-cache quantized"),
+    ],
+)
+def test_generate_refusals_are_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    if "quantized" in argv:
+        import importlib.util
+
+        if importlib.util.find_spec("optimum") is not None or importlib.util.find_spec("hqq") is not None:
+            pytest.skip("a quantized cache's backend is installed here")
+    code, out, err = cli(capsys, LLAMA, "--input", "input_ids=1x8:int64", "--device", "cpu", *argv)
+    assert code == 2, (out, err)
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_model_without_generate_is_told_the_alternative(capsys: pytest.CaptureFixture[str]) -> None:
+    nano = f"{MODELS / 'nanogpt.py'}:build"
+    code, _out, err = cli(
+        capsys, nano, "--input", "1x8:int64", "--mode", "generate", "--max-new-tokens", "4", "--device", "cpu"
+    )
+    assert code == 2 and "--step" in err and len(err.strip().splitlines()) == 1
