@@ -50,6 +50,12 @@ NANOGPT = (  # nanoGPT's train.py as a step: an autocast and a dtype decided at 
         "a100-40gb",
     ),
 )
+GENERATE = (  # a small Llama, a 4-token prompt and 48 new tokens: the cache grows to the peak
+    "benchmarks/models/hf_llama.py:build",
+    *("--arg", "hidden=64", "--arg", "heads=4", "--arg", "kv_heads=4", "--arg", "intermediate=128"),
+    *("--arg", "vocab=128", "--input", "input_ids=1x4:int64", "--mode", "generate"),
+    *("--max-new-tokens", "48", "--device", "cpu"),
+)
 PICTURES = ("--plot", f"{OUT}/exports-plot.png", "--html", f"{OUT}/exports-plot.html")
 DIST = ("benchmarks/models/dist_models.py:lm", "--input", "4x64:int64", "--device", "cpu")
 T1 = (SEED, *HD, "--gpu", "rtx4070")
@@ -117,6 +123,8 @@ JOBS: tuple[Job, ...] = (
     Job("ddp", (*DIST, "--ddp", "2")),
     Job("moe", ("benchmarks/models/hf_moe.py:mixtral", "--input", "input_ids=2x64:int64", "--device", "cpu")),
     Job("exports-plot", (*SMALL, "--gpu", "rtx4070", *PICTURES)),
+    Job("generate", (*GENERATE, "--plot", f"{OUT}/generate-plot.png")),
+    Job("generate-verify", ("verify", *GENERATE)),
     Job(
         "bench-suite",
         ("bench", "seed_cnn_256", "lstm_tagger", "unet_small", "--device", "cuda", "--no-measure"),
