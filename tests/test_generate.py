@@ -161,3 +161,80 @@ def test_a_model_without_generate_is_told_the_alternative(capsys: pytest.Capture
         capsys, nano, "--input", "1x8:int64", "--mode", "generate", "--max-new-tokens", "4", "--device", "cpu"
     )
     assert code == 2 and "--step" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_user_static_cache_and_decode_loop(tmp_path: Path) -> None:
+    """gpt-fast's shape: `KVCache` modules set up inside the step, a prefill then single-token forwards under
+    no_grad: the cache's buffers are `kv_cache`, filed under their module, the forwards prefill and decode."""
+    path = tmp_path / "fast.py"
+    path.write_text(FAST)
+    req = request(f"{path}:build", ("2x8:int64",), mode="infer", device="cpu", step=f"{path}:step")
+    result = run(req)
+    per_layer = 2 * (2 * 4 * (8 + 8) * 8) * 4  # k_cache and v_cache: (B, H, S, D) fp32
+    assert {m.name: m.kv_cache for m in result.modules if m.kv_cache} == {
+        "layers.0.kv_cache": per_layer,
+        "layers.1.kv_cache": per_layer,
+    }
+    assert result.peak.by_category[Category.KV_CACHE] == 2 * per_layer
+    assert {p.phase for p in result.phases} >= {Phase.PREFILL, Phase.DECODE}
+    assert any("the prefill and 7 decode steps" in n for n in result.notes)
+    assert not any("upper bound" in n for n in result.notes)  # the loop is the user's, its bound exact
+
+
+FAST = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class KVCache(nn.Module):
+        def __init__(self, b, h, s, d):
+            super().__init__()
+            self.register_buffer("k_cache", torch.zeros(b, h, s, d))
+            self.register_buffer("v_cache", torch.zeros(b, h, s, d))
+
+        def update(self, pos, k, v):
+            self.k_cache[:, :, pos] = k
+            self.v_cache[:, :, pos] = v
+            return self.k_cache, self.v_cache
+
+    class Attn(nn.Module):
+        def __init__(self, d, h):
+            super().__init__()
+            self.h, self.qkv, self.o, self.kv_cache = h, nn.Linear(d, 3 * d), nn.Linear(d, d), None
+
+        def forward(self, x, pos):
+            b, t, d = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+            k, v = self.kv_cache.update(pos, k, v)
+            return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+
+    class Tiny(nn.Module):
+        def __init__(self, vocab=64, d=32, h=4, layers=2):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(vocab, d), nn.Linear(d, vocab)
+            self.layers = nn.ModuleList(Attn(d, h) for _ in range(layers))
+
+        def setup_caches(self, b, s):
+            for layer in self.layers:
+                layer.kv_cache = KVCache(b, layer.h, s, self.emb.embedding_dim // layer.h)
+
+        def forward(self, idx, pos):
+            x = self.emb(idx)
+            for layer in self.layers:
+                x = x + layer(x, pos)
+            return self.head(x)
+
+    def build():
+        return Tiny()
+
+    def step(model, inputs, optimizer):
+        (idx,) = inputs
+        b, t = idx.shape
+        model.setup_caches(b, t + 8)
+        with torch.no_grad():
+            tok = model(idx, torch.arange(t, device=idx.device))[:, -1:].argmax(-1)
+            for i in range(7):
+                tok = model(tok, torch.tensor([t + i], device=idx.device))[:, -1:].argmax(-1)
+    """
+)

@@ -91,14 +91,16 @@ class GenerationWatch:
 
     def __init__(self, rec: Recorder, model: nn.Module) -> None:
         self.rec, self.model = rec, model
-        self.static = static_caches(model)
         self.attention = attention_modules(model)
         self.starts: list[tuple[int, int]] = []  # (iteration, seq) where each decode step starts
         self._iteration, self._forwards = -1, 0
         self.hf_cache = False  # a Hugging Face cache was seen (its loop ends by the rule above)
 
     def before(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        if torch.is_grad_enabled() or not (self.static or _has_cache(kwargs)):
+        if torch.is_grad_enabled():
+            return
+        # a step may set its caches up after the build (gpt-fast): looked for at each forward, not kept
+        if not (static_caches(self.model) or _has_cache(kwargs)):
             return
         if self.rec.iteration != self._iteration:
             self._iteration, self._forwards = self.rec.iteration, 0
@@ -120,7 +122,7 @@ class GenerationWatch:
         return sum(1 for it, _ in self.starts if it == self._iteration)
 
     def mark(self, cache: Any) -> None:
-        for name, tensors in self.static:
+        for name, tensors in static_caches(self.model):
             for t in tensors():
                 self.rec.mark_tensor(t, Category.KV_CACHE, name)
         for i, layer in enumerate(getattr(cache, "layers", None) or ()):
