@@ -2,7 +2,7 @@
 `transformers` (the `bench` extra). With a window shorter than the generation, the dynamic cache keeps only
 the window's keys and values.
 
-memtrace benchmarks/models/hf_mistral.py:build --input input_ids=1x16:int64 --mode generate --max-new-tokens 32
+memtrace benchmarks/models/hf_mistral.py:build --input input_ids=1x8:int64 --mode generate --max-new-tokens 24
 """
 
 from __future__ import annotations
