@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from test_cli import run as cli
 
 from memtrace.tracer.core.records import Category, Phase, Result
@@ -238,3 +239,27 @@ FAST = textwrap.dedent(
                 tok = model(tok, torch.tensor([t + i], device=idx.device))[:, -1:].argmax(-1)
     """
 )
+
+
+def test_a_stop_condition_is_known_through_the_ops_hf_uses() -> None:
+    """HF's loop: `unfinished & ~criteria`, `.max() == 0`, `bool()` on known values (a fill, the
+    criteria settled False); with one side of `&` known all False, the unknown side cannot matter."""
+    from memtrace.tracer.core.assume import Policy
+    from memtrace.tracer.engine.data_dependent import resolving
+    from memtrace.tracer.engine.data_observer import resolved_alone
+    from memtrace.tracer.engine.generation import settle_false
+
+    with resolving(Policy(), lambda: "generate") as used, resolved_alone():
+        unknown = torch.empty(3, dtype=torch.bool, device="meta")
+        eos = torch.empty(3, dtype=torch.bool, device="meta")
+        settle_false(eos)
+        for done in (False, True):  # MaxLengthCriteria: a fill of a Python bool
+            criteria = torch.full((3,), False, device="meta") | torch.full((3,), done, device="meta") | eos
+            unfinished = torch.ones(3, dtype=torch.long, device="meta") & ~criteria
+            assert bool(unfinished.max() == 0) is done
+        assert bool((unknown & torch.zeros(3, dtype=torch.bool, device="meta")).any()) is False
+        assert bool((unknown | torch.ones(3, dtype=torch.bool, device="meta")).all()) is True
+    assert not used  # nothing was assumed
+    real = torch.ones(3, dtype=torch.bool)
+    settle_false(real)
+    assert not real.any()
