@@ -141,6 +141,7 @@ def _args(kwargs: dict[str, Any]) -> list[str]:
             "max_position_embeddings",
         ),
         (["--mode", "generate", "--max-new-tokens", "4", "--kv-cache", "quantized"], "--kv-cache quantized"),
+        (["--mode", "generate", "--max-new-tokens", "4", "--kv-cache", "offloaded"], "CUDA streams"),
     ],
 )
 def test_generate_refusals_are_one_line(

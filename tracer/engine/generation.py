@@ -254,6 +254,11 @@ def check_generate(model: nn.Module, prompt: torch.Tensor | None, spec: Generate
         )
     if spec.kv_cache == "quantized":
         check_quantized_backend(model)
+    if spec.kv_cache is not None and spec.kv_cache.startswith("offloaded"):
+        raise MemtraceError(
+            f"--kv-cache {spec.kv_cache}: the offloaded caches copy layers to the host on CUDA streams, "
+            "which the simulation does not model yet; use dynamic or static"
+        )
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if prompt is None or not isinstance(positions, int) or prompt.dim() == 0:
         return
