@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_cli import run as cli
 
+from memtrace.tracer.core.errors import MemtraceError
 from memtrace.tracer.core.records import Category, Phase, Result
 from memtrace.tracer.real.measure import Measured, measure_request
 from memtrace.tracer.simulate import request, run
@@ -264,3 +265,13 @@ def test_a_stop_condition_is_known_through_the_ops_hf_uses() -> None:
     real = torch.ones(3, dtype=torch.bool)
     settle_false(real)
     assert not real.any()
+
+
+def test_generate_args_reach_generate() -> None:
+    """`--generate-arg use_cache=false`: no cache, so no kv_cache and no decode phase; the header says it."""
+    result = run(_generate(LLAMA, "1x8", 3, SMALL_LLAMA, generate_args=(("use_cache", False),)))
+    assert result.totals[Category.KV_CACHE] == 0
+    assert Phase.DECODE not in {p.phase for p in result.phases}
+    assert result.step.endswith("use_cache=False")
+    with pytest.raises(MemtraceError, match="use memtrace's own flag"):
+        _generate(LLAMA, "1x8", 3, SMALL_LLAMA, generate_args=(("num_beams", 2),))
