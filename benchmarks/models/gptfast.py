@@ -46,7 +46,12 @@ class ModelArgs:
         rope_scaling: dict[str, float] | None = None,
     ) -> None:
         self.block_size, self.vocab_size, self.n_layer, self.n_head = block_size, vocab_size, n_layer, n_head
-        self.dim, self.intermediate_size, self.rope_base, self.norm_eps = dim, intermediate_size, rope_base, norm_eps
+        self.dim, self.intermediate_size, self.rope_base, self.norm_eps = (
+            dim,
+            intermediate_size,
+            rope_base,
+            norm_eps,
+        )
         self.n_local_heads = n_head if n_local_heads == -1 else n_local_heads
         self.rope_scaling = rope_scaling
         self.head_dim = dim // n_head

@@ -145,4 +145,4 @@ def step_while(model: Transformer, inputs: tuple[torch.Tensor, ...], optimizer: 
 
 
 def step_until_eos(model: Transformer, inputs: tuple[torch.Tensor, ...], optimizer: Any) -> None:
-    generate_until_eos(model, inputs[0], 64)
+    generate_until_eos(model, inputs[0], MAX_NEW_TOKENS)

@@ -143,7 +143,9 @@ def item_values(value: str) -> tuple[float, ...]:
             for group in value.split("/")
         ]
     except ValueError:
-        raise MemtraceError(f"--assume item={value}: expected numbers such as 3,0.5,1 (or true, false)") from None
+        raise MemtraceError(
+            f"--assume item={value}: expected numbers such as 3,0.5,1 (or true, false)"
+        ) from None
     return groups[0]
 
 

@@ -68,13 +68,19 @@ def _code(code: CodeType) -> _Code:
             ends[ins.argval] = max(ends.get(ins.argval, ins.offset), ins.offset)
     loops = []
     for head, end in ends.items():
-        lines = [i.positions.lineno for i in instructions if head <= i.offset <= end and _line(i)]
+        lines = [n for i in instructions if head <= i.offset <= end and (n := _line(i)) is not None]
         loops.append(Loop(head, end, min(lines) if lines else code.co_firstlineno))
     return _Code(instructions, index, tuple(loops))
 
 
-def _line(ins: dis.Instruction) -> bool:
-    return ins.positions is not None and ins.positions.lineno is not None
+def _line(ins: dis.Instruction) -> int | None:
+    """The instruction's line: `positions` on 3.11+, `starts_line` (where it starts one) on 3.10."""
+    positions = getattr(ins, "positions", None)
+    if positions is not None:
+        line: int | None = positions.lineno
+        return line
+    start = ins.starts_line
+    return start if isinstance(start, int) and not isinstance(start, bool) else None
 
 
 def _consumer(code: _Code, offset: int) -> tuple[dis.Instruction, bool] | None:
@@ -208,7 +214,7 @@ def returned(code: CodeType, offset: int) -> dict[bool, object] | None:
 def _constants(code: _Code, start: int) -> set[object] | None:
     """The constants the paths from `start` return, or None where one returns anything else or loops."""
     found: set[object] = set()
-    todo, seen = [start], set()
+    todo, seen = [start], set[int]()
     while todo:
         offset = todo.pop()
         if offset in seen or offset not in code.index or len(seen) > _MAX_STEPS:

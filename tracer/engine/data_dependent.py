@@ -353,7 +353,9 @@ class Resolver:
             return self.loops.decide(site)
         if site is not None:
             self.loops.count(site)
-            self._note("item (bool)", "true: the check passes (in a loop whose exit the code does not show)", "check")
+            self._note(
+                "item (bool)", "true: the check passes (in a loop whose exit the code does not show)", "check"
+            )
             return True
         self._note("item (bool)", "true: the check passes", "check")
         return True

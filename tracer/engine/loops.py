@@ -89,7 +89,9 @@ class Loops:
 
     def __init__(self, policy: Policy, step: Callable[[], int]) -> None:
         self.policy, self.step = policy, step
-        self.reads: dict[tuple[int, tuple[int, int, int]], tuple[int, int]] = {}  # loop run -> (serial, reads)
+        self.reads: dict[
+            tuple[int, tuple[int, int, int]], tuple[int, int]
+        ] = {}  # loop run -> (serial, reads)
         self.runs: dict[str, dict[int, tuple[int, int, str]]] = {}  # name -> serial -> (step, continued, how)
         self.serials = 0
 
