@@ -21,7 +21,8 @@ changes, and each choice made is recorded as an `Assumption` in the Result:
 Measured counts come from `memtrace verify`, which prints the `--assume` values of its real step.
 - `item=V,V,...`: measured values of the step's `.item()` calls (and of `bool()`, `int()` and `float()` of
   a tensor), one per call in the order they run (every call counts; `1`/`0` for a boolean), the last
-  repeating. Without it, an `.item()` of unknown values is a check (below) when boolean, else an error.
+  repeating; `true`/`false` stand for 1/0. Without it, an `.item()` of unknown values is a check (below)
+  when boolean, else an error.
 - `check=pass`: a Python `if`/`assert` on a tensor with no known values (a consistency check such as a
   VLM's image-token count) passes: the inputs are taken to be consistent. Inside a loop, the bool that
   decides whether the loop goes on (`while not done:`, `if (tok == eos).all(): break`, a helper returning
