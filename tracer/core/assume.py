@@ -21,9 +21,19 @@ changes, and each choice made is recorded as an `Assumption` in the Result:
 Measured counts come from `memtrace verify`, which prints the `--assume` values of its real step.
 - `item=V,V,...`: measured values of the step's `.item()` calls (and of `bool()`, `int()` and `float()` of
   a tensor), one per call in the order they run (every call counts; `1`/`0` for a boolean), the last
-  repeating. Without it, an `.item()` of unknown values is a check (below) when boolean, else an error.
+  repeating; `true`/`false` stand for 1/0. Without it, an `.item()` of unknown values is a check (below)
+  when boolean, else an error.
 - `check=pass`: a Python `if`/`assert` on a tensor with no known values (a consistency check such as a
-  VLM's image-token count) passes: the inputs are taken to be consistent.
+  VLM's image-token count) passes: the inputs are taken to be consistent. Inside a loop, the bool that
+  decides whether the loop goes on (`while not done:`, `if (tok == eos).all(): break`, a helper returning
+  whether sequences remain) takes the value that continues it, read from the bytecode of the code that
+  asks (tracer/engine/bytecode.py): the loop runs to its own bound (`range`, `max_new_tokens`), and the
+  report names the loop and how many times it went on.
+- `decode.tokens=N`: a loop whose exit the simulation decides (a `while True:` with an EOS `break`, which
+  has no bound of its own) reads its exit check N times: it continues at the first N-1 reads and leaves at
+  the N-th, the N-th token of a decode loop that checks each token (per entry of the loop, per step).
+  Without it, a loop that never ends by itself stops at `LOOP_BUDGET` reads of its exit (10,000, also
+  where `item` values keep it going) with a one-line error naming the loop, the budget and this key.
 """
 
 from __future__ import annotations
@@ -42,9 +52,11 @@ KEYS = {
     "nonzero": "all|N,N,...",
     "item": "V,V,...",
     "check": "pass",
+    "decode.tokens": "N",
 }
+LOOP_BUDGET = 10_000  # reads of one loop's exit in one run of the loop decided by the policy, then an error
 KEY_OF_OP = {"nonzero": "nonzero", "masked_select": "nonzero", "nms": "nms.keep", "item": "item"}
-KEY_OF_OP |= {"item (bool)": "item", "topk": "moe.tokens"}
+KEY_OF_OP |= {"item (bool)": "item", "topk": "moe.tokens", "loop exit": "decode.tokens"}
 DEFAULTS = {"moe.routing": "balanced", "nms.keep": "1.0", "nonzero": "all", "check": "pass"}
 
 
@@ -64,6 +76,8 @@ def parse_assume(text: str) -> tuple[str, str]:
         nonzero_counts(value)
     elif key == "item":
         item_values(value)
+    elif key == "decode.tokens":
+        decode_tokens(value)
     elif value not in KEYS[key].split("|"):
         raise MemtraceError(f"--assume {key}={value}: expected {KEYS[key]}")
     return key, value
@@ -118,14 +132,29 @@ def nonzero_counts(value: str) -> tuple[int, ...] | None:
     return _count_groups("nonzero", value, "/", "all, or counts such as 12,0,5", empty=True)[0]
 
 
+_BOOLS = {"true": 1.0, "false": 0.0}
+
+
 def item_values(value: str) -> tuple[float, ...]:
     """`3,0.5,1` -> (3.0, 0.5, 1.0): the values of a step's `.item()` calls in order (per step with `/`,
-    each group checked, the first returned)."""
+    each group checked, the first returned); `true`/`false` stand for 1/0."""
     try:
-        groups = [tuple(float(v) for v in group.split(",") if v) for group in value.split("/")]
+        groups = [
+            tuple(_BOOLS[v.lower()] if v.lower() in _BOOLS else float(v) for v in group.split(",") if v)
+            for group in value.split("/")
+        ]
     except ValueError:
-        raise MemtraceError(f"--assume item={value}: expected numbers such as 3,0.5,1") from None
+        raise MemtraceError(
+            f"--assume item={value}: expected numbers such as 3,0.5,1 (or true, false)"
+        ) from None
     return groups[0]
+
+
+def decode_tokens(value: str) -> int:
+    """`decode.tokens=N`: a positive count of reads of a loop's exit check."""
+    if not value.isdigit() or int(value) < 1:
+        raise MemtraceError(f"--assume decode.tokens={value}: expected a count of at least 1, such as 64")
+    return int(value)
 
 
 def _at(values: tuple[Any, ...], call: int) -> Any:

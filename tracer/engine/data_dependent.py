@@ -52,6 +52,7 @@ from ..core.assume import (
 from ..core.errors import DataDependentError, MemtraceError
 from ..core.records import LOGGED, Assumption
 from ..meta.user_frame import user_frame
+from .loops import Loops, read_site
 
 aten = torch.ops.aten
 _MAX_KNOWN = 1 << 22  # elements: larger floating results keep no known value
@@ -151,6 +152,7 @@ class Resolver:
         self.routers: list[str] = []  # modules in the order they first routed
         self.generator = torch.Generator().manual_seed(0)
         self.calls = CallCounter(iteration)
+        self.loops = Loops(policy, iteration)
 
     @staticmethod
     def passes_through(func: Any) -> bool:
@@ -344,17 +346,35 @@ class Resolver:
             n = torch.broadcast_shapes(x.shape, args[1].shape).numel()
             self._note(name, f"all {n} elements kept", "nonzero")
             return torch.empty((n,), dtype=x.dtype, device=x.device)
+        if name == "_local_scalar_dense":
+            return self._item(x, call)
+        raise DataDependentError(_unbounded(name, x, self._in()))
+
+    def _item(self, x: torch.Tensor, call: int | None) -> bool | int | float:
+        """`.item()`/`bool()` of unknown values: `item` values where given, else a bool by the loop rule
+        inside a loop (loops.py) or passing as a check; every read of a loop's exit counted and budgeted."""
+        site = read_site()
         item, source = self.policy.value("item")
-        if name == "_local_scalar_dense" and source == "--assume" and call is not None:
+        if source == "--assume" and call is not None:
+            if site is not None:
+                self.loops.count(site)
             number = item_value(item, call, self.calls.step)
             found = number if x.is_floating_point() else int(number)
             found = bool(found) if x.dtype == torch.bool else found
             self._note("item", f"{found} (call {call})", "item")
             return found
-        if name == "_local_scalar_dense" and x.dtype == torch.bool:
-            self._note("item (bool)", "true: the check passes", "check")
+        if x.dtype != torch.bool:
+            raise DataDependentError(_unbounded("_local_scalar_dense", x, self._in()))
+        if site is not None and site.value is not None:
+            return self.loops.decide(site)
+        if site is not None:
+            self.loops.count(site)
+            self._note(
+                "item (bool)", "true: the check passes (in a loop whose exit the code does not show)", "check"
+            )
             return True
-        raise DataDependentError(_unbounded(name, x, self._in()))
+        self._note("item (bool)", "true: the check passes", "check")
+        return True
 
     def _kept_in_turn(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """The indices of the n elements an unknown selection keeps: successive selections over as many
@@ -429,6 +449,8 @@ def _lifted(values: KnownValues) -> Iterator[None]:
 def _lifting(func: Callable[..., torch.Tensor], values: KnownValues) -> Callable[..., torch.Tensor]:
     @functools.wraps(func)
     def made(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if args and isinstance(args[0], (list, tuple)):  # a list of 0-d tensors (RoPE scaling's new_freqs)
+            args = (_numbers(args[0]), *args[1:])
         out = func(*args, **kwargs)
         lifted = isinstance(out, torch.Tensor) and out.device == _META
         if lifted and out.numel() <= _MAX_KNOWN and not isinstance(args[0], torch.Tensor):
@@ -444,6 +466,18 @@ _ABSORBING = {  # boolean ops whose result one side's value decides: the absorbi
     aten.bitwise_or.Tensor: True,
     aten.logical_or.default: True,
 }
+
+
+def _numbers(data: Any) -> Any:
+    """A nested list's 0-d meta tensors read as Python numbers (`.item()` through the dispatch mode: their
+    known values, else the policy's), as `torch.tensor` reads them on the CPU."""
+    if isinstance(data, (list, tuple)):
+        return type(data)(_numbers(x) for x in data)
+    if isinstance(data, torch.Tensor) and data.device == _META and data.dim() == 0:
+        return data.item()
+    return data
+
+
 INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default)
 
 
@@ -573,6 +607,7 @@ def resolving(
     finally:
         _ACTIVE.remove(mode)
         used.extend(mode.used)
+        used.extend(mode.loops.assumptions())
 
 
 _ACTIVE: list[Resolver] = []

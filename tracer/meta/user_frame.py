@@ -36,12 +36,27 @@ def _is_own(filename: str) -> bool:
 
 def user_frame(frame: FrameType | None = None) -> str | None:
     """`path:line` of the innermost user frame (relative to the working directory when under it)."""
+    found = user_frame_object(frame or sys._getframe(1))
+    return None if found is None else place(found.f_code.co_filename, found.f_lineno)
+
+
+def user_frame_object(frame: FrameType | None = None) -> FrameType | None:
+    """The innermost user frame itself (the caller must not keep it: a frame keeps its locals alive)."""
     frame = frame or sys._getframe(1)
     while frame is not None:
         if not _is_own(frame.f_code.co_filename):
-            return f"{_shown(frame.f_code.co_filename)}:{frame.f_lineno}"
+            return frame
         frame = frame.f_back
     return None
+
+
+def is_user(frame: FrameType) -> bool:
+    return not _is_own(frame.f_code.co_filename)
+
+
+def place(filename: str, line: int | None) -> str:
+    """`path:line`, the path relative to the working directory when under it."""
+    return f"{_shown(filename)}:{line}"
 
 
 def _shown(filename: str) -> str:

@@ -78,8 +78,10 @@ def largest_rise(sizes: Iterable[int]) -> int:
 
 
 def live_bytes(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer | None) -> int:
-    """Bytes of the distinct CPU storages the step starts with: model, batch, optimizer state, gradients."""
+    """Bytes of the distinct CPU storages the step starts with: model (its parameters, buffers and the plain
+    tensor attributes a step may set, such as gpt-fast's `freqs_cis`), batch, optimizer state, gradients."""
     tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers(), *batch.tensors()]
+    tensors += [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
     if optimizer is not None:
         for state in optimizer.state.values():
             tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
