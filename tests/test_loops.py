@@ -5,8 +5,6 @@ allocator."""
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import textwrap
 from pathlib import Path
 from types import CodeType
@@ -172,19 +170,16 @@ def test_a_loop_driven_by_assumed_values_stops_at_the_budget(tmp_path: Path) -> 
 HF_STEP = textwrap.dedent(
     """
     def step(model, inputs, optimizer):
-        return model.generate(inputs["input_ids"], max_new_tokens=8, do_sample=False)
+        return model.generate(inputs["input_ids"], max_new_tokens=8, do_sample=False, use_cache=True)
     """
 )
 
 
-def test_hf_generate_with_item_zero_never_runs_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hugging Face's own loop (`while self._has_unfinished_sequences(...)`), memtrace's prefill stand-in
-    off: `--assume item=0` says no sequence finished, every time; the budget ends it in one line."""
+def test_hf_generate_with_item_zero_runs_to_its_bound(tmp_path: Path) -> None:
+    """Hugging Face's own loop (`while self._has_unfinished_sequences(...)`) under `--assume item=0`: its stop
+    is known from its own max-length criterion (engine/generation.py), so no assumed value drives it and it
+    runs its 8 tokens, not into the budget."""
     pytest.importorskip("transformers")
-    from memtrace.tracer.engine import loops, trace
-
-    monkeypatch.setattr(trace, "generation_stand_in", contextlib.nullcontext)
-    monkeypatch.setattr(loops, "LOOP_BUDGET", 12)
     path = tmp_path / "hfgen.py"
     path.write_text(HF_STEP)
     config = Config(mode="infer", device="cpu", step=f"{path}:step", assume=(("item", "0"),))
@@ -202,10 +197,6 @@ def test_hf_generate_with_item_zero_never_runs_away(tmp_path: Path, monkeypatch:
         ),
         config,
     )
-    with pytest.raises(MemtraceError, match=r"generation/utils\.py:\d+: .*budget of 12 .*decode\.tokens"):
-        run(request)
-    tokens = Config(mode="infer", device="cpu", step=f"{path}:step", assume=(("decode.tokens", "3"),))
-    result = run(Request(request.builder, request.inputs, request.builder_kwargs, tokens))
-    ((where, value, _),) = _loop_rows(result)
-    assert "generation/utils.py" in where and value == "continued 2 times, then left (decode.tokens=3)"
-    assert sys.modules.get("transformers") is not None
+    result = run(request)
+    assert any("the prefill and 7 decode steps" in n for n in result.notes)
+    assert not _loop_rows(result)
