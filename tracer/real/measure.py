@@ -24,6 +24,7 @@ from ..engine.loader import Built, load_object, split_result
 from ..engine.losses import make_loss
 from ..engine.program import NullObserver, StepPlan, make_optimizer, run_program
 from ..engine.recipes import apply_to_model, cast_inputs, real_autocast
+from ..meta.compat_bnb import held_tensors
 from ..meta.routing import routed, routed_if
 from ..simulate import Config, step_batch, step_function, step_specs
 
@@ -79,6 +80,7 @@ def largest_rise(sizes: Iterable[int]) -> int:
 def live_bytes(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer | None) -> int:
     """Bytes of the distinct CPU storages the step starts with: model, batch, optimizer state, gradients."""
     tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers(), *batch.tensors()]
+    tensors += [t for t, _ in held_tensors(model)]  # a quantized weight's absmax and code tables
     if optimizer is not None:
         for state in optimizer.state.values():
             tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]

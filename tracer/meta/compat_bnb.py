@@ -1,0 +1,105 @@
+"""bitsandbytes' quantized weights on meta, as bitsandbytes keeps them on the target.
+
+bitsandbytes quantizes a `Params4bit` or an `Int8Params` when its module moves to a device
+(`Params4bit.to` -> `_quantize`, nn/modules.py); a model built by memtrace stays on meta and never moves, so
+its weights would stay in the compute dtype and `Linear4bit.forward` fails on them
+(`fix_4bit_weight_quant_state_from_module` asserts). `quantize_on_meta` runs bitsandbytes' own `_quantize`
+on meta instead: the ops are `torch.ops.bitsandbytes.*` with fake (meta) kernels in `bitsandbytes/_ops.py`,
+so the weight is left exactly as on the device: packed uint8 data ((n + 1) // 2, 1), fp32 absmax per block
+and a copy of the 16-value code table; under double quantization uint8 absmax, a fp32 offset, and the
+second level's fp32 absmax and 256-value code. LLM.int8's `Int8Params` get int8 data and fp32 row scales
+(`SCB`). bitsandbytes' module-level table cache (`functional.name2qmap`) is left as it was, so no meta
+tensor leaks into a real quantization later.
+
+`held_tensors` lists the storages a quantized weight keeps beside its data (the quant state's), which exist
+before the step as the weights do. Nothing here imports bitsandbytes unless the user's code did.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import MemtraceError
+
+
+def _bnb() -> Any:
+    return sys.modules.get("bitsandbytes")
+
+
+def quantize_on_meta(model: nn.Module) -> list[str]:
+    """Quantize every bitsandbytes weight still in its compute dtype, on meta, as `.to(device)` would;
+    return a note for the user when any was."""
+    bnb = _bnb()
+    if bnb is None:
+        return []
+    count = 0
+    cache = getattr(bnb.functional, "name2qmap", None)
+    saved = dict(cache) if cache is not None else None
+    try:
+        for module in model.modules():
+            for param in module._parameters.values():
+                if param is not None and param.device.type == "meta" and _unquantized(bnb, param):
+                    _quantize(bnb, param)
+                    count += 1
+    finally:
+        if cache is not None and saved is not None:
+            cache.clear()
+            cache.update(saved)
+    if not count:
+        return []
+    return [f"{count} bitsandbytes weights were quantized on meta, as moving the model to its device does"]
+
+
+def _unquantized(bnb: Any, param: nn.Parameter) -> bool:
+    if isinstance(param, bnb.nn.Params4bit):
+        return not param.bnb_quantized
+    if isinstance(param, bnb.nn.Int8Params):
+        return not param.has_fp16_weights and param.dtype != torch.int8
+    return False
+
+
+def _quantize(bnb: Any, param: nn.Parameter) -> None:
+    try:
+        param._quantize(torch.device("meta"))
+    except Exception as exc:
+        raise MemtraceError(
+            f"bitsandbytes could not quantize a {type(param).__name__} of shape {tuple(param.shape)} on meta: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
+
+
+def held_tensors(model: nn.Module) -> Iterator[tuple[torch.Tensor, str]]:
+    """The tensors each quantized weight keeps beside its data (absmax, code tables, offsets, row scales),
+    with the name of the module holding the weight."""
+    bnb = _bnb()
+    if bnb is None:
+        return
+    for name, module in model.named_modules():
+        for param in module._parameters.values():
+            if isinstance(param, bnb.nn.Params4bit) and param.quant_state is not None:
+                for t in _state_tensors(param.quant_state):
+                    yield t, name
+            elif isinstance(param, bnb.nn.Int8Params):
+                for t in (param.SCB,):
+                    if isinstance(t, torch.Tensor):
+                        yield t, name
+        state = getattr(module, "state", None)
+        if bnb is not None and isinstance(state, bnb.MatmulLtState):
+            for t in (state.SCB,):
+                if isinstance(t, torch.Tensor):
+                    yield t, name
+
+
+def _state_tensors(state: Any) -> Iterator[torch.Tensor]:
+    """A `QuantState`'s tensors, its nested state's included."""
+    for value in (state.absmax, state.code, getattr(state, "offset", None)):
+        if isinstance(value, torch.Tensor):
+            yield value
+    nested = getattr(state, "state2", None)
+    if nested is not None:
+        yield from _state_tensors(nested)
