@@ -29,9 +29,12 @@ def build(
     kbit: bool = True,
     checkpointing: bool = False,
     reentrant: bool = False,
+    device: str = "",
 ) -> nn.Module:
     """`quant` is nf4, fp4, int8 (LLM.int8) or none (LoRA on bf16 weights); `kbit` calls
-    `prepare_model_for_kbit_training` (fp32 norms and embeddings, input gradients) with `checkpointing`."""
+    `prepare_model_for_kbit_training` (fp32 norms and embeddings, input gradients) with `checkpointing`;
+    `device` moves the model there before the adapters are added (bitsandbytes quantizes then), as DoRA
+    needs: its weight norm is taken from the quantized weight."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -48,6 +51,8 @@ def build(
     model = LlamaForCausalLM(config).to(DTYPES[compute_dtype])
     if quant != "none":
         model = _quantized(model, quant, double_quant, DTYPES[compute_dtype])
+    if device:
+        model = model.to(device)
     if kbit:
         model = prepare_model_for_kbit_training(
             model,

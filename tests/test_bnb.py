@@ -1,0 +1,105 @@
+"""bitsandbytes on the target: 4-bit weights quantized on meta as `.to(device)` leaves them, QLoRA steps
+(nf4 and fp4, double quantization, gradient checkpointing) and 8-bit AdamW held against the CPU allocator
+on bitsandbytes' CPU backend, and a quantization that cannot run refused in one line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_cli import run
+
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.core.specs import parse_input, parse_optimizer
+from memtrace.tracer.meta.compat_bnb import held_tensors, quantize_on_meta
+from memtrace.tracer.real.measure import measure_request
+from memtrace.tracer.simulate import Config, Request, run_recorded
+
+bnb = pytest.importorskip("bitsandbytes")
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+QLORA = f"{Path(__file__).resolve().parents[1] / 'benchmarks' / 'models' / 'hf_qlora.py'}:build"
+
+
+def _held(module: torch.nn.Module) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    weight = [(tuple(module.weight.shape), module.weight.dtype)]
+    return weight + [(tuple(t.shape), t.dtype) for t, _ in held_tensors(module)]
+
+
+@pytest.mark.parametrize(("quant", "nested"), [("nf4", False), ("fp4", False), ("nf4", True), ("fp4", True)])
+def test_meta_quantization_leaves_the_storages_a_real_one_does(quant: str, nested: bool) -> None:
+    def layer() -> Any:
+        return bnb.nn.Linear4bit(320, 192, bias=False, quant_type=quant, compress_statistics=nested)
+
+    real = layer().to("cpu")
+    with torch.device("meta"):
+        meta = layer()
+    cache = dict(bnb.functional.name2qmap)
+    notes = quantize_on_meta(meta)
+    assert meta.weight.device.type == "meta" and notes
+    assert _held(meta) == _held(real)
+    assert dict(bnb.functional.name2qmap).keys() == cache.keys()  # bitsandbytes' table cache untouched
+    assert all(t.device.type != "meta" for t in bnb.functional.name2qmap.values())
+
+
+def _request(optimizer: str = "adamw", **builder: Any) -> Request:
+    config = Config(optimizer=parse_optimizer(optimizer), device="cpu")
+    return Request(QLORA, (parse_input("input_ids=2x64:int64"),), tuple(builder.items()), config)
+
+
+def _held_against_the_allocator(request: Request) -> tuple[int, int]:
+    simulated = run_recorded(request).result.peak.bytes
+    measured = measure_request(request)
+    assert abs(simulated - measured.peak) <= 0.01 * measured.peak, (simulated, measured.peak)
+    return simulated, measured.peak
+
+
+@pytest.mark.parametrize(
+    "builder",
+    [
+        {"quant": "nf4"},
+        {"quant": "fp4", "double_quant": True},
+        {"quant": "nf4", "double_quant": True, "checkpointing": True},
+        {"quant": "fp4", "checkpointing": True, "reentrant": True},
+    ],
+    ids=["nf4", "fp4-double", "nf4-double-checkpointed", "fp4-checkpointed-reentrant"],
+)
+def test_qlora_step_matches_the_cpu_allocator(builder: dict[str, Any]) -> None:
+    _held_against_the_allocator(_request(**builder))
+
+
+def test_adamw8bit_keeps_8bit_state_for_large_tensors_and_matches() -> None:
+    request = _request("bitsandbytes.optim:AdamW8bit", rank=32)  # 32x256 adapters: 8-bit, norms: fp32
+    eight, _ = _held_against_the_allocator(request)
+    fp32 = run_recorded(_request("adamw", rank=32)).result.peak.bytes
+    assert eight < fp32
+
+
+def test_a_quantization_that_cannot_run_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    builder = tmp_path / "bad_quant.py"
+    builder.write_text(
+        textwrap.dedent(
+            """
+            import bitsandbytes as bnb
+            from torch import nn
+
+            def build():
+                return nn.Sequential(bnb.nn.Linear4bit(64, 64, quant_type="int3"))
+            """
+        )
+    )
+    code, _, err = run(capsys, f"{builder}:build", "--input", "2x64", "--device", "cpu")
+    assert code == 2 and "bitsandbytes could not quantize" in err and len(err.strip().splitlines()) == 1
+
+
+def test_quantize_on_meta_refuses_in_a_memtrace_error() -> None:
+    with torch.device("meta"):
+        layer = bnb.nn.Linear4bit(64, 64, quant_type="int3")
+    with pytest.raises(MemtraceError, match="Params4bit of shape"):
+        quantize_on_meta(layer)
