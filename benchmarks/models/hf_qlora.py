@@ -1,7 +1,7 @@
-"""A small Llama fine-tuned as LLM users do, from a config (no download): its decoder Linears quantized by
-bitsandbytes (4-bit nf4/fp4, double quantization, or LLM.int8) through transformers' `replace_with_bnb_linear`,
-PEFT LoRA (or DoRA) adapters on top, `prepare_model_for_kbit_training` as QLoRA recipes call it. Needs
-`transformers`, `bitsandbytes` and `peft` (the `finetune` extra).
+"""A small Llama fine-tuned as LLM users do, from a config (no download): its decoder Linears quantized
+by bitsandbytes (4-bit nf4/fp4, double quantization, or LLM.int8) through transformers'
+`replace_with_bnb_linear`, PEFT LoRA (or DoRA) adapters on top, `prepare_model_for_kbit_training` as QLoRA
+recipes call it. Needs `transformers`, `bitsandbytes` and `peft` (the `finetune` extra).
 
 memtrace benchmarks/models/hf_qlora.py:build --input input_ids=1x128:int64 --device cpu --optimizer adamw
 """

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.errors import MemtraceError
+from ..core.errors import MemtraceError, first_line
 
 
 def _bnb() -> Any:
@@ -63,13 +63,13 @@ def _unquantized(bnb: Any, param: nn.Parameter) -> bool:
     return False
 
 
-def _quantize(bnb: Any, param: nn.Parameter) -> None:
+def _quantize(bnb: Any, param: Any) -> None:
     try:
         param._quantize(torch.device("meta"))
     except Exception as exc:
         raise MemtraceError(
-            f"bitsandbytes could not quantize a {type(param).__name__} of shape {tuple(param.shape)} on meta: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"bitsandbytes could not quantize a {type(param).__name__} of shape {tuple(param.shape)} "
+            f"on meta: {first_line(exc)}"
         ) from exc
 
 
