@@ -46,6 +46,17 @@ def test_meta_quantization_leaves_the_storages_a_real_one_does(quant: str, neste
     assert all(t.device.type != "meta" for t in bnb.functional.name2qmap.values())
 
 
+def test_meta_int8_quantization_leaves_the_storages_a_real_one_does() -> None:
+    def layer() -> Any:
+        return bnb.nn.Linear8bitLt(320, 192, bias=False, has_fp16_weights=False)
+
+    real = layer().to("cpu")
+    with torch.device("meta"):
+        meta = layer()
+    quantize_on_meta(meta)
+    assert _held(meta) == _held(real) and meta.weight.dtype == torch.int8
+
+
 def _request(optimizer: str = "adamw", **builder: Any) -> Request:
     config = Config(optimizer=parse_optimizer(optimizer), device="cpu")
     return Request(QLORA, (parse_input("input_ids=2x64:int64"),), tuple(builder.items()), config)
@@ -65,8 +76,9 @@ def _held_against_the_allocator(request: Request) -> tuple[int, int]:
         {"quant": "fp4", "double_quant": True},
         {"quant": "nf4", "double_quant": True, "checkpointing": True},
         {"quant": "fp4", "checkpointing": True, "reentrant": True},
+        {"quant": "int8"},
     ],
-    ids=["nf4", "fp4-double", "nf4-double-checkpointed", "fp4-checkpointed-reentrant"],
+    ids=["nf4", "fp4-double", "nf4-double-checkpointed", "fp4-checkpointed-reentrant", "llm-int8"],
 )
 def test_qlora_step_matches_the_cpu_allocator(builder: dict[str, Any]) -> None:
     _held_against_the_allocator(_request(**builder))
@@ -77,6 +89,27 @@ def test_adamw8bit_keeps_8bit_state_for_large_tensors_and_matches() -> None:
     eight, _ = _held_against_the_allocator(request)
     fp32 = run_recorded(_request("adamw", rank=32)).result.peak.bytes
     assert eight < fp32
+
+
+def test_cuda_gemm_4bit_buffers_follow_bitsandbytes_source() -> None:
+    from memtrace.tracer.devices.cuda import bnb as cuda_bnb
+
+    n, k, blocks = 512, 256, 512 * 256 // 64
+    packed = torch.empty(n * k // 2, 1, dtype=torch.uint8, device="meta")
+    absmax8 = torch.empty(blocks, dtype=torch.uint8, device="meta")
+    absmax2 = torch.empty(blocks // 256, device="meta")
+    nested = {"absmax_8bit": absmax8, "absmax_code": torch.empty(256, device="meta")}
+
+    def steps(rows: int, **kw: Any) -> list[tuple[str, int]] | None:
+        a = torch.empty(rows, k, dtype=torch.bfloat16, device="meta")
+        out = torch.empty(rows, n, dtype=torch.bfloat16, device="meta")
+        ws = cuda_bnb.gemm_4bit((a, packed, [n, k], absmax2, 64, "nf4"), kw, out)
+        return None if ws is None else [(s.kind, s.nbytes) for s in ws.steps if s.kind != "persist"]
+
+    assert steps(4) is None  # the fused kernel: its output alone
+    weight = ("alloc", n * k * 2)  # dequantized in the compute dtype
+    assert steps(2048) == [weight, ("output", 0)]
+    assert steps(2048, **nested) == [("alloc", blocks * 4), ("alloc", blocks * 4), weight, ("output", 0)]
 
 
 def test_a_quantization_that_cannot_run_is_one_line(

@@ -9,15 +9,23 @@ the op's output, with the GEMM's own buffers (oneDNN's scratchpad for bf16, `dev
 the dequantized weight and absmax are freed when the kernel returns. Not modelled: the generic fallback
 `dequantize_4bit` takes for an odd inner dimension or blocks >= 2048 on AVX-512 (`_dequantize_4bit_compute`,
 its own temporaries).
+
+LLM.int8 (`Linear8bitLt`) trains on the CPU through `MatMul8bitFp` (autograd/_functions.py `matmul`: CPU
+tensors in training): the int8 weight dequantized to the input's dtype and `F.linear`, plain aten ops. Meta
+tensors would take the GPU's `MatMul8bitLt` (int8 quantization of the activations, outlier columns found
+by value); the patch `bnb_int8_on_cpu` sends them where CPU tensors go.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from ...core.registry import Workspace, optional, rule
+from ...core.registry import Workspace, optional, patch, rule
 from . import blas
 
 aten = torch.ops.aten
@@ -70,3 +78,31 @@ def gemm_4bit(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     else:
         splice(ws, blas.addmm_cpu((bias, rows, weight.t()), {}, flat))
     return ws
+
+
+@patch("cpu", "bnb_int8_on_cpu")
+@contextlib.contextmanager
+def int8_training_as_on_cpu() -> Iterator[None]:
+    """`bitsandbytes.matmul` of meta tensors in training runs `MatMul8bitFp`, as CPU tensors do."""
+    bnb: Any = sys.modules.get("bitsandbytes")
+    original = getattr(bnb, "matmul", None)
+    if bnb is None or original is None:
+        yield
+        return
+    functions = sys.modules["bitsandbytes.autograd._functions"]
+
+    def matmul(
+        A: Any, B: Any, out: Any = None, state: Any = None, threshold: float = 0.0, bias: Any = None
+    ) -> Any:
+        state = state or functions.MatmulLtState()
+        if threshold > 0.0:
+            state.threshold = threshold
+        if state.is_training and A.device.type == "meta":
+            return functions.MatMul8bitFp.apply(A, B, out, bias, state)
+        return original(A, B, out, state, threshold, bias)
+
+    bnb.matmul = matmul
+    try:
+        yield
+    finally:
+        bnb.matmul = original

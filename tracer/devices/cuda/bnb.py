@@ -8,8 +8,9 @@ block size. The fallback holds, until it returns: under double quantization the 
 (`torch.empty_like(absmax_8bit, dtype=float32)`) and that plus the offset (both fp32, one per block), then
 the weight in the compute dtype (`torch.empty(shapeB, dtype=A.dtype)`), and `F.linear` (the output, and
 cuBLAS's workspace as any GEMM, `devices/cuda/blas.py`). Between 5 and 1536 rows the choice is a per-
-architecture heuristic (`_gemm_4bit_use_custom_cuda`) not ported: the fallback's buffers are recorded as
-an estimate (0 to their bytes), not simulated.
+architecture heuristic (`_gemm_4bit_use_custom_cuda`, which reads the GPU's SM count) not ported: the
+fallback is simulated there too, an upper bound by one dequantized weight (a training step's rows, batch x
+sequence, are mostly above 1536).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from ...core.registry import Workspace, optional, rule
 from . import blas
 
 FUSED_MAX_ROWS = 4  # _GEMM_4BIT_CUSTOM_FLOOR_M: the fused kernel always
-FALLBACK_ABOVE_ROWS = 1536  # _gemm_4bit_custom_max_m on CUDA: the fallback always
 
 
 def _arg(args: Any, kwargs: Any, index: int, name: str) -> Any:
@@ -41,19 +41,10 @@ def gemm_4bit(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     if not isinstance(A, torch.Tensor) or A.numel() == 0 or len(shape) != 2:
         return None
     rows = A.numel() // A.shape[-1]
-    buffers = fallback_bytes(A, shape, _arg(args, kwargs, 7, "absmax_8bit"))
-    if rows <= FUSED_MAX_ROWS:
+    if rows <= FUSED_MAX_ROWS and shape[1] % blocksize == 0:
         return None
-    if rows <= FALLBACK_ABOVE_ROWS and shape[1] % blocksize == 0:
-        ws = Workspace()
-        ws.estimate = (0, sum(buffers))
-        return ws
     ws = Workspace()
-    for nbytes in buffers:
+    for nbytes in fallback_bytes(A, shape, _arg(args, kwargs, 7, "absmax_8bit")):
         ws.alloc(nbytes)
-    return blas.with_workspace(ws_with_output(ws))
-
-
-def ws_with_output(ws: Workspace) -> Workspace:
     ws.outputs()
-    return ws
+    return blas.with_workspace(ws)
