@@ -77,8 +77,9 @@ def _held_against_the_allocator(request: Request) -> tuple[int, int]:
         {"quant": "nf4", "double_quant": True, "checkpointing": True},
         {"quant": "fp4", "checkpointing": True, "reentrant": True},
         {"quant": "int8"},
+        {"quant": "nf4", "dora": True, "device": "cpu"},  # moved (quantized) before DoRA reads the weight
     ],
-    ids=["nf4", "fp4-double", "nf4-double-checkpointed", "fp4-checkpointed-reentrant", "llm-int8"],
+    ids=["nf4", "fp4-double", "nf4-double-checkpointed", "fp4-checkpointed-reentrant", "llm-int8", "qdora"],
 )
 def test_qlora_step_matches_the_cpu_allocator(builder: dict[str, Any]) -> None:
     _held_against_the_allocator(_request(**builder))

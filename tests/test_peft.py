@@ -1,5 +1,6 @@
-"""PEFT adapters on bf16 weights (LoRA, DoRA with its weight-norm temporaries) held against the CPU
-allocator; QLoRA is in test_bnb.py."""
+"""PEFT held against the CPU allocator: adapters on bf16 weights (LoRA, DoRA with its weight-norm
+temporaries), `modules_to_save` with an adapter on the embeddings, several adapters active at once; the
+QLoRA variants are in test_bnb.py."""
 
 from __future__ import annotations
 
@@ -21,8 +22,13 @@ LORA = f"{Path(__file__).resolve().parents[1] / 'benchmarks' / 'models' / 'hf_ql
 
 @pytest.mark.parametrize(
     "builder",
-    [{"quant": "none", "kbit": False}, {"quant": "none", "kbit": False, "dora": True}],
-    ids=["lora", "dora"],
+    [
+        {"quant": "none", "kbit": False},
+        {"quant": "none", "kbit": False, "dora": True},
+        {"quant": "nf4", "save": "lm_head", "embed": True},
+        {"quant": "nf4", "adapters": 2},
+    ],
+    ids=["lora", "dora", "modules-to-save-and-embedding", "two-adapters"],
 )
 def test_adapters_on_bf16_weights_match_the_cpu_allocator(builder: dict[str, Any]) -> None:
     config = Config(optimizer=parse_optimizer("adamw"), device="cpu")

@@ -30,11 +30,16 @@ def build(
     checkpointing: bool = False,
     reentrant: bool = False,
     device: str = "",
+    save: str = "",
+    embed: bool = False,
+    adapters: int = 1,
 ) -> nn.Module:
     """`quant` is nf4, fp4, int8 (LLM.int8) or none (LoRA on bf16 weights); `kbit` calls
     `prepare_model_for_kbit_training` (fp32 norms and embeddings, input gradients) with `checkpointing`;
     `device` moves the model there before the adapters are added (bitsandbytes quantizes then), as DoRA
-    needs: its weight norm is taken from the quantized weight."""
+    needs: its weight norm is taken from the quantized weight. `save` names modules trained in full beside the
+    adapters (`modules_to_save`, comma-separated), `embed` puts an adapter on the embeddings too, `adapters`
+    adds that many adapters, all active at once."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -59,15 +64,23 @@ def build(
             use_gradient_checkpointing=checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": reentrant},
         )
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     lora = LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        target_modules=targets + (["embed_tokens"] if embed else []),
         lora_dropout=0.0,
         use_dora=dora,
+        modules_to_save=[m for m in save.split(",") if m] or None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    peft_model = get_peft_model(model, lora)
+    names = ["default"] + [f"extra{i}" for i in range(1, adapters)]
+    for name in names[1:]:
+        peft_model.add_adapter(name, lora)
+    if adapters > 1:
+        peft_model.base_model.set_adapter(names)  # every adapter active (and trained) at once
+    return peft_model
 
 
 def _quantized(model: nn.Module, quant: str, double_quant: bool, compute: torch.dtype) -> nn.Module:

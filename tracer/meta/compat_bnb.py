@@ -11,14 +11,20 @@ second level's fp32 absmax and 256-value code. LLM.int8's `Int8Params` get int8 
 (`SCB`). bitsandbytes' module-level table cache (`functional.name2qmap`) is left as it was, so no meta
 tensor leaks into a real quantization later.
 
+While the builder runs on meta (`moving_quantizes`), a model holding bitsandbytes weights that the builder
+moves to a device (`model.to("cpu")`, `model.cuda()`) is quantized there and stays on meta, as the move
+quantizes it on the device: code that needs the quantized weight inside the builder (PEFT's DoRA takes
+the weight's norm from it) finds it.
+
 `held_tensors` lists the storages a quantized weight keeps beside its data (the quant state's), which exist
 before the step as the weights do. Nothing here imports bitsandbytes unless the user's code did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -103,3 +109,37 @@ def _state_tensors(state: Any) -> Iterator[torch.Tensor]:
     nested = getattr(state, "state2", None)
     if nested is not None:
         yield from _state_tensors(nested)
+
+
+@contextlib.contextmanager
+def moving_quantizes() -> Iterator[None]:
+    """While a builder runs: `Module.to(device)`, `.cpu()` and `.cuda()` of a meta model with bitsandbytes
+    weights quantize them on meta and keep the model there."""
+    saved = {name: getattr(nn.Module, name) for name in ("to", "cpu", "cuda")}
+    nn.Module.to = _moving(saved["to"], lambda *a, **k: torch._C._nn._parse_to(*a, **k)[:2])  # type: ignore[method-assign]
+    nn.Module.cpu = _moving(saved["cpu"], lambda *a, **k: (torch.device("cpu"), None))  # type: ignore[method-assign]
+    nn.Module.cuda = _moving(saved["cuda"], lambda *a, **k: (torch.device("cuda"), None))  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.Module, name, fn)
+
+
+def _moving(original: Callable[..., Any], parse: Callable[..., Any]) -> Callable[..., Any]:
+    def move(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        device, dtype = parse(*args, **kwargs)
+        if device is None or device.type == "meta" or dtype is not None or not _holds_bnb_on_meta(self):
+            return original(self, *args, **kwargs)
+        quantize_on_meta(self)
+        return self
+
+    return move
+
+
+def _holds_bnb_on_meta(model: nn.Module) -> bool:
+    bnb = _bnb()
+    if bnb is None:
+        return False
+    kinds = (bnb.nn.Params4bit, bnb.nn.Int8Params)
+    return any(isinstance(p, kinds) and p.device.type == "meta" for p in model.parameters())
