@@ -92,6 +92,38 @@ def test_adamw8bit_keeps_8bit_state_for_large_tensors_and_matches() -> None:
     assert eight < fp32
 
 
+def test_from_pretrained_with_a_quantization_config_matches(tmp_path: Path) -> None:
+    from memtrace.tracer.engine.loader import load_object
+
+    llama = load_object(f"{QLORA.rsplit('/', 1)[0]}/hf_llama.py:build")
+    llama(layers=2, hidden=256, heads=4, kv_heads=2, intermediate=688, vocab=1024).save_pretrained(
+        tmp_path / "llama"
+    )
+    builder = tmp_path / "pretrained.py"
+    builder.write_text(
+        textwrap.dedent(
+            f"""
+            import torch
+            from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+            def build():
+                config = BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+                )
+                return AutoModelForCausalLM.from_pretrained(
+                    {str(tmp_path / "llama")!r},
+                    quantization_config=config,
+                    dtype=torch.bfloat16,
+                    device_map="cpu",
+                )
+            """
+        )
+    )
+    config = Config(optimizer=parse_optimizer("adamw"), device="cpu")
+    request = Request(f"{builder}:build", (parse_input("input_ids=2x64:int64"),), (), config)
+    _held_against_the_allocator(request)
+
+
 def test_cuda_gemm_4bit_buffers_follow_bitsandbytes_source() -> None:
     from memtrace.tracer.devices.cuda import bnb as cuda_bnb
 

@@ -48,6 +48,7 @@ def quantize_on_meta(model: nn.Module) -> list[str]:
     saved = dict(cache) if cache is not None else None
     try:
         for module in model.modules():
+            count += _rehome(bnb, module)
             for param in module._parameters.values():
                 if param is not None and param.device.type == "meta" and _unquantized(bnb, param):
                     _quantize(bnb, param)
@@ -58,7 +59,24 @@ def quantize_on_meta(model: nn.Module) -> list[str]:
             cache.update(saved)
     if not count:
         return []
-    return [f"{count} bitsandbytes weights were quantized on meta, as moving the model to its device does"]
+    return [f"{count} bitsandbytes weights are held quantized on meta, as on the device the model moves to"]
+
+
+def _rehome(bnb: Any, module: nn.Module) -> int:
+    """A `Linear4bit` whose weight lost its `Params4bit` on the way to meta (a patched build registers
+    plain parameters) but kept its quantized data and the module's `quant_state` (quantized for real while
+    the builder loaded it): the weight as bitsandbytes holds it again, its state moved to meta."""
+    state = getattr(module, "quant_state", None)
+    weight = module._parameters.get("weight")
+    if state is None or weight is None or isinstance(weight, bnb.nn.Params4bit):
+        return 0
+    if weight.device.type != "meta" or weight.dtype == torch.float32:
+        return 0
+    state.to("meta")
+    module._parameters["weight"] = bnb.nn.Params4bit(
+        weight.data, requires_grad=False, quant_state=state, bnb_quantized=True, module=module
+    )
+    return 1
 
 
 def _unquantized(bnb: Any, param: nn.Parameter) -> bool:
