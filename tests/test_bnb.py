@@ -145,6 +145,20 @@ def test_cuda_gemm_4bit_buffers_follow_bitsandbytes_source() -> None:
     assert steps(2048, **nested) == [("alloc", blocks * 4), ("alloc", blocks * 4), weight, ("output", 0)]
 
 
+def test_cuda_int8_scaled_mm_buffers_follow_bitsandbytes_source() -> None:
+    from memtrace.tracer.devices.cuda import bnb as cuda_bnb
+
+    def steps(dtype: torch.dtype) -> list[tuple[str, int]]:
+        out = torch.empty(128, 96, dtype=dtype, device="meta")
+        ws = cuda_bnb.int8_scaled_mm((), {}, out)
+        assert ws is not None
+        return [(s.kind, s.nbytes) for s in ws.steps]
+
+    cells = 128 * 96
+    assert steps(torch.float16) == [("alloc", cells * 4), ("output", 0)]
+    assert steps(torch.bfloat16) == [("alloc", cells * 4), ("alloc", cells * 2), ("output", 0), ("free", 0)]
+
+
 def test_a_quantization_that_cannot_run_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -162,6 +176,16 @@ def test_a_quantization_that_cannot_run_is_one_line(
     )
     code, _, err = run(capsys, f"{builder}:build", "--input", "2x64", "--device", "cpu")
     assert code == 2 and "bitsandbytes could not quantize" in err and len(err.strip().splitlines()) == 1
+
+
+def test_llm_int8_outliers_on_cuda_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--arg", "quant=int8", "--input", "input_ids=2x64:int64", "--device", "cuda", "--gpu", "rtx4090")
+    code, _, err = run(capsys, QLORA, *args)
+    errors = [
+        line for line in err.splitlines() if line.startswith("memtrace: error")
+    ]  # not transformers' warnings
+    assert code == 2 and len(errors) == 1 and "llm_int8_threshold=6.0 on cuda" in errors[0]
+    assert "Traceback" not in err
 
 
 def test_quantize_on_meta_refuses_in_a_memtrace_error() -> None:

@@ -33,6 +33,7 @@ def build(
     save: str = "",
     embed: bool = False,
     adapters: int = 1,
+    int8_threshold: float = 6.0,
 ) -> nn.Module:
     """`quant` is nf4, fp4, int8 (LLM.int8) or none (LoRA on bf16 weights); `kbit` calls
     `prepare_model_for_kbit_training` (fp32 norms and embeddings, input gradients) with `checkpointing`;
@@ -55,7 +56,7 @@ def build(
     )
     model = LlamaForCausalLM(config).to(DTYPES[compute_dtype])
     if quant != "none":
-        model = _quantized(model, quant, double_quant, DTYPES[compute_dtype])
+        model = _quantized(model, quant, double_quant, DTYPES[compute_dtype], int8_threshold)
     if device:
         model = model.to(device)
     if kbit:
@@ -83,14 +84,16 @@ def build(
     return peft_model
 
 
-def _quantized(model: nn.Module, quant: str, double_quant: bool, compute: torch.dtype) -> nn.Module:
+def _quantized(
+    model: nn.Module, quant: str, double_quant: bool, compute: torch.dtype, threshold: float
+) -> nn.Module:
     """The decoder Linears replaced as transformers does at load (`lm_head` kept); their weights copied in,
     quantized when the model moves to its device (`.to(device)`), as bitsandbytes does."""
     from transformers import BitsAndBytesConfig
     from transformers.integrations import replace_with_bnb_linear
 
     if quant == "int8":
-        bnb_config = BitsAndBytesConfig(load_in_8bit=True)
+        bnb_config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold)
     else:
         bnb_config = BitsAndBytesConfig(
             load_in_4bit=True,

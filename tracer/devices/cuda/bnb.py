@@ -11,15 +11,26 @@ cuBLAS's workspace as any GEMM, `devices/cuda/blas.py`). Between 5 and 1536 rows
 architecture heuristic (`_gemm_4bit_use_custom_cuda`, which reads the GPU's SM count) not ported: the
 fallback is simulated there too, an upper bound by one dequantized weight (a training step's rows, batch x
 sequence, are mostly above 1536).
+
+LLM.int8 without outliers (`llm_int8_threshold=0`): `int8_scaled_mm` runs its "default" kernel
+(backends/default/ops.py) on CUDA's: `int8_linear_matmul` into an int32 M x N buffer (cuBLASLt's igemmlt on
+bitsandbytes' own handle, no workspace), then `int8_mm_dequant`'s CUDA kernel into fp16 (`empty_like(A,
+dtype=float16)`), cast to the output dtype unless fp16; the buffers freed as it returns. With outliers
+(`llm_int8_threshold > 0`, the default 6.0) the columns kept in fp16 are those whose activations exceed the
+threshold, chosen by value: refused in one line (`bnb_int8_outliers`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from ...core.registry import Workspace, optional, rule
+from ...core.errors import MemtraceError
+from ...core.registry import Workspace, optional, patch, rule
 from . import blas
 
 FUSED_MAX_ROWS = 4  # _GEMM_4BIT_CUSTOM_FLOOR_M: the fused kernel always
@@ -48,3 +59,50 @@ def gemm_4bit(args: Any, kwargs: Any, out: Any) -> Workspace | None:
         ws.alloc(nbytes)
     ws.outputs()
     return blas.with_workspace(ws)
+
+
+@rule("cuda", optional("bitsandbytes::int8_scaled_mm.default"))
+def int8_scaled_mm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
+    if not isinstance(out, torch.Tensor):
+        return None
+    cells = out.numel()
+    ws = Workspace()
+    ws.alloc(cells * 4)  # int32 product
+    if out.dtype == torch.float16:
+        ws.outputs()  # the dequantized fp16 is the output
+        return ws
+    half = ws.alloc(cells * 2)
+    ws.outputs()
+    ws.free(half)
+    return ws
+
+
+@patch("cuda", "bnb_int8_outliers")
+@contextlib.contextmanager
+def int8_outliers_refused() -> Iterator[None]:
+    """LLM.int8's activation quantization with an outlier threshold, on meta: one line, not a traceback."""
+    functional: Any = sys.modules.get("bitsandbytes.functional")
+    if functional is None:
+        yield
+        return
+    saved = {name: getattr(functional, name) for name in ("int8_double_quant", "int8_vectorwise_quant")}
+    for name, fn in saved.items():
+        setattr(functional, name, _refusing_outliers(fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(functional, name, fn)
+
+
+def _refusing_outliers(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def quant(A: Any, *args: Any, threshold: float = 0.0, **kwargs: Any) -> Any:
+        if threshold > 0.0 and isinstance(A, torch.Tensor) and A.device.type == "meta":
+            raise MemtraceError(
+                f"LLM.int8 with llm_int8_threshold={threshold} on cuda: its outlier columns are chosen by "
+                "the activations' values, which meta does not have; llm_int8_threshold=0.0 simulates it "
+                "without outliers"
+            )
+        return fn(A, *args, threshold=threshold, **kwargs)
+
+    return quant
