@@ -121,6 +121,14 @@ JOBS: tuple[Job, ...] = (
     Job("recipes-whatif", (SEED, "--input", "256x3x144x256", "--what-if")),
     Job("verify-cpu", ("verify", *SMALL, "--device", "cpu")),
     Job("ddp", (*DIST, "--ddp", "2")),
+    Job(
+        "finetune-qlora",
+        (
+            "benchmarks/models/hf_qlora.py:build",
+            *("--input", "input_ids=2x64:int64", "--device", "cpu"),
+            *("--optimizer", "bitsandbytes.optim:AdamW8bit"),
+        ),
+    ),
     Job("moe", ("benchmarks/models/hf_moe.py:mixtral", "--input", "input_ids=2x64:int64", "--device", "cpu")),
     Job("exports-plot", (*SMALL, "--gpu", "rtx4070", *PICTURES)),
     Job("generate", (*GENERATE, "--plot", f"{OUT}/generate-plot.png")),

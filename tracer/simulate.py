@@ -37,6 +37,7 @@ from .engine.config import SDPA_BACKENDS, Config, StepFn
 from .engine.loader import Built, build_on_meta, load_object, make_inputs, spec_of
 from .engine.recipes import Recipe
 from .engine.trace import plan_for, step_function, trace_model
+from .meta.compat_bnb import moving_quantizes
 from .meta.routing import staying_on
 from .meta.target_view import TargetGpu, target_gpu, target_view
 
@@ -46,7 +47,7 @@ def build(builder: str | Callable[..., Any], builder_kwargs: dict[str, Any] | No
     if not callable(fn):
         raise MemtraceError(f"builder {builder!r} is not callable")
     name = builder if isinstance(builder, str) else getattr(fn, "__name__", repr(fn))
-    with staying_on("meta"):  # `.to("cuda")` of a builder that was told a GPU is there
+    with staying_on("meta"), moving_quantizes():  # `.to("cuda")` of a builder told a GPU is there
         return build_on_meta(fn, builder_kwargs or {}, name)
 
 

@@ -105,6 +105,7 @@ def _load_rules() -> None:
     from ..devices.cpu import (  # noqa: F401  (registering rules and patches)
         attention,
         blas,
+        bnb,
         conv,
         gemm_lowp,
         loss,
@@ -114,6 +115,7 @@ def _load_rules() -> None:
     )
     from ..devices.cuda import attention as cuda_attention  # noqa: F401
     from ..devices.cuda import blas as cuda_blas  # noqa: F401
+    from ..devices.cuda import bnb as cuda_bnb  # noqa: F401
     from ..devices.cuda import conv as cuda_conv  # noqa: F401
     from ..devices.cuda import loss as cuda_loss  # noqa: F401
-    from ..meta import autocast, compat, compat_nn, compat_torchvision, optim_meta  # noqa: F401
+    from ..meta import autocast, compat, compat_bnb, compat_nn, compat_torchvision, optim_meta  # noqa: F401

@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from ..core.records import LOSS, Category, Phase
+from ..meta.compat_bnb import held_tensors
 from .dispatch import RecordingMode
 from .recorder import Recorder, claim
 
@@ -30,6 +31,8 @@ def register_baseline(
         rec.mark_tensor(p, Category.PARAMETER, owners.get(id(p), ""))
     for b in model.buffers():
         rec.mark_tensor(b, Category.BUFFER, owners.get(id(b), ""))
+    for t, owner in held_tensors(model):  # a quantized weight's absmax and code tables
+        rec.mark_tensor(t, Category.PARAMETER, owner)
     for x in inputs:
         rec.mark_tensor(x, Category.INPUT)
 

@@ -29,6 +29,7 @@ from ..engine.prepare import materialize
 from ..engine.program import StepPlan, make_optimizer, run_program
 from ..engine.recipes import apply_to_model, cast_inputs, meta_autocast
 from ..engine.recorder import Recorder
+from ..meta.compat_bnb import quantize_on_meta
 from ..meta.optim_meta import fused_on_meta
 from ..meta.routing import routed_if
 from .config import Config, StepFn
@@ -52,7 +53,8 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
             simulated_world(config.parallel) as world,
         ):
             plan = plan_for(config)
-            notes = materialize(model, batch.args, batch.kwargs)  # lazy and in-forward parameters
+            notes = quantize_on_meta(model)  # bitsandbytes quantizes as the model moves to its device
+            notes += materialize(model, batch.args, batch.kwargs)  # lazy and in-forward parameters
             apply_to_model(model, config.recipe)
             batch = cast_inputs(batch, config.recipe.dtype)
             runner = model

@@ -128,6 +128,19 @@ def view_key() -> tuple[str, int, int, int] | None:
     return ("cpu", 0, 0, 0) if t is None else (t.name, t.major, t.minor, t.total_memory)
 
 
+# Libraries that import their CUDA kernels when `torch.cuda.is_available()` at import: they are told the
+# truth of this machine (bitsandbytes' CUDA backend needs a CUDA build of torch to import).
+_KERNEL_LIBRARIES = frozenset({"bitsandbytes"})
+
+
+def _machine_for_kernels(machine: Callable[[], bool], target: Callable[[], bool]) -> Callable[[], bool]:
+    def is_available() -> bool:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        return machine() if caller in _KERNEL_LIBRARIES else target()
+
+    return is_available
+
+
 def _answers(seen: Seen) -> dict[str, Callable[..., Any]]:
     t = seen.target
 
@@ -145,7 +158,9 @@ def _answers(seen: Seen) -> dict[str, Callable[..., Any]]:
         return refuse
 
     answers: dict[str, Callable[..., Any]] = {
-        "is_available": asked("is_available", lambda: t is not None),
+        "is_available": _machine_for_kernels(
+            torch.cuda.is_available, asked("is_available", lambda: t is not None)
+        ),
         "device_count": asked("device_count", lambda: int(t is not None)),
         "is_bf16_supported": asked(
             "is_bf16_supported",

@@ -25,6 +25,7 @@ from ..engine.losses import make_loss
 from ..engine.program import NullObserver, StepPlan, make_optimizer, run_program
 from ..engine.recipes import apply_to_model, cast_inputs, real_autocast
 from ..engine.trace import generate_kwargs
+from ..meta.compat_bnb import held_tensors
 from ..meta.routing import routed, routed_if
 from ..simulate import Config, step_batch, step_function, step_specs
 
@@ -82,6 +83,7 @@ def live_bytes(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer 
     tensor attributes a step may set, such as gpt-fast's `freqs_cis`), batch, optimizer state, gradients."""
     tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers(), *batch.tensors()]
     tensors += [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
+    tensors += [t for t, _ in held_tensors(model)]  # a quantized weight's absmax and code tables
     if optimizer is not None:
         for state in optimizer.state.values():
             tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
