@@ -10,8 +10,9 @@ import torch
 from memtrace.tracer.core.assume import Policy
 from memtrace.tracer.core.errors import DataDependentError
 from memtrace.tracer.core.records import LOGGED, Assumption
-from memtrace.tracer.engine.data_dependent import KnownValues, resolving
+from memtrace.tracer.engine.data_dependent import resolving
 from memtrace.tracer.engine.data_observer import resolved_alone
+from memtrace.tracer.engine.known_values import KnownValues
 
 N = 16
 

@@ -35,7 +35,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.assume import (
@@ -52,11 +51,10 @@ from ..core.assume import (
 from ..core.errors import DataDependentError, MemtraceError
 from ..core.records import LOGGED, Assumption
 from ..meta.user_frame import user_frame
+from .known_values import MAX_KNOWN, MAX_KNOWN_INDEX, KnownValues, keepable, lifted
 from .loops import Loops, read_site
 
 aten = torch.ops.aten
-_MAX_KNOWN = 1 << 22  # elements: larger floating results keep no known value
-_MAX_KNOWN_INDEX = 1 << 24  # elements: larger integer and boolean results (indices, masks) keep none
 _MAX_LOGGED = 4096  # elements: a logged value (a loss, a few metrics); larger reads are not for logging
 _SIZE_FROM_DATA = {"nonzero", "masked_select", "_local_scalar_dense", "unique", "_unique", "_unique2"}
 _SIZE_FROM_DATA |= {"unique_consecutive", "unique_dim", "repeat_interleave", "bincount", "nonzero_numpy"}
@@ -65,45 +63,6 @@ _FILLS = {"zeros", "ones", "full", "arange", "scalar_tensor", "zeros_like", "one
 _MAX_EXPERTS, _MAX_K = 1024, 64  # a top-k of at most k of these over the last dim routes
 _META = torch.device("meta")
 _CPU = torch.device("cpu")
-_Key = tuple[int, tuple[int, ...], tuple[int, ...], torch.dtype]
-
-
-class KnownValues:
-    """Known values of meta tensors, by storage (views of one storage keep their own) and layout."""
-
-    def __init__(self) -> None:
-        self._by_storage: dict[int, tuple[StorageWeakRef, dict[_Key, torch.Tensor]]] = {}
-        self._puts = 0
-
-    @staticmethod
-    def _key(t: torch.Tensor) -> _Key:
-        return (int(t.storage_offset()), tuple(t.shape), tuple(t.stride()), t.dtype)
-
-    def get(self, t: torch.Tensor) -> torch.Tensor | None:
-        entry = self._by_storage.get(t.untyped_storage()._cdata)
-        if entry is None or entry[0].expired():
-            return None
-        return entry[1].get(self._key(t))
-
-    def put(self, t: torch.Tensor, value: torch.Tensor) -> None:
-        if not _keepable(value) or tuple(value.shape) != tuple(t.shape):
-            return
-        self._puts += 1
-        if self._puts % 4096 == 0:  # forget the values of storages that died
-            self._by_storage = {k: e for k, e in self._by_storage.items() if not e[0].expired()}
-        storage = t.untyped_storage()
-        entry = self._by_storage.get(storage._cdata)
-        if entry is None or entry[0].expired():
-            entry = (StorageWeakRef(storage), {})
-            self._by_storage[storage._cdata] = entry
-        entry[1][self._key(t)] = value
-
-    def forget(self, t: torch.Tensor) -> None:
-        self._by_storage.pop(t.untyped_storage()._cdata, None)
-
-    def holds(self, storage: int) -> bool:
-        """Whether some view of the storage (its `_cdata`) may have a known value."""
-        return storage in self._by_storage
 
 
 def counted(func: Any) -> str | None:
@@ -200,7 +159,7 @@ class Resolver:
         """A meta tensor's known value; a small CPU tensor (a data loader's targets, a Python list made a
         tensor) is its own value."""
         if t.device.type == "cpu":
-            return t if _keepable(t) else None
+            return t if keepable(t) else None
         return self.values.get(t)
 
     def _absorbed(self, func: Any, args: Any, kwargs: Any) -> Any:
@@ -221,7 +180,7 @@ class Resolver:
         """`randperm` on meta: a permutation, known (drawn from a generator of its own, so the user's random
         stream is untouched). Which elements a sampler picks depends on it, how many do not."""
         out = func(*args, **kwargs)
-        if isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= _MAX_KNOWN:
+        if isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= MAX_KNOWN:
             self.values.put(out, torch.randperm(out.numel(), generator=self.generator).to(out.dtype))
         return out
 
@@ -256,7 +215,7 @@ class Resolver:
     def _filled(self, func: Any, name: str, args: Any, kwargs: Any) -> Any:
         """A constant fill (zeros, full, arange, zeros_like) on meta: its value is known."""
         out = func(*args, **kwargs)
-        small = isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= _MAX_KNOWN
+        small = isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= MAX_KNOWN
         if small and (not out.is_floating_point() or out.numel() == 1):  # indices, masks, scalars
             if name.endswith("_like"):
                 args = (torch.empty(args[0].shape, dtype=args[0].dtype), *args[1:])
@@ -296,7 +255,7 @@ class Resolver:
         out = func(*args)
         self.values.forget(x)
         whole = x.numel() * x.element_size() == x.untyped_storage().nbytes() and x.is_contiguous()
-        if whole and x.numel() <= _MAX_KNOWN and not x.is_floating_point():
+        if whole and x.numel() <= MAX_KNOWN and not x.is_floating_point():
             self.values.put(x, func(torch.empty(x.shape, dtype=x.dtype), *args[1:]))
         return out
 
@@ -339,7 +298,7 @@ class Resolver:
             kept = f"all {n} elements kept" if value == "all" else f"{n} of {x.numel()} kept"
             self._note(name, kept, "nonzero")
             out = torch.empty((n, x.dim()), dtype=torch.long, device=x.device)
-            if out.numel() <= _MAX_KNOWN_INDEX:
+            if out.numel() <= MAX_KNOWN_INDEX:
                 self.values.put(out, self._kept_in_turn(x, n))
             return out
         if name == "masked_select":
@@ -408,7 +367,7 @@ class Resolver:
         last = dim in (-1, x.dim() - 1)
         if last and k < x.shape[-1] <= _MAX_EXPERTS and k <= _MAX_K:
             self._route(x, k, out)
-        elif out[1].numel() <= _MAX_KNOWN_INDEX:
+        elif out[1].numel() <= MAX_KNOWN_INDEX:
             first = torch.arange(k).reshape([k if d == dim % x.dim() else 1 for d in range(x.dim())])
             self.values.put(out[1], first.expand(out[1].shape).contiguous())
 
@@ -433,49 +392,12 @@ class Resolver:
         self.values.put(indices, picks)
 
 
-@contextmanager
-def _lifted(values: KnownValues) -> Iterator[None]:
-    """`torch.tensor(data, device=meta)` and `torch.as_tensor`: PyTorch builds these on the CPU below the
-    dispatch modes, so their values are kept here (the image mean of a transform, a box's scale ratio). The
-    two functions are wrapped while the step runs (a torch-function mode would cost every call)."""
-    originals = torch.tensor, torch.as_tensor
-    torch.tensor, torch.as_tensor = _lifting(torch.tensor, values), _lifting(torch.as_tensor, values)
-    try:
-        yield
-    finally:
-        torch.tensor, torch.as_tensor = originals
-
-
-def _lifting(func: Callable[..., torch.Tensor], values: KnownValues) -> Callable[..., torch.Tensor]:
-    @functools.wraps(func)
-    def made(*args: Any, **kwargs: Any) -> torch.Tensor:
-        if args and isinstance(args[0], (list, tuple)):  # a list of 0-d tensors (RoPE scaling's new_freqs)
-            args = (_numbers(args[0]), *args[1:])
-        out = func(*args, **kwargs)
-        lifted = isinstance(out, torch.Tensor) and out.device == _META
-        if lifted and out.numel() <= _MAX_KNOWN and not isinstance(args[0], torch.Tensor):
-            values.put(out, func(*args, **{**kwargs, "device": _CPU}))
-        return out
-
-    return made
-
-
 _ABSORBING = {  # boolean ops whose result one side's value decides: the absorbing value
     aten.bitwise_and.Tensor: False,
     aten.logical_and.default: False,
     aten.bitwise_or.Tensor: True,
     aten.logical_or.default: True,
 }
-
-
-def _numbers(data: Any) -> Any:
-    """A nested list's 0-d meta tensors read as Python numbers (`.item()` through the dispatch mode: their
-    known values, else the policy's), as `torch.tensor` reads them on the CPU."""
-    if isinstance(data, (list, tuple)):
-        return type(data)(_numbers(x) for x in data)
-    if isinstance(data, torch.Tensor) and data.device == _META and data.dim() == 0:
-        return data.item()
-    return data
 
 
 INDEXED = (aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default)
@@ -512,10 +434,6 @@ def _read_out(x: Any, kwargs: dict[str, Any]) -> bool:
     """A copy from a meta tensor to the CPU: it reads values that meta tensors do not have."""
     device = kwargs.get("device")
     return isinstance(x, torch.Tensor) and x.device == _META and device is not None and device.type == "cpu"
-
-
-def _keepable(t: torch.Tensor) -> bool:
-    return t.numel() <= (_MAX_KNOWN if t.is_floating_point() or t.is_complex() else _MAX_KNOWN_INDEX)
 
 
 def is_bool_index(x: Any) -> bool:
@@ -602,7 +520,7 @@ def resolving(
     mode = Resolver(policy, where, iteration, in_model)
     _ACTIVE.append(mode)
     try:
-        with _lifted(mode.values):
+        with lifted(mode.values):
             yield used
     finally:
         _ACTIVE.remove(mode)

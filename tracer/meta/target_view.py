@@ -20,6 +20,7 @@ step's module, the builder and the step run, `torch.cuda`'s questions are answer
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
