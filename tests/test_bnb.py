@@ -46,6 +46,12 @@ def test_meta_quantization_leaves_the_storages_a_real_one_does(quant: str, neste
     assert all(t.device.type != "meta" for t in bnb.functional.name2qmap.values())
 
 
+def test_a_scripted_submodule_is_left_alone_once_bitsandbytes_is_imported() -> None:
+    """TorchScript keeps its parameters in a wrapper without `.get`: the quantization pass skips it."""
+    model = torch.nn.Sequential(torch.jit.script(torch.nn.Linear(8, 8)), torch.nn.ReLU())
+    assert quantize_on_meta(model.to("meta")) == []
+
+
 def test_meta_int8_quantization_leaves_the_storages_a_real_one_does() -> None:
     def layer() -> Any:
         return bnb.nn.Linear8bitLt(320, 192, bias=False, has_fp16_weights=False)

@@ -48,6 +48,8 @@ def quantize_on_meta(model: nn.Module) -> list[str]:
     saved = dict(cache) if cache is not None else None
     try:
         for module in model.modules():
+            if isinstance(module, torch.jit.ScriptModule):  # TorchScript's parameters, never bitsandbytes'
+                continue
             count += _rehome(bnb, module)
             for param in module._parameters.values():
                 if param is not None and param.device.type == "meta" and _unquantized(bnb, param):
