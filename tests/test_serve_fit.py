@@ -107,16 +107,13 @@ def test_sweep_over_context_has_the_cache_and_the_peaks_phase() -> None:
 
 def test_cli_fit_and_sweep_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     base = [GPT2, "--arg", "positions=32", "--mode", "generate", "--device", "cpu", "--headroom", "0"]
-    code, out, err = cli(
-        capsys, "fit", *base, "--input", "input_ids=1x8:int64", "--max-new-tokens", "N", "--gpu", "1GB", "--json"
-    )
+    fit_n = ["--input", "input_ids=1x8:int64", "--max-new-tokens", "N", "--gpu", "1GB"]
+    code, out, err = cli(capsys, "fit", *base, *fit_n, "--json")
     assert code == 0, err
     data = json.loads(out)
     assert data["symbol"] == "N" and data["max_value"] == 24 and data["position_bound"] is True
     assert data["max_positions"] == 32 and data["context_tokens"] == 32
-    code, out, err = cli(
-        capsys, "fit", *base, "--input", "input_ids=1x8:int64", "--max-new-tokens", "N", "--gpu", "1GB"
-    )
+    code, out, err = cli(capsys, "fit", *base, *fit_n)
     assert code == 0, err
     assert "max_position_embeddings (32) stops it there, not the GPU" in out
     plot = tmp_path / "sweep.png"
@@ -155,7 +152,7 @@ BAD = {
 def test_cli_fit_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture[str], case: str) -> None:
     flags, words = BAD[case]
     inputs = [] if "--input" in flags else ["--input", "input_ids=Bx8:int64"]
-    code, out, err = cli(
+    code, _, err = cli(
         capsys, "fit", GPT2, "--arg", "positions=32", "--mode", "generate", "--device", "cpu", "--gpu", "1GB",
         *inputs, *flags,
     )  # fmt: skip
