@@ -148,7 +148,7 @@ JOBS: tuple[Job, ...] = (
     Job("serve-fit-prompt", ("fit", *SERVE, "--input", "input_ids=4xS:int64")),
     Job(
         "serve-sweep",
-        ("sweep", *SERVE, "--input", "input_ids=4xS:int64", "--set", "S=128,512,1024,2032,2048")
+        ("sweep", *SERVE, "--input", "input_ids=4xS:int64", "--set", "S=128,512,1024,2032")
         + ("--plot", f"{OUT}/serve-sweep.png"),
     ),
     Job("vlm-two-turns", (*VLM, *outputs("vlm-two-turns", plot=True))),
