@@ -173,6 +173,10 @@ CLAIMS: tuple[tuple[str, str, object], ...] = (
     ("t3-amp.json", "peak.top_tensors.0.dtype", "float32"),  # the loss's tensors stay fp32 under autocast
     ("step-nanogpt.md", "", "answered for a100-40gb (sm80)"),  # "your code sees the target GPU"
     ("step-nanogpt.md", "", "logged: .item() at benchmarks/models/nanogpt_train.py"),  # "read as 0.0"
+    ("serve-fit-prompt.md", "", "stops it there, not the GPU"),  # "that bound, not the GPU, stops it"
+    ("vlm-two-turns.json", "peak.token_index", 1),  # "the second turn is decode step 1"
+    ("vlm-multipliers.md", "", "328.20 MB     682.62 MB       2.08x"),  # the cache: 328 MB, 683 MB, 2.08x
+    ("vlm-multipliers.md", "", "1.03x"),  # "the whole peak ... grows by 3%"
 )
 LATER = ("gs-show",)
 SOURCES = {
