@@ -17,7 +17,7 @@ from ..core.specs import Headroom, OptimizerSpec, bind_inputs, budget, input_sym
 from ..core.studies import FitResult, Plan, Serving, Suggestion, SweepRow, WorldFit
 from ..devices.gpu import verdict
 from ..simulate import Request, run, with_gpu_arch
-from .serving import bind_tokens, context_of, tokens_symbol
+from .serving import Context, bind_tokens, context_of, tokens_symbol
 
 MAX_VALUE = 1 << 16
 
@@ -214,9 +214,9 @@ def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, sugges
     )
 
 
-def _serving(request: Request, context: Any, symbol: str, value: int, capped: bool) -> Serving | None:
-    """What fit says of a generation: the positions' bound (and whether it stopped the search), the total
-    context at the answer, and the peak's phase there."""
+def _serving(request: Request, context: Context, symbol: str, value: int, capped: bool) -> Serving | None:
+    """What fit says of a generation: the positions' bound (and whether it stopped the search, `capped` at
+    the limit), and the total context at the answer."""
     if request.config.mode != "generate":
         return None
     return Serving(
