@@ -12,6 +12,7 @@ import click
 
 from memtrace.tracer.core import specs
 from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.core.generation import is_symbol
 from memtrace.tracer.core.specs import OptionError, SpecError
 
 if TYPE_CHECKING:
@@ -105,6 +106,22 @@ class AssumeType(click.ParamType):  # type: ignore[type-arg]
 class KeyValueType(_SpecType):
     name = "KEY=VALUE"
     parser = staticmethod(specs.parse_kv)
+
+
+class TokensType(click.ParamType):  # type: ignore[type-arg]
+    """`--max-new-tokens`: a positive integer, or a symbol (`N`) for fit and sweep."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        if is_symbol(text):
+            return text
+        self.fail(f"{value!r}: a positive integer, or a symbol such as N (fit and sweep)", param, ctx)
 
 
 class GenerateArgType(_SpecType):
@@ -320,10 +337,10 @@ def _generate_options() -> list[Callable[[F], F]]:
         click.option(
             "--max-new-tokens",
             "max_new_tokens",
-            type=click.IntRange(min=1),
+            type=TokensType(),
             default=None,
             help="--mode generate: the new tokens generate() makes (required; EOS cannot end it early on "
-            "meta, so the figure is an upper bound).",
+            "meta, so the figure is an upper bound); a symbol (N) for fit and sweep.",
         ),
         click.option(
             "--kv-cache",

@@ -123,6 +123,11 @@ def _print(result: Any, plan: Any, gpu: GpuSpec, target: int | None) -> None:
             )
         if not result.suggestions:
             out("  no single change (bf16 autocast, checkpointing, SGD, half resolution) makes it fit")
+    elif result.serving is not None and result.serving.position_bound:
+        out(
+            f"[bold green]{sym}={result.max_value}[/] fits: {_figures(result)}{_sure(result)}; the model's "
+            f"max_position_embeddings ({result.serving.max_positions}) stops it there, not the GPU"
+        )
     elif result.capped:
         out(f"[bold green]{sym}={result.max_value}[/] fits: the search's cap (the peak hardly grows)")
     else:
@@ -131,6 +136,7 @@ def _print(result: Any, plan: Any, gpu: GpuSpec, target: int | None) -> None:
             _print_borderline(result, out)
         else:
             out(f"  {sym}={result.max_value + 1} does not: {fig} {human_bytes(result.next_peak_bytes)}")
+    _print_context(result, out)
     out(
         f"{result.simulations} simulation{'s' if result.simulations != 1 else ''}: "
         + ", ".join(f"{sym}={v}" for v, _ in result.probes)
@@ -176,3 +182,12 @@ def _print_borderline(result: Any, out: Any) -> None:
     )
     if result.borderline_next_peak_bytes:
         out(f"  {sym}={value + 1} does not fit: {fig} {human_bytes(result.borderline_next_peak_bytes)}")
+
+
+def _print_context(result: Any, out: Any) -> None:
+    """--mode generate: the total context at the answer, of the model's positions."""
+    serving = result.serving
+    if serving is None or not serving.context_tokens or not serving.max_positions:
+        return
+    of = f" of the model's {serving.max_positions} positions"
+    out(f"  total context at {result.symbol}={result.max_value}: {serving.context_tokens} tokens{of}")

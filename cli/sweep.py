@@ -93,36 +93,47 @@ def sweep(
 
         budgets = [(g.name, budget_of(g, headroom, request.config.device)) for g in gpus]
         save(sweep_figure(rows, axes, budgets), plot_file)
-    click.echo(render(rows, list(gpus), fmt), nl=False)
+    click.echo(render(rows, list(gpus), fmt, request.config.mode == "generate"), nl=False)
 
 
 HEAD = ["input", "model states", "activations", "peak", "reserved"]
+SERVING = ["kv cache", "peak phase"]  # --mode generate: the cache at the peak, and where the peak falls
 
 
-def _cells(row: Any, gpus: list[GpuSpec]) -> list[str]:
+def _cells(row: Any, gpus: list[GpuSpec], serving: bool = False) -> list[str]:
+    extra = SERVING if serving else []
     if row.error:
-        return ["error: " + row.error] + [""] * (len(HEAD) - 1 + len(gpus))
+        return ["error: " + row.error] + [""] * (len(HEAD) + len(extra) - 1 + len(gpus))
     sizes = [row.input_bytes, row.model_state_bytes, row.activation_bytes, row.peak_bytes]
     reserved = short_bytes(row.reserved_bytes) if row.reserved_bytes else "-"
-    return [*(short_bytes(s) for s in sizes), reserved] + [
-        _WORDS.get(row.status.get(g.name, ""), "OOM") for g in gpus
-    ]
+    cells = [*(short_bytes(s) for s in sizes), reserved]
+    if serving:
+        cells += [short_bytes(row.kv_cache_bytes), _phase(row)]
+    return cells + [_WORDS.get(row.status.get(g.name, ""), "OOM") for g in gpus]
+
+
+def _phase(row: Any) -> str:
+    """`decode, token 511`: the peak's phase, and its decode step."""
+    return str(row.peak_phase) + (f", token {row.token_index}" if row.token_index is not None else "")
 
 
 _WORDS = {"fits": "fits", "borderline": "borderline", "does_not_fit": "OOM"}
 
 
-def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
+def render(rows: list[Any], gpus: list[GpuSpec], fmt: str, serving: bool = False) -> str:
+    """The rows as a table, CSV, JSON or Markdown; `serving` (--mode generate) adds the KV cache and the
+    peak's phase."""
     keys = list(rows[0].values) if rows else []
     if fmt == "json":
-        return json.dumps([{**vars(r), "values": r.values} for r in rows], indent=2) + "\n"
-    header = keys + [f"{h}" for h in HEAD] + [g.name for g in gpus]
+        return json.dumps([r.to_json(serving) for r in rows], indent=2) + "\n"
+    header = keys + [f"{h}" for h in HEAD] + (SERVING if serving else []) + [g.name for g in gpus]
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(
             keys
             + ["input_bytes", "model_state_bytes", "activation_bytes", "peak_bytes", "reserved_bytes"]
+            + (["kv_cache_bytes", "peak_phase", "token_index"] if serving else [])
             + [f"fits_{g.name}" for g in gpus]
             + [f"status_{g.name}" for g in gpus]
             + ["error"]
@@ -131,12 +142,13 @@ def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
             writer.writerow(
                 [r.values[k] for k in keys]
                 + [r.input_bytes, r.model_state_bytes, r.activation_bytes, r.peak_bytes, r.reserved_bytes]
+                + ([r.kv_cache_bytes, r.peak_phase, _index(r.token_index)] if serving else [])
                 + [r.fits.get(g.name, "") for g in gpus]
                 + [r.status.get(g.name, "") for g in gpus]
                 + [r.error]
             )
         return buf.getvalue()
-    body = [[str(r.values[k]) for k in keys] + _cells(r, gpus) for r in rows]
+    body = [[str(r.values[k]) for k in keys] + _cells(r, gpus, serving) for r in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body]) + "\n"
@@ -149,3 +161,7 @@ def render(rows: list[Any], gpus: list[GpuSpec], fmt: str) -> str:
     with console.capture() as cap:
         console.print(table)
     return cap.get()
+
+
+def _index(token: int | None) -> str:
+    return "" if token is None else str(token)

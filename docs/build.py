@@ -56,6 +56,17 @@ GENERATE = (  # a small Llama, a 4-token prompt and 48 new tokens: the cache gro
     *("--arg", "vocab=128", "--input", "input_ids=1x4:int64", "--mode", "generate"),
     *("--max-new-tokens", "48", "--device", "cpu"),
 )
+VLM = (  # the seed's ~7B LLaVA answering two turns, the cache kept (docs/tutorial-vlm-serving.md)
+    "benchmarks/models/hf_llava.py:seed",
+    *("--input", "input_ids=1x626:int64", "--input", "pixel_values=1x3x336x336"),
+    *("--input", "input_ids_2=1x676:int64", "--input", "pixel_values_2=1x3x336x336"),
+    *("--dtype", "fp16", "--mode", "generate", "--step", "benchmarks/models/llava_turns.py:turns"),
+    *("--gpu", "a100-40gb"),
+)
+SERVE = (  # a small Llama serving: 16 new tokens on a 1 GB budget (docs/generate.md)
+    "benchmarks/models/hf_llama.py:build",
+    *("--arg", "positions=2048", "--mode", "generate", "--max-new-tokens", "16", "--gpu", "1GB"),
+)
 PICTURES = ("--plot", f"{OUT}/exports-plot.png", "--html", f"{OUT}/exports-plot.html")
 DIST = ("benchmarks/models/dist_models.py:lm", "--input", "4x64:int64", "--device", "cpu")
 T1 = (SEED, *HD, "--gpu", "rtx4070")
@@ -133,6 +144,15 @@ JOBS: tuple[Job, ...] = (
     Job("exports-plot", (*SMALL, "--gpu", "rtx4070", *PICTURES)),
     Job("generate", (*GENERATE, "--plot", f"{OUT}/generate-plot.png")),
     Job("generate-verify", ("verify", *GENERATE)),
+    Job("serve-fit-batch", ("fit", *SERVE, "--input", "input_ids=Bx1024:int64")),
+    Job("serve-fit-prompt", ("fit", *SERVE, "--input", "input_ids=4xS:int64")),
+    Job(
+        "serve-sweep",
+        ("sweep", *SERVE, "--input", "input_ids=4xS:int64", "--set", "S=128,512,1024,2032")
+        + ("--plot", f"{OUT}/serve-sweep.png"),
+    ),
+    Job("vlm-two-turns", (*VLM, *outputs("vlm-two-turns", plot=True))),
+    Job("vlm-multipliers", ("docs/examples/vlm_turns.py",), program="python"),
     Job(
         "bench-suite",
         ("bench", "seed_cnn_256", "lstm_tagger", "unet_small", "--device", "cuda", "--no-measure"),
@@ -153,8 +173,17 @@ CLAIMS: tuple[tuple[str, str, object], ...] = (
     ("t3-amp.json", "peak.top_tensors.0.dtype", "float32"),  # the loss's tensors stay fp32 under autocast
     ("step-nanogpt.md", "", "answered for a100-40gb (sm80)"),  # "your code sees the target GPU"
     ("step-nanogpt.md", "", "logged: .item() at benchmarks/models/nanogpt_train.py"),  # "read as 0.0"
+    ("serve-fit-prompt.md", "", "stops it there, not the GPU"),  # "that bound, not the GPU, stops it"
+    ("vlm-two-turns.json", "peak.token_index", 1),  # "the second turn is decode step 1"
+    ("vlm-multipliers.md", "", "328.20 MB     682.62 MB       2.08x"),  # the cache: 328 MB, 683 MB, 2.08x
+    ("vlm-multipliers.md", "", "1.03x"),  # "the whole peak ... grows by 3%"
 )
-LATER = ("gs-show",)  # jobs that read another job's output: run after the others
+LATER = ("gs-show",)
+SOURCES = {
+    "api-simulate-source.md": "docs/examples/api_simulate.py",
+    "vlm-turns-source.md": "docs/examples/vlm_turns.py",
+    "llava-turns-source.md": "benchmarks/models/llava_turns.py",
+}  # jobs that read another job's output: run after the others
 
 
 def run_job(job: Job) -> tuple[Job, float]:
@@ -254,8 +283,8 @@ def write_references() -> None:
     (GENERATED / "cli.md").write_text(reference.cli_markdown(cli))
     (GENERATED / "api.md").write_text(reference.api_markdown())
     (GENERATED / "readme-commands.md").write_text(readme_commands())
-    example = (ROOT / "docs" / "examples" / "api_simulate.py").read_text()
-    (GENERATED / "api-simulate-source.md").write_text(f"```python\n{example}```\n")
+    for name, source in SOURCES.items():  # files a page shows whole
+        (GENERATED / name).write_text(f"```python\n{(ROOT / source).read_text()}```\n")
     import architecture_graph  # the rooms and their imports, read from the code
 
     modules, edges = architecture_graph.room_edges()

@@ -23,6 +23,8 @@ REFERENCES = {
     "api.md",
     "readme-commands.md",
     "api-simulate-source.md",
+    "vlm-turns-source.md",
+    "llava-turns-source.md",
     "architecture.md",
     "architecture.png",
 }  # written by write_references

@@ -121,6 +121,8 @@ def step_specs(request: Request, built: Built) -> list[InputSpec]:
         raise MemtraceError(
             "an --input has a symbolic dimension: give numbers (symbols are for fit and sweep)"
         )
+    if request.config.generate is not None:
+        request.config.generate.tokens()  # a symbolic --max-new-tokens: refused as an --input's symbol is
     check_input_names(specs)
     named = {s.name is not None for s in specs}
     if request.config.step is not None and len(named) > 1:
@@ -223,7 +225,7 @@ def request(
     cpu_offload: bool = False,
     repeat_layers: int = 0,
     assume: Iterable[tuple[str, str]] = (),
-    max_new_tokens: int | None = None,
+    max_new_tokens: int | str | None = None,
     kv_cache: str | None = None,
     sample: bool = False,
     num_beams: int = 1,
@@ -287,7 +289,7 @@ def request(
 
 
 def generate_spec(
-    max_new_tokens: int | None,
+    max_new_tokens: int | str | None,
     kv_cache: str | None,
     sample: bool,
     num_beams: int,

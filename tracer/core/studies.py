@@ -18,6 +18,17 @@ class Suggestion:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """`fit ... --mode generate`: the model's positions and what they allow the symbol, whether that bound
+    (not the GPU) stopped the search, and the total context (prompt and new tokens) at the answer."""
+
+    max_positions: int  # the model's max_position_embeddings (0: none, or the symbol is the batch)
+    position_limit: int  # the largest value the positions allow the symbol (0: no bound)
+    position_bound: bool  # the positions, not the GPU, stopped the search
+    context_tokens: int  # prompt + new tokens at the answer (0 when unknown or none fits)
+
+
+@dataclass(frozen=True)
 class FitResult:
     """The largest value that surely fits (its figure plus every stated uncertainty's bound within the budget)
     and, when larger, the largest that fits by the simulation alone: borderline. The figures (`peak_bytes`,
@@ -39,6 +50,7 @@ class FitResult:
     borderline_value: int = 0  # the largest value that fits by the simulation alone, when above max_value
     borderline_peak_bytes: int = 0  # its figure
     borderline_next_peak_bytes: int = 0  # the figure at borderline_value + 1
+    serving: Serving | None = None  # --mode generate only
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +70,7 @@ class FitResult:
             "borderline_peak_bytes": self.borderline_peak_bytes,
             "borderline_next_peak_bytes": self.borderline_next_peak_bytes,
             "suggestions": [vars(s) for s in self.suggestions],
+            **(vars(self.serving) if self.serving is not None else {}),
         }
 
 
@@ -105,6 +118,17 @@ class SweepRow:
     error: str = ""
     reserved_bytes: int = 0  # on cuda: what max_memory_reserved would say (the verdicts hold this)
     status: dict[str, str] = field(default_factory=dict)  # per GPU: fits | borderline | does_not_fit
+    kv_cache_bytes: int = 0  # the KV cache live at the peak (generation)
+    peak_phase: str = ""  # the phase the peak falls in (prefill, decode, forward, ...)
+    token_index: int | None = None  # generation: the decode step of the peak
+
+    def to_json(self, serving: bool) -> dict[str, Any]:
+        """The row's keys; the generation's (`kv_cache_bytes`, `peak_phase`, `token_index`) when serving."""
+        data = {**vars(self), "values": self.values}
+        if not serving:
+            for key in ("kv_cache_bytes", "peak_phase", "token_index"):
+                data.pop(key)
+        return data
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,7 @@ def generation_notes(config: Any, watch: GenerationWatch) -> tuple[str, ...]:
 def check_generate(model: nn.Module, prompt: torch.Tensor | None, spec: GenerateSpec) -> None:
     """--mode generate on a model that cannot: no `generate()`, a prompt and new tokens beyond the model's
     positions, a quantized cache whose backend is not installed; one line each, before anything runs."""
-    max_new_tokens = spec.max_new_tokens
+    max_new_tokens = spec.tokens()
     can = getattr(model, "can_generate", None)
     if not (callable(can) and can()):
         raise MemtraceError(
@@ -259,8 +259,8 @@ def check_generate(model: nn.Module, prompt: torch.Tensor | None, spec: Generate
             f"--kv-cache {spec.kv_cache}: the offloaded caches copy layers to the host on CUDA streams, "
             "which the simulation does not model yet; use dynamic or static"
         )
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if prompt is None or not isinstance(positions, int) or prompt.dim() == 0:
+    positions = max_positions(model)
+    if prompt is None or positions is None or prompt.dim() == 0:
         return
     total = int(prompt.shape[-1]) + max_new_tokens
     if total > positions:
@@ -268,6 +268,16 @@ def check_generate(model: nn.Module, prompt: torch.Tensor | None, spec: Generate
             f"--mode generate: a prompt of {prompt.shape[-1]} tokens and --max-new-tokens {max_new_tokens} "
             f"make {total} positions, beyond the model's max_position_embeddings ({positions})"
         )
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The model's `max_position_embeddings` (its text config's, for a vision-language model), if any."""
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    text = getattr(config, "get_text_config", None)
+    if not isinstance(positions, int) and callable(text):
+        positions = getattr(text(), "max_position_embeddings", None)
+    return positions if isinstance(positions, int) else None
 
 
 _BACKENDS = {"quanto": ("optimum.quanto", "optimum-quanto"), "hqq": ("hqq", "hqq")}

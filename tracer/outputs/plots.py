@@ -461,7 +461,7 @@ def sweep_figure(
 
 def _sweep_series(groups: dict[str, list[tuple[float, SweepRow]]]) -> list[Series]:
     """A peak line per combination of the other --set values, and its reserved line (dashed, same colour)
-    where reserved memory was simulated."""
+    where reserved memory was simulated; with a generation, the KV cache at the peak (its own colour)."""
     series: list[Series] = []
     for g, (rest, pts) in enumerate(groups.items()):
         name = f" ({rest})" if rest else ""
@@ -469,6 +469,11 @@ def _sweep_series(groups: dict[str, list[tuple[float, SweepRow]]]) -> list[Serie
         if any(r.reserved_bytes for _, r in pts):
             reserved = tuple((x, r.reserved_bytes) for x, r in pts)
             series.append(Series(f"reserved{name}", reserved, dashed=True, colour=g))
+    for g, (rest, pts) in enumerate(groups.items()):  # generation: the KV cache at the peak, a line beside
+        if any(r.kv_cache_bytes for _, r in pts):
+            name = f" ({rest})" if rest else ""
+            kv = tuple((x, r.kv_cache_bytes) for x, r in pts)
+            series.append(Series(f"kv cache at the peak{name}", kv, colour=len(groups) + g))
     return series
 
 

@@ -14,16 +14,17 @@ from typing import Any
 from ..core.errors import MemtraceError
 from ..core.records import FITS, Category, GpuSpec, Result, Verdict, stated_uncertainty
 from ..core.specs import Headroom, OptimizerSpec, bind_inputs, budget, input_symbols
-from ..core.studies import FitResult, Plan, Suggestion, SweepRow, WorldFit
+from ..core.studies import FitResult, Plan, Serving, Suggestion, SweepRow, WorldFit
 from ..devices.gpu import verdict
 from ..simulate import Request, run, with_gpu_arch
+from .serving import Context, bind_tokens, context_of, tokens_symbol
 
 MAX_VALUE = 1 << 16
 
 
 def bind(request: Request, values: dict[str, int]) -> Request:
-    """Give the symbols values: in the input shapes, in builder arguments that name a symbol (`h=H`), and in
-    the world size of `--ddp W` / `--fsdp W`."""
+    """Give the symbols values: in the input shapes, in builder arguments that name a symbol (`h=H`), in
+    the world size of `--ddp W` / `--fsdp W`, and in `--max-new-tokens N`."""
     inputs = bind_inputs(request.inputs, values)
     kwargs = tuple(
         (k, values[v] if isinstance(v, str) and v in values else v) for k, v in request.builder_kwargs
@@ -32,7 +33,7 @@ def bind(request: Request, values: dict[str, int]) -> Request:
     parallel = config.parallel
     if parallel is not None and parallel.symbol in values:
         config = replace(config, parallel=replace(parallel, world=values[parallel.world]))  # type: ignore[index]
-    return replace(request, inputs=inputs, builder_kwargs=kwargs, config=config)
+    return bind_tokens(replace(request, inputs=inputs, builder_kwargs=kwargs, config=config), values)
 
 
 def world_symbol(request: Request) -> str | None:
@@ -84,14 +85,20 @@ class Probe:
         return self.results[value].peak_bytes
 
 
-def the_symbol(request: Request) -> str:
+def symbols_of(request: Request) -> list[str]:
+    """The symbols of --input's shapes, then `--max-new-tokens N`'s."""
     symbols = input_symbols(request.inputs)
+    tokens = tokens_symbol(request)
+    return [*symbols, tokens] if tokens is not None and tokens not in symbols else symbols
+
+
+def the_symbol(request: Request) -> str:
+    symbols = symbols_of(request)
     if not symbols:
         raise MemtraceError("no symbol in --input: write the dimension to fit as a letter, e.g. Bx3x224x224")
     if len(symbols) > 1:
-        raise MemtraceError(
-            f"fit takes one symbol, --input has {', '.join(symbols)}: give the others numbers"
-        )
+        where = "--input and --max-new-tokens have" if tokens_symbol(request) else "--input has"
+        raise MemtraceError(f"fit takes one symbol, {where} {', '.join(symbols)}: give the others numbers")
     return symbols[0]
 
 
@@ -176,10 +183,12 @@ def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, sugges
     simulation alone: borderline when it is larger."""
     symbol = the_symbol(request)
     budget = budget_of(gpu, headroom, request.config.device)
+    context = context_of(request, symbol)
+    limit = context.limit or MAX_VALUE  # a prompt or generation length: the model's positions bound it
     probe = Probe(request, symbol)
-    best, capped = boundary(probe, budget)
+    best, capped = boundary(probe, budget, limit)
     simulated = replace(probe, sure=False)  # the same simulations, the uncertainty left out
-    edge, edge_capped = boundary(simulated, budget) if not capped else (best, capped)
+    edge, edge_capped = boundary(simulated, budget, limit) if not capped else (best, capped)
     suggestions = tuple(_suggest(request, gpu, headroom)) if best == 0 and suggest else ()
     at = max(best, 1)
     nxt = simulated.peak(best + 1) if not capped else simulated.peak(at)
@@ -201,6 +210,20 @@ def fit(request: Request, gpu: GpuSpec, headroom: Headroom | None = None, sugges
         border,
         simulated.peak(border) if border else 0,
         simulated.peak(border + 1) if border and not edge_capped else 0,
+        _serving(request, context, symbol, best, capped),
+    )
+
+
+def _serving(request: Request, context: Context, symbol: str, value: int, capped: bool) -> Serving | None:
+    """What fit says of a generation: the positions' bound (and whether it stopped the search, `capped` at
+    the limit), and the total context at the answer."""
+    if request.config.mode != "generate":
+        return None
+    return Serving(
+        context.positions or 0,
+        context.limit or 0,
+        capped and context.limit is not None,
+        (context.total(symbol, value) or 0) if value else 0,
     )
 
 
@@ -211,6 +234,13 @@ def _suggest(request: Request, gpu: GpuSpec, headroom: Headroom | None) -> Itera
     def recipe(**kw: Any) -> Callable[[Request], Request]:
         return lambda r: replace(r, config=replace(r.config, recipe=replace(r.config.recipe, **kw)))
 
+    if request.config.mode == "generate":  # no backward, no optimizer: only what the forward keeps helps
+        serving: list[tuple[str, str, Callable[[Request], Request]]] = [
+            ("bf16 weights", "--dtype bf16", recipe(dtype="bf16")),
+            ("bf16 autocast", "--amp bf16", recipe(amp="bf16")),
+        ]
+        yield from _fitting(request, gpu, headroom, serving)
+        return
     changes: list[tuple[str, str, Callable[[Request], Request]]] = [
         ("bf16 autocast", "--amp bf16", recipe(amp="bf16")),
         ("SGD with momentum", "--optimizer sgd:momentum=0.9", _sgd),
@@ -231,6 +261,15 @@ def _suggest(request: Request, gpu: GpuSpec, headroom: Headroom | None) -> Itera
             )
     except MemtraceError:
         pass
+    yield from _fitting(request, gpu, headroom, changes)
+
+
+def _fitting(
+    request: Request,
+    gpu: GpuSpec,
+    headroom: Headroom | None,
+    changes: list[tuple[str, str, Callable[[Request], Request]]],
+) -> Iterator[Suggestion]:
     for change, flags, make in changes:
         try:
             res = fit(make(request), gpu, headroom, suggest=False)
@@ -310,7 +349,7 @@ def sweep(
 ) -> list[SweepRow]:
     given = {k for axis in axes for k in axis[0]}
     world = world_symbol(request)
-    symbols = set(input_symbols(request.inputs)) | ({world} if world is not None else set())
+    symbols = set(symbols_of(request)) | ({world} if world is not None else set())
     used = symbols | {v for _, v in request.builder_kwargs if isinstance(v, str)}
     missing = symbols - given
     if missing:
@@ -357,7 +396,18 @@ def _sweep_row(
     status = {name: v.status for name, v in verdicts.items()}
     reserved = res.cuda.reserved_peak_bytes if res.cuda is not None else 0
     return SweepRow(
-        values, cat[Category.INPUT], states, res.activation_peak, res.peak_bytes, fits, "", reserved, status
+        values,
+        cat[Category.INPUT],
+        states,
+        res.activation_peak,
+        res.peak_bytes,
+        fits,
+        "",
+        reserved,
+        status,
+        res.peak.by_category.get(Category.KV_CACHE, 0),
+        res.peak.phase.value,
+        res.peak.token_index,
     )
 
 
