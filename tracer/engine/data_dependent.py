@@ -53,6 +53,7 @@ from ..core.records import LOGGED, Assumption
 from ..meta.user_frame import user_frame
 from .known_values import MAX_KNOWN, MAX_KNOWN_INDEX, KnownValues, keepable, lifted
 from .loops import Loops, read_site
+from .meta_cache import MetaCache
 
 aten = torch.ops.aten
 _MAX_LOGGED = 4096  # elements: a logged value (a loss, a few metrics); larger reads are not for logging
@@ -112,6 +113,8 @@ class Resolver:
         self.generator = torch.Generator().manual_seed(0)
         self.calls = CallCounter(iteration)
         self.loops = Loops(policy, iteration)
+        # the meta half of an op on known values: its outputs' metadata follow from the inputs' alone
+        self.meta = MetaCache(lambda func: True, lambda storage: False)
 
     @staticmethod
     def passes_through(func: Any) -> bool:
@@ -200,7 +203,10 @@ class Resolver:
             return value
         meta_args, meta_kwargs = tree_unflatten(flat, spec)
         sized = name in _SIZE_FROM_DATA  # meta has no size for these: the value's
-        out = tree_map(_meta_like, value) if sized else func(*meta_args, **meta_kwargs)
+        if sized:
+            out = tree_map(_meta_like, value)
+        else:
+            out = self.meta.run(func, meta_args, meta_kwargs, lambda: func(*meta_args, **meta_kwargs))
         # A write through a view of a known storage: the CPU values are views of one another as the meta
         # tensors are (each computed by the same view ops), so the write reached every known view already.
         outs, _ = tree_flatten(out)
