@@ -336,6 +336,24 @@ class Recorder:
                 return self.node_module.get(node._sequence_nr(), "")
         return self.module_stack[-1]
 
+    # --- a decode forward replayed (decode_replay.py): its events again, under new ids -------------
+    def replayed_alloc(self, nbytes: int, op: str, module: str, node: str, shape: tuple[int, ...], dtype: str,
+                       category: Category | None) -> int:  # fmt: skip
+        """A storage born again: its id, its record and its alloc event (with the module it had)."""
+        sid = next(self._ids)
+        self.meta[sid] = _Meta(nbytes, op, module, shape, dtype, self.phase, self.iteration, category, node)
+        self.replayed_event(Kind.ALLOC, sid, nbytes, op, module, node)
+        return sid
+
+    def replayed_event(self, kind: Kind, sid: int, nbytes: int, op: str, module: str, node: str) -> None:
+        self.events.append(
+            Event(next(self._seq), kind, sid, nbytes, self.phase, self.iteration, op, module, node)
+        )
+
+    def adopt(self, storage: torch.UntypedStorage, sid: int) -> None:
+        """A replayed storage that outlives the forward: its death is seen as any other's."""
+        self._watch(StorageWeakRef(storage), storage, sid)
+
     # --- the op ---------------------------------------------------------------------------------
     def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
         name = op_name(func)
