@@ -142,22 +142,36 @@ def watching_generation(rec: Recorder, model: nn.Module) -> Iterator[GenerationW
     watch = GenerationWatch(rec, model)
     pre = model.register_forward_pre_hook(watch.before, with_kwargs=True)
     post = model.register_forward_hook(watch.after, with_kwargs=True)
-    own = "forward" in vars(model)
-    forward = model.forward
-    model.forward = functools.partial(_replayed, watch.replay, forward)  # type: ignore[method-assign]
     try:
-        yield watch
+        with _replaying(model, watch.replay):
+            yield watch
     finally:
         pre.remove()
         post.remove()
+
+
+@contextmanager
+def _replaying(model: nn.Module, replay: DecodeReplay) -> Iterator[None]:
+    """The model's forward through the decode replay (decode_replay.py), its signature kept (Hugging Face
+    reads it); a TorchScript module's is left alone."""
+    if isinstance(model, torch.jit.ScriptModule):
+        yield
+        return
+    own = "forward" in vars(model)
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def replayed(*args: Any, **kwargs: Any) -> Any:
+        return replay.call(forward, args, kwargs)
+
+    model.forward = replayed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
         if own:
             model.forward = forward  # type: ignore[method-assign]
         else:
             del model.forward
-
-
-def _replayed(replay: DecodeReplay, forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return replay.call(forward, args, kwargs)
 
 
 def static_caches(model: nn.Module) -> list[tuple[str, Callable[[], list[torch.Tensor]]]]:
