@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..core.records import Kind, Phase
 from ..devices.cuda.attention import current
 from .data_dependent import Resolver
-from .recorder import Recorder
+from .recorder import Born, Recorder, Replayed
 
 ENABLED = True  # tests switch it off to hold the replayed figures against the full simulation
 _META = torch.device("meta")
@@ -39,24 +39,11 @@ _Spec = tuple[torch.Size, tuple[int, ...], torch.dtype]
 
 
 @dataclass(frozen=True)
-class _Born:
-    """A storage the forward made: its alloc's record."""
-
-    nbytes: int
-    op: str
-    module: str
-    node: str
-    shape: tuple[int, ...]
-    dtype: str
-    category: Any
-
-
-@dataclass(frozen=True)
 class _Forward:
     """What one decode forward did to the recorder, its storages numbered by birth."""
 
-    events: tuple[tuple[Kind, int, int, str, str, str], ...]  # kind, storage, nbytes, op, module, node
-    born: tuple[_Born, ...]
+    events: tuple[Replayed, ...]
+    born: tuple[Born, ...]
     survivors: tuple[int, ...]  # storages alive as it returned, by birth: outputs, or dying then
     outputs: tuple[tuple[int, _Spec], ...]  # per output leaf: its storage and layout
     tree: Any
@@ -104,15 +91,7 @@ class DecodeReplay:
     def _replay(self, fwd: _Forward) -> Any:
         rec = self.rec
         rec.sweep()
-        sids: list[int] = []
-        for kind, storage, nbytes, op, module, node in fwd.events:
-            if kind is Kind.ALLOC:
-                b = fwd.born[storage]
-                sids.append(
-                    rec.replayed_alloc(b.nbytes, b.op, b.module, b.node, b.shape, b.dtype, b.category)
-                )
-            else:
-                rec.replayed_event(kind, sids[storage], nbytes, op, module, node)
+        sids = rec.replayed(fwd.born, fwd.events)
         for module, flops in fwd.flops:
             key = (rec.iteration, module)
             rec.module_flops[key] = rec.module_flops.get(key, 0) + flops
@@ -155,7 +134,7 @@ class _Before:
         if len(rec.persistent) != self.persistent or len(current().choices) < self.choices:
             return None
         born: dict[int, int] = {}  # sid -> index
-        records: list[_Born] = []
+        records: list[Born] = []
         events = []
         for ev in rec.events[self.events :]:
             if ev.kind is Kind.ALLOC:
@@ -163,7 +142,7 @@ class _Before:
                     return None
                 born[ev.storage] = len(records)
                 m = rec.meta[ev.storage]
-                records.append(_Born(m.nbytes, m.op, m.module, m.node, m.shape, m.dtype, m.category))
+                records.append(Born(m.nbytes, m.op, m.module, m.node, m.shape, m.dtype, m.category))
             elif ev.storage not in born:
                 return None  # a storage from before the forward freed inside it
             events.append((ev.kind, born[ev.storage], ev.nbytes, ev.op, ev.module, ev.node))
