@@ -53,6 +53,7 @@ from ..core.records import LOGGED, Assumption
 from ..meta.user_frame import user_frame
 from .known_values import MAX_KNOWN, MAX_KNOWN_INDEX, KnownValues, keepable, lifted
 from .loops import Loops, read_site
+from .meta_cache import MetaCache
 
 aten = torch.ops.aten
 _MAX_LOGGED = 4096  # elements: a logged value (a loss, a few metrics); larger reads are not for logging
@@ -112,6 +113,9 @@ class Resolver:
         self.generator = torch.Generator().manual_seed(0)
         self.calls = CallCounter(iteration)
         self.loops = Loops(policy, iteration)
+        # the meta half of an op on known values: its outputs' metadata follow from the inputs' alone
+        self.meta = MetaCache(lambda func: True, lambda storage: False)
+        self.reads = 0  # values read into sizes or Python (counted ops, masks, sized ops, the policy's)
 
     @staticmethod
     def passes_through(func: Any) -> bool:
@@ -122,6 +126,8 @@ class Resolver:
     def dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         name = func.overloadpacket.__name__
         call = self.calls.next(func)
+        if call is not None:
+            self.reads += 1
         if func is aten._grouped_mm.default and args[0].device == _META and args[0].dtype != torch.bfloat16:
             return _grouped_mm_shape(*args, **kwargs)
         if func in INDEXED:  # a real run's observer counts each boolean mask of an index as a nonzero
@@ -200,7 +206,11 @@ class Resolver:
             return value
         meta_args, meta_kwargs = tree_unflatten(flat, spec)
         sized = name in _SIZE_FROM_DATA  # meta has no size for these: the value's
-        out = tree_map(_meta_like, value) if sized else func(*meta_args, **meta_kwargs)
+        if sized:
+            self.reads += 1
+            out = tree_map(_meta_like, value)
+        else:
+            out = self.meta.run(func, meta_args, meta_kwargs, lambda: func(*meta_args, **meta_kwargs))
         # A write through a view of a known storage: the CPU values are views of one another as the meta
         # tensors are (each computed by the same view ops), so the write reached every known view already.
         outs, _ = tree_flatten(out)
@@ -209,6 +219,7 @@ class Resolver:
                 self.values.put(m, v)
         for t, v in zip(flat, cpu, strict=True):  # in-place results: the written tensor keeps its value
             if isinstance(t, torch.Tensor) and any(t is w for w in _written(func, meta_args, meta_kwargs)):
+                self.values.wrote(t)
                 self.values.put(t, v)
         return out
 
@@ -228,6 +239,7 @@ class Resolver:
         """Boolean masks among an index's indices, as the index tensors of their true elements: exact where
         the mask's values are known, else by the nonzero policy (meta has no size for a mask's count)."""
         found: list[torch.Tensor | None] = []
+        self.reads += 1
         for index in indices:
             call = next(calls) if is_bool_index(index) else None
             if not _is_mask(index):
@@ -254,6 +266,7 @@ class Resolver:
         x = args[0]
         out = func(*args)
         self.values.forget(x)
+        self.values.wrote(x)
         whole = x.numel() * x.element_size() == x.untyped_storage().nbytes() and x.is_contiguous()
         if whole and x.numel() <= MAX_KNOWN and not x.is_floating_point():
             self.values.put(x, func(torch.empty(x.shape, dtype=x.dtype), *args[1:]))
@@ -290,6 +303,7 @@ class Resolver:
     def _assume(self, name: str, args: Any, call: int | None) -> Any:
         """A data-dependent op on a tensor with no known values: the policy's choice, or a one-line error."""
         x = args[0]
+        self.reads += 1
         if name == "_local_scalar_dense" and self._logged(x, ".item() (logged)"):
             return 0.0
         if name == "nonzero":

@@ -24,6 +24,7 @@ from ..core.errors import MemtraceError
 from ..core.generation import UPPER_BOUND, GenerateSpec
 from ..core.records import Category, Phase
 from .data_dependent import active_resolver
+from .decode_replay import DecodeReplay
 from .recorder import Recorder
 
 _READS_TOKENS = ("EosTokenCriteria", "StopStringCriteria")
@@ -95,6 +96,7 @@ class GenerationWatch:
         self.starts: list[tuple[int, int]] = []  # (iteration, seq) where each decode step starts
         self._iteration, self._forwards = -1, 0
         self.hf_cache = False  # a Hugging Face cache was seen (its loop ends by the rule above)
+        self.replay = DecodeReplay(rec, active_resolver())
 
     def before(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         if torch.is_grad_enabled():
@@ -117,6 +119,9 @@ class GenerationWatch:
         self.hf_cache = self.hf_cache or cache is not None
         self.mark(cache)
 
+    def last_iteration(self) -> int:
+        return self._iteration
+
     def decode_steps(self) -> int:
         """Decode steps in the last step run."""
         return sum(1 for it, _ in self.starts if it == self._iteration)
@@ -138,10 +143,35 @@ def watching_generation(rec: Recorder, model: nn.Module) -> Iterator[GenerationW
     pre = model.register_forward_pre_hook(watch.before, with_kwargs=True)
     post = model.register_forward_hook(watch.after, with_kwargs=True)
     try:
-        yield watch
+        with _replaying(model, watch.replay):
+            yield watch
     finally:
         pre.remove()
         post.remove()
+
+
+@contextmanager
+def _replaying(model: nn.Module, replay: DecodeReplay) -> Iterator[None]:
+    """The model's forward through the decode replay (decode_replay.py), its signature kept (Hugging Face
+    reads it); a TorchScript module's is left alone."""
+    if isinstance(model, torch.jit.ScriptModule):
+        yield
+        return
+    own = "forward" in vars(model)
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def replayed(*args: Any, **kwargs: Any) -> Any:
+        return replay.call(forward, args, kwargs)
+
+    model.forward = replayed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if own:
+            model.forward = forward  # type: ignore[method-assign]
+        else:
+            del model.forward
 
 
 def static_caches(model: nn.Module) -> list[tuple[str, Callable[[], list[torch.Tensor]]]]:
@@ -227,6 +257,12 @@ def generation_notes(config: Any, watch: GenerationWatch) -> tuple[str, ...]:
     if spec is not None or watch.starts:
         ran = f"generation: the prefill and {watch.decode_steps()} decode steps"
         notes.append(f"{ran}; {UPPER_BOUND}" if spec is not None or watch.hf_cache else ran)
+    replayed = watch.replay.replayed.get(watch.last_iteration(), 0)
+    if replayed:
+        notes.append(
+            f"decode: {replayed} of the {watch.decode_steps()} decode forwards replayed from the one before "
+            "them, not run (the same inputs' shapes, the same events twice in a row; docs/generate.md)"
+        )
     if config.mode == "generate" and config.recipe.amp is not None:
         notes.append(
             "generate() runs under torch.no_grad(): autocast's weight-cast cache applies (each weight cast "

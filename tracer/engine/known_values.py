@@ -31,6 +31,7 @@ class KnownValues:
     def __init__(self) -> None:
         self._by_storage: dict[int, tuple[StorageWeakRef, dict[_Key, torch.Tensor]]] = {}
         self._puts = 0
+        self.touched: set[int] | None = None  # while set: storages whose known values changed
 
     @staticmethod
     def _key(t: torch.Tensor) -> _Key:
@@ -55,8 +56,15 @@ class KnownValues:
             self._by_storage[storage._cdata] = entry
         entry[1][self._key(t)] = value
 
+    def wrote(self, t: torch.Tensor) -> None:
+        """The tensor's storage was written in place (its values changed, known or not)."""
+        if self.touched is not None:
+            self.touched.add(t.untyped_storage()._cdata)
+
     def forget(self, t: torch.Tensor) -> None:
-        self._by_storage.pop(t.untyped_storage()._cdata, None)
+        key = t.untyped_storage()._cdata
+        if self._by_storage.pop(key, None) is not None and self.touched is not None:
+            self.touched.add(key)
 
     def holds(self, storage: int) -> bool:
         """Whether some view of the storage (its `_cdata`) may have a known value."""

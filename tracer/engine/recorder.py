@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -33,6 +33,22 @@ class _Live:
     sid: int
     order: int  # when it became live: sweeps emit frees in this order
     watch: weakref.ref[torch.UntypedStorage]  # its callback reports the storage's death
+
+
+class Born(NamedTuple):
+    """A storage a replayed forward makes: what its record holds."""
+
+    nbytes: int
+    op: str
+    module: str
+    node: str
+    shape: tuple[int, ...]
+    dtype: str
+    category: Category | None
+
+
+# a replayed event: kind, storage (its index among the storages born), bytes, op, module, node
+Replayed = tuple[Kind, int, int, str, str, str]
 
 
 @dataclass
@@ -335,6 +351,25 @@ class Recorder:
             if node is not None:
                 return self.node_module.get(node._sequence_nr(), "")
         return self.module_stack[-1]
+
+    # --- a decode forward replayed (decode_replay.py): its events again, under new ids -------------
+    def replayed(self, born: Sequence[Born], events: Sequence[Replayed]) -> list[int]:
+        """A forward's storages born again (new ids, in their order) and its events emitted again, each
+        (kind, storage's index in `born`, bytes, op, module, node): the ids, by index."""
+        phase, iteration = self.phase, self.iteration
+        sids = [next(self._ids) for _ in born]
+        for sid, b in zip(sids, born, strict=True):
+            self.meta[sid] = _Meta(
+                b.nbytes, b.op, b.module, b.shape, b.dtype, phase, iteration, b.category, b.node
+            )
+        seq, append = self._seq, self.events.append
+        for kind, i, nbytes, op, module, node in events:
+            append(Event(next(seq), kind, sids[i], nbytes, phase, iteration, op, module, node))
+        return sids
+
+    def adopt(self, storage: torch.UntypedStorage, sid: int) -> None:
+        """A replayed storage that outlives the forward: its death is seen as any other's."""
+        self._watch(StorageWeakRef(storage), storage, sid)
 
     # --- the op ---------------------------------------------------------------------------------
     def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
