@@ -287,7 +287,11 @@ def _parallel_options() -> list[Callable[[F], F]]:
             "--fsdp-wrap",
             "fsdp_wrap",
             multiple=True,
-            help="FSDP2: fully_shard the outermost modules matching this glob (the root always); repeatable.",
+            help=(
+                "FSDP2: fully_shard the outermost modules matching this glob (the root always); repeatable. "
+                "Default auto: each _no_split_modules block (HF models), else each child of the largest "
+                "ModuleList; root: the root alone."
+            ),
         ),
         click.option(
             "--fsdp-param-dtype",
