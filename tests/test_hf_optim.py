@@ -34,6 +34,10 @@ CPU_RUNS = [
     "hf:paged_adamw_32bit",
     "hf:adafactor",
     "hf:sgd",
+    "hf:adagrad",
+    "hf:rmsprop",
+    "hf:lion_8bit",
+    "hf:paged_lion_32bit",
     "adafactor",  # PyTorch's own
 ]
 
