@@ -196,7 +196,7 @@ def test_fit_finds_the_smallest_world_size_that_fits() -> None:
         f"{MODELS}:lm",
         (parse_input("1x64:int64"),),
         (),
-        Config(device="cpu", parallel=Parallel("fsdp", "W", wrap=("blocks.*",))),
+        Config(device="cpu", parallel=Parallel("fsdp", "W")),  # the default wrap: auto, the blocks
     )
     found = fit_world(request, parse_gpu("10MB"), parse_headroom("0"))
     assert found.world == 2
