@@ -263,6 +263,15 @@ def engine_options(fn: F) -> F:
             "(steps apart by /); `memtrace verify` prints those of the real step.",
         ),
         click.option(
+            "--hf-args",
+            "hf_args",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="A Hugging Face TrainingArguments-like JSON (or YAML) file: per_device_train_batch_size, "
+            "max_length, gradient_accumulation_steps, bf16/fp16, gradient_checkpointing, optim, as the "
+            "flags they mean; the command line's own flags win only where they agree.",
+        ),
+        click.option(
             "--step",
             type=StepType(),
             default=None,
@@ -304,7 +313,11 @@ def _parallel_options() -> list[Callable[[F], F]]:
             "--fsdp-wrap",
             "fsdp_wrap",
             multiple=True,
-            help="FSDP2: fully_shard the outermost modules matching this glob (the root always); repeatable.",
+            help=(
+                "FSDP2: fully_shard the outermost modules matching this glob (the root always); repeatable. "
+                "Default auto: each _no_split_modules block (HF models), else each child of the largest "
+                "ModuleList; root: the root alone."
+            ),
         ),
         click.option(
             "--fsdp-param-dtype",
@@ -410,6 +423,12 @@ def make_request(
     flags (`--dtype` is its `dtype`)."""
     from memtrace.tracer.simulate import request
 
+    hf_file = options.pop("hf_args", None)
+    if hf_file is not None:
+        from memtrace.cli.hf_args import apply_hf_args
+
+        options = apply_hf_args(hf_file, {"inputs": inputs, **options})
+        inputs = options.pop("inputs")
     return request(model, inputs, dtype=param_dtype, **options)
 
 

@@ -132,12 +132,28 @@ JOBS: tuple[Job, ...] = (
     Job("recipes-whatif", (SEED, "--input", "256x3x144x256", "--what-if")),
     Job("verify-cpu", ("verify", *SMALL, "--device", "cpu")),
     Job("ddp", (*DIST, "--ddp", "2")),
+    Job("fsdp-auto", (*DIST, "--fsdp", "2")),
     Job(
         "finetune-qlora",
         (
             "benchmarks/models/hf_qlora.py:build",
             *("--input", "input_ids=2x64:int64", "--device", "cpu"),
             *("--optimizer", "bitsandbytes.optim:AdamW8bit"),
+        ),
+    ),
+    Job(
+        "finetune-paged",
+        (
+            "benchmarks/models/hf_qlora.py:build",
+            *("--arg", "hidden=512", "--arg", "intermediate=1376", "--arg", "rank=256"),
+            *("--input", "input_ids=2x64:int64", "--optimizer", "hf:paged_adamw_32bit", "--gpu", "rtx4090"),
+        ),
+    ),
+    Job(
+        "finetune-hf-args",
+        (
+            *("benchmarks/models/hf_qlora.py:build", "--hf-args", "docs/examples/qlora-args.json"),
+            *("--device", "cpu"),
         ),
     ),
     Job("moe", ("benchmarks/models/hf_moe.py:mixtral", "--input", "input_ids=2x64:int64", "--device", "cpu")),

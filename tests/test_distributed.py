@@ -21,7 +21,7 @@ from memtrace.tracer.core.errors import MemtraceError
 from memtrace.tracer.core.parallel import Parallel
 from memtrace.tracer.core.records import Category, Result
 from memtrace.tracer.core.specs import parse_input, parse_tolerance
-from memtrace.tracer.engine.distributed import fsdp_targets
+from memtrace.tracer.engine.distributed import auto_wrap, fsdp_targets
 from memtrace.tracer.engine.loader import load_object
 from memtrace.tracer.engine.recipes import Recipe
 from memtrace.tracer.simulate import Config, Request, run
@@ -196,7 +196,7 @@ def test_fit_finds_the_smallest_world_size_that_fits() -> None:
         f"{MODELS}:lm",
         (parse_input("1x64:int64"),),
         (),
-        Config(device="cpu", parallel=Parallel("fsdp", "W", wrap=("blocks.*",))),
+        Config(device="cpu", parallel=Parallel("fsdp", "W")),  # the default wrap: auto, the blocks
     )
     found = fit_world(request, parse_gpu("10MB"), parse_headroom("0"))
     assert found.world == 2
@@ -238,3 +238,45 @@ def test_amp_applies_to_fake_tensors_on_the_cuda_target() -> None:
     saved = activations(None, ddp) - activations("bf16", ddp)
     assert saved > 0
     assert saved == activations(None, None) - activations("bf16", None)
+
+
+def test_auto_wrap_shards_each_block_as_recipes_do() -> None:
+    """No --fsdp-wrap means auto: `_no_split_modules` classes (HF), else the largest ModuleList's children."""
+    lm = load_object(f"{MODELS}:lm")()
+    assert fsdp_targets(lm, ()) == fsdp_targets(lm, ("auto",)) == fsdp_targets(lm, ("blocks.*",))
+    assert fsdp_targets(lm, ("root",)) == []
+    assert fsdp_targets(load_object(f"{MODELS}:cnn")(), ()) == []  # no block: the root alone
+    llama = load_object(f"{ROOT}/benchmarks/models/hf_llama.py:build")(
+        layers=3, hidden=64, heads=4, kv_heads=4
+    )
+    assert auto_wrap(llama)[0] == "each LlamaDecoderLayer (_no_split_modules)"
+    assert fsdp_targets(llama, ()) == fsdp_targets(llama, ("model.layers.*",))
+
+
+@pytest.mark.parametrize("wrap", [("root", "blocks.*"), ("auto", "blocks.*")])
+def test_wrap_keywords_are_used_alone(wrap: tuple[str, ...]) -> None:
+    with pytest.raises(MemtraceError, match="is a keyword used alone"):
+        Parallel("fsdp", 2, wrap=wrap)
+
+
+def test_fsdp_alone_on_a_hf_llama_is_the_per_layer_wrap() -> None:
+    """`--fsdp 8` alone gives the peak of `--fsdp-wrap 'model.layers.*'`; `--fsdp-wrap root` keeps
+    `fully_shard(model)` alone, which holds every layer's parameters unsharded at once."""
+    llama = f"{ROOT}/benchmarks/models/hf_llama.py:build"
+    sizes = (
+        ("layers", 4),
+        ("hidden", 128),
+        ("heads", 4),
+        ("kv_heads", 4),
+        ("intermediate", 344),
+        ("vocab", 256),
+    )
+
+    def result(wrap: tuple[str, ...]) -> Result:
+        config = Config(device="cpu", parallel=Parallel("fsdp", 8, wrap=wrap))
+        return run(Request(llama, (parse_input("input_ids=2x64:int64"),), sizes, config))
+
+    auto, layers, root = result(()), result(("model.layers.*",)), result(("root",))
+    assert auto.peak_bytes == layers.peak_bytes < root.peak_bytes
+    assert "wrap auto" in auto.parallel and "wrap root" in root.parallel
+    assert any("fully_shard each LlamaDecoderLayer (_no_split_modules) (4 modules" in n for n in auto.notes)

@@ -140,6 +140,10 @@ def test_targets_values_optimizers() -> None:
     assert opt.name == "sgd" and dict(opt.kwargs) == {"momentum": 0.9, "nesterov": True}
     assert parse_optimizer("my_opt.py:Lion:lr=0.1").name == "my_opt.py:Lion"
     assert parse_optimizer("adam").kwargs == ()
+    hf = parse_optimizer("hf:sgd:momentum=0.9")  # the Trainer's optim names, arguments over them
+    assert hf.name == "hf:sgd" and dict(hf.kwargs) == {"momentum": 0.9} and hf.text() == "hf:sgd:momentum=0.9"
+    with pytest.raises(SpecError, match="unknown Hugging Face optim 'adamw_tf'"):
+        parse_optimizer("hf:adamw_tf")
 
 
 def test_human_bytes() -> None:

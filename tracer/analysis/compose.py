@@ -84,7 +84,11 @@ def compose(
         reserved = tuple(stats.reserved_after[len(trace.baseline) :])
         asked = max(analysis.step_peak(requested, it).bytes for it in range(config.iterations))
         cuda = cuda_figures(peak.bytes, asked, stats, config.arch)
-        cuda = replace(cuda, cudnn_workspace_estimate=estimate_json(trace.workspace_estimate))
+        cuda = replace(
+            cuda,
+            cudnn_workspace_estimate=estimate_json(trace.workspace_estimate),
+            managed_bytes=requested.managed_bytes,
+        )
     result = Result(
         model=_model_info(model, built_path),
         device=config.device,

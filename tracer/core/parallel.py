@@ -11,6 +11,8 @@ from .errors import MemtraceError
 ENGINES = ("ddp", "fsdp")
 FSDP_DTYPES = ("bf16", "fp16", "fp32")
 MAX_WORLD = 1024
+WRAP_AUTO = "auto"  # `--fsdp-wrap auto`, the default: each block as recipes shard (engine/distributed.py)
+WRAP_ROOT = "root"  # `--fsdp-wrap root`: `fully_shard(model)` alone
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class Parallel:
     rank: int = 0
     bucket_cap_mb: float | None = None  # DDP; None: PyTorch's default (25 MB)
     reshard_after_forward: bool = True  # FSDP2
-    wrap: tuple[str, ...] = ()  # FSDP2: globs of the modules sharded besides the root
+    wrap: tuple[str, ...] = ()  # FSDP2: globs of the modules sharded besides the root; () or auto, root
     param_dtype: str | None = None  # FSDP2's MixedPrecisionPolicy
     reduce_dtype: str | None = None
     cpu_offload: bool = False  # FSDP2's CPUOffloadPolicy
@@ -51,6 +53,12 @@ class Parallel:
         for flag, given in fsdp_only.items():
             if given and self.engine != "fsdp":
                 raise MemtraceError(f"{flag} is an FSDP2 option: it needs --fsdp N")
+        keywords = {WRAP_AUTO, WRAP_ROOT} & set(self.wrap)
+        if keywords and len(self.wrap) > 1:
+            raise MemtraceError(
+                f"--fsdp-wrap {sorted(keywords)[0]} is a keyword used alone, not with other globs "
+                f"({', '.join(self.wrap)})"
+            )
         for flag, dtype in (
             ("--fsdp-param-dtype", self.param_dtype),
             ("--fsdp-reduce-dtype", self.reduce_dtype),
@@ -67,8 +75,7 @@ class Parallel:
             parts.append(
                 "reshard after forward" if self.reshard_after_forward else "no reshard after forward"
             )
-            if self.wrap:
-                parts.append("wrap " + ",".join(self.wrap))
+            parts.append("wrap " + (",".join(self.wrap) or WRAP_AUTO))
             if self.param_dtype:
                 parts.append(f"params {self.param_dtype}")
             if self.reduce_dtype:

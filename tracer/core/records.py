@@ -102,6 +102,7 @@ class Trace:
     decode_starts: tuple[
         tuple[int, int], ...
     ] = ()  # generation: (iteration, seq) where decode step i+1 starts
+    managed_bytes: int = 0  # CUDA unified memory (bitsandbytes' paged optimizer state), outside the allocator
 
 
 @dataclass(frozen=True)
@@ -280,10 +281,14 @@ class CudaFigures:
     # assumed (no --gpu preset: an A100) rather than the preset's
     compute_capability: str = "8.0"
     compute_capability_assumed: bool = True
+    # CUDA unified memory (bitsandbytes' paged optimizer state, `cudaMallocManaged`): neither allocated nor
+    # reserved; nvidia-smi shows its pages while they are on the GPU (the optimizer step prefetches them;
+    # the driver pages them out to the host under memory pressure)
+    managed_bytes: int = 0
 
     @property
     def nvidia_smi_estimate_bytes(self) -> int:
-        return self.reserved_peak_bytes + self.context_bytes_estimate
+        return self.reserved_peak_bytes + self.context_bytes_estimate + self.managed_bytes
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from . import hf_optim
 from .errors import MemtraceError
 from .presets import (
     PRESETS,
@@ -390,7 +391,13 @@ class OptimizerSpec:
 def parse_optimizer(text: str) -> OptimizerSpec:
     """`adam`, `sgd:momentum=0.9`, `adamw:lr=1e-3,foreach=false`, `none`, `my_opt.py:Lion`."""
     head, _, rest = text.partition(":")
-    if head.endswith(".py") or "/" in head or "." in head:
+    if head.strip() == "hf":  # `hf:NAME[:k=v,...]`: the Trainer's `optim` names (tracer/core/hf_optim.py)
+        name, _, rest = rest.partition(":")
+        name = name.strip()
+        if name not in hf_optim.HF_OPTIMIZERS:
+            raise SpecError(f"unknown Hugging Face optim {name!r} in --optimizer (known: {hf_optim.known()})")
+        head = hf_optim.PREFIX + name
+    elif head.endswith(".py") or "/" in head or "." in head:
         # `file.py:Class[:k=v,...]` or `pkg.mod:Class[:k=v,...]`
         cls, _, rest = rest.partition(":")
         head = f"{head}:{cls}"

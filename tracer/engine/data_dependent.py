@@ -30,8 +30,11 @@ storage's known values.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import torch
@@ -50,6 +53,7 @@ from ..core.assume import (
 )
 from ..core.errors import DataDependentError, MemtraceError
 from ..core.records import LOGGED, Assumption
+from ..meta.tensors import simulated
 from ..meta.user_frame import user_frame
 from .known_values import MAX_KNOWN, MAX_KNOWN_INDEX, KnownValues, keepable, lifted
 from .loops import Loops, read_site
@@ -73,6 +77,18 @@ def counted(func: Any) -> str | None:
     if func.namespace == "torchvision":
         return "nms" if name == "nms" else None
     return name if func.namespace == "aten" and name in ("nonzero", "_local_scalar_dense") else None
+
+
+def _optimizer_frame() -> str | None:
+    """`the optimizer step (torch/optim/_adafactor.py:381)` when a torch optimizer reads the value (Adafactor
+    scales its update by a norm's `.item()`: a scalar, no allocation), else None."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename.replace(os.sep, "/")
+        if "/torch/optim/" in name:
+            return f"the optimizer step (torch/optim/{name.rsplit('/torch/optim/', 1)[1]}:{frame.f_lineno})"
+        frame = frame.f_back
+    return None
 
 
 class CallCounter:
@@ -163,8 +179,8 @@ class Resolver:
 
     def _known(self, t: torch.Tensor) -> torch.Tensor | None:
         """A meta tensor's known value; a small CPU tensor (a data loader's targets, a Python list made a
-        tensor) is its own value."""
-        if t.device.type == "cpu":
+        tensor) is its own value; a FakeTensor (DDP and FSDP2 run under FakeTensorMode) has none."""
+        if t.device.type == "cpu" and not simulated(t):
             return t if keepable(t) else None
         return self.values.get(t)
 
@@ -281,7 +297,7 @@ class Resolver:
         its value changes no memory, so a placeholder stands for it, listed in the report."""
         if not x.is_floating_point() or x.numel() > _MAX_LOGGED or self.in_model():
             return False
-        where = user_frame() or "the step"
+        where = _optimizer_frame() or user_frame() or "the step"
         self.used.setdefault(Assumption(how, where, "0.0", LOGGED), None)
         return True
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
 from ..core.errors import MemtraceError
-from ..core.parallel import Parallel
+from ..core.parallel import WRAP_AUTO, WRAP_ROOT, Parallel
 from ..core.records import Category
 from .batch import Batch
 from .dispatch import RecordingMode
@@ -100,8 +100,14 @@ _reduced_in_place.__annotations__ = {}  # DDP checks the hook's annotations, whi
 
 
 def fsdp_targets(model: nn.Module, globs: tuple[str, ...]) -> list[str]:
-    """The outermost modules each glob matches (`blocks.*` gives the blocks, not their layers), innermost
-    first over all globs, so that nested globs shard nested modules; a glob matching nothing is an error."""
+    """The modules sharded besides the root: `auto` (no `--fsdp-wrap`) as recipes wrap (`auto_wrap`), `root`
+    none; else the outermost modules each glob matches (`blocks.*` gives the blocks, not their layers),
+    innermost first over all globs, so that nested globs shard nested modules; a glob matching nothing is an
+    error."""
+    if globs == (WRAP_ROOT,):
+        return []
+    if globs in ((), (WRAP_AUTO,)):
+        return sorted(auto_wrap(model)[1], key=lambda n: -n.count("."))
     names = [n for n, _ in model.named_modules() if n]
     chosen: list[str] = []
     for glob in globs:
@@ -111,6 +117,52 @@ def fsdp_targets(model: nn.Module, globs: tuple[str, ...]) -> list[str]:
         outermost = [n for n in hits if not any(n.startswith(h + ".") for h in hits)]
         chosen += [n for n in outermost if n not in chosen]
     return sorted(chosen, key=lambda n: -n.count("."))
+
+
+def auto_wrap(model: nn.Module) -> tuple[str, list[str]]:
+    """`--fsdp-wrap auto`, as fine-tuning recipes shard: each module of a class named in the model's
+    `_no_split_modules` (Hugging Face models; accelerate's FSDP2 wraps those), else each child of the
+    `ModuleList` holding the most parameters (torchtitan shards every block), else none (the root alone).
+    Returns how the modules were chosen and their names, in the model's order."""
+    classes = _no_split_modules(model)
+    if classes:
+        hits = [n for n, m in model.named_modules() if n and type(m).__name__ in classes]
+        if hits:
+            kinds = sorted({type(model.get_submodule(n)).__name__ for n in hits})
+            return f"each {', '.join(kinds)} (_no_split_modules)", hits
+    lists = [(n, m) for n, m in model.named_modules() if n and isinstance(m, nn.ModuleList) and len(m)]
+    if lists:
+        name, blocks = max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
+        if any(True for _ in blocks.parameters()):
+            return f"each child of the ModuleList {name}", [
+                f"{name}.{child}" for child, _ in blocks.named_children()
+            ]
+    return "the root alone (no _no_split_modules, no ModuleList)", []
+
+
+def _no_split_modules(model: nn.Module) -> set[str]:
+    """The class names in the outermost `_no_split_modules` (a PEFT model's is its base model's)."""
+    for _, module in model.named_modules():
+        names = getattr(module, "_no_split_modules", None)
+        if names:
+            return set(names)
+    return set()
+
+
+def wrap_note(model: nn.Module, parallel: Parallel) -> str:
+    """The report's line naming what FSDP2 shards."""
+    if parallel.wrap == (WRAP_ROOT,):
+        return "FSDP2 wrap root: fully_shard(model) alone, one group for every parameter"
+    if parallel.wrap in ((), (WRAP_AUTO,)):
+        how, names = auto_wrap(model)
+    else:
+        how, names = f"the modules matching {', '.join(parallel.wrap)}", fsdp_targets(model, parallel.wrap)
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        names = sorted(names, key=order.__getitem__)
+    shown = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+    which = f" ({len(names)} modules: {shown})" if names else ""
+    auto = "auto" if parallel.wrap in ((), (WRAP_AUTO,)) else "--fsdp-wrap"
+    return f"FSDP2 wrap {auto}: fully_shard {how}{which}, then the root"
 
 
 def _fsdp(model: nn.Module, parallel: Parallel, mesh: Any) -> None:
@@ -140,6 +192,7 @@ class World:
         self.parallel = parallel
         self.mesh = mesh
         self.stack = stack
+        self.notes: tuple[str, ...] = ()  # what the report says of the wrap
 
     def wrap(self, model: nn.Module, batch: Batch, rec: Recorder) -> tuple[nn.Module, Batch]:
         """FSDP2 shards the meta model, then `to_empty` makes the shards fake CPU tensors: FSDP2's flow for
@@ -154,6 +207,7 @@ class World:
                 "shards, gradients and optimizer state would count as GPU memory"
             )
         fsdp = self.parallel.engine == "fsdp"
+        self.notes = (wrap_note(model, self.parallel),) if fsdp else ()
         runner = wrap_model(model, self.parallel, self.mesh, simulated=True) if fsdp else model
         self.stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
         if fsdp:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..core.errors import MemtraceError
+from ..core.hf_optim import hf_optimizer, is_hf
 from ..core.records import Phase
 from ..core.specs import OptimizerSpec
 from .batch import Batch
@@ -69,11 +70,15 @@ class NullObserver:
 def make_optimizer(
     spec: OptimizerSpec, params: Sequence[nn.Parameter], device_type: str
 ) -> torch.optim.Optimizer | None:
-    """Any torch.optim class by name (case-insensitive), or a class given as FILE.py:Class / module:Class."""
+    """Any torch.optim class by name (case-insensitive), a class given as FILE.py:Class / module:Class, or a
+    Hugging Face Trainer `optim` name as `hf:NAME` (tracer/core/hf_optim.py)."""
     if spec.name.lower() == "none":
         return None
-    cls = _optimizer_class(spec.name)
-    kwargs = dict(spec.kwargs)
+    if is_hf(spec.name):  # the Trainer's class and arguments, the user's own over them
+        name, defaults = hf_optimizer(spec.name)
+        cls, kwargs = _optimizer_class(name), {**dict(defaults), **dict(spec.kwargs)}
+    else:
+        cls, kwargs = _optimizer_class(spec.name), dict(spec.kwargs)
     if "lr" not in kwargs and _takes(cls, "lr"):
         kwargs["lr"] = 1e-3
     if device_type == "cuda" and "foreach" not in kwargs and "fused" not in kwargs and _takes(cls, "foreach"):

@@ -5,6 +5,7 @@ and for the reference run on real tensors."""
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -53,7 +54,13 @@ class Recipe:
 
 
 def checkpoint_targets(model: nn.Module, globs: tuple[str, ...]) -> list[str]:
-    """Outermost modules whose qualified name matches a glob; a glob that matches nothing is an error."""
+    """Outermost modules whose qualified name matches a glob; a glob that matches nothing is an error.
+    `auto` (alone, what `--hf-args`' `gradient_checkpointing` asks) is each block as Hugging Face's
+    `gradient_checkpointing_enable` checkpoints them: every `GradientCheckpointingLayer` (transformers'
+    decoder layers), else the blocks FSDP's auto wrap shards (`_no_split_modules`, else the largest
+    ModuleList's)."""
+    if globs == ("auto",):
+        return _auto_checkpoint(model)
     names = [n for n, _ in model.named_modules() if n]
     chosen: list[str] = []
     for glob in globs:
@@ -62,6 +69,17 @@ def checkpoint_targets(model: nn.Module, globs: tuple[str, ...]) -> list[str]:
             raise MemtraceError(f"--checkpoint {glob!r} matches no module (names look like {names[:3]})")
         chosen += [n for n in hits if n not in chosen]
     return [n for n in chosen if not any(n.startswith(c + ".") for c in chosen if c != n)]
+
+
+def _auto_checkpoint(model: nn.Module) -> list[str]:
+    from .distributed import auto_wrap
+
+    layer = getattr(sys.modules.get("transformers.modeling_layers"), "GradientCheckpointingLayer", None)
+    hits = [n for n, m in model.named_modules() if n and layer is not None and isinstance(m, layer)]
+    hits = hits or auto_wrap(model)[1]
+    if not hits:
+        raise MemtraceError("--checkpoint auto found no block (no decoder layer, no ModuleList): name a glob")
+    return [n for n in hits if not any(n.startswith(c + ".") for c in hits if c != n)]
 
 
 def wrap_checkpoint(model: nn.Module, globs: tuple[str, ...]) -> list[str]:

@@ -21,6 +21,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._pytree import tree_leaves
 
 from ..core.records import Category, Event, Kind, Phase, StorageInfo, Trace
+from ..meta.managed import allocating_managed
 from ..meta.tensors import simulated
 from .batch import Batch, floating_leaves
 from .device_model import DeviceModel
@@ -109,6 +110,8 @@ class Recorder:
         self.persistent: dict[str, int] = {}  # library workspaces kept for the run, by name
         self.estimate: tuple[int, int] | None = None  # the largest unplaced workspace estimate
         self._allocating: Category | None = None  # what new storages are while a caller says (distributed)
+        self.managed: dict[int, StorageWeakRef] = {}  # storages in CUDA unified memory (meta/managed.py)
+        self.managed_bytes = 0
 
     # --- the narrow API of the hooks, the map and the ranks: no other module assigns these fields ------
     def bind_model(self, owners: dict[int, str], params: list[nn.Parameter]) -> None:
@@ -194,13 +197,19 @@ class Recorder:
         if self.device.name == "cuda" and not simulated(t):
             return None
         storage = t.untyped_storage()
+        if self._managed(storage):
+            return None
         found = self.live.get(storage._cdata)
         if found is not None and not found.ref.expired():
             if category is not None:
                 self.mark(found.sid, category)
             return found.sid
-        sid = next(self._ids)
         nbytes = int(storage.nbytes())
+        if allocating_managed():  # CUDA unified memory (bitsandbytes' paged state): apart, not an event
+            self.managed[storage._cdata] = StorageWeakRef(storage)
+            self.managed_bytes += nbytes
+            return None
+        sid = next(self._ids)
         category = category or self._allocating
         self._watch(StorageWeakRef(storage), storage, sid)
         self.meta[sid] = _Meta(
@@ -221,6 +230,15 @@ class Recorder:
         else:
             self._emit(Kind.ALLOC, sid, nbytes, op)
         return sid
+
+    def _managed(self, storage: torch.UntypedStorage) -> bool:
+        ref = self.managed.get(storage._cdata)
+        if ref is None:
+            return False
+        if ref.expired():
+            del self.managed[storage._cdata]
+            return False
+        return True
 
     @contextmanager
     def recomputing(self, module: str) -> Iterator[None]:
@@ -520,6 +538,7 @@ class Recorder:
             dict(self.output_shapes),
             dict(self.input_shapes),
             workspace_estimate=self.estimate,
+            managed_bytes=self.managed_bytes,
         )
 
 

@@ -82,7 +82,7 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
         raise
     except Exception as exc:
         raise MemtraceError(_failure(rec, model, exc)) from exc
-    every_note = (*notes, *gpu_notes(config, gpu))
+    every_note = (*notes, *(world.notes if world is not None else ()), *gpu_notes(config, gpu))
     every_note += generation_notes(config, watch)
     return replace(
         rec.trace(config.iterations),

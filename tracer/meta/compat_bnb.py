@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..core.errors import MemtraceError, first_line
+from .managed import managed_memory
 
 
 def _bnb() -> Any:
@@ -163,3 +164,35 @@ def _holds_bnb_on_meta(model: nn.Module) -> bool:
         return False
     kinds = (bnb.nn.Params4bit, bnb.nn.Int8Params)
     return any(isinstance(p, kinds) and p.device.type == "meta" for p in model.parameters())
+
+
+PAGED_MIN_ELEMENTS = 100_000  # `Optimizer8bit.get_state_buffer`: smaller states are ordinary tensors
+
+
+@contextlib.contextmanager
+def paged_state_on_meta(managed: bool) -> Iterator[None]:
+    """bitsandbytes' paged optimizers (`PagedAdamW`, `PagedAdamW8bit`, `is_paged=True`) on meta parameters.
+
+    `Optimizer8bit.get_state_buffer` (optim/optimizer.py) makes a state of 1e5 elements or more with
+    `F.get_paged` (`cudaMallocManaged`, CUDA unified memory) on a CUDA device, and an ordinary `zeros_like` on
+    the CPU (paged falls back to plain there) or for smaller states. On meta the paged call cannot run: the
+    state is made by `zeros_like`, in managed memory (`managed_memory()`: filed apart from the caching
+    allocator) when `managed` (the CUDA target), as an ordinary tensor otherwise."""
+    base = getattr(sys.modules.get("bitsandbytes.optim.optimizer"), "Optimizer8bit", None)
+    if base is None:
+        yield
+        return
+    original = base.get_state_buffer
+
+    def get_state_buffer(self: Any, p: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if p.device.type != "meta":
+            return original(self, p, dtype)  # type: ignore[no-any-return]
+        paged = managed and self.is_paged and p.numel() >= PAGED_MIN_ELEMENTS
+        with managed_memory() if paged else contextlib.nullcontext():
+            return torch.zeros_like(p, dtype=dtype, device=p.device)
+
+    base.get_state_buffer = get_state_buffer
+    try:
+        yield
+    finally:
+        base.get_state_buffer = original

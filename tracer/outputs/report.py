@@ -160,9 +160,15 @@ def cuda_lines(c: CudaFigures) -> Text:
     text.append(
         f", of which {human_bytes(c.fragmentation_bytes)} cached but unused at the reserved peak", style="dim"
     )
+    if c.managed_bytes:
+        text.append(
+            f"\n  managed   {human_bytes(c.managed_bytes)}  (paged optimizer state in CUDA unified memory: "
+            "not in allocated or reserved)"
+        )
+    paged = " + the paged state while on the GPU" if c.managed_bytes else ""
     text.append(
         f"\n  nvidia-smi ~ {human_bytes(c.nvidia_smi_estimate_bytes)}  (reserved + a "
-        f"{human_bytes(c.context_bytes_estimate)} CUDA context estimate)",
+        f"{human_bytes(c.context_bytes_estimate)} CUDA context estimate{paged})",
         style="dim",
     )
     if c.cudnn_workspace_estimate is not None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ...core.registry import Workspace, optional, patch, rule
+from ...meta.compat_bnb import paged_state_on_meta
 from . import blas
 
 aten = torch.ops.aten
@@ -106,3 +107,9 @@ def int8_training_as_on_cpu() -> Iterator[None]:
         yield
     finally:
         bnb.matmul = original
+
+
+@patch("cpu", "bnb_paged_state")
+def paged_state_as_on_cpu() -> contextlib.AbstractContextManager[None]:
+    """bitsandbytes' paged optimizers on the CPU keep ordinary state (bitsandbytes falls back so)."""
+    return paged_state_on_meta(managed=False)

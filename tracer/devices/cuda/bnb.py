@@ -31,6 +31,7 @@ import torch
 
 from ...core.errors import MemtraceError
 from ...core.registry import Workspace, optional, patch, rule
+from ...meta.compat_bnb import paged_state_on_meta
 from . import blas
 
 FUSED_MAX_ROWS = 4  # _GEMM_4BIT_CUSTOM_FLOOR_M: the fused kernel always
@@ -106,3 +107,10 @@ def _refusing_outliers(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(A, *args, threshold=threshold, **kwargs)
 
     return quant
+
+
+@patch("cuda", "bnb_paged_state")
+def paged_state_managed() -> contextlib.AbstractContextManager[None]:
+    """bitsandbytes' paged optimizer state of 1e5 elements or more in CUDA unified memory: apart from the
+    caching allocator (`cuda.managed_bytes`)."""
+    return paged_state_on_meta(managed=True)
