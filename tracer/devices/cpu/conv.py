@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ...core.registry import Workspace, rule
+from .conv_bf16 import bf16_forward_scratch, bf16_layout, bf16_modelled
 from .conv_onednn import (
     Conv,
     brgemm_scratch,
@@ -99,7 +100,7 @@ def _backend(cv: Conv) -> str | None:
         if _use_mkldnn(cv):  # x86 kernels only (aarch64: ACL; below AVX2: SSE4.1 kernels), else outputs only
             return "mkldnn" if cv.plain and onednn_modelled() else None
     elif cv.dtype in (torch.bfloat16, torch.float16):
-        return None  # oneDNN in reduced precision: other kernels, not modelled
+        return "mkldnn_bf16" if bf16_modelled(cv) else None  # else other kernels, not modelled
     if cv.g > 1 or not cv.plain:
         return None
     return "dilated2d" if cv.dh > 1 or cv.dw > 1 else "slow2d"
@@ -119,9 +120,11 @@ def _use_mkldnn(cv: Conv) -> bool:
 
 
 def _mkldnn_forward(ws: Workspace, cv: Conv) -> None:
-    kind = forward_kind(cv)
-    lay = layout(cv, kind)
-    scratch = ws.alloc(forward_scratch(cv, kind))
+    if cv.dtype == torch.bfloat16:  # conv_bf16.py: AVX-512-BF16's kernels
+        lay, scratch = bf16_layout(cv), ws.alloc(bf16_forward_scratch(cv))
+    else:
+        kind = forward_kind(cv)
+        lay, scratch = layout(cv, kind), ws.alloc(forward_scratch(cv, kind))
     src = ws.alloc(cv.bytes(lay.src))
     wei = ws.alloc(cv.bytes(lay.wei))
     dst = ws.alloc(cv.bytes(lay.dst or cv.n * cv.o * cv.ho * cv.wo))
@@ -233,7 +236,7 @@ def convolution(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     if cv is None or backend is None:
         return None
     ws = _contiguous_copies(a["input"])
-    if backend == "mkldnn":
+    if backend in ("mkldnn", "mkldnn_bf16"):
         _mkldnn_forward(ws, cv)
     else:
         _slow_forward(ws, cv, backend == "dilated2d")
@@ -246,7 +249,7 @@ def convolution_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     mask = [bool(m) for m in a["output_mask"]]
     cv = _geometry(a["input"], a["weight"], a["stride"], a["padding"], a["dilation"], a["groups"], mask[2])
     backend = _backend(cv) if cv is not None and not a["transposed"] else None
-    if cv is None or backend is None:
+    if cv is None or backend is None or backend == "mkldnn_bf16":  # bf16 backward: not modelled
         return None
     ws = _contiguous_copies(a["grad_output"], a["input"])
     if backend != "mkldnn":
