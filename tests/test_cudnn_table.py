@@ -114,3 +114,22 @@ def test_unmeasured_shapes_get_a_stated_range_not_placed(monkeypatch: pytest.Mon
     assert res.cuda is not None and res.cuda.cudnn_workspace_estimate is not None
     assert res.cuda.cudnn_workspace_estimate["high_bytes"] >= 64 * MIB
     assert res.peak_bytes < 64 * MIB
+
+
+def test_benchmark_tables_are_not_used_for_the_default() -> None:
+    k = _key("fwd")
+    assert cudnn_table.lookup([Table("8.0", 91002, {k: 5}, benchmark=True)], "8.0", 91002, k) is None
+
+
+def test_the_collection_script_enumerates_keys_the_table_reads() -> None:
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "gpu" / "collect_cudnn.py"
+    spec = importlib.util.spec_from_file_location("collect_cudnn", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls = mod.conv_shapes(_cnn, (3, 32, 32), 2, False)
+    keys = [k for call in calls for k in mod.keys_of(call, "float32")]
+    assert _key("bwd_data") in keys and len(keys) == 6
+    assert all(ConvKey.parse(k.text()) == k for k in keys)

@@ -175,8 +175,9 @@ def load(path: Path = DEFAULT_PATH) -> list[Table]:
 
 def nearest_table(tables: list[Table], cc: str, cudnn: int, key: ConvKey) -> Table | None:
     """The target's own table, else the same architecture's nearest cuDNN version, else the nearest
-    architecture (the same major one first); only tables that measured this call's family count."""
-    useful = [t for t in tables if any(k.family() == key.family() for k in t.entries)]
+    architecture (the same major one first); only tables measured with `cudnn.benchmark` off (PyTorch's
+    default, which memtrace models) that measured this call's family count."""
+    useful = [t for t in tables if not t.benchmark and any(k.family() == key.family() for k in t.entries)]
     if not useful:
         return None
     return min(useful, key=lambda t: (_arch_distance(t.compute_capability, cc), abs(t.cudnn_version - cudnn)))
