@@ -18,8 +18,9 @@ The channel block is 16 floats where oneDNN may use AVX-512 and 8 on AVX2 (`chan
 direct kernels are modelled, not those of the 1x1 and depthwise backward-weights kernels. Off x86 (aarch64:
 ACL) and below AVX2 the oneDNN path is not modelled (outputs only). The slow paths (`_slow_conv2d_*`,
 `slow_conv_dilated2d`: one small fp32 image, fp64) allocate im2col columns. A strided (non-contiguous)
-operand is first copied. Channels-last, transposed, 3-d and bf16/fp16 convolutions are not modelled (no
-rule: outputs only).
+operand is first copied. bf16 convolutions are modelled where oneDNN runs its AVX-512-BF16 kernels
+(`conv_bf16.py`); channels-last, transposed, 3-d, fp16 and other bf16 convolutions are not (no rule:
+outputs only).
 
 Here: the geometry, the backend, the order of each kernel's allocations and frees, and the registered rules;
 oneDNN's arithmetic (which kernel, the blocked layouts, the scratchpads) is in `conv_onednn.py`.
@@ -33,7 +34,13 @@ from typing import Any
 import torch
 
 from ...core.registry import Workspace, rule
-from .conv_bf16 import bf16_forward_scratch, bf16_layout, bf16_modelled
+from .conv_bf16 import (
+    bf16_backward_modelled,
+    bf16_forward_scratch,
+    bf16_layout,
+    bf16_modelled,
+    bf16_weights_scratch,
+)
 from .conv_onednn import (
     Conv,
     brgemm_scratch,
@@ -138,6 +145,14 @@ def _mkldnn_forward(ws: Workspace, cv: Conv) -> None:
 
 
 def _backward_data(ws: Workspace, cv: Conv) -> None:
+    if cv.dtype == torch.bfloat16:  # conv_bf16.py: the direct kernel, no scratchpad
+        lay = bf16_layout(cv)
+        gy, wei, gx = ws.alloc(cv.bytes(lay.dst)), ws.alloc(cv.bytes(lay.wei)), ws.alloc(cv.bytes(lay.src))
+        for key in (wei, gy):
+            ws.free(key)
+        ws.output(0)
+        ws.free(gx)
+        return
     kind = data_kind(cv)
     if kind == "brg":
         _backward_data_brgemm(ws, cv)
@@ -173,12 +188,17 @@ def _backward_data_brgemm(ws: Workspace, cv: Conv) -> None:
 
 def _backward_weights(ws: Workspace, cv: Conv, grad_bias: bool) -> None:
     cv = replace(cv, bias=grad_bias)
-    kind = weights_kind(cv)
-    lay = layout(cv, kind)
+    if cv.dtype == torch.bfloat16:  # conv_bf16.py; a first layer's weights are not padded
+        lay = bf16_layout(cv)
+        wei = lay.wei if cv.c >= 16 else _rup16(cv.o) * cv.c * cv.kh * cv.kw
+        lay, scratch_bytes = replace(lay, wei=wei), bf16_weights_scratch(cv)
+    else:
+        kind = weights_kind(cv)
+        lay, scratch_bytes = layout(cv, kind), weights_scratch(cv, kind)
     gy = ws.alloc(cv.bytes(lay.dst))
     src = ws.alloc(cv.bytes(lay.src))
     gw = ws.alloc(cv.bytes(lay.wei or cv.o * (cv.c // cv.g) * cv.kh * cv.kw))
-    scratch = ws.alloc(weights_scratch(cv, kind))
+    scratch = ws.alloc(scratch_bytes)
     gb = ws.alloc(cv.bytes(cv.o) if grad_bias else 0)
     for key in (scratch, src, gy):
         ws.free(key)
@@ -249,10 +269,12 @@ def convolution_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     mask = [bool(m) for m in a["output_mask"]]
     cv = _geometry(a["input"], a["weight"], a["stride"], a["padding"], a["dilation"], a["groups"], mask[2])
     backend = _backend(cv) if cv is not None and not a["transposed"] else None
-    if cv is None or backend is None or backend == "mkldnn_bf16":  # bf16 backward: not modelled
+    if cv is None or backend is None:
+        return None
+    if backend == "mkldnn_bf16" and not bf16_backward_modelled(cv, mask[0]):
         return None
     ws = _contiguous_copies(a["grad_output"], a["input"])
-    if backend != "mkldnn":
+    if backend not in ("mkldnn", "mkldnn_bf16"):
         _slow_backward(ws, cv, backend == "dilated2d", mask)
         return ws
     if mask[0]:
@@ -260,6 +282,10 @@ def convolution_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     if mask[1] or mask[2]:
         _backward_weights(ws, cv, mask[2])
     return ws
+
+
+def _rup16(v: int) -> int:
+    return -(-v // 16) * 16
 
 
 def _contiguous_copies(*tensors: Any) -> Workspace:

@@ -1,6 +1,6 @@
-"""oneDNN's bfloat16 convolution forward on AVX-512-BF16 (no AMX): the blocked operands and the scratchpad
-of `jit_avx512_core_bf16_convolution_fwd_t` and `jit_avx512_core_bf16_1x1_convolution_fwd_t`, as the CPU
-allocator sees them inside `mkldnn_convolution`.
+"""oneDNN's bfloat16 convolutions on AVX-512-BF16 (no AMX): the blocked operands and the scratchpads of
+`jit_avx512_core_bf16_convolution_{fwd,bwd_data,bwd_weights}_t` and the 1x1 forward, as the CPU allocator
+sees them inside `mkldnn_convolution` and `convolution_backward`.
 
 PyTorch sends a bf16 convolution to oneDNN whenever `mkldnn_bf16_device_check()` holds (any size); on an
 AVX-512-BF16 CPU without AMX (`cpu_isa.onednn_isa()` is avx512_core_bf16) oneDNN runs these kernels. Derived
@@ -14,10 +14,13 @@ tests/test_rules_isa.py) and oneDNN's `init_scratchpad`:
 - scratchpad: a padded bias (when the output channels are padded) and, for 1x1, a float accumulation block
   per thread of (output channels padded to 16) x (output pixels).
 
-The backward passes, grouped and depthwise, strided 1x1 (rtus) and channels-last bf16 convolutions are not
-modelled here (outputs only); nor fp16, nor AMX (brgemm kernels) or AVX-512 without BF16 (emulation). One
-recorded 1x1 (192 output channels, 16x16 pixels) booked 3,072 bytes more than this model (0.8% of its
-accumulation block): not explained.
+- backward data (direct kernel): the blocked diff-dst, weights and diff-src, no scratchpad;
+- backward weights (direct kernel, unit stride): see `bf16_weights_scratch`.
+
+Not modelled here (outputs only): the 1x1 and strided backward passes, grouped and depthwise, strided 1x1
+(rtus) and channels-last bf16 convolutions; fp16; AMX (brgemm kernels) and AVX-512 without BF16 (emulated
+bf16). One recorded 1x1 (192 output channels, 16x16 pixels) booked 3,072 bytes more than this model (0.8%
+of its accumulation block): not explained. Recorded at 2 threads only: the thread split is from the source.
 """
 
 from __future__ import annotations
@@ -69,3 +72,27 @@ def bf16_forward_scratch(cv: Conv) -> int:
     if is_1x1(cv):
         total += _entry(cv.nthr * o * cv.ho * cv.wo * 4)
     return total
+
+
+# --------------------------------------------------------------------------- backward (direct kernels only)
+
+
+def bf16_backward_modelled(cv: Conv, grad_input: bool) -> bool:
+    """The backward passes modelled: the direct kernel (not 1x1) at unit stride; a first layer (fewer than
+    16 input channels) only without its input gradient."""
+    return not is_1x1(cv) and not cv.strided and (cv.c >= _BLOCK or not grad_input)
+
+
+def bf16_weights_scratch(cv: Conv) -> int:
+    """`jit_avx512_core_bf16_conv_bwd_weights_kernel_f32::init_scratchpad`: the transposed source (none for
+    a first layer) with its two guard elements, the transposed diff-dst, both `tr_w = ow + kw - 1` wide and
+    one per minibatch thread and channel block, and the float weight (and bias) reduction buffers, one per
+    minibatch thread (the diff-weights are bf16). Minibatch threads: min(threads, batch); verified at 2
+    threads and batch 4 only."""
+    nthr_mb = min(cv.nthr, cv.n)
+    tr_w = cv.wo + cv.kw - 1
+    o, c = _rup(cv.o, _BLOCK), _rup(cv.c, _BLOCK)
+    tr_src = nthr_mb * c * cv.h * tr_w * cv.elem if cv.c >= _BLOCK else 0
+    tr_diff_dst = nthr_mb * o * cv.ho * tr_w * cv.elem
+    reduction = nthr_mb * (o * (c if cv.c >= _BLOCK else cv.c) * cv.kh * cv.kw + (o if cv.bias else 0)) * 4
+    return _entry(tr_src + 2 * cv.elem) + _entry(tr_diff_dst) + _entry(reduction)
