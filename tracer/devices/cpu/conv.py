@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ...core.registry import Workspace, rule
+from . import isa as cpu_isa
 from .conv_bf16 import (
     bf16_backward_modelled,
     bf16_forward_scratch,
@@ -58,7 +59,7 @@ from .conv_onednn import (
 
 aten = torch.ops.aten
 
-__all__ = ["channel_block", "convolution", "convolution_backward", "onednn_modelled"]
+__all__ = ["channel_block", "convolution", "convolution_backward", "onednn_modelled", "reduced_path"]
 
 
 # --------------------------------------------------------------------------- geometry
@@ -107,10 +108,29 @@ def _backend(cv: Conv) -> str | None:
         if _use_mkldnn(cv):  # x86 kernels only (aarch64: ACL; below AVX2: SSE4.1 kernels), else outputs only
             return "mkldnn" if cv.plain and onednn_modelled() else None
     elif cv.dtype in (torch.bfloat16, torch.float16):
-        return "mkldnn_bf16" if bf16_modelled(cv) else None  # else other kernels, not modelled
+        path = reduced_path(cv.dtype)
+        if path != "slow":  # oneDNN takes it: its AVX-512-BF16 kernels are modelled, no other
+            return "mkldnn_bf16" if path == "avx512_bf16" and bf16_modelled(cv) else None
     if cv.g > 1 or not cv.plain:
         return None
     return "dilated2d" if cv.dh > 1 or cv.dw > 1 else "slow2d"
+
+
+def reduced_path(dtype: torch.dtype) -> str | None:
+    """Where a bf16/fp16 convolution runs: "slow" (ATen's `_slow_conv2d`, where PyTorch's
+    `mkldnn_bf16_device_check` / `mkldnn_fp16_device_check` fail: oneDNN's effective ISA below avx2_vnni_2
+    and, for bf16, below avx512_core), "avx512_bf16" (oneDNN's AVX-512-BF16 kernels, conv_bf16.py) or None
+    (oneDNN's other kernels: AMX, emulated bf16, fp16; not modelled)."""
+    if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+        return "slow"
+    if not cpu_isa.is_x86():
+        return None  # aarch64: PyTorch's ARM check and ACL's kernels, not modelled
+    isa = cpu_isa.onednn_isa()
+    if dtype == torch.bfloat16:
+        on_onednn = cpu_isa.onednn_isa_at_least("avx512_core") or isa == "avx2_vnni_2"
+        return ("avx512_bf16" if isa == "avx512_core_bf16" else None) if on_onednn else "slow"
+    on_onednn = cpu_isa.onednn_isa_at_least("avx512_core_fp16") or isa == "avx2_vnni_2"
+    return None if on_onednn else "slow"
 
 
 def _use_mkldnn(cv: Conv) -> bool:
@@ -233,10 +253,14 @@ def _slow_forward(ws: Workspace, cv: Conv, dilated: bool) -> None:
 def _slow_backward(ws: Workspace, cv: Conv, dilated: bool, mask: list[bool]) -> None:
     """The gradients first (input, bias, weight; the dilated kernel: input, weight, bias), then the
     columns (`_slow_conv2d` needs them for the weights only); the dilated kernel sums the bias gradient
-    image by image into a temporary."""
+    image by image into a temporary. In bf16/fp16, `_slow_conv2d`'s bias gradient (a `sum` over batch and
+    pixels) reduces a float copy of grad_output into a float result, both freed at once."""
     for i in (0, 1, 2) if dilated else (0, 2, 1):
         if mask[i]:
             ws.output(i)
+        if i == 2 and mask[2] and not dilated and cv.elem == 2:
+            ws.free(ws.alloc(4 * cv.o))
+            ws.free(ws.alloc(4 * cv.n * cv.o * cv.ho * cv.wo))
     if mask[1] or (dilated and mask[0]):
         cols = ws.alloc(_slow_columns(cv, 1 if dilated else cv.n, dilated))
         if dilated and mask[2]:
