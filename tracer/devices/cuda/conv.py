@@ -101,6 +101,10 @@ def _found(key: ConvKey | None) -> Found | None:
     return cudnn_table.lookup(tables(), gpu.compute_capability, gpu.cudnn_version, key)
 
 
+def _ranges() -> list[tuple[int, int]]:
+    return []
+
+
 def _measured(ws: Workspace, found: Found | None, unplaced: list[tuple[int, int]]) -> None:
     """Place an exact workspace (allocated, then freed as the call returns); keep a range aside."""
     if found is not None and found.exact:
@@ -115,7 +119,7 @@ def convolution(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     found = None if transposed else _found(_key("fwd", x, w, stride, padding, dilation, groups))
     if found is None:
         return _estimated(x, w, out)
-    ws, unplaced = Workspace(), []
+    ws, unplaced = Workspace(), _ranges()
     ws.outputs()
     _measured(ws, found, unplaced)
     ws.estimate = unplaced[0] if unplaced else None
@@ -130,7 +134,7 @@ def convolution_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     found = [] if transposed else [_found(_key(p, x, w, stride, padding, dilation, groups)) for p in passes]
     if not found or any(f is None for f in found):
         return _estimated(x, w, grad_output)
-    ws, unplaced = Workspace(), []
+    ws, unplaced = Workspace(), _ranges()
     for index, f in zip((0, 1) if mask[0] else (1,), found, strict=False):
         ws.output(index)  # cudnn_convolution_backward_input, then _weight: each output, then its call
         _measured(ws, f, unplaced)
