@@ -291,15 +291,7 @@ OPTIMIZERS = ["adam", "sgd:momentum=0.9"]
 
 
 def _param(name: str, optimizer: str, amp: str) -> Any:
-    marks = []
-    if name == "resnet_block":
-        marks.append(
-            pytest.mark.xfail(
-                reason="rules_cpu does not model reduced-precision CPU convolution buffers (im2col columns)",
-                strict=True,
-            )
-        )
-    return pytest.param(name, optimizer, amp, marks=marks, id=f"{name}-{optimizer.split(':')[0]}-{amp}")
+    return pytest.param(name, optimizer, amp, id=f"{name}-{optimizer.split(':')[0]}-{amp}")
 
 
 CASES = [_param(n, o, "bf16") for n in MODELS for o in OPTIMIZERS]

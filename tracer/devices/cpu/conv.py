@@ -18,8 +18,9 @@ The channel block is 16 floats where oneDNN may use AVX-512 and 8 on AVX2 (`chan
 direct kernels are modelled, not those of the 1x1 and depthwise backward-weights kernels. Off x86 (aarch64:
 ACL) and below AVX2 the oneDNN path is not modelled (outputs only). The slow paths (`_slow_conv2d_*`,
 `slow_conv_dilated2d`: one small fp32 image, fp64) allocate im2col columns. A strided (non-contiguous)
-operand is first copied. Channels-last, transposed, 3-d and bf16/fp16 convolutions are not modelled (no
-rule: outputs only).
+operand is first copied. bf16 convolutions are modelled where oneDNN runs its AVX-512-BF16 kernels
+(`conv_bf16.py`); channels-last, transposed, 3-d, fp16 and other bf16 convolutions are not (no rule:
+outputs only).
 
 Here: the geometry, the backend, the order of each kernel's allocations and frees, and the registered rules;
 oneDNN's arithmetic (which kernel, the blocked layouts, the scratchpads) is in `conv_onednn.py`.
@@ -33,6 +34,14 @@ from typing import Any
 import torch
 
 from ...core.registry import Workspace, rule
+from . import isa as cpu_isa
+from .conv_bf16 import (
+    bf16_backward_modelled,
+    bf16_forward_scratch,
+    bf16_layout,
+    bf16_modelled,
+    bf16_weights_scratch,
+)
 from .conv_onednn import (
     Conv,
     brgemm_scratch,
@@ -50,7 +59,7 @@ from .conv_onednn import (
 
 aten = torch.ops.aten
 
-__all__ = ["channel_block", "convolution", "convolution_backward", "onednn_modelled"]
+__all__ = ["channel_block", "convolution", "convolution_backward", "onednn_modelled", "reduced_path"]
 
 
 # --------------------------------------------------------------------------- geometry
@@ -99,10 +108,29 @@ def _backend(cv: Conv) -> str | None:
         if _use_mkldnn(cv):  # x86 kernels only (aarch64: ACL; below AVX2: SSE4.1 kernels), else outputs only
             return "mkldnn" if cv.plain and onednn_modelled() else None
     elif cv.dtype in (torch.bfloat16, torch.float16):
-        return None  # oneDNN in reduced precision: other kernels, not modelled
+        path = reduced_path(cv.dtype)
+        if path != "slow":  # oneDNN takes it: its AVX-512-BF16 kernels are modelled, no other
+            return "mkldnn_bf16" if path == "avx512_bf16" and bf16_modelled(cv) else None
     if cv.g > 1 or not cv.plain:
         return None
     return "dilated2d" if cv.dh > 1 or cv.dw > 1 else "slow2d"
+
+
+def reduced_path(dtype: torch.dtype) -> str | None:
+    """Where a bf16/fp16 convolution runs: "slow" (ATen's `_slow_conv2d`, where PyTorch's
+    `mkldnn_bf16_device_check` / `mkldnn_fp16_device_check` fail: oneDNN's effective ISA below avx2_vnni_2
+    and, for bf16, below avx512_core), "avx512_bf16" (oneDNN's AVX-512-BF16 kernels, conv_bf16.py) or None
+    (oneDNN's other kernels: AMX, emulated bf16, fp16; not modelled)."""
+    if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+        return "slow"
+    if not cpu_isa.is_x86():
+        return None  # aarch64: PyTorch's ARM check and ACL's kernels, not modelled
+    isa = cpu_isa.onednn_isa()
+    if dtype == torch.bfloat16:
+        on_onednn = cpu_isa.onednn_isa_at_least("avx512_core") or isa == "avx2_vnni_2"
+        return ("avx512_bf16" if isa == "avx512_core_bf16" else None) if on_onednn else "slow"
+    on_onednn = cpu_isa.onednn_isa_at_least("avx512_core_fp16") or isa == "avx2_vnni_2"
+    return None if on_onednn else "slow"
 
 
 def _use_mkldnn(cv: Conv) -> bool:
@@ -119,9 +147,11 @@ def _use_mkldnn(cv: Conv) -> bool:
 
 
 def _mkldnn_forward(ws: Workspace, cv: Conv) -> None:
-    kind = forward_kind(cv)
-    lay = layout(cv, kind)
-    scratch = ws.alloc(forward_scratch(cv, kind))
+    if cv.dtype == torch.bfloat16:  # conv_bf16.py: AVX-512-BF16's kernels
+        lay, scratch = bf16_layout(cv), ws.alloc(bf16_forward_scratch(cv))
+    else:
+        kind = forward_kind(cv)
+        lay, scratch = layout(cv, kind), ws.alloc(forward_scratch(cv, kind))
     src = ws.alloc(cv.bytes(lay.src))
     wei = ws.alloc(cv.bytes(lay.wei))
     dst = ws.alloc(cv.bytes(lay.dst or cv.n * cv.o * cv.ho * cv.wo))
@@ -135,6 +165,14 @@ def _mkldnn_forward(ws: Workspace, cv: Conv) -> None:
 
 
 def _backward_data(ws: Workspace, cv: Conv) -> None:
+    if cv.dtype == torch.bfloat16:  # conv_bf16.py: the direct kernel, no scratchpad
+        lay = bf16_layout(cv)
+        gy, wei, gx = ws.alloc(cv.bytes(lay.dst)), ws.alloc(cv.bytes(lay.wei)), ws.alloc(cv.bytes(lay.src))
+        for key in (wei, gy):
+            ws.free(key)
+        ws.output(0)
+        ws.free(gx)
+        return
     kind = data_kind(cv)
     if kind == "brg":
         _backward_data_brgemm(ws, cv)
@@ -170,12 +208,17 @@ def _backward_data_brgemm(ws: Workspace, cv: Conv) -> None:
 
 def _backward_weights(ws: Workspace, cv: Conv, grad_bias: bool) -> None:
     cv = replace(cv, bias=grad_bias)
-    kind = weights_kind(cv)
-    lay = layout(cv, kind)
+    if cv.dtype == torch.bfloat16:  # conv_bf16.py; a first layer's weights are not padded
+        lay = bf16_layout(cv)
+        wei = lay.wei if cv.c >= 16 else _rup16(cv.o) * cv.c * cv.kh * cv.kw
+        lay, scratch_bytes = replace(lay, wei=wei), bf16_weights_scratch(cv)
+    else:
+        kind = weights_kind(cv)
+        lay, scratch_bytes = layout(cv, kind), weights_scratch(cv, kind)
     gy = ws.alloc(cv.bytes(lay.dst))
     src = ws.alloc(cv.bytes(lay.src))
     gw = ws.alloc(cv.bytes(lay.wei or cv.o * (cv.c // cv.g) * cv.kh * cv.kw))
-    scratch = ws.alloc(weights_scratch(cv, kind))
+    scratch = ws.alloc(scratch_bytes)
     gb = ws.alloc(cv.bytes(cv.o) if grad_bias else 0)
     for key in (scratch, src, gy):
         ws.free(key)
@@ -210,10 +253,14 @@ def _slow_forward(ws: Workspace, cv: Conv, dilated: bool) -> None:
 def _slow_backward(ws: Workspace, cv: Conv, dilated: bool, mask: list[bool]) -> None:
     """The gradients first (input, bias, weight; the dilated kernel: input, weight, bias), then the
     columns (`_slow_conv2d` needs them for the weights only); the dilated kernel sums the bias gradient
-    image by image into a temporary."""
+    image by image into a temporary. In bf16/fp16, `_slow_conv2d`'s bias gradient (a `sum` over batch and
+    pixels) reduces a float copy of grad_output into a float result, both freed at once."""
     for i in (0, 1, 2) if dilated else (0, 2, 1):
         if mask[i]:
             ws.output(i)
+        if i == 2 and mask[2] and not dilated and cv.elem == 2:
+            ws.free(ws.alloc(4 * cv.o))
+            ws.free(ws.alloc(4 * cv.n * cv.o * cv.ho * cv.wo))
     if mask[1] or (dilated and mask[0]):
         cols = ws.alloc(_slow_columns(cv, 1 if dilated else cv.n, dilated))
         if dilated and mask[2]:
@@ -233,7 +280,7 @@ def convolution(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     if cv is None or backend is None:
         return None
     ws = _contiguous_copies(a["input"])
-    if backend == "mkldnn":
+    if backend in ("mkldnn", "mkldnn_bf16"):
         _mkldnn_forward(ws, cv)
     else:
         _slow_forward(ws, cv, backend == "dilated2d")
@@ -248,8 +295,10 @@ def convolution_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     backend = _backend(cv) if cv is not None and not a["transposed"] else None
     if cv is None or backend is None:
         return None
+    if backend == "mkldnn_bf16" and not bf16_backward_modelled(cv, mask[0]):
+        return None
     ws = _contiguous_copies(a["grad_output"], a["input"])
-    if backend != "mkldnn":
+    if backend not in ("mkldnn", "mkldnn_bf16"):
         _slow_backward(ws, cv, backend == "dilated2d", mask)
         return ws
     if mask[0]:
@@ -257,6 +306,10 @@ def convolution_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     if mask[1] or mask[2]:
         _backward_weights(ws, cv, mask[2])
     return ws
+
+
+def _rup16(v: int) -> int:
+    return -(-v // 16) * 16
 
 
 def _contiguous_copies(*tensors: Any) -> Workspace:

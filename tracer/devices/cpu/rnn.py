@@ -19,8 +19,11 @@ block on AVX-512).
 The sizes assume oneDNN's x86 kernels at AVX2 or above (`cpu_isa`); below AVX2 (ONEDNN_MAX_CPU_ISA=SSE41)
 and off x86 (aarch64) oneDNN runs other kernels, whose buffers are not modelled.
 
-Left to PyTorch's own meta decomposition: oneDNN's bfloat16/float16 LSTM (also under CPU autocast), double
-backward through the oneDNN LSTM, calls on real tensors.
+oneDNN's bfloat16 LSTM in training (bf16 tensors, or float32 under CPU autocast, which casts each
+`mkldnn_rnn_layer`'s arguments to bf16, the last first) is emulated where oneDNN runs its AVX-512-BF16
+kernels, with the sizes fitted to events recorded on such a CPU (`rnn_onednn.rnn_bf16_*`). Left to PyTorch's
+own meta decomposition: oneDNN's bf16 LSTM in inference and on other ISAs (AMX, AVX2-VNNI-2), its float16
+LSTM, double backward through the oneDNN LSTM, calls on real tensors.
 
 Here: the emulated oneDNN kernels, which path a call takes, and the registered patches; oneDNN's buffer sizes
 are in `rnn_onednn.py`, the native path in `rnn_native.py`.
@@ -37,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ...core.registry import patch
+from . import isa as cpu_isa
 from .rnn_native import RnnSpec, native_rnn
 from .rnn_onednn import GATES, Layer
 
@@ -104,9 +108,11 @@ def _layer_backward(
     diff_w1 = torch.empty(w0.shape, dtype=f32, device=x.device)
     diff_w2 = torch.empty(w1.shape, dtype=f32, device=x.device)
     diff_b = torch.empty(bias.shape, dtype=f32, device=x.device)
+    # bf16: ideep takes the output gradients in float
+    floats = [t.to(f32) for t in (grad_output, grad_hy, grad_cy)] if call.layer.bf16 else []
     _kernel_buffers(call.layer.backward_buffers(), x.device)
     diff_b2 = diff_b.clone()
-    del grad_output, grad_hy, grad_cy, bias
+    del floats, grad_output, grad_hy, grad_cy, bias
     return diff_x, diff_w1, diff_w2, diff_b, diff_b2, diff_hx, diff_cx
 
 
@@ -164,10 +170,25 @@ def _mkldnn_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Layer and direction `index` of `mkldnn_rnn`: its weights, h0 and c0 rows, one kernel."""
     stride = 4 if spec.has_biases else 2
-    w = params[index * stride : (index + 1) * stride]
+    w = list(params[index * stride : (index + 1) * stride])
+    h0, c0 = hx[index], cx[index]
+    if torch.is_autocast_enabled("cpu"):
+        # autocast casts `mkldnn_rnn_layer`'s arguments to bf16, the last first: cx, hx, biases, weights, x
+        c0, h0 = _bf16(c0), _bf16(h0)
+        w = [_bf16(t) for t in reversed(w)][::-1]
+        x = _bf16(x)
     t, b, i = x.shape
-    call = _LayerCall(Layer(t, b, i, hx.shape[2]), spec.has_biases, torch.get_num_threads())
-    return _run_layer(x, w, *_layer_biases(w, spec.has_biases), hx[index], cx[index], call)
+    layer = Layer(t, b, i, hx.shape[2], bf16=x.dtype == torch.bfloat16)
+    call = _LayerCall(layer, spec.has_biases, torch.get_num_threads())
+    return _run_layer(x, w, *_layer_biases(w, spec.has_biases), h0, c0, call)
+
+
+def _bf16(t: Tensor) -> Tensor:
+    """Autocast's cast of one float32 argument (others pass as they are)."""
+    if t.dtype != torch.float32:
+        return t
+    with torch.autocast("cpu", enabled=False):
+        return t.to(torch.bfloat16)
 
 
 def _mkldnn_rnn(
@@ -209,10 +230,17 @@ def _on_meta(tensors: Sequence[Any]) -> bool:
     return all(isinstance(t, Tensor) and t.device.type == "meta" for t in tensors)
 
 
+def _bf16_modelled(dtype: torch.dtype) -> bool:
+    """oneDNN's bf16 LSTM is emulated in training where oneDNN runs its AVX-512-BF16 kernels (`cpu_isa`)."""
+    return dtype == torch.bfloat16 and torch.is_grad_enabled() and cpu_isa.onednn_isa() == "avx512_core_bf16"
+
+
 def _uses_mkldnn(x: Tensor, hx: Sequence[Tensor], params: Sequence[Tensor]) -> bool:
-    """`use_mkldnn` in aten/src/ATen/native/RNN.cpp (meta standing in for CPU), and no projections."""
-    bf16 = x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    fp16 = x.dtype == torch.float16 and torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    """`use_mkldnn` in aten/src/ATen/native/RNN.cpp (meta standing in for CPU), and no projections;
+    `mkldnn_bf16_device_check` / `_fp16_` as oneDNN's effective ISA (`cpu_isa`) decides them."""
+    vnni2 = cpu_isa.onednn_isa() == "avx2_vnni_2"
+    bf16 = x.dtype == torch.bfloat16 and (cpu_isa.onednn_isa_at_least("avx512_core") or vnni2)
+    fp16 = x.dtype == torch.float16 and (cpu_isa.onednn_isa_at_least("avx512_core_fp16") or vnni2)
     reduced = bf16 or (fp16 and not torch.is_grad_enabled())
     return (
         torch.backends.mkldnn.is_available()
@@ -272,13 +300,15 @@ def _emulation(kind: str, original: Any) -> Any:
 
     def rnn(*args: Any, **kwargs: Any) -> Any:
         call = None if kwargs else _parse(kind, args)
-        if call is None or (kind == "lstm" and torch.is_autocast_enabled("cpu")):
-            return original(*args, **kwargs)  # autocast runs the LSTM in bfloat16: not emulated
+        autocast = kind == "lstm" and torch.is_autocast_enabled("cpu")
+        if call is None or (autocast and not _bf16_modelled(torch.get_autocast_dtype("cpu"))):
+            return original(*args, **kwargs)  # autocast's reduced-precision LSTM here: not emulated
         x, hx, params, spec = call.x, call.hx, call.params, call.spec
         if kind != "lstm" or not _uses_mkldnn(x, hx, params) or not _uniform(spec.batch_sizes):
             return native_rnn(x, hx, params, spec)
-        if any(t.dtype != torch.float32 for t in [x, *hx, *params]):
-            return original(*args, **kwargs)  # oneDNN's reduced-precision LSTM: not emulated
+        dtypes = {t.dtype for t in [x, *hx, *params]}
+        if dtypes != {torch.float32} and not (dtypes == {torch.bfloat16} and _bf16_modelled(torch.bfloat16)):
+            return original(*args, **kwargs)  # oneDNN's reduced-precision LSTM here: not emulated
         if spec.batch_sizes is None:
             return _mkldnn_rnn(x, hx[0], hx[1], params, spec)
         return _mkldnn_packed(x, hx, params, spec)

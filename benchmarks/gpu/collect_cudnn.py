@@ -1,0 +1,235 @@
+"""Measure the workspace cuDNN takes for each convolution call of common models, on this GPU, into the table
+memtrace reads (tracer/devices/cuda/cudnn_workspaces.json, format in tracer/devices/cuda/cudnn_table.py).
+
+python benchmarks/gpu/collect_cudnn.py [--out FILE] [--budget SECONDS] [--benchmark] [--batches 1,8,32]
+                                       [--dtypes float32,bfloat16,float16] [--filter TEXT] [--list]
+
+The calls: every Conv1d/Conv2d of the zoo's CNNs and U-Nets (tests/zoo.py), the repository's U-Nets and
+seed CNN (benchmarks/models; the seed CNN at 144p, 360p, 720p and 1080p) and the torchvision models of the
+suite, at batch 1, 8 and 32, in each dtype, channels-first and channels-last for the models that run so;
+each as forward, backward data and backward filter (`aten.convolution` / `aten.convolution_backward` with
+one output mask each). The shapes are found on the meta device (forward pre-hooks), so enumerating costs
+nothing on the GPU.
+
+Each call runs once to warm up (cuDNN's handle and its plan cache), then once measured: the caching
+allocator's peak during the call minus what is allocated after it is the workspace (the call's outputs are
+allocated before cuDNN's workspace and the workspace is freed before it returns; `run_conv_plan`,
+aten/src/ATen/native/cudnn/Conv_v8.cpp), in the allocator's rounded bytes. `cudnn.benchmark` is off unless
+--benchmark (a second table, marked so). Shapes are measured smallest first; the run stops at --budget
+seconds and writes what it has; an out-of-memory call is skipped. The table for this GPU's compute
+capability, cuDNN version and benchmark setting replaces the one of the same keys in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks" / "models"))
+
+from memtrace.tracer.devices.cuda import cudnn_table  # noqa: E402
+from memtrace.tracer.devices.cuda.cudnn_table import ConvKey  # noqa: E402
+
+ZOO_CNNS = ("seed_cnn", "resnet_block", "depthwise", "groupnorm_unet")
+TORCHVISION = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16")
+SEED_SIZES = ((144, 256), (360, 640), (720, 1280), (1080, 1920))
+CHANNELS_LAST = ("convnext_tiny",)  # models whose users commonly run channels-last
+
+
+def _load(path: Path, func: str) -> Callable[..., nn.Module]:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    builder: Callable[..., nn.Module] = getattr(mod, func)
+    return builder
+
+
+class _WithTimestep(nn.Module):
+    """The diffusion U-Net called with the image only (timestep 0)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.inner(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+
+
+def models() -> Iterator[tuple[str, Callable[[], nn.Module], tuple[int, ...], bool]]:
+    """(name, builder, one image's C x H x W, channels-last) of each model whose convolutions are measured."""
+    from zoo import ZOO_BY_NAME
+
+    for name in ZOO_CNNS:
+        case = ZOO_BY_NAME[name]
+        yield f"zoo/{name}", case.build, tuple(case.inputs[0][0][1:]), False
+    unet = REPO / "benchmarks" / "models" / "unet.py"
+    yield "unet_small", _load(unet, "small"), (3, 64, 64), False
+    yield "unet_diffusion", lambda: _WithTimestep(_load(unet, "diffusion")()), (3, 32, 32), False
+    seed = REPO / "benchmarks" / "models" / "seed_cnn.py"
+    for h, w in SEED_SIZES:
+        yield f"seed_cnn_{h}p", (lambda h=h, w=w: _load(seed, "build")(h=h, w=w)), (3, h, w), False
+    try:
+        import torchvision
+    except Exception:  # torchvision missing or built for another torch
+        return
+    for name in TORCHVISION:
+        yield name, getattr(torchvision.models, name), (3, 224, 224), False
+        if name in CHANNELS_LAST:
+            yield f"{name}/channels_last", getattr(torchvision.models, name), (3, 224, 224), True
+
+
+def conv_shapes(
+    build: Callable[[], nn.Module], image: tuple[int, ...], batch: int, nhwc: bool
+) -> list[dict[str, Any]]:
+    """Each convolution's input shape and parameters, found by running the model on meta."""
+    with torch.device("meta"):
+        model = build()
+    found: list[dict[str, Any]] = []
+
+    def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and isinstance(x, torch.Tensor):
+            shapes = {"x": tuple(x.shape), "w": tuple(mod.weight.shape)}
+            params = {"stride": mod.stride, "padding": mod.padding, "dilation": mod.dilation}
+            found.append({**shapes, **params, "groups": mod.groups, "nhwc": nhwc and x.dim() == 4})
+
+    handles = [
+        m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))
+    ]
+    x = torch.empty(batch, *image, device="meta")
+    if nhwc:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:  # a model that does not run on meta: its calls are left out, said once
+        print(f"  skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
+    for h in handles:
+        h.remove()
+    return found
+
+
+def _padding(p: Any) -> tuple[int, ...]:
+    if isinstance(p, str):
+        raise ValueError("string padding")
+    return tuple(int(v) for v in p)
+
+
+def keys_of(call: dict[str, Any], dtype: str) -> list[ConvKey]:
+    x, w = call["x"], call["w"]
+    if len(x) == 3:
+        x, w = (x[0], x[1], 1, x[2]), (w[0], w[1], 1, w[2])
+        two = lambda v: (1, int(v[0])) if len(v) == 1 else (int(v[0]), int(v[1]))  # noqa: E731
+        s, p, d = two(call["stride"]), (0, _padding(call["padding"])[0]), two(call["dilation"])
+    else:
+        s, p, d = tuple(call["stride"]), _padding(call["padding"]), tuple(call["dilation"])
+    layout = "nhwc" if call["nhwc"] else "nchw"
+    return [
+        ConvKey(pass_, dtype, layout, x[0], x[1], x[2], x[3], w[0], w[2], w[3], s, p, d, call["groups"])  # type: ignore[arg-type]
+        for pass_ in cudnn_table.PASSES
+    ]
+
+
+def measure(key: ConvKey) -> int:
+    """The workspace of one call: the allocator's peak during it minus what is left allocated after it."""
+    dtype = getattr(torch, key.dtype)
+    fmt = torch.channels_last if key.layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(key.n, key.c, key.h, key.w, device="cuda", dtype=dtype).to(memory_format=fmt)
+    w = torch.randn(key.o, key.c // key.groups, key.kh, key.kw, device="cuda", dtype=dtype).to(
+        memory_format=fmt
+    )
+    args = (list(key.stride), list(key.padding), list(key.dilation), False, [0, 0], key.groups)
+    ho, wo = key.output_hw()
+    gy = torch.randn(key.n, key.o, ho, wo, device="cuda", dtype=dtype).to(memory_format=fmt)
+
+    def call() -> Any:
+        if key.pass_ == "fwd":
+            return torch.ops.aten.convolution(x, w, None, *args)
+        mask = [key.pass_ == "bwd_data", key.pass_ == "bwd_filter", False]
+        return torch.ops.aten.convolution_backward(gy, x, w, None, *args, mask)
+
+    out = call()
+    del out
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    out = call()
+    torch.cuda.synchronize()
+    workspace = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
+    del out
+    return int(workspace)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=cudnn_table.DEFAULT_PATH)
+    ap.add_argument("--budget", type=float, default=480.0, help="seconds of measuring before it stops")
+    ap.add_argument("--benchmark", action="store_true", help="cudnn.benchmark on (a second table)")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--dtypes", default="float32,bfloat16,float16")
+    ap.add_argument("--filter", default="")
+    ap.add_argument("--list", action="store_true", help="print the calls and stop (no GPU needed)")
+    a = ap.parse_args()
+    start = time.monotonic()
+    keys: dict[ConvKey, str] = {}
+    for name, build, image, nhwc in models():
+        if a.filter and a.filter not in name:
+            continue
+        for batch in (int(b) for b in a.batches.split(",")):
+            for call in conv_shapes(build, image, batch, nhwc):
+                for dtype in a.dtypes.split(","):
+                    try:
+                        for k in keys_of(call, dtype):
+                            keys.setdefault(k, name)
+                    except ValueError:
+                        continue
+    order = sorted(keys, key=lambda k: (k.operand_elems(), k.text()))
+    print(f"{len(order)} calls from {len(set(keys.values()))} models", file=sys.stderr)
+    if a.list:
+        for k in order:
+            print(k.text(), keys[k])
+        return
+    torch.backends.cudnn.benchmark = a.benchmark
+    entries: list[dict[str, Any]] = []
+    stopped = ""
+    for i, k in enumerate(order):
+        if time.monotonic() - start > a.budget:
+            stopped = f"budget of {a.budget:.0f} s reached after {i} of {len(order)} calls"
+            break
+        try:
+            entries.append({"key": k.text(), "bytes": measure(k), "model": keys[k]})
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+        except RuntimeError as exc:  # a shape cuDNN refuses: left out, said
+            print(f"{k.text()}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
+        torch.cuda.empty_cache()
+    major, minor = torch.cuda.get_device_capability()
+    table = {
+        "compute_capability": f"{major}.{minor}", "cudnn_version": int(torch.backends.cudnn.version() or 0),
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "benchmark": a.benchmark,
+        "measured": time.strftime("%Y-%m-%d"), "stopped": stopped or "all calls measured", "entries": entries,
+    }  # fmt: skip
+    data: dict[str, Any] = {"schema": cudnn_table.SCHEMA, "kind": cudnn_table.KIND, "tables": []}
+    if a.out.exists():
+        data = json.loads(a.out.read_text())
+    same = ("compute_capability", "cudnn_version", "benchmark")
+    data["tables"] = [t for t in data["tables"] if any(t.get(f) != table[f] for f in same)] + [table]
+    a.out.write_text(json.dumps(data, indent=1) + "\n")
+    cudnn_table.parse_tables(data, str(a.out))  # what was written reads back
+    print(f"{len(entries)} workspaces measured ({table['stopped']}) -> {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""CPU rules on an ISA this machine may not have, held against allocator events recorded on one that has it.
+
+Each file in tests/data/cpu-avx512-bf16/ is one steady-state step recorded on an AVX-512-BF16 CPU without
+AMX (its flags, ATen capability and thread count inside). The step is simulated here with the ISA forced to
+that machine's (`forced_isa`: the CPU features oneDNN's `mayiuse` sees, ATen's capability, the threads) and
+its largest rise is held against the recorded events' largest rise. Where this machine has that ISA, the
+live tests (test_rules_cpu.py, test_cpu_sdpa_choice.py) cover the same kernels on the real allocator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from memtrace.tracer import simulate as sim
+from memtrace.tracer.core.records import Kind
+from memtrace.tracer.devices.cpu import conv_onednn, gemm_lowp
+from memtrace.tracer.devices.cpu import isa as cpu_isa
+
+DATA = Path(__file__).parent / "data" / "cpu-avx512-bf16"
+ROOT = Path(__file__).parent.parent
+TOLERANCE = 0.005
+_FLAGS = {"avx512f": "avx512_f", "avx512bw": "avx512_bw", "avx512vl": "avx512_vl", "avx512dq": "avx512_dq"}
+_CACHED = (cpu_isa.mayiuse, cpu_isa.onednn_isa, conv_onednn.channel_block, gemm_lowp.host)
+
+KNOWN_GAPS: dict[str, str] = {}  # recorded cases a rule is known to miss (a strict xfail each)
+
+
+@contextmanager
+def forced_isa(machine: dict[str, Any]) -> Iterator[None]:
+    """Simulate as on `machine` (a recording's "machine"): its CPU flags, ATen capability and threads."""
+    features = frozenset(_FLAGS.get(f, f) for f in machine["cpu_flags"])
+    saved = (cpu_isa.cpu_features, cpu_isa.aten_capability, torch.get_num_threads())
+    cpu_isa.cpu_features = lambda: features  # type: ignore[assignment]
+    cpu_isa.aten_capability = lambda: str(machine["cpu_capability"])
+    torch.set_num_threads(int(machine["threads"]))
+    for f in _CACHED:
+        f.cache_clear()
+    try:
+        yield
+    finally:
+        cpu_isa.cpu_features, cpu_isa.aten_capability = saved[0], saved[1]  # type: ignore[assignment]
+        torch.set_num_threads(saved[2])
+        for f in _CACHED:
+            f.cache_clear()
+
+
+def _largest_rise(sizes: list[int]) -> int:
+    live = best = 0
+    for s in sizes:
+        live += s
+        best = max(best, live)
+    return best
+
+
+def _simulated_rise(rec: dict[str, Any]) -> int:
+    loss = None if rec["loss"] in (None, "sum") else rec["loss"]
+    req = sim.request(
+        str(ROOT / rec["model"]), rec["inputs"], mode=rec["mode"], device="cpu", amp=rec["amp"], loss=loss
+    )
+    events = sim.run_recorded(req).trace.events
+    last = max(e.iteration for e in events)
+    step = [e for e in events if e.iteration == last]
+    return _largest_rise([e.nbytes if e.kind is Kind.ALLOC else -e.nbytes for e in step])
+
+
+CASES = [
+    pytest.param(p.stem, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[p.stem]))
+    if p.stem in KNOWN_GAPS
+    else p.stem
+    for p in sorted(DATA.glob("*.json"))
+]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not built in")
+@pytest.mark.parametrize("case", CASES)
+def test_step_rise_matches_the_recorded_events(case: str) -> None:
+    rec = json.loads((DATA / f"{case}.json").read_text())
+    with forced_isa(rec["machine"]):
+        assert cpu_isa.onednn_isa() == "avx512_core_bf16"
+        predicted = _simulated_rise(rec)
+    measured = _largest_rise([size for _, size, _ in rec["events"]])
+    assert abs(predicted - measured) <= TOLERANCE * measured, f"{case}: {predicted:,} vs {measured:,}"
+
+
+def test_forcing_the_isa_is_undone() -> None:
+    before = cpu_isa.onednn_isa()
+    with forced_isa({"cpu_flags": ["avx2"], "cpu_capability": "AVX2", "threads": 1}):
+        assert cpu_isa.onednn_isa() == "avx2"
+    assert cpu_isa.onednn_isa() == before
