@@ -239,7 +239,8 @@ def request(
 
     `builder` is `"FILE.py:FUNC"`, a callable, or a real `nn.Module` (copied to meta, weights left out);
     `args` the builder's keyword arguments; `recipe` a whole Recipe, else one of `amp`, `dtype`,
-    `checkpoint`, `accumulate` and the `compile_*` flags; `parallel` a whole Parallel, else the `--ddp`/`--fsdp` flags' values."""
+    `checkpoint`, `accumulate` and the `compile_*` flags; `parallel` a whole Parallel, else the
+    `--ddp`/`--fsdp` flags' values."""
     compiled = compile_options(compile_model, compile_mode, compile_backend)
     recipe = recipe or Recipe(amp, dtype, tuple(checkpoint), int(accumulate), compiled)
     opt = parse_optimizer(optimizer) if isinstance(optimizer, str) else optimizer

@@ -256,7 +256,7 @@ def _meta_shims(source: str) -> Callable[[list[Any]], Any]:
     """Inductor's wrapper code with its buffers on meta and its C++ kernels as no-ops."""
     namespace: dict[str, Any] = {}
     with _kernels_not_built():
-        exec(compile(source, "<inductor wrapper>", "exec"), namespace)  # noqa: S102 (inductor's own code)
+        exec(compile(source, "<inductor wrapper>", "exec"), namespace)  # inductor's own code
     namespace["empty_strided_cpu"] = _empty_meta
     namespace["reinterpret_tensor"] = _reinterpret
     # meta kernels may lay an extern kernel's output out otherwise than the CPU's (a convolution's channels

@@ -97,7 +97,8 @@ class Seen:
             if self.target is not None
             else "as on a machine with no GPU (--device cpu)"
         )
-        return (f"your code asked torch.cuda ({asked}): answered {where}", *self.notes, *self.compiled.lines())
+        asked_line = f"your code asked torch.cuda ({asked}): answered {where}"
+        return (asked_line, *self.notes, *self.compiled.lines())
 
 
 class _Properties:
