@@ -115,7 +115,7 @@ def _loss_named(rec: Recorder, fn: str, loss_modules: set[str]) -> Iterator[None
     @functools.wraps(original)
     def named(*args: Any, **kwargs: Any) -> Any:
         top = rec.module_stack[-1]
-        if top.startswith(LOSS) or top in loss_modules:
+        if torch.compiler.is_compiling() or top.startswith(LOSS) or top in loss_modules:
             return original(*args, **kwargs)
         with rec.in_module(f"{LOSS}:{fn}"):
             out = original(*args, **kwargs)
