@@ -67,16 +67,13 @@ class CompileLog:
     def lines(self) -> tuple[str, ...]:
         if not self.compiled:
             return ()
-        what = "; ".join(self.compiled)
-        plan = (
-            "inductor's CPU buffer plan (its CUDA plan needs the device: the CUDA figure lies between the "
-            "eager one and this)"
-            if self.cuda_target
-            else "inductor's CPU buffer plan"
-        )
+        plan = "inductor's buffer plan for the CPU, run on meta"
+        if self.cuda_target:
+            plan += " (its CUDA plan needs the device: the CUDA figure lies between the eager one and this)"
         return (
-            f"torch.compile: {what}; {self.graphs} graph(s) compiled in {self.seconds:.1f} s, "
-            f"counted once; simulated as compiled ({plan} for inductor)",
+            f"torch.compile: {'; '.join(self.compiled)}; {self.graphs} graph(s) compiled in "
+            f"{self.seconds:.1f} s, counted once; simulated as compiled (inductor: {plan}; aot_eager: "
+            "AOTAutograd's graphs op by op; eager: Dynamo's graphs op by op)",
         )
 
 

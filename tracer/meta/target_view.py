@@ -226,6 +226,27 @@ def _silenced(seen: Seen) -> dict[str, Callable[..., Any]]:
     }
 
 
+# torch.compile's own machinery: it compiles on this machine, whatever the target
+_COMPILER = ("torch._dynamo", "torch._inductor", "torch._functorch", "torch._subclasses", "torch.fx")
+
+
+def _compiler_sees_machine(
+    answers: dict[str, Callable[..., Any]], machine: dict[str, Callable[..., Any]]
+) -> dict[str, Callable[..., Any]]:
+    def routed(name: str, answer: Callable[..., Any]) -> Callable[..., Any]:
+        real = machine.get(name)
+        if real is None:
+            return answer
+
+        def route(*args: Any, **kwargs: Any) -> Any:
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            return real(*args, **kwargs) if caller.startswith(_COMPILER) else answer(*args, **kwargs)
+
+        return route
+
+    return {name: routed(name, answer) for name, answer in answers.items()}
+
+
 @contextmanager
 def _patched(owner: Any, values: dict[str, Any]) -> Iterator[None]:
     saved = {name: getattr(owner, name) for name in values if hasattr(owner, name)}
@@ -252,7 +273,7 @@ def target_view(target: TargetGpu | None) -> Iterator[Seen]:
     with ExitStack() as stack:
         answers = _answers(seen)
         machine = {name: getattr(torch.cuda, name) for name in answers if hasattr(torch.cuda, name)}
-        stack.enter_context(_patched(torch.cuda, answers))
+        stack.enter_context(_patched(torch.cuda, _compiler_sees_machine(answers, machine)))
         compile_ = compile_patch(seen.compiled, torch.compile, lambda: _patched(torch.cuda, machine))
         stack.enter_context(_patched(torch, {"compile": compile_}))
         stack.enter_context(_patched(torch.nn.Module, {"compile": module_compile}))
