@@ -67,14 +67,21 @@ class CompileLog:
     def lines(self) -> tuple[str, ...]:
         if not self.compiled:
             return ()
-        plan = "inductor's buffer plan for the CPU, run on meta"
-        if self.cuda_target:
-            plan += " (its CUDA plan needs the device: the CUDA figure lies between the eager one and this)"
+        how = [text for backend, text in _HOW.items() if f" with {backend} (" in " ".join(self.compiled)]
+        if self.cuda_target and any(" with inductor (" in c for c in self.compiled):
+            how.append(_CUDA_RANGE)
         return (
             f"torch.compile: {'; '.join(self.compiled)}; {self.graphs} graph(s) compiled in "
-            f"{self.seconds:.1f} s, counted once; simulated as compiled (inductor: {plan}; aot_eager: "
-            "AOTAutograd's graphs op by op; eager: Dynamo's graphs op by op)",
+            f"{self.seconds:.1f} s, counted once; simulated as compiled: {'; '.join(how)}",
         )
+
+
+_CUDA_RANGE = "inductor's CUDA plan needs the device: the CUDA figure lies between the eager one and this"
+_HOW = {
+    "inductor": "inductor's buffer plan for the CPU, run on meta",
+    "aot_eager": "AOTAutograd's graphs op by op",
+    "eager": "Dynamo's graphs op by op",
+}
 
 
 def _mode_of(kwargs: dict[str, Any]) -> str:
@@ -143,11 +150,11 @@ def not_compiled(*functions: Callable[..., Any]) -> None:
 
 
 def _skip_memtrace_frames() -> None:
-    from torch._dynamo.eval_frame import set_code_exec_strategy
-    from torch._dynamo.types import FrameAction, FrameExecStrategy
+    from torch._dynamo import eval_frame, types
 
+    skip = types.FrameExecStrategy(types.FrameAction.SKIP, types.FrameAction.SKIP)  # type: ignore[attr-defined]
     for code in _NOT_COMPILED:
-        set_code_exec_strategy(code, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
+        eval_frame.set_code_exec_strategy(code, skip)  # type: ignore[attr-defined]
 
 
 def compile_whole(model: torch.nn.Module, options: CompileOptions) -> None:
@@ -190,7 +197,7 @@ def _eager(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
 def _aot_eager(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
     from torch._dynamo.backends.debugging import aot_eager
 
-    return aot_eager(gm, example_inputs)
+    return aot_eager(gm, list(example_inputs))
 
 
 def _cpu_fake(mode: Any, t: Any) -> Any:
@@ -283,7 +290,7 @@ def compiled_graphs_on_meta() -> Iterator[None]:
     real_call = CompiledFxGraph.__call__
     calls: dict[str, Callable[[list[Any]], Any]] = {}
 
-    def call(self: CompiledFxGraph, inputs: Sequence[Any]) -> Any:
+    def call(self: CompiledFxGraph, inputs: list[Any]) -> Any:
         if not any(isinstance(t, torch.Tensor) and t.is_meta for t in inputs):
             return real_call(self, inputs)
         source = self.source_code
