@@ -163,3 +163,22 @@ def test_cuda_graphs_and_autotuning_are_refused_in_one_line(
     code, out, err = cli(capsys, f"{models}:cnn", "--input", "2x3x16x16", "--compile-mode", "reduce-overhead")
     assert code == 2 and "CUDA graphs' private memory pool is not modelled" in out + err
     assert "Traceback" not in out + err
+
+
+def test_the_flags_and_what_they_imply(tmp_path: Path) -> None:
+    """--compile-mode and --compile-backend imply --compile; an unknown backend in user code is one line."""
+    from memtrace.tracer.meta.compiled import CompileOptions, compile_options
+
+    assert compile_options(False, None, None) is None
+    assert compile_options(True, None, None) == CompileOptions("inductor", "default")
+    assert compile_options(False, "reduce-overhead", None) == CompileOptions("inductor", "reduce-overhead")
+    assert compile_options(False, None, "aot_eager") == CompileOptions("aot_eager", "default")
+    req = request(f"{MODELS / 'conv_bn.py'}:build", ("2x3x16x16",), device="cpu", compile_backend="eager")
+    assert req.config.recipe.compile == CompileOptions("eager", "default")
+    assert "compiled (eager, mode default)" in req.config.recipe.text()
+    builder = tmp_path / "odd.py"
+    builder.write_text(
+        "import torch\ndef build():\n    return torch.compile(torch.nn.Linear(4, 4), backend='tvm')\n"
+    )
+    with pytest.raises(MemtraceError, match=r"torch.compile\(backend='tvm'\): memtrace simulates inductor"):
+        run(request(f"{builder}:build", ("2x4",), device="cpu"))
