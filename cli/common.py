@@ -196,6 +196,26 @@ def engine_options(fn: F) -> F:
             help="Micro-batches (the --input batch) accumulated per optimizer step.",
         ),
         click.option(
+            "--compile",
+            "compile_model",
+            is_flag=True,
+            default=False,
+            help="torch.compile the model, as the Hugging Face Trainer's torch_compile does; simulated as "
+            "inductor plans the compiled step's buffers.",
+        ),
+        click.option(
+            "--compile-mode",
+            type=click.Choice(["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]),
+            default=None,
+            help="torch.compile's mode (implies --compile).  [default: default]",
+        ),
+        click.option(
+            "--compile-backend",
+            type=click.Choice(["inductor", "aot_eager", "eager"]),
+            default=None,
+            help="torch.compile's backend (implies --compile).  [default: inductor]",
+        ),
+        click.option(
             "--repeat-layers",
             type=click.IntRange(min=0),
             default=0,

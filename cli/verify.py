@@ -57,6 +57,8 @@ def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: An
         checks = cuda_checks(result, measured.allocated_peak, measured.reserved_peak, measured.requested_peak)
     else:
         checks = cpu_checks(result, measured.peak)
+    compiled = any(n.startswith("torch.compile: ") for n in result.notes)
+    first_step = getattr(measured, "first_step_s", None) if compiled else None
     bad = failing(checks, tolerance)
     if as_json:
         data = {
@@ -64,11 +66,17 @@ def verify(tolerance: float, snapshot: Path | None, as_json: bool, **options: An
             "tolerance": tolerance,
             "checks": [c.to_json() for c in checks],
             "measured_assumptions": [f"{k}={v}" for k, v in replay],
+            **({"first_step_s": round(first_step, 3)} if first_step is not None else {}),
         }
         click.echo(json.dumps({**data, "ok": not bad}, indent=2))
     else:
         _print(result.device, checks, tolerance)
         _print_measured(replay)
+        if first_step is not None:
+            click.echo(
+                f"compiled: the real run's first step, compiling included, took {first_step:.1f} s; "
+                "the step measured is the one after it"
+            )
     if bad:
         sys.exit(1)
 

@@ -70,6 +70,7 @@ SERVE = (  # a small Llama serving: 16 new tokens on a 1 GB budget (docs/generat
 PICTURES = ("--plot", f"{OUT}/exports-plot.png", "--html", f"{OUT}/exports-plot.html")
 DIST = ("benchmarks/models/dist_models.py:lm", "--input", "4x64:int64", "--device", "cpu")
 T1 = (SEED, *HD, "--gpu", "rtx4070")
+CONV_BN = ("benchmarks/models/conv_bn.py:build", "--input", "8x3x64x64", "--device", "cpu")  # compile.md
 T2_GPU = ("--gpu", "rtx4070")
 PLOT_FIT = ("--plot", f"{OUT}/t2-fit.png")
 SWEEP_TAIL = ("--gpu", "rtx4060", "--gpu", "rtx4070", "--plot", f"{OUT}/t2-sweep.png")
@@ -130,6 +131,8 @@ JOBS: tuple[Job, ...] = (
     Job("step-own", (*SMALL, "--step", "benchmarks/models/seed_step.py:step")),
     Job("step-nanogpt", NANOGPT),
     Job("recipes-whatif", (SEED, "--input", "256x3x144x256", "--what-if")),
+    Job("compile-eager", (*CONV_BN, *outputs("compile-eager", plot=True))),
+    Job("compile-cnn", (*CONV_BN, "--compile", *outputs("compile-cnn", plot=True))),
     Job("verify-cpu", ("verify", *SMALL, "--device", "cpu")),
     Job("ddp", (*DIST, "--ddp", "2")),
     Job("fsdp-auto", (*DIST, "--fsdp", "2")),

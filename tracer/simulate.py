@@ -38,6 +38,7 @@ from .engine.loader import Built, build_on_meta, load_object, make_inputs, spec_
 from .engine.recipes import Recipe
 from .engine.trace import plan_for, step_function, trace_model
 from .meta.compat_bnb import moving_quantizes
+from .meta.compiled import compile_options
 from .meta.routing import staying_on
 from .meta.target_view import TargetGpu, target_gpu, target_view
 
@@ -203,6 +204,9 @@ def request(
     dtype: str | None = None,
     checkpoint: Iterable[str] = (),
     accumulate: int = 1,
+    compile_model: bool = False,
+    compile_mode: str | None = None,
+    compile_backend: str | None = None,
     loss: str | LossSpec | None = None,
     loss_class_dim: int | None = None,
     targets: Iterable[InputSpec | str] = (),
@@ -237,8 +241,10 @@ def request(
 
     `builder` is `"FILE.py:FUNC"`, a callable, or a real `nn.Module` (copied to meta, weights left out);
     `args` the builder's keyword arguments; `recipe` a whole Recipe, else one of `amp`, `dtype`,
-    `checkpoint` and `accumulate`; `parallel` a whole Parallel, else the `--ddp`/`--fsdp` flags' values."""
-    recipe = recipe or Recipe(amp, dtype, tuple(checkpoint), int(accumulate))
+    `checkpoint`, `accumulate` and the `compile_*` flags; `parallel` a whole Parallel, else the
+    `--ddp`/`--fsdp` flags' values."""
+    compiled = compile_options(compile_model, compile_mode, compile_backend)
+    recipe = recipe or Recipe(amp, dtype, tuple(checkpoint), int(accumulate), compiled)
     opt = parse_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     target_specs = tuple(_spec(t) for t in targets)
     loss_spec = loss if isinstance(loss, LossSpec) else None

@@ -123,8 +123,8 @@ def meta_sdpa(device: str, kernel: Callable[[SdpaCall], torch.Tensor]) -> Callab
             call = SdpaCall(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, original)
             # A torch-function mode (a --step's routing, the known values') hands the C function's call back
             # to this replacement, which the module now holds: the call being made is the original's.
-            if inside[0] or not simulated(query):  # meta, or fake under --ddp/--fsdp
-                return call.fallback()
+            if inside[0] or not simulated(query) or torch.compiler.is_compiling():
+                return call.fallback()  # real, or traced by Dynamo (the compiled graph holds the aten op)
             q, k, v, mask = policy_cast(device, "scaled_dot_product_attention", query, key, value, attn_mask)
             inside[0] = True
             try:

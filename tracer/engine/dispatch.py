@@ -38,6 +38,12 @@ class RecordingMode(TorchDispatchMode):
         through = self.resolver.passes_through if self.resolver is not None else lambda func: True
         self.cache = MetaCache(through, values.holds if values is not None else lambda storage: False)
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """Dynamo compiles under it (the mode is off while it traces) and the compiled code's ops come
+        here when it runs, as the ops between graph breaks do."""
+        return True
+
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if _wrapped(tuple(types)):
             return NotImplemented  # a wrapper (DTensor) runs its local ops, which come back here

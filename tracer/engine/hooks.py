@@ -18,6 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from ..core.records import LOSS, Category, Phase
 from ..meta.compat_bnb import held_tensors
+from ..meta.compiled import not_compiled
 from .dispatch import RecordingMode
 from .recorder import Recorder, claim
 
@@ -114,7 +115,7 @@ def _loss_named(rec: Recorder, fn: str, loss_modules: set[str]) -> Iterator[None
     @functools.wraps(original)
     def named(*args: Any, **kwargs: Any) -> Any:
         top = rec.module_stack[-1]
-        if top.startswith(LOSS) or top in loss_modules:
+        if torch.compiler.is_compiling() or top.startswith(LOSS) or top in loss_modules:
             return original(*args, **kwargs)
         with rec.in_module(f"{LOSS}:{fn}"):
             out = original(*args, **kwargs)
@@ -169,6 +170,8 @@ _KEPT = (Phase.RECOMPUTE, Phase.PREFILL, Phase.DECODE)  # phases a module's forw
 
 def _pre_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any) -> None:
+        if torch.compiler.is_compiling():
+            return  # Dynamo traces through it: a compiled region's modules leave no trace of their own
         rec.push_module(name)
         if rec.phase is not Phase.RECOMPUTE and in_engine():
             rec.sweep()
@@ -182,6 +185,8 @@ def _pre_hook(rec: Recorder, name: str) -> Any:
 
 def _post_hook(rec: Recorder, name: str) -> Any:
     def hook(module: nn.Module, args: Any, out: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
         if sys.exc_info()[1] is not None:
             rec.fail_in(name or type(module).__name__)
         rec.leave_module()
@@ -198,6 +203,8 @@ def _post_hook(rec: Recorder, name: str) -> Any:
 
 def _pack(rec: Recorder) -> Any:
     def pack(t: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return t
         rec.mark_tensor(t, Category.ACTIVATION)
         return t
 
@@ -206,3 +213,8 @@ def _pack(rec: Recorder) -> Any:
 
 def _unpack(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+# Called from a compiled region (its module's hooks, the tensors it saves), they run as Python, never compiled
+not_compiled(_pre_hook(Recorder.__new__(Recorder), ""), _post_hook(Recorder.__new__(Recorder), ""))
+not_compiled(_pack(Recorder.__new__(Recorder)), _unpack)

@@ -79,15 +79,19 @@ def _load_file(source: str) -> Any:
 
 
 def _exec_file(path: Path, source: str) -> Any:
-    name = "memtrace_user_" + path.stem
+    """The file as a module of its own name, one per version, in `sys.modules` (Dynamo, compiling its
+    code, looks its globals up there)."""
+    name = f"memtrace_user_{path.stem}_{len(_LOADED)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise MemtraceError(f"cannot import {source}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.resolve().parent))
     try:
+        sys.modules[name] = module
         spec.loader.exec_module(module)
     except Exception as exc:
+        sys.modules.pop(name, None)
         raise MemtraceError(f"importing {source} failed: {first_line(exc)}") from exc
     finally:
         sys.path.remove(str(path.resolve().parent))

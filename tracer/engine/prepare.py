@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from ..core.errors import MemtraceError, first_line
+from ..meta.compiled import uncompiled
 
 Snapshot = list[tuple[nn.Module, dict[str, Any]]]
 
@@ -32,8 +33,8 @@ def materialize(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
     saved = _snapshot(model)
     counted = _full_length_packs()
     try:
-        with _probing(model):
-            model(*args, **kwargs)
+        with _probing(model), uncompiled(model) as plain:
+            plain(*args, **kwargs)
     except Exception as exc:
         _restore(saved)
         if lazy:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..core.errors import MemtraceError
+from ..meta.compiled import CompileOptions, compile_whole
 from .batch import Batch
 from .program import ContextFactory
 
@@ -31,6 +32,7 @@ class Recipe:
     dtype: str | None = None
     checkpoint: tuple[str, ...] = ()
     accumulate: int = 1
+    compile: CompileOptions | None = None  # --compile, --compile-mode, --compile-backend
 
     def __post_init__(self) -> None:
         if self.amp is not None and self.amp not in AMP_DTYPES:
@@ -50,6 +52,8 @@ class Recipe:
             parts.append("checkpoint " + ",".join(self.checkpoint))
         if self.accumulate > 1:
             parts.append(f"accumulate {self.accumulate}")
+        if self.compile is not None:
+            parts.append(f"compiled ({self.compile.backend}, mode {self.compile.mode})")
         return "; ".join(parts) or "fp32"
 
 
@@ -121,7 +125,10 @@ def cast_inputs(batch: Batch, dtype: str | None) -> Batch:
 
 def apply_to_model(model: nn.Module, recipe: Recipe) -> list[str]:
     cast_parameters(model, recipe.dtype)
-    return wrap_checkpoint(model, recipe.checkpoint) if recipe.checkpoint else []
+    wrapped = wrap_checkpoint(model, recipe.checkpoint) if recipe.checkpoint else []
+    if recipe.compile is not None:  # as the Hugging Face Trainer's torch_compile: the whole model
+        compile_whole(model, recipe.compile)
+    return wrapped
 
 
 def real_autocast(device: str, amp: str | None) -> ContextFactory | None:

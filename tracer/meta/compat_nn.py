@@ -44,8 +44,8 @@ def _adds_bias_after_matmul(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
 
 def _plain_linear(device: str, original: Linear) -> Linear:
     def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if x.device.type != "meta" or not _adds_bias_after_matmul(x, bias):
-            return original(x, weight, bias)
+        if x.device.type != "meta" or torch.compiler.is_compiling() or not _adds_bias_after_matmul(x, bias):
+            return original(x, weight, bias)  # traced by Dynamo: the graph holds linear, as compiled
         from .autocast import _NO_AUTOCAST, policy_cast
 
         # autocast casts linear's arguments once, then the kernel runs below the autocast key

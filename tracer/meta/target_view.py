@@ -13,7 +13,7 @@ step's module, the builder and the step run, `torch.cuda`'s questions are answer
 - answered, with a note: `memory_allocated` and its siblings read 0 (memtrace's own figures are the answer),
   `empty_cache` releases nothing in the simulation;
 - refused in one line: a device property memtrace does not know for the target;
-- `torch.compile` returns what it was given, with a note: the eager step is what is simulated.
+- `torch.compile` (and `Module.compile()`) compiles with memtrace's backends (compiled.py), said in a note.
 
 `verify`'s real run and memtrace's own code outside these regions see the real machine.
 """
@@ -31,6 +31,7 @@ import torch
 from ..core.errors import MemtraceError
 from ..core.presets import PRESETS, normalise_gpu_name
 from ..core.records import GpuSpec
+from .compiled import CompileLog, compile_patch, compiled_graphs_on_meta, forget_compiled, module_compile
 
 DEFAULT_PRESET = "a100-80gb"  # with no --gpu: the architecture the report assumes (sm80)
 
@@ -75,6 +76,10 @@ class Seen:
     target: TargetGpu | None
     asked: dict[str, None] = field(default_factory=dict)
     notes: dict[str, None] = field(default_factory=dict)
+    compiled: CompileLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.compiled = CompileLog(cuda_target=self.target is not None)
 
     def ask(self, what: str) -> None:
         self.asked.setdefault(what, None)
@@ -85,14 +90,15 @@ class Seen:
     def lines(self) -> tuple[str, ...]:
         """The report's notes: what was answered for which GPU, then what could not be simulated."""
         if not self.asked:
-            return tuple(self.notes)
+            return (*self.notes, *self.compiled.lines())
         asked = ", ".join(self.asked)
         where = (
             f"for {self.target.label} (sm{self.target.major}{self.target.minor})"
             if self.target is not None
             else "as on a machine with no GPU (--device cpu)"
         )
-        return (f"your code asked torch.cuda ({asked}): answered {where}", *self.notes)
+        asked_line = f"your code asked torch.cuda ({asked}): answered {where}"
+        return (asked_line, *self.notes, *self.compiled.lines())
 
 
 class _Properties:
@@ -220,16 +226,25 @@ def _silenced(seen: Seen) -> dict[str, Callable[..., Any]]:
     }
 
 
-def _compile(seen: Seen) -> Callable[..., Any]:
-    def compile_(model: Any = None, *args: Any, **kwargs: Any) -> Any:
-        seen.note(
-            "torch.compile: the eager step was simulated (a compiled step's memory is not modelled yet)"
-        )
-        if model is None:  # @torch.compile(...) as a decorator with arguments
-            return lambda fn: fn
-        return model
+# torch.compile's own machinery: it compiles on this machine, whatever the target
+_COMPILER = ("torch._dynamo", "torch._inductor", "torch._functorch", "torch._subclasses", "torch.fx")
 
-    return compile_
+
+def _compiler_sees_machine(
+    answers: dict[str, Callable[..., Any]], machine: dict[str, Callable[..., Any]]
+) -> dict[str, Callable[..., Any]]:
+    def routed(name: str, answer: Callable[..., Any]) -> Callable[..., Any]:
+        real = machine.get(name)
+        if real is None:
+            return answer
+
+        def route(*args: Any, **kwargs: Any) -> Any:
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            return real(*args, **kwargs) if caller.startswith(_COMPILER) else answer(*args, **kwargs)
+
+        return route
+
+    return {name: routed(name, answer) for name, answer in answers.items()}
 
 
 @contextmanager
@@ -256,8 +271,14 @@ def target_view(target: TargetGpu | None) -> Iterator[Seen]:
         return
     seen = Seen(target)
     with ExitStack() as stack:
-        stack.enter_context(_patched(torch.cuda, _answers(seen)))
-        stack.enter_context(_patched(torch, {"compile": _compile(seen)}))
+        answers = _answers(seen)
+        machine = {name: getattr(torch.cuda, name) for name in answers if hasattr(torch.cuda, name)}
+        stack.enter_context(_patched(torch.cuda, _compiler_sees_machine(answers, machine)))
+        compile_ = compile_patch(seen.compiled, torch.compile, lambda: _patched(torch.cuda, machine))
+        stack.enter_context(_patched(torch, {"compile": compile_}))
+        stack.enter_context(_patched(torch.nn.Module, {"compile": module_compile}))
+        stack.enter_context(compiled_graphs_on_meta())
+        stack.callback(forget_compiled, seen.compiled)
         _ACTIVE.append(seen)
         stack.callback(_ACTIVE.pop)
         yield seen

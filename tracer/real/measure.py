@@ -9,6 +9,7 @@ a reset, optionally with a memory snapshot recorded.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ class Measured:
     rise: int
     allocations: tuple[tuple[int, str], ...]  # (signed size, op) in time order
     assumptions: tuple[tuple[str, str], ...] = ()  # the step's data-dependent counts, as --assume pairs
+    first_step_s: float = 0.0  # the warm-up step's wall time: a compiled step's compiling is in it
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,9 @@ def measure_cpu(model: nn.Module, batch: Batch, config: Config) -> Measured:
     opt = _prepared(model, batch, config, "cpu")
     plan = real_plan(config, "cpu")
     with routed_if(config.step is not None, "cpu", "cpu"):
+        began = time.perf_counter()
         run_program(model, batch, opt, plan, NullObserver(), iterations=1)
+        first_step_s = time.perf_counter() - began
         start = live_bytes(model, batch, opt)
         if plan.scaler is not None:
             scaler = plan.scaler
@@ -168,7 +172,8 @@ def measure_cpu(model: nn.Module, batch: Batch, config: Config) -> Measured:
             run_program(model, batch, opt, plan, NullObserver(), iterations=1, first=1)
     events = allocation_events(p)
     rise = largest_rise(size for _, size, _ in events)
-    return Measured(start + rise, start, rise, tuple((s, op) for _, s, op in events))
+    allocations = tuple((s, op) for _, s, op in events)
+    return Measured(start + rise, start, rise, allocations, first_step_s=first_step_s)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,184 @@
+"""Compiled steps (issue 23, tracer/meta/compiled.py): `torch.compile` in the builder, in the step, as a
+decorator, `Module.compile()`, `--compile`; inductor's CPU buffer plan run on meta, held against the same step
+compiled for real with inductor's C++ backend under the CPU allocator. Compiling costs seconds to a minute a
+case on 2 cores: the cases are small, share one inductor cache (TORCHINDUCTOR_CACHE_DIR, set before torch
+compiles anything), and are marked slow."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_cli import run as cli
+
+from memtrace.tracer.core.errors import MemtraceError
+from memtrace.tracer.real.measure import Measured, measure_request
+from memtrace.tracer.simulate import request, run
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="memtrace-inductor-"))
+
+MODELS = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
+SMALL_GPT = {"layers": 2, "hidden": 128, "heads": 4, "vocab": 1000, "block_size": 128}
+
+CODE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def mlp(compiled=True):
+        model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.GELU(),
+                              nn.Linear(1024, 10))
+        return torch.compile(model) if compiled else model
+
+    def cnn():
+        return nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+    class Broken(nn.Module):
+        '''Two compiled pieces around a graph break, eager code between them.'''
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Linear(128, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU())
+            self.b = nn.Sequential(nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 10))
+        def forward(self, x):
+            h = self.a(x)
+            torch._dynamo.graph_break()
+            h = torch.tanh(h) * 2
+            return self.b(h)
+
+    def broken():
+        return torch.compile(Broken())
+
+    def plain():
+        return cnn()
+
+    @torch.compile
+    def loss_of(out):
+        return torch.nn.functional.log_softmax(out, dim=-1).mean().neg()
+
+    def step_compiles_inside(model, batch, optimizer):
+        '''The user's step compiles the model itself, and its loss is a compiled function.'''
+        compiled = torch.compile(model)
+        (x,) = batch
+        loss_of(compiled(x)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("compiled") / "compiled_models.py"
+    path.write_text(CODE)
+    return path
+
+
+def _held(req: Any) -> tuple[int, int, tuple[str, ...]]:
+    result = run(req)
+    measured = measure_request(req)
+    assert isinstance(measured, Measured)
+    return result.peak_bytes, measured.peak, result.notes
+
+
+def _compiled_note(notes: tuple[str, ...]) -> str:
+    found = [n for n in notes if n.startswith("torch.compile: ")]
+    assert len(found) == 1, notes
+    return found[0]
+
+
+@pytest.mark.slow
+def test_a_compiled_cnn_with_batch_norm_against_the_cpu_allocator(models: Path) -> None:
+    """--compile (the whole model, as the Trainer's torch_compile): inductor fuses batch norm and ReLU, and
+    the compiled step peaks far below the eager one; the simulation holds it to 1%."""
+    compiled = request(f"{models}:cnn", ("8x3x64x64",), device="cpu", compile_model=True)
+    sim, real, notes = _held(compiled)
+    assert sim == pytest.approx(real, rel=0.01)
+    eager = run(request(f"{models}:cnn", ("8x3x64x64",), device="cpu"))
+    assert real < 0.9 * eager.peak_bytes  # compiling changed the figure: the eager one would be wrong
+    assert "Sequential with inductor (mode default)" in _compiled_note(notes)
+
+
+@pytest.mark.slow
+def test_a_compiled_nanogpt_with_its_own_cross_entropy(models: Path) -> None:
+    req = request(
+        f"{MODELS / 'nanogpt.py'}:build",
+        ("4x64:int64", "4x64:int64"),
+        args=SMALL_GPT,
+        optimizer="adamw",
+        device="cpu",
+        compile_model=True,
+    )
+    sim, real, notes = _held(req)
+    assert sim == pytest.approx(real, rel=0.01)
+    assert "GPT with inductor" in _compiled_note(notes)
+
+
+@pytest.mark.slow
+def test_a_builder_returning_a_compiled_mlp_for_training_and_inference(models: Path) -> None:
+    for mode in ("train", "infer"):
+        sim, real, notes = _held(request(f"{models}:mlp", ("64x256",), device="cpu", mode=mode))
+        assert sim == pytest.approx(real, rel=0.01), mode
+        assert "1 graph(s) compiled" in _compiled_note(notes)
+
+
+@pytest.mark.slow
+def test_a_graph_break_compiles_two_pieces_with_eager_code_between(models: Path) -> None:
+    sim, real, notes = _held(request(f"{models}:broken", ("32x128",), device="cpu"))
+    assert sim == pytest.approx(real, rel=0.01)
+    assert "2 graph(s) compiled" in _compiled_note(notes)
+
+
+@pytest.mark.slow
+def test_a_step_that_compiles_inside(models: Path) -> None:
+    req = request(f"{models}:plain", ("8x3x32x32",), device="cpu", step=f"{models}:step_compiles_inside")
+    sim, real, notes = _held(req)
+    assert sim == pytest.approx(real, rel=0.01)
+    note = _compiled_note(notes)
+    assert "Sequential with inductor" in note and "loss_of() with inductor" in note
+
+
+@pytest.mark.slow
+def test_aot_eager_and_eager_backends(models: Path) -> None:
+    for backend in ("aot_eager", "eager"):
+        req = request(f"{models}:cnn", ("4x3x32x32",), device="cpu", compile_backend=backend)
+        sim, real, notes = _held(req)
+        assert sim == pytest.approx(real, rel=0.01), backend
+        assert f"with {backend} (mode default)" in _compiled_note(notes)
+
+
+def test_cuda_graphs_and_autotuning_are_refused_in_one_line(
+    models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(MemtraceError, match="reduce-overhead on cuda: CUDA graphs' private memory pool"):
+        run(request(f"{models}:cnn", ("2x3x16x16",), device="cuda", compile_mode="reduce-overhead"))
+    with pytest.raises(MemtraceError, match="max-autotune: not simulated"):
+        run(request(f"{models}:cnn", ("2x3x16x16",), device="cpu", compile_mode="max-autotune"))
+    code, out, err = cli(capsys, f"{models}:cnn", "--input", "2x3x16x16", "--compile-mode", "reduce-overhead")
+    assert code == 2 and "CUDA graphs' private memory pool is not modelled" in out + err
+    assert "Traceback" not in out + err
+
+
+def test_the_flags_and_what_they_imply(tmp_path: Path) -> None:
+    """--compile-mode and --compile-backend imply --compile; an unknown backend in user code is one line."""
+    from memtrace.tracer.meta.compiled import CompileOptions, compile_options
+
+    assert compile_options(False, None, None) is None
+    assert compile_options(True, None, None) == CompileOptions("inductor", "default")
+    assert compile_options(False, "reduce-overhead", None) == CompileOptions("inductor", "reduce-overhead")
+    assert compile_options(False, None, "aot_eager") == CompileOptions("aot_eager", "default")
+    req = request(f"{MODELS / 'conv_bn.py'}:build", ("2x3x16x16",), device="cpu", compile_backend="eager")
+    assert req.config.recipe.compile == CompileOptions("eager", "default")
+    assert "compiled (eager, mode default)" in req.config.recipe.text()
+    builder = tmp_path / "odd.py"
+    builder.write_text(
+        "import torch\ndef build():\n    return torch.compile(torch.nn.Linear(4, 4), backend='tvm')\n"
+    )
+    with pytest.raises(MemtraceError, match=r"torch.compile\(backend='tvm'\): memtrace simulates inductor"):
+        run(request(f"{builder}:build", ("2x4",), device="cpu"))

@@ -1,0 +1,324 @@
+"""Compiled steps on meta: what a `torch.compile`d module or function allocates, as inductor plans it.
+
+Dynamo traces the user's code on the meta tensors memtrace runs it with, AOTAutograd splits each graph into
+forward and backward with inductor's min-cut partitioner (what it saves is what the backward gets), and
+inductor lowers, fuses and plans the buffers for the CPU: its Python wrapper code (`empty_strided_cpu`,
+`del buf`, `buf3 = buf1; del buf1  # reuse`, extern kernels such as `addmm(..., out=buf)`) is generated
+without compiling a line of C++ (the C++ kernels become no-ops), then run on meta tensors. Every buffer the
+wrapper allocates, keeps, reuses or frees reaches memtrace's dispatch-level recorder as it would the CPU
+allocator; code between graph breaks runs eagerly, as without compiling.
+
+- backends: `inductor` (planned as above), `aot_eager` (AOTAutograd's graphs run op by op), `eager`
+  (Dynamo's graph op by op); each compile is said in the report, with its mode and how long it took;
+- CUDA graphs (`reduce-overhead`, `max-autotune`) on a CUDA target are refused in one line, and so are the
+  max-autotune modes, whose choices are made by timing kernels on the device;
+- on a CUDA target the plan is inductor's CPU plan (its CUDA plan needs Triton and the device): the report
+  says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
+
+import torch
+
+from ..core.errors import MemtraceError
+
+BACKENDS = ("inductor", "aot_eager", "eager")
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """`--compile`, `--compile-mode`, `--compile-backend`: how the step's model is compiled."""
+
+    backend: str = "inductor"
+    mode: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise MemtraceError(f"--compile-backend {self.backend}: expected one of {', '.join(BACKENDS)}")
+        if self.mode not in MODES:
+            raise MemtraceError(f"--compile-mode {self.mode}: expected one of {', '.join(MODES)}")
+
+
+def compile_options(compile_model: bool, mode: str | None, backend: str | None) -> CompileOptions | None:
+    """`--compile`; `--compile-mode` or `--compile-backend` alone imply it."""
+    if not compile_model and mode is None and backend is None:
+        return None
+    return CompileOptions(backend or "inductor", mode or "default")
+
+
+@dataclass
+class CompileLog:
+    """What was compiled while the step ran, for the report."""
+
+    cuda_target: bool
+    compiled: dict[str, None] = field(default_factory=dict)  # what, backend and mode, once each
+    graphs: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> tuple[str, ...]:
+        if not self.compiled:
+            return ()
+        how = [text for backend, text in _HOW.items() if f" with {backend} (" in " ".join(self.compiled)]
+        if self.cuda_target and any(" with inductor (" in c for c in self.compiled):
+            how.append(_CUDA_RANGE)
+        return (
+            f"torch.compile: {'; '.join(self.compiled)}; {self.graphs} graph(s) compiled in "
+            f"{self.seconds:.1f} s, counted once; simulated as compiled: {'; '.join(how)}",
+        )
+
+
+_CUDA_RANGE = "inductor's CUDA plan needs the device: the CUDA figure lies between the eager one and this"
+_HOW = {
+    "inductor": "inductor's buffer plan for the CPU, run on meta",
+    "aot_eager": "AOTAutograd's graphs op by op",
+    "eager": "Dynamo's graphs op by op",
+}
+
+
+def _mode_of(kwargs: dict[str, Any]) -> str:
+    mode = kwargs.get("mode") or "default"
+    if mode not in MODES:
+        raise MemtraceError(f"torch.compile(mode={mode!r}): expected one of {', '.join(MODES)}")
+    return str(mode)
+
+
+def _refuse_mode(mode: str, cuda_target: bool) -> None:
+    if mode.startswith("max-autotune"):
+        raise MemtraceError(
+            f"torch.compile mode {mode}: not simulated (inductor picks its kernels by timing them on the "
+            "device); use mode default"
+        )
+    if mode == "reduce-overhead" and cuda_target:
+        raise MemtraceError(
+            "torch.compile mode reduce-overhead on cuda: CUDA graphs' private memory pool is not modelled; "
+            "use mode default"
+        )
+
+
+def _backend_of(kwargs: dict[str, Any]) -> str:
+    backend = kwargs.get("backend", "inductor")
+    if backend not in BACKENDS:
+        raise MemtraceError(f"torch.compile(backend={backend!r}): memtrace simulates {', '.join(BACKENDS)}")
+    return str(backend)
+
+
+def _name(target: Any) -> str:
+    target = getattr(target, "__wrapped__", target)
+    owner = getattr(target, "__self__", None)  # Module.compile() compiles its bound `_call_impl`
+    if isinstance(owner, torch.nn.Module):
+        target = owner
+    if isinstance(target, torch.nn.Module):
+        return type(target).__name__
+    return f"{getattr(target, '__qualname__', type(target).__name__)}()"
+
+
+def compile_patch(
+    log: CompileLog, real_compile: Callable[..., Any], machine: Callable[[], AbstractContextManager[None]]
+) -> Callable[..., Any]:
+    """`torch.compile` as user code sees it under memtrace: the real Dynamo, memtrace's backends, which see
+    this machine's `torch.cuda` (`machine()`), not the target's."""
+
+    def compile_(model: Any = None, **kwargs: Any) -> Any:
+        if model is None:  # @torch.compile(...) as a decorator with arguments
+            return lambda fn: compile_(fn, **kwargs)
+        backend, mode = _backend_of(kwargs), _mode_of(kwargs)
+        _refuse_mode(mode, log.cuda_target)
+        log.compiled.setdefault(f"{_name(model)} with {backend} (mode {mode})", None)
+        rest = {k: v for k, v in kwargs.items() if k in ("fullgraph", "dynamic")}
+        _skip_memtrace_frames()
+        return real_compile(model, backend=_timed(log, _BACKEND[backend], machine), **rest)
+
+    return compile_
+
+
+_NOT_COMPILED: list[Any] = []  # code objects of memtrace's hooks
+
+
+def not_compiled(*functions: Callable[..., Any]) -> None:
+    """Functions of memtrace's that a compiled region calls back (module hooks, saved-tensor hooks): Dynamo
+    runs them, and what they call, as plain Python; traced inline, they check `is_compiling()`."""
+    _NOT_COMPILED.extend(f.__code__ for f in functions)
+
+
+def _skip_memtrace_frames() -> None:
+    from torch._dynamo import eval_frame, types
+
+    skip = types.FrameExecStrategy(types.FrameAction.SKIP, types.FrameAction.SKIP)  # type: ignore[attr-defined]
+    for code in _NOT_COMPILED:
+        eval_frame.set_code_exec_strategy(code, skip)  # type: ignore[attr-defined]
+
+
+def compile_whole(model: torch.nn.Module, options: CompileOptions) -> None:
+    """`--compile`: the whole model compiled, as the Trainer's `torch_compile` (accelerate's
+    `torch.compile(model)`) does; Dynamo starts at the model's call, its own hooks left outside."""
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def whole(*args: Any, **kwargs: Any) -> Any:
+        return forward(*args, **kwargs)
+
+    model.forward = torch.compile(whole, backend=options.backend, mode=options.mode)  # type: ignore[method-assign]
+
+
+def module_compile(self: torch.nn.Module, **kwargs: Any) -> None:
+    """`Module.compile()` under memtrace compiles the module's forward: its own hooks, which are memtrace's,
+    run outside the compiled region (as an `OptimizedModule`'s do)."""
+    self.forward = torch.compile(self.forward, **kwargs)  # type: ignore[method-assign]
+
+
+def _timed(
+    log: CompileLog, backend: Callable[..., Any], machine: Callable[[], AbstractContextManager[None]]
+) -> Callable[..., Any]:
+    def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            with machine():
+                return backend(gm, example_inputs)
+        finally:
+            log.graphs += 1
+            log.seconds += time.perf_counter() - start
+
+    return compile_graph
+
+
+def _eager(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
+    return gm.forward
+
+
+def _aot_eager(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
+    from torch._dynamo.backends.debugging import aot_eager
+
+    return aot_eager(gm, list(example_inputs))
+
+
+def _cpu_fake(mode: Any, t: Any) -> Any:
+    """A fake CPU tensor of `t`'s shape, strides and dtype: what inductor plans the CPU's buffers for."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if not isinstance(t, torch.Tensor):
+        return t
+    meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+    return FakeTensor(mode, meta, torch.device("cpu")).requires_grad_(t.requires_grad)
+
+
+def _on_cpu(gm: torch.fx.GraphModule) -> None:
+    """Factory calls in the graph that name the meta device name the CPU instead."""
+    for node in gm.graph.nodes:
+        if node.kwargs.get("device") == torch.device("meta"):
+            node.update_kwarg("device", torch.device("cpu"))
+    gm.recompile()
+
+
+def _no_kernel(*args: Any, **kwargs: Any) -> Callable[..., None]:
+    def kernel(*a: Any) -> None:
+        return None
+
+    return kernel
+
+
+@contextmanager
+def _kernels_not_built() -> Iterator[None]:
+    """Inductor writes its C++ kernels but nothing compiles them; the modules loaded meanwhile (with
+    no-op kernels) leave the code cache, so a real compile of the same code builds its own."""
+    from torch._inductor.async_compile import AsyncCompile
+    from torch._inductor.codecache import PyCodeCache
+
+    modules, no_attr = list(PyCodeCache.modules), dict(PyCodeCache.modules_no_attr)
+    try:
+        with mock.patch.object(AsyncCompile, "cpp_pybinding", _no_kernel):
+            yield
+    finally:
+        PyCodeCache.modules[:] = modules
+        PyCodeCache.modules_no_attr.clear()
+        PyCodeCache.modules_no_attr.update(no_attr)
+
+
+def _inductor(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
+    from torch._inductor.compile_fx import compile_fx
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fake_mode = FakeTensorMode()
+    _on_cpu(gm)
+    fakes = [_cpu_fake(fake_mode, t) for t in example_inputs]
+    with _kernels_not_built(), fake_mode:
+        return compile_fx(gm, fakes)
+
+
+_BACKEND: dict[str, Callable[..., Any]] = {"inductor": _inductor, "aot_eager": _aot_eager, "eager": _eager}
+
+
+def _meta_shims(source: str) -> Callable[[list[Any]], Any]:
+    """Inductor's wrapper code with its buffers on meta and its C++ kernels as no-ops."""
+    namespace: dict[str, Any] = {}
+    with _kernels_not_built():
+        exec(compile(source, "<inductor wrapper>", "exec"), namespace)  # inductor's own code
+    namespace["empty_strided_cpu"] = _empty_meta
+    namespace["reinterpret_tensor"] = _reinterpret
+    # meta kernels may lay an extern kernel's output out otherwise than the CPU's (a convolution's channels
+    # last): the bytes are the same, the layout checks are left out
+    namespace["assert_size_stride"] = namespace["assert_alignment"] = _unchecked
+    call: Callable[[list[Any]], Any] = namespace["call"]
+    return call
+
+
+def _empty_meta(size: Sequence[int], stride: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty_strided(size, stride, dtype=dtype, device="meta")
+
+
+def _unchecked(*args: Any) -> None:
+    return None
+
+
+def _reinterpret(t: torch.Tensor, size: Sequence[int], stride: Sequence[int], offset: int) -> torch.Tensor:
+    return t.as_strided(size, stride, t.storage_offset() + offset)
+
+
+@contextmanager
+def compiled_graphs_on_meta() -> Iterator[None]:
+    """Inductor's compiled graphs, called with meta tensors, run their wrapper code on meta."""
+    from torch._inductor.output_code import CompiledFxGraph
+
+    real_call = CompiledFxGraph.__call__
+    calls: dict[str, Callable[[list[Any]], Any]] = {}
+
+    def call(self: CompiledFxGraph, inputs: list[Any]) -> Any:
+        if not any(isinstance(t, torch.Tensor) and t.is_meta for t in inputs):
+            return real_call(self, inputs)
+        source = self.source_code
+        if source not in calls:
+            calls[source] = _meta_shims(source)
+        return calls[source](inputs)  # the wrapper clears the list: inputs die as in the real call
+
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.object(CompiledFxGraph, "__call__", call))
+        yield
+
+
+def forget_compiled(log: CompileLog) -> None:
+    """Dynamo's caches hold the meta model's graphs: a later simulation (or a real run) compiles afresh."""
+    if log.compiled:
+        torch._dynamo.reset()
+
+
+@contextmanager
+def uncompiled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model as written, for a probe under a dispatch mode: Dynamo would skip the compiled frames there
+    and remember them as skipped."""
+    inner = getattr(model, "_orig_mod", model) if type(model).__name__ == "OptimizedModule" else model
+    held = [(m, m._compiled_call_impl) for m in inner.modules() if m._compiled_call_impl is not None]
+    for m, _ in held:
+        m._compiled_call_impl = None
+    try:
+        yield inner
+    finally:
+        for m, compiled in held:
+            m._compiled_call_impl = compiled
