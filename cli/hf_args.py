@@ -14,6 +14,11 @@ from memtrace.tracer.core.errors import MemtraceError
 from memtrace.tracer.core.hf_args import HfArgs, hf_args, read_file
 
 FLAGS = {name: f"--{name}" for name in ("amp", "accumulate", "checkpoint", "optimizer")}
+FLAGS |= {
+    "compile_model": "--compile",
+    "compile_mode": "--compile-mode",
+    "compile_backend": "--compile-backend",
+}
 _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
@@ -32,7 +37,7 @@ def apply_hf_args(path: Path, options: dict[str, Any]) -> dict[str, Any]:
             )
         merged[name] = value
     merged["inputs"] = _inputs(asked, tuple(merged.get("inputs") or ()), path)
-    shown = [f"{FLAGS[n]} {_text(merged[n])}" for n in asked.flags] + [
+    shown = [FLAGS[n] if n == "compile_model" else f"{FLAGS[n]} {_text(merged[n])}" for n in asked.flags] + [
         f"--input {i.text()}" for i in merged["inputs"]
     ]
     click.echo(f"memtrace: --hf-args {path}: {' '.join(shown)}", err=True)

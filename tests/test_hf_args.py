@@ -55,11 +55,20 @@ def test_the_keys_as_flags() -> None:
     assert (trainer.batch, trainer.sequence, trainer.flags["optimizer"]) == (8, 128, "hf:adamw_torch_fused")
 
 
+def test_torch_compile_keys_are_the_compile_flags() -> None:
+    assert hf_args({"torch_compile": True}, "a.json").flags["compile_model"] is True
+    mode = hf_args({"torch_compile_mode": "max-autotune"}, "a.json").flags  # a mode turns compiling on
+    assert (mode["compile_model"], mode["compile_mode"]) == (True, "max-autotune")
+    backend = hf_args({"torch_compile_backend": "aot_eager"}, "a.json").flags
+    assert (backend["compile_model"], backend["compile_backend"]) == (True, "aot_eager")
+    assert "compile_model" not in hf_args({"torch_compile": False}, "a.json").flags
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"torch_compile": True}, "torch_compile is not simulated"),
-        ({"torch_compile_mode": "max-autotune"}, "torch_compile is not simulated"),
+        ({"torch_compile_mode": "fastest"}, "torch_compile_mode='fastest' is not one of"),
+        ({"torch_compile_backend": "tvm"}, "torch_compile_backend='tvm' is not one of"),
         ({"bf16": True, "fp16": True}, "both true"),
         ({"optim": "adamw_tensorflow"}, "unknown optim 'adamw_tensorflow'"),
         ({"per_device_train_batch_size": 0}, "positive integer"),

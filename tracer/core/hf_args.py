@@ -9,11 +9,12 @@ memtrace flags that simulate the same step. Pure: no torch; the CLI merges the f
 | `bf16` / `fp16` | `--amp bf16` / `--amp fp16` (autocast over the model's own parameters) |
 | `gradient_checkpointing` | `--checkpoint auto` (each decoder layer, as `gradient_checkpointing_enable`) |
 | `optim` (the Trainer's default `adamw_torch_fused`) | `--optimizer hf:NAME` |
+| `torch_compile` | `--compile` (the Trainer's `torch.compile(model)`) |
+| `torch_compile_mode`, `torch_compile_backend` | `--compile-mode`, `--compile-backend` (each implies it) |
 
 Without `--input` the batch is `input_ids=BxS:int64` and `labels=BxS:int64` (the Trainer's causal-LM
-batch: the model computes its own loss). `torch_compile`/`torch_compile_mode` are refused: memtrace simulates
-the eager step. Keys that change no memory (the learning rate, logging, saving) are read and dropped; any
-other key is listed as not read.
+batch: the model computes its own loss). Keys that change no memory (the learning rate, logging, saving)
+are read and dropped; any other key is listed as not read.
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ READ = frozenset(
         "optim",
         "torch_compile",
         "torch_compile_mode",
+        "torch_compile_backend",
     )
 )
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 @dataclass(frozen=True)
@@ -113,11 +117,7 @@ def read_file(path: Path) -> dict[str, Any]:
 def hf_args(data: dict[str, Any], where: str) -> HfArgs:
     """The flags `data` asks for; `where` names the file in errors."""
     out = HfArgs(unread=tuple(sorted(k for k in data if k not in READ and k not in NO_MEMORY)))
-    if data.get("torch_compile") or data.get("torch_compile_mode"):
-        raise MemtraceError(
-            f"--hf-args {where}: torch_compile is not simulated yet (memtrace simulates the eager step): "
-            "remove it to simulate the step without compilation"
-        )
+    _compile(out, data, where)
     if data.get("bf16") and data.get("fp16"):
         raise MemtraceError(f"--hf-args {where}: bf16 and fp16 are both true: give one")
     for key in ("bf16", "fp16"):
@@ -139,6 +139,27 @@ def hf_args(data: dict[str, Any], where: str) -> HfArgs:
     if len(given) > 1:
         raise MemtraceError(f"--hf-args {where}: max_length and max_seq_length differ: give one")
     return HfArgs(out.flags, out.asked_by, batch or TRAINER_BATCH, given.pop() if given else None, out.unread)
+
+
+def _compile(out: HfArgs, data: dict[str, Any], where: str) -> None:
+    """`torch_compile`; its mode and backend turn it on, as `TrainingArguments.__post_init__` does."""
+    for key, flag, known in (
+        ("torch_compile_mode", "compile_mode", COMPILE_MODES),
+        ("torch_compile_backend", "compile_backend", COMPILE_BACKENDS),
+    ):
+        value = data.get(key)
+        if value is None:
+            continue
+        if value not in known:
+            raise MemtraceError(f"--hf-args {where}: {key}={value!r} is not one of {', '.join(known)}")
+        _ask(out, flag, value, f"{key}={value}")
+    if data.get("torch_compile") or "compile_mode" in out.flags or "compile_backend" in out.flags:
+        _ask(
+            out,
+            "compile_model",
+            True,
+            "torch_compile=true" if data.get("torch_compile") else "torch_compile_*",
+        )
 
 
 def _ask(out: HfArgs, flag: str, value: Any, asked_by: str) -> None:
