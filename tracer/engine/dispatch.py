@@ -38,6 +38,12 @@ class RecordingMode(TorchDispatchMode):
         through = self.resolver.passes_through if self.resolver is not None else lambda func: True
         self.cache = MetaCache(through, values.holds if values is not None else lambda storage: False)
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No `torch._disable_dynamo` wrapper around each dispatch (a step's ~56k ops pay for it): nothing
+        compiles under the simulation's mode."""
+        return False
+
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if _wrapped(tuple(types)):
             return NotImplemented  # a wrapper (DTensor) runs its local ops, which come back here
