@@ -102,7 +102,7 @@ def _compose(
     last = config.iterations - 1
     requested, placed, stats = trace, None, None
     if config.device == "cuda":
-        placed = place(trace, allocator_config(config.alloc_conf))
+        placed = place(trace, config.allocator or allocator_config(config.alloc_conf))
         trace, stats = placed.trace, placed.stats
     peak = analysis.step_peak(trace, last)
     first = analysis.step_peak(trace, 0).bytes
