@@ -22,10 +22,11 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._pytree import tree_leaves
 
 from ..core.records import Category, Event, Kind, Phase, StorageInfo, Trace
+from ..core.registry import WorkspaceRule
 from ..meta.tensors import simulated
 from .batch import Batch, floating_leaves
 from .device_model import DeviceModel
-from .flops import count_flops, op_name
+from .flops import count_flops, has_flops, op_name
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Recorder:
     def __init__(self, device: DeviceModel) -> None:
         self.device = device
         self.cuda = device.name == "cuda"
+        self._ops: dict[int, tuple[Any, str, bool, WorkspaceRule | None]] = {}  # by id: op, name, FLOPs, rule
         self.events: list[Event] = []
         self.meta: dict[int, _Meta] = {}
         self.live: dict[int, _Live] = {}  # keyed by the StorageImpl address while alive
@@ -350,14 +352,17 @@ class Recorder:
 
     # --- the op ---------------------------------------------------------------------------------
     def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
-        name = op_name(func)
-        flops = count_flops(func, args, kwargs, out)
+        facts = self._ops.get(id(func))
+        if facts is None:  # by id, once per op: an OpOverload hashes in Python
+            facts = self._ops[id(func)] = (func, op_name(func), has_flops(func), self.device.rule(func))
+        _, name, counts, rule = facts
+        flops = count_flops(func, args, kwargs, out) if counts else 0
         if flops:
             key = (self.iteration, self.current_module())
             self.module_flops[key] = self.module_flops.get(key, 0) + flops
         if self.phase is Phase.BACKWARD and self._accumulates_in_place(func, args, kwargs, out):
             return
-        work = self.device.workspace(func, args, kwargs, out)
+        work = rule(args, kwargs or {}, out) if rule is not None else None
         if work is None:
             self._track_outputs(out, name, None)
             return
