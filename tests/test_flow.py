@@ -74,6 +74,24 @@ def test_request_refuses_in_one_line() -> None:
         request(SEED, INPUT, device="cpu", alloc_conf="expandable_segments:True")
 
 
+def test_allocator_settings_are_parsed_once_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Config parses --alloc-conf when it is made (a bad one fails before any simulation) and keeps it:
+    the Configs `replace` makes and the placement use that parse, not their own."""
+    texts: list[str] = []
+    parse = AllocatorConfig.parse.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[AllocatorConfig], text: str) -> AllocatorConfig:
+        texts.append(text)
+        return parse(cls, text)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(AllocatorConfig, "parse", classmethod(counted))
+    conf = "max_split_size_mb:4242,roundup_power2_divisions:4"  # no other test parses this text
+    ran = run_recorded(request(SEED, INPUT, gpu="rtx4070", alloc_conf=conf))
+    assert texts == [conf]
+    assert ran.placed is not None and ran.placed.config == AllocatorConfig.parse(conf)
+    assert ran.placed.config.max_split_size == 4242 * 1024 * 1024
+
+
 @pytest.mark.parametrize("conf", [None, "expandable_segments:True", "max_split_size_mb:20"])
 def test_one_placement_is_place_and_serve(ran_cuda: object, conf: str | None) -> None:
     """The one replay gives what `placement.place` and `served.serve` give, request for request."""

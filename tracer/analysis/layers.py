@@ -48,36 +48,44 @@ def module_rows(
     step = storages_in(trace, iteration)
     rows[LOSS] = _empty(ModuleFacts(LOSS, loss_type(trace.storages[s] for s in step), 0))
     at_peak = live_at_peak(trace, peak)
+    sums: dict[str, dict[str, int]] = {}  # per row, the bytes and FLOPs to add: one replace per row
     for sid in step:
         info = trace.storages[sid]
         key = INPUTS if info.category is Category.INPUT else owner(info)
         key = key if key in rows else ""
-        row = rows[key]
-        add = {
-            Category.PARAMETER: "parameter_bytes",
-            Category.BUFFER: "parameter_bytes",
-            Category.GRADIENT: "gradient_bytes",
-            Category.OPTIMIZER_STATE: "optimizer_bytes",
-        }.get(info.category)
+        adds = sums.setdefault(key, {})
+        add = _BYTES.get(info.category)
+        forward = info.phase in (Phase.FORWARD, Phase.RECOMPUTE)
+        if add is None and info.category is Category.ACTIVATION and forward:
+            add = "activation_bytes"
         if add is not None:
-            row = replace(row, **{add: getattr(row, add) + info.nbytes})
-        elif info.category is Category.ACTIVATION and info.phase in (Phase.FORWARD, Phase.RECOMPUTE):
-            row = replace(row, activation_bytes=row.activation_bytes + info.nbytes)
+            adds[add] = adds.get(add, 0) + info.nbytes
         if sid in at_peak:
-            row = replace(row, peak_bytes=row.peak_bytes + info.nbytes)
+            adds["peak_bytes"] = adds.get("peak_bytes", 0) + info.nbytes
             if info.category is Category.KV_CACHE:
-                row = replace(row, kv_cache=row.kv_cache + info.nbytes)
-        rows[key] = row
+                adds["kv_cache"] = adds.get("kv_cache", 0) + info.nbytes
     for name, flops in trace.module_flops.items():
         name = LOSS if name.startswith(LOSS) else name
         if name in rows:
-            rows[name] = replace(rows[name], flops=rows[name].flops + flops)
+            adds = sums.setdefault(name, {})
+            adds["flops"] = adds.get("flops", 0) + flops
+    for key, adds in sums.items():
+        row = rows[key]
+        rows[key] = replace(row, **{field: getattr(row, field) + n for field, n in adds.items()})
     if rows[LOSS] == _empty(ModuleFacts(LOSS, "", 0)):
         del rows[LOSS]  # no loss (inference): no row
     for name, shape in trace.output_shapes.items():
         if name in rows:
             rows[name] = replace(rows[name], output_shape=shape, input_shape=trace.input_shapes.get(name, ()))
     return tuple(rows.values())
+
+
+_BYTES = {
+    Category.PARAMETER: "parameter_bytes",
+    Category.BUFFER: "parameter_bytes",
+    Category.GRADIENT: "gradient_bytes",
+    Category.OPTIMIZER_STATE: "optimizer_bytes",
+}
 
 
 def _empty(f: ModuleFacts) -> LayerRow:

@@ -135,26 +135,34 @@ _REPORTED = (
 def phase_peaks(trace: Trace, iteration: int) -> tuple[PhasePeak, ...]:
     """Each phase's most bytes live after one of its allocations, with the op and module that allocated. A
     phase that only frees (the autocast cache cleared as the loss phase starts, when the model computed its
-    own loss) keeps the level after its first free, with no op: the storage freed was made elsewhere."""
+    own loss) keeps the level after its first free, with no op: the storage freed was made elsewhere.
+    One pass over the events: per phase, the first event at its highest level (allocations, and any)."""
     tl = timeline(trace)
+    after = tl.live_after
+    allocs: dict[Phase, int] = {}
+    anything: dict[Phase, int] = {}
+    for i, ev in enumerate(tl.events):
+        if ev.iteration != iteration:
+            continue
+        level, phase = after[i], ev.phase
+        j = anything.get(phase)
+        if j is None or level > after[j]:
+            anything[phase] = i
+        if ev.kind is Kind.ALLOC:
+            j = allocs.get(phase)
+            if j is None or level > after[j]:
+                allocs[phase] = i
     rows = []
     for phase in _REPORTED:
-        idx = peak_index(tl, _in_phase(iteration, phase, allocs_only=True))
+        idx = allocs.get(phase)
         if idx is not None:
             ev = tl.events[idx]
-            rows.append(PhasePeak(phase, tl.live_after[idx], ev.op, ev.module))
+            rows.append(PhasePeak(phase, after[idx], ev.op, ev.module))
             continue
-        idx = peak_index(tl, _in_phase(iteration, phase, allocs_only=False))
+        idx = anything.get(phase)
         if idx is not None:
-            rows.append(PhasePeak(phase, tl.live_after[idx], "", ""))
+            rows.append(PhasePeak(phase, after[idx], "", ""))
     return tuple(rows)
-
-
-def _in_phase(iteration: int, phase: Phase, allocs_only: bool) -> Callable[[Event], bool]:
-    def keep(e: Event) -> bool:
-        return e.iteration == iteration and e.phase is phase and (e.kind is Kind.ALLOC or not allocs_only)
-
-    return keep
 
 
 def storages_in(trace: Trace, iteration: int) -> set[int]:

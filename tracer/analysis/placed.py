@@ -79,10 +79,16 @@ def place(trace: Trace, config: AllocatorConfig) -> Placed:
     return Placed(config, replace(trace, events=events, storages=storages), stats, serving)
 
 
-_Sized = TypeVar("_Sized", Event, StorageInfo)
+Sized = TypeVar("Sized", Event, StorageInfo)
 
 
-def _sized(record: _Sized, nbytes: int) -> _Sized:
-    """The record with its block's bytes: itself where they are its own (`replace` costs a long decode's
-    trace seconds)."""
-    return record if record.nbytes == nbytes else replace(record, nbytes=nbytes)
+def _sized(record: Sized, nbytes: int) -> Sized:
+    """The record with its block's bytes: itself where they are its own; else a copy of its fields with
+    `nbytes` replaced (frozen, no `__post_init__`): `dataclasses.replace` introspects the class on each of a
+    70B step's ~75k calls, and a long decode's trace has more."""
+    if record.nbytes == nbytes:
+        return record
+    made = object.__new__(type(record))
+    made.__dict__.update(record.__dict__)
+    made.__dict__["nbytes"] = nbytes
+    return made

@@ -4,6 +4,8 @@ and the verdict against a GPU's memory. Torch-light: only the attention target t
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,7 @@ from ..core.specs import Headroom, budget
 from .cuda import attention as cuda_attention
 from .cuda import sdp_choice
 from .cuda.allocator import AllocatorConfig, AllocatorConfigError, ReplayStats
+from .cuda.allocator_config import ENV_VARS
 
 if TYPE_CHECKING:
     from ..simulate import Config
@@ -49,12 +52,19 @@ def gpu_notes(config: Config, target: cuda_attention.Target | None) -> tuple[str
 
 
 def allocator_config(text: str | None) -> AllocatorConfig:
-    """`--alloc-conf`, else PyTorch's environment variables, parsed as PyTorch parses them."""
+    """`--alloc-conf`, else PyTorch's environment variables, parsed as PyTorch parses them; each setting
+    text once per process (a Config made again by `replace` finds it parsed)."""
+    given = text if text is not None else next((os.environ[n] for n in ENV_VARS if n in os.environ), None)
     try:
-        return AllocatorConfig.parse(text) if text is not None else AllocatorConfig.from_env()
+        return _parsed(given)
     except AllocatorConfigError as exc:
         where = f"--alloc-conf {text!r}" if text is not None else "PYTORCH_CUDA_ALLOC_CONF (or _ALLOC_CONF)"
         raise MemtraceError(f"allocator settings in {where}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str | None) -> AllocatorConfig:
+    return AllocatorConfig.parse(text) if text is not None else AllocatorConfig()
 
 
 def cuda_figures(allocated: int, requested: int, stats: ReplayStats, arch: str | None) -> CudaFigures:

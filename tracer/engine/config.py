@@ -18,6 +18,7 @@ from ..core.specs import (
     LossSpec,
     OptimizerSpec,
 )
+from ..devices.cuda.allocator import AllocatorConfig
 from ..devices.gpu import allocator_config
 from ..engine.program import MODES
 from ..engine.recipes import Recipe
@@ -50,6 +51,8 @@ class Config:
     repeat_layers: int = 0  # --repeat-layers K: extrapolate a stack of identical layers from K, K+1, K+2
     assume: tuple[tuple[str, str], ...] = ()  # --assume KEY=VALUE: the data-dependent values (assume.py)
     generate: GenerateSpec | None = None  # --mode generate: what generate() is asked (core/generation.py)
+    # the allocator's settings as parsed once, when the Config is made (None off the cuda target)
+    allocator: AllocatorConfig | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -66,7 +69,7 @@ class Config:
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise MemtraceError(f"unknown --sdpa-backend {self.sdpa_backend!r} ({', '.join(SDPA_BACKENDS)})")
         _check_loss(self.loss)
-        _check_gpu_flags(self)
+        object.__setattr__(self, "allocator", _check_gpu_flags(self))
         Policy(self.assume)  # a bad --assume fails before any simulation
 
     @property
@@ -96,8 +99,9 @@ def _check_loss(loss: LossSpec | None) -> None:
         raise MemtraceError("--loss-class-dim is for --loss ce")
 
 
-def _check_gpu_flags(config: Config) -> None:
-    """The GPU's settings need the GPU target; the allocator's are parsed before any simulation."""
+def _check_gpu_flags(config: Config) -> AllocatorConfig | None:
+    """The GPU's settings need the GPU target; the allocator's are parsed before any simulation (and kept:
+    the placement uses them)."""
     if config.device != "cuda":
         given = {
             "--alloc-conf": config.alloc_conf is not None,
@@ -107,8 +111,8 @@ def _check_gpu_flags(config: Config) -> None:
         for flag, used in given.items():
             if used:
                 raise MemtraceError(f"{flag} describes the GPU: it needs --device cuda")
-        return
-    allocator_config(config.alloc_conf)
+        return None
+    return allocator_config(config.alloc_conf)
 
 
 def _refuse_with_step(config: Config) -> None:

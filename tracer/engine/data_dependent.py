@@ -132,6 +132,16 @@ class Resolver:
         # the meta half of an op on known values: its outputs' metadata follow from the inputs' alone
         self.meta = MetaCache(lambda func: True, lambda storage: False)
         self.reads = 0  # values read into sizes or Python (counted ops, masks, sized ops, the policy's)
+        self._plain_ops: dict[int, tuple[Any, bool]] = {}
+
+    def _as_is(self, func: Any) -> bool:
+        """Whether the op runs as it is when none of its inputs has a known value: a plain op, none that
+        `dispatch` treats apart by its inputs' device or dtype. By id: an OpOverload hashes in Python."""
+        found = self._plain_ops.get(id(func))
+        if found is None:
+            simple = _plain(func) and func not in (aten._grouped_mm.default, aten._to_copy.default)
+            found = self._plain_ops[id(func)] = (func, simple)
+        return found[1]
 
     @staticmethod
     def passes_through(func: Any) -> bool:
@@ -140,6 +150,8 @@ class Resolver:
         return _plain(func)
 
     def dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        if self._as_is(func) and _unknown(args, self.values) and _unknown(kwargs.values(), self.values):
+            return func(*args, **kwargs)  # what the steps below come to for such an op (most of a step's)
         name = func.overloadpacket.__name__
         call = self.calls.next(func)
         if call is not None:
@@ -487,6 +499,21 @@ def _meta_like(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="meta")
     return v
+
+
+def _unknown(values: Iterable[Any], known: KnownValues) -> bool:
+    """Whether every tensor among the values (lists walked) is a plain meta tensor with no known value."""
+    for x in values:
+        kind = type(x)
+        if kind is torch.Tensor or kind is torch.nn.Parameter:
+            if not x.is_meta or known.holds(x.untyped_storage()._cdata):
+                return False
+        elif kind is list or kind is tuple:
+            if not _unknown(x, known):
+                return False
+        elif isinstance(x, torch.Tensor):
+            return False
+    return True
 
 
 def _written(func: Any, args: Any, kwargs: Any) -> list[torch.Tensor]:

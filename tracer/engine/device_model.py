@@ -48,6 +48,10 @@ class DeviceModel:
         fn = self._rules.get(func)
         return fn(args, kwargs or {}, out) if fn is not None else None
 
+    def rule(self, func: Any) -> WorkspaceRule | None:
+        """The op's workspace rule, if it has one (`workspace` calls it)."""
+        return self._rules.get(func)
+
     @contextmanager
     def patched(self) -> Iterator[None]:
         """All of this device's kernel patches, active together."""

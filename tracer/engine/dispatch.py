@@ -37,6 +37,13 @@ class RecordingMode(TorchDispatchMode):
         values = self.resolver.values if self.resolver is not None else None
         through = self.resolver.passes_through if self.resolver is not None else lambda func: True
         self.cache = MetaCache(through, values.holds if values is not None else lambda storage: False)
+        self._composite: dict[int, tuple[Any, bool]] = {}
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No `torch._disable_dynamo` wrapper around each dispatch (a step's ~56k ops pay for it): nothing
+        compiles under the simulation's mode."""
+        return False
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -48,7 +55,10 @@ class RecordingMode(TorchDispatchMode):
         if _wrapped(tuple(types)):
             return NotImplemented  # a wrapper (DTensor) runs its local ops, which come back here
         kwargs = kwargs or {}
-        if _composite(func):  # under inference_mode composite ops reach the mode whole: run their parts
+        known = self._composite.get(id(func))
+        if known is None:  # by id, once per op: an OpOverload hashes in Python
+            known = self._composite[id(func)] = (func, _composite(func))
+        if known[1]:  # under inference_mode composite ops reach the mode whole: run their parts
             with self:  # ATen's own C++ decomposition, not a Python one (dropout's clones its input)
                 return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
         self.rec.sweep()

@@ -60,6 +60,12 @@ def _shapes(values: tuple[Any, ...] | list[Any]) -> tuple[Any, ...]:
     )
 
 
+def has_flops(func: Any) -> bool:
+    """Whether `count_flops` may count the op anything (it has a formula)."""
+    extra, fn = _flop_formulas(func)
+    return extra is not None or fn is not None
+
+
 @functools.cache
 def _flop_formulas(func: Any) -> tuple[Callable[[Any], int] | None, Callable[..., Any] | None]:
     """The op's FLOP formula: memtrace's own, or flop_counter's (by overload packet)."""

@@ -49,6 +49,7 @@ def _empty(spec: Spec) -> torch.Tensor:
 
 
 Entry = str | _Outputs
+_ALWAYS_RUN = "always run"  # a key whose outputs the first run showed cannot be replayed
 Known = Callable[[int], bool]  # whether a storage (its _cdata) may have known values
 
 
@@ -59,22 +60,32 @@ class MetaCache:
         self.replayable, self.known = replayable, known
         self.entries: dict[tuple[Any, ...], Entry] = {}
         self.hits = self.misses = 0
+        # per op, by id (an OpOverload hashes in Python): the op and its kind, None where it always runs
+        self._kinds: dict[int, tuple[Any, str | None]] = {}
 
     def run(self, func: Any, args: Any, kwargs: dict[str, Any], compute: Callable[[], Any]) -> Any:
-        """The op's outputs: replayed on a hit, else computed (and kept when they can be replayed)."""
-        kind = _kind(func)
-        key = self._key(func, args, kwargs) if kind is not None and self.replayable(func) else None
+        """The op's outputs: replayed on a hit, else computed (and kept when they can be replayed). A key
+        whose first outputs cannot be replayed (`_unsafe_view`'s, which share their input's storage) is
+        kept as such, and its op always runs."""
+        known = self._kinds.get(id(func))
+        if known is None:
+            kind = _kind(func)
+            kind = kind if kind is not None and self.replayable(func) else None
+            known = self._kinds[id(func)] = (func, kind)
+        kind = known[1]
+        key = self._key(func, args, kwargs) if kind is not None else None
         if kind is None or key is None:
             return compute()
         entry = self.entries.get(key)
         if entry is not None:
+            if entry is _ALWAYS_RUN:
+                return compute()
             self.hits += 1
             return entry.build() if isinstance(entry, _Outputs) else args[0]
         self.misses += 1
         out = compute()
         found = _entry(kind, (*args, *kwargs.values()), out)
-        if found is not None:
-            self.entries[key] = found
+        self.entries[key] = _ALWAYS_RUN if found is None else found
         return out
 
     def _key(self, func: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -182,6 +193,10 @@ class Replaying(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.cache = MetaCache(lambda func: True, lambda storage: False)
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # as RecordingMode: no dynamo wrapper around each dispatch
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}

@@ -8,6 +8,7 @@ hooks.py). The recorder emits events, nothing else.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from collections.abc import Iterator, Sequence
@@ -21,11 +22,12 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._pytree import tree_leaves
 
 from ..core.records import Category, Event, Kind, Phase, StorageInfo, Trace
+from ..core.registry import WorkspaceRule
 from ..meta.managed import allocating_managed
 from ..meta.tensors import simulated
 from .batch import Batch, floating_leaves
 from .device_model import DeviceModel
-from .flops import count_flops, op_name
+from .flops import count_flops, has_flops, op_name
 
 
 @dataclass
@@ -86,6 +88,8 @@ class Recorder:
 
     def __init__(self, device: DeviceModel) -> None:
         self.device = device
+        self.cuda = device.name == "cuda"
+        self._ops: dict[int, tuple[Any, str, bool, WorkspaceRule | None]] = {}  # by id: op, name, FLOPs, rule
         self.events: list[Event] = []
         self.meta: dict[int, _Meta] = {}
         self.live: dict[int, _Live] = {}  # keyed by the StorageImpl address while alive
@@ -193,8 +197,11 @@ class Recorder:
     def track(self, t: torch.Tensor, category: Category | None, op: str) -> int | None:
         """Register a tensor's storage if new; returns its id. New storages emit an alloc event. On the cuda
         target, tensors off meta (the optimizers' CPU step counters) are host memory: not counted."""
-        t = local_tensor(t)
-        if self.device.name == "cuda" and not simulated(t):
+        if type(t) is not torch.Tensor:  # a plain tensor is its own local tensor, on meta or not
+            t = local_tensor(t)
+            if self.cuda and not simulated(t):
+                return None
+        elif self.cuda and not t.is_meta:
             return None
         storage = t.untyped_storage()
         if self._managed(storage):
@@ -212,23 +219,24 @@ class Recorder:
         sid = next(self._ids)
         category = category or self._allocating
         self._watch(StorageWeakRef(storage), storage, sid)
-        self.meta[sid] = _Meta(
+        module, node = self._where()
+        meta = self.meta[sid] = _Meta(
             nbytes,
             op,
-            self.current_module(),
+            module,
             tuple(t.shape),
-            str(t.dtype).removeprefix("torch."),
+            _dtype_name(t.dtype),
             self.phase,
             self.iteration,
             category,
-            self.current_node(),
+            node,
         )
         if self.phase is Phase.BACKWARD:
-            self.meta[sid].grad_node = _node_seq()
+            meta.grad_node = _node_seq()
         if self.phase is Phase.SETUP and op == "":
             self.baseline.append(sid)
         else:
-            self._emit(Kind.ALLOC, sid, nbytes, op)
+            self._emit(Kind.ALLOC, sid, nbytes, op, (module, node))
         return sid
 
     def _managed(self, storage: torch.UntypedStorage) -> bool:
@@ -239,6 +247,17 @@ class Recorder:
             del self.managed[storage._cdata]
             return False
         return True
+
+    def _where(self) -> tuple[str, str]:
+        """The module and fx node of what runs now (`current_module`, `current_node`), the autograd node
+        asked once."""
+        if self.phase is Phase.BACKWARD:
+            node = torch._C._current_autograd_node()
+            if node is not None:
+                seq = node._sequence_nr()
+                return self.node_module.get(seq, ""), self.autograd_fx.get(seq, "")
+            return self.module_stack[-1], self.fx_node
+        return self.module_stack[-1], self.fx_node
 
     @contextmanager
     def recomputing(self, module: str) -> Iterator[None]:
@@ -330,20 +349,15 @@ class Recorder:
         self.meta[sid].category, self.meta[sid].module, self.meta[sid].node = Category.WORKSPACE, "", ""
         self.persistent[name] = sid
 
-    def _emit(self, kind: Kind, sid: int, nbytes: int, op: str) -> None:
+    def _emit(self, kind: Kind, sid: int, nbytes: int, op: str, where: tuple[str, str] | None = None) -> None:
+        """An event; `where`: the module and node of an allocation, when the caller has them."""
         meta = self.meta[sid]
+        if kind is Kind.ALLOC:
+            module, node = where or self._where()
+        else:
+            module, node = meta.module, meta.node
         self.events.append(
-            Event(
-                next(self._seq),
-                kind,
-                sid,
-                nbytes,
-                self.phase,
-                self.iteration,
-                op or meta.op,
-                self.current_module() if kind is Kind.ALLOC else meta.module,
-                self.current_node() if kind is Kind.ALLOC else meta.node,
-            )
+            Event(next(self._seq), kind, sid, nbytes, self.phase, self.iteration, op or meta.op, module, node)
         )
 
     def current_node(self) -> str:
@@ -391,14 +405,17 @@ class Recorder:
 
     # --- the op ---------------------------------------------------------------------------------
     def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
-        name = op_name(func)
-        flops = count_flops(func, args, kwargs, out)
+        facts = self._ops.get(id(func))
+        if facts is None:  # by id, once per op: an OpOverload hashes in Python
+            facts = self._ops[id(func)] = (func, op_name(func), has_flops(func), self.device.rule(func))
+        _, name, counts, rule = facts
+        flops = count_flops(func, args, kwargs, out) if counts else 0
         if flops:
             key = (self.iteration, self.current_module())
             self.module_flops[key] = self.module_flops.get(key, 0) + flops
         if self.phase is Phase.BACKWARD and self._accumulates_in_place(func, args, kwargs, out):
             return
-        work = self.device.workspace(func, args, kwargs, out)
+        work = rule(args, kwargs or {}, out) if rule is not None else None
         if work is None:
             self._track_outputs(out, name, None)
             return
@@ -462,6 +479,12 @@ class Recorder:
         chosen = out if index is None else (out[index] if isinstance(out, (tuple, list)) else out)
         if isinstance(chosen, torch.Tensor):
             self.track(chosen, None, name)
+            return
+        kind = type(chosen)
+        if (kind is tuple or kind is list) and all(type(t) is torch.Tensor or t is None for t in chosen):
+            for t in chosen:  # an op's usual tuple of outputs: its leaves without pytree's walk
+                if t is not None:
+                    self.track(t, None, name)
             return
         for t in tree_leaves(chosen):
             if isinstance(t, torch.Tensor):
@@ -540,6 +563,11 @@ class Recorder:
             workspace_estimate=self.estimate,
             managed_bytes=self.managed_bytes,
         )
+
+
+@functools.cache
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:

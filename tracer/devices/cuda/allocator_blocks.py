@@ -157,6 +157,10 @@ class DeviceStats:
 
     def __init__(self) -> None:
         self.arrays: dict[str, dict[str, Stat]] = {n: {p: Stat() for p in POOL_NAMES} for n in STAT_NAMES}
+        self._pairs = {  # per stat, by is_small: the aggregate and the pool's, as `change` moves them
+            n: {small: (p["all"], p["small_pool" if small else "large_pool"]) for small in (False, True)}
+            for n, p in self.arrays.items()
+        }
         self.counters: dict[str, int] = {
             "num_alloc_retries": 0,
             "num_ooms": 0,
@@ -170,8 +174,7 @@ class DeviceStats:
     def change(self, name: str, is_small: bool, amount: int) -> None:
         """Increase (amount > 0) or decrease the aggregate and the pool's stat, as the source pairs them
         (`Stat.increase` / `decrease` inlined: the replay of a large step calls this a million times)."""
-        pools = self.arrays[name]
-        for stat in (pools["all"], pools["small_pool" if is_small else "large_pool"]):
+        for stat in self._pairs[name][is_small]:
             if amount >= 0:
                 current = stat.current + amount
                 stat.current = current

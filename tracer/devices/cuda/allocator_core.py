@@ -354,23 +354,27 @@ class CachingAllocator(ExpandableMixin):
 
     def _segment_info(self, head: Block) -> dict[str, Any]:
         blocks: list[dict[str, Any]] = []
+        total = allocated = requested = 0
         block: Block | None = head
         while block is not None and block.mapped:
+            size = block.size
+            total += size
+            if block.allocated:
+                allocated += size
+                requested += block.requested_size
             state = "active_allocated" if block.allocated else "inactive"
-            requested = block.requested_size
             blocks.append(
-                {"address": block.ptr, "size": block.size, "requested_size": requested, "state": state}
+                {"address": block.ptr, "size": size, "requested_size": block.requested_size, "state": state}
             )
             block = block.next
-        allocated = [b for b in blocks if b["state"] == "active_allocated"]
         return {
             "address": head.ptr,
-            "total_size": sum(b["size"] for b in blocks),
+            "total_size": total,
             "stream": head.stream,
             "segment_type": "small" if head.pool.is_small else "large",
-            "allocated_size": sum(b["size"] for b in allocated),
-            "active_size": sum(b["size"] for b in allocated),
-            "requested_size": sum(b["requested_size"] for b in allocated),
+            "allocated_size": allocated,
+            "active_size": allocated,
+            "requested_size": requested,
             "is_expandable": head.expandable is not None,
             "blocks": blocks,
         }
