@@ -58,6 +58,17 @@ CODE = textwrap.dedent(
     def plain():
         return cnn()
 
+    def deep_mlp():
+        layers = []
+        for _ in range(4):
+            layers += [nn.Linear(256, 256), nn.GELU()]
+        return torch.compile(nn.Sequential(*layers, nn.Linear(256, 10)))
+
+    def deep_mlp_on_a_budget():
+        '''The user's own partitioner setting: keep at most a tenth of the activations, recompute the rest.'''
+        torch._functorch.config.activation_memory_budget = 0.1
+        return deep_mlp()
+
     @torch.compile
     def loss_of(out):
         return torch.nn.functional.log_softmax(out, dim=-1).mean().neg()
@@ -142,6 +153,21 @@ def test_a_step_that_compiles_inside(models: Path) -> None:
     assert sim == pytest.approx(real, rel=0.01)
     note = _compiled_note(notes)
     assert "Sequential with inductor" in note and "loss_of() with inductor" in note
+
+
+@pytest.mark.slow
+def test_the_users_activation_memory_budget_holds(models: Path) -> None:
+    """`torch._functorch.config.activation_memory_budget` set by the user's code: AOTAutograd's partitioner
+    saves less and recomputes in backward, in the simulation as in the real compiled run."""
+    import torch
+
+    try:
+        sim, real, _ = _held(request(f"{models}:deep_mlp_on_a_budget", ("4096x256",), device="cpu"))
+    finally:
+        torch._functorch.config.activation_memory_budget = 1.0
+    assert sim == pytest.approx(real, rel=0.01)
+    full = run(request(f"{models}:deep_mlp", ("4096x256",), device="cpu")).peak_bytes
+    assert sim < full  # the budget changed what is saved: a figure that ignored it would be the same
 
 
 @pytest.mark.slow
