@@ -20,7 +20,8 @@ from ..core.records import LOSS, Category, Phase
 from ..meta.compat_bnb import held_tensors
 from ..meta.compiled import not_compiled
 from .dispatch import RecordingMode
-from .recorder import Recorder, claim
+from .recorder import Recorder
+from .tensor_facts import claim
 
 
 def register_baseline(

@@ -8,7 +8,6 @@ hooks.py). The recorder emits events, nothing else.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import weakref
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,7 @@ from ..meta.tensors import simulated
 from .batch import Batch, floating_leaves
 from .device_model import DeviceModel
 from .flops import count_flops, has_flops, op_name
+from .tensor_facts import claim, dtype_name, first_shape, local_tensor, node_seq, sole_owner
 
 
 @dataclass
@@ -158,12 +158,12 @@ class Recorder:
     def note_input(self, name: str, args: Any) -> None:
         """The shape of a module's first input tensor, from its first forward."""
         if self.phase is Phase.FORWARD and name not in self.input_shapes:
-            self.input_shapes[name] = _first_shape(args)
+            self.input_shapes[name] = first_shape(args)
 
     def note_output(self, name: str, out: Any) -> None:
         """The shape of a module's first output tensor, from its first forward."""
         if self.phase is Phase.FORWARD and name not in self.output_shapes:
-            self.output_shapes[name] = _first_shape(out)
+            self.output_shapes[name] = first_shape(out)
 
     @contextmanager
     def allocating_as(self, category: Category | None) -> Iterator[None]:
@@ -225,14 +225,14 @@ class Recorder:
             op,
             module,
             tuple(t.shape),
-            _dtype_name(t.dtype),
+            dtype_name(t.dtype),
             self.phase,
             self.iteration,
             category,
             node,
         )
         if self.phase is Phase.BACKWARD:
-            meta.grad_node = _node_seq()
+            meta.grad_node = node_seq()
         if self.phase is Phase.SETUP and op == "":
             self.baseline.append(sid)
         else:
@@ -457,7 +457,7 @@ class Recorder:
         old_sid, new_sid = self.storage_id(old), self.storage_id(new)
         if old_sid is None or new_sid is None or self.storage_id(out) is not None:
             return False
-        node = _node_seq()
+        node = node_seq()
         old_meta, new_meta = self.meta[old_sid], self.meta[new_sid]
         if (
             new_meta.grad_node != node
@@ -465,7 +465,7 @@ class Recorder:
             or old_meta.iteration != self.iteration
         ):
             return False
-        target = old if _sole_owner(old) else new if _sole_owner(new) else None
+        target = old if sole_owner(old) else new if sole_owner(new) else None
         if target is None:
             return False
         cdata = StorageWeakRef(target.untyped_storage()).cdata
@@ -565,48 +565,9 @@ class Recorder:
         )
 
 
-@functools.cache
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor's local shard (FSDP2's parameters, gradients and optimizer state); any other tensor as is."""
-    inner = getattr(t, "_local_tensor", None)
-    return inner if isinstance(inner, torch.Tensor) else t
-
-
 _ACTIVE: list[Recorder] = []
 
 
 def active_recorder() -> Recorder | None:
     """The recorder of the simulation in progress, if any."""
     return _ACTIVE[-1] if _ACTIVE else None
-
-
-def _first_shape(value: Any) -> tuple[int, ...]:
-    first = next((t for t in tree_leaves(value) if isinstance(t, torch.Tensor)), None)
-    return tuple(first.shape) if first is not None else ()
-
-
-def _node_seq() -> int:
-    node = torch._C._current_autograd_node()
-    return int(node._sequence_nr()) if node is not None else -1
-
-
-def _sole_owner(t: torch.Tensor) -> bool:
-    """Whether only one owner holds the tensor's storage (the probe's own handle not counted)."""
-    storage = t.untyped_storage()
-    return t.is_contiguous() and torch._C._storage_Use_Count(storage._cdata) == 2
-
-
-def claim(table: dict[int, str], out: Any, name: str) -> None:
-    """Give the autograd nodes behind `out` that nothing claimed yet (inner module, earlier node) to name."""
-    stack = [t.grad_fn for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        key = node._sequence_nr()
-        if key in table or type(node).__name__ == "AccumulateGrad":
-            continue
-        table[key] = name
-        stack.extend(n for n, _ in node.next_functions if n is not None)

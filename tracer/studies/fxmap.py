@@ -43,7 +43,8 @@ from ..engine.batch import Batch, as_batch, floating_leaves
 from ..engine.device_model import DeviceModel
 from ..engine.flops import count_flops
 from ..engine.losses import LossFn
-from ..engine.recorder import Recorder, active_recorder, claim
+from ..engine.recorder import Recorder, active_recorder
+from ..engine.tensor_facts import claim
 from .graph import ROOT, FxMap, MapPath, NodeInfo, NodeRun
 
 if TYPE_CHECKING:
