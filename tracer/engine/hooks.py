@@ -19,7 +19,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from ..core.records import LOSS, Category, Phase
 from ..meta.compat_bnb import held_tensors
 from .dispatch import RecordingMode
-from .recorder import Recorder, claim
+from .recorder import Recorder, claim, plain_tensors
 
 
 def register_baseline(
@@ -28,7 +28,8 @@ def register_baseline(
     """Parameters, buffers and inputs exist before the step; parameters remember their module."""
     rec.bind_model(owners, list(model.parameters()))
     for p in model.parameters():
-        rec.mark_tensor(p, Category.PARAMETER, owners.get(id(p), ""))
+        for t in plain_tensors(p):  # a quantized weight's own tensors (torchao), else the parameter
+            rec.mark_tensor(t, Category.PARAMETER, owners.get(id(p), ""))
     for b in model.buffers():
         rec.mark_tensor(b, Category.BUFFER, owners.get(id(b), ""))
     for t, owner in held_tensors(model):  # a quantized weight's absmax and code tables

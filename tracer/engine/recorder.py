@@ -494,6 +494,20 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return inner if isinstance(inner, torch.Tensor) else t
 
 
+def plain_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The tensors holding `t`'s storage: `t`, or a wrapper subclass's inner tensors (torchao's quantized
+    weights, through `__tensor_flatten__`), which own the storages the wrapper has none of."""
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if flatten is None or isinstance(getattr(t, "_local_tensor", None), torch.Tensor):
+        yield t  # a plain tensor, or a DTensor (its local shard: `local_tensor`)
+        return
+    names, _ = flatten()
+    for name in names:
+        inner = getattr(t, name)
+        if isinstance(inner, torch.Tensor):
+            yield from plain_tensors(inner)
+
+
 _ACTIVE: list[Recorder] = []
 
 
