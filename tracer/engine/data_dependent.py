@@ -50,6 +50,7 @@ from ..core.assume import (
 )
 from ..core.errors import DataDependentError, MemtraceError
 from ..core.records import LOGGED, Assumption
+from ..meta.tensors import simulated
 from ..meta.user_frame import user_frame
 from .known_values import MAX_KNOWN, MAX_KNOWN_INDEX, KnownValues, keepable, lifted
 from .loops import Loops, read_site
@@ -158,8 +159,8 @@ class Resolver:
     def _known(self, t: torch.Tensor) -> torch.Tensor | None:
         """A meta tensor's known value; a small CPU tensor (a data loader's targets, a Python list made a
         tensor) is its own value."""
-        if t.device.type == "cpu":
-            return t if keepable(t) else None
+        if t.device.type == "cpu":  # a FakeTensor on cpu (DDP and FSDP2 run under FakeTensorMode) has none
+            return t if keepable(t) and not simulated(t) else None
         return self.values.get(t)
 
     def _absorbed(self, func: Any, args: Any, kwargs: Any) -> Any:
