@@ -56,6 +56,17 @@ GENERATE = (  # a small Llama, a 4-token prompt and 48 new tokens: the cache gro
     *("--arg", "vocab=128", "--input", "input_ids=1x4:int64", "--mode", "generate"),
     *("--max-new-tokens", "48", "--device", "cpu"),
 )
+FT = "benchmarks/models/hf_finetune.py:build"
+QLORA_7B = (  # Llama-2-7B's shape, nf4 weights, LoRA r16 on every Linear, prepare_model_for_kbit_training
+    *(FT, "--arg", "shape=llama2-7b", "--arg", "quant=nf4", "--arg", "rank=16"),
+    *("--arg", "kbit=true", "--arg", "checkpointing=true"),
+)
+QLORA_TAIL = ("--optimizer", "adamw", "--gpu", "rtx4090")
+LORA_8B = (  # Llama-3-8B's shape, bf16 weights, LoRA r16 on every Linear, each decoder layer sharded
+    *(FT, "--arg", "shape=llama3-8b", "--arg", "rank=16", "--arg", "checkpointing=true"),
+    *("--input", "input_ids=1x4096:int64", "--input", "labels=1x4096:int64", "--optimizer", "adamw"),
+    *("--fsdp", "8", "--fsdp-wrap", "base_model.model.model.layers.*", "--gpu", "a100-40gb"),
+)
 PICTURES = ("--plot", f"{OUT}/exports-plot.png", "--html", f"{OUT}/exports-plot.html")
 DIST = ("benchmarks/models/dist_models.py:lm", "--input", "4x64:int64", "--device", "cpu")
 T1 = (SEED, *HD, "--gpu", "rtx4070")
@@ -129,6 +140,35 @@ JOBS: tuple[Job, ...] = (
             *("--optimizer", "bitsandbytes.optim:AdamW8bit"),
         ),
     ),
+    Job(
+        "ft-qlora-7b",
+        (
+            *QLORA_7B,
+            "--input",
+            "input_ids=1x2048:int64",
+            "--input",
+            "labels=1x2048:int64",
+            *QLORA_TAIL,
+            *outputs("ft-qlora-7b"),
+        ),
+    ),
+    Job(
+        "ft-qlora-batch",
+        (
+            "fit",
+            *QLORA_7B,
+            "--input",
+            "input_ids=Bx2048:int64",
+            "--input",
+            "labels=Bx2048:int64",
+            *QLORA_TAIL,
+        ),
+    ),
+    Job(
+        "ft-qlora-seq",
+        ("fit", *QLORA_7B, "--input", "input_ids=1xS:int64", "--input", "labels=1xS:int64", *QLORA_TAIL),
+    ),
+    Job("ft-lora-fsdp", (*LORA_8B, *outputs("ft-lora-fsdp"))),
     Job("moe", ("benchmarks/models/hf_moe.py:mixtral", "--input", "input_ids=2x64:int64", "--device", "cpu")),
     Job("exports-plot", (*SMALL, "--gpu", "rtx4070", *PICTURES)),
     Job("generate", (*GENERATE, "--plot", f"{OUT}/generate-plot.png")),
@@ -153,6 +193,8 @@ CLAIMS: tuple[tuple[str, str, object], ...] = (
     ("t3-amp.json", "peak.top_tensors.0.dtype", "float32"),  # the loss's tensors stay fp32 under autocast
     ("step-nanogpt.md", "", "answered for a100-40gb (sm80)"),  # "your code sees the target GPU"
     ("step-nanogpt.md", "", "logged: .item() at benchmarks/models/nanogpt_train.py"),  # "read as 0.0"
+    ("ft-qlora-7b.json", "verdict.fits", True),  # "a micro-batch of one 2048-token sequence fits"
+    ("ft-lora-fsdp.json", "verdict.fits", True),  # "fits each A100 40GB"
 )
 LATER = ("gs-show",)  # jobs that read another job's output: run after the others
 
