@@ -1,6 +1,6 @@
 """The public-shape fine-tuning builder and the published recipes' steps (benchmarks/models/hf_finetune.py,
-litgpt_step.py, peft_metamath_step.py), cut to one decoder layer, held against the CPU allocator; and a Hugging
-Face Llama under --fsdp (its causal mask reads a CPU tensor under FakeTensorMode)."""
+litgpt_step.py, peft_metamath_step.py), cut to one decoder layer, held against the CPU allocator; and a
+Hugging Face Llama under --fsdp (its causal mask reads a CPU tensor under FakeTensorMode)."""
 
 from __future__ import annotations
 
