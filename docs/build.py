@@ -67,6 +67,17 @@ SERVE = (  # a small Llama serving: 16 new tokens on a 1 GB budget (docs/generat
     "benchmarks/models/hf_llama.py:build",
     *("--arg", "positions=2048", "--mode", "generate", "--max-new-tokens", "16", "--gpu", "1GB"),
 )
+FT = "benchmarks/models/hf_finetune.py:build"
+QLORA_7B = (  # Llama-2-7B's shape, nf4 weights, LoRA r16 on every Linear, prepare_model_for_kbit_training
+    *(FT, "--arg", "shape=llama2-7b", "--arg", "quant=nf4", "--arg", "rank=16"),
+    *("--arg", "kbit=true", "--arg", "checkpointing=true"),
+)
+QLORA_TAIL = ("--optimizer", "adamw", "--gpu", "rtx4090")
+LORA_8B = (  # Llama-3-8B's shape, bf16 weights, LoRA r16 on every Linear, each decoder layer sharded
+    *(FT, "--arg", "shape=llama3-8b", "--arg", "rank=16", "--arg", "checkpointing=true"),
+    *("--input", "input_ids=1x4096:int64", "--input", "labels=1x4096:int64", "--optimizer", "adamw"),
+    *("--fsdp", "8", "--fsdp-wrap", "base_model.model.model.layers.*", "--gpu", "a100-40gb"),
+)
 PICTURES = ("--plot", f"{OUT}/exports-plot.png", "--html", f"{OUT}/exports-plot.html")
 DIST = ("benchmarks/models/dist_models.py:lm", "--input", "4x64:int64", "--device", "cpu")
 T1 = (SEED, *HD, "--gpu", "rtx4070")
@@ -159,6 +170,31 @@ JOBS: tuple[Job, ...] = (
             *("--device", "cpu"),
         ),
     ),
+    Job(
+        "ft-qlora-7b",
+        (
+            *QLORA_7B,
+            "--input",
+            "input_ids=1x2048:int64",
+            "--input",
+            "labels=1x2048:int64",
+            *QLORA_TAIL,
+            *outputs("ft-qlora-7b"),
+        ),
+    ),
+    Job(
+        "ft-qlora-batch",
+        (
+            "fit",
+            *QLORA_7B,
+            "--input",
+            "input_ids=Bx2048:int64",
+            "--input",
+            "labels=Bx2048:int64",
+            *QLORA_TAIL,
+        ),
+    ),
+    Job("ft-lora-fsdp", (*LORA_8B, *outputs("ft-lora-fsdp"))),
     Job("moe", ("benchmarks/models/hf_moe.py:mixtral", "--input", "input_ids=2x64:int64", "--device", "cpu")),
     Job("exports-plot", (*SMALL, "--gpu", "rtx4070", *PICTURES)),
     Job("generate", (*GENERATE, "--plot", f"{OUT}/generate-plot.png")),
@@ -167,8 +203,10 @@ JOBS: tuple[Job, ...] = (
     Job("serve-fit-prompt", ("fit", *SERVE, "--input", "input_ids=4xS:int64")),
     Job(
         "serve-sweep",
-        ("sweep", *SERVE, "--input", "input_ids=4xS:int64", "--set", "S=128,512,1024,2032")
-        + ("--plot", f"{OUT}/serve-sweep.png"),
+        (
+            *("sweep", *SERVE, "--input", "input_ids=4xS:int64", "--set", "S=128,512,1024,2032"),
+            *("--plot", f"{OUT}/serve-sweep.png"),
+        ),
     ),
     Job("vlm-two-turns", (*VLM, *outputs("vlm-two-turns", plot=True))),
     Job("vlm-multipliers", ("docs/examples/vlm_turns.py",), program="python"),
@@ -196,6 +234,8 @@ CLAIMS: tuple[tuple[str, str, object], ...] = (
     ("vlm-two-turns.json", "peak.token_index", 1),  # "the second turn is decode step 1"
     ("vlm-multipliers.md", "", "328.20 MB     682.62 MB       2.08x"),  # the cache: 328 MB, 683 MB, 2.08x
     ("vlm-multipliers.md", "", "1.03x"),  # "the whole peak ... grows by 3%"
+    ("ft-qlora-7b.json", "verdict.fits", True),  # "a micro-batch of one 2048-token sequence fits"
+    ("ft-lora-fsdp.json", "verdict.fits", True),  # "fits each A100 40GB"
 )
 LATER = ("gs-show",)
 SOURCES = {

@@ -116,6 +116,7 @@ def _load_rules() -> None:
         norm,
         rng,
         rnn,
+        scaled_mm,
     )
     from ..devices.cuda import attention as cuda_attention  # noqa: F401
     from ..devices.cuda import blas as cuda_blas  # noqa: F401

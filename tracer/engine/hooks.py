@@ -21,7 +21,7 @@ from ..meta.compat_bnb import held_tensors
 from ..meta.compiled import not_compiled
 from .dispatch import RecordingMode
 from .recorder import Recorder
-from .tensor_facts import claim
+from .tensor_facts import claim, plain_tensors
 
 
 def register_baseline(
@@ -30,7 +30,8 @@ def register_baseline(
     """Parameters, buffers and inputs exist before the step; parameters remember their module."""
     rec.bind_model(owners, list(model.parameters()))
     for p in model.parameters():
-        rec.mark_tensor(p, Category.PARAMETER, owners.get(id(p), ""))
+        for t in plain_tensors(p):  # a quantized weight's own tensors (torchao), else the parameter
+            rec.mark_tensor(t, Category.PARAMETER, owners.get(id(p), ""))
     for b in model.buffers():
         rec.mark_tensor(b, Category.BUFFER, owners.get(id(b), ""))
     for t, owner in held_tensors(model):  # a quantized weight's absmax and code tables

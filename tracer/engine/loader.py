@@ -124,7 +124,9 @@ def build_on_meta(builder: Callable[..., Any], kwargs: dict[str, Any], name: str
     try:
         out = _run_patched(builder, kwargs)
     except Exception as exc:
-        raise MemtraceError(f"builder {name} raised {first_line(exc)}") from exc
+        from ..meta.compat_torchao import unsupported
+
+        raise MemtraceError(unsupported(exc) or f"builder {name} raised {first_line(exc)}") from exc
     model, examples = split_result(out, name)
     _move_leftovers_to_meta(model)
     return Built(model, examples, f"patched ({why})")

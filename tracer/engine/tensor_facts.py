@@ -5,6 +5,7 @@ a module or fx node. Torch-touching, stateless."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -48,3 +49,17 @@ def claim(table: dict[int, str], out: Any, name: str) -> None:
             continue
         table[key] = name
         stack.extend(n for n, _ in node.next_functions if n is not None)
+
+
+def plain_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The tensors holding `t`'s storage: `t`, or a wrapper subclass's inner tensors (torchao's quantized
+    weights, through `__tensor_flatten__`), which own the storages the wrapper has none of."""
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if flatten is None or isinstance(getattr(t, "_local_tensor", None), torch.Tensor):
+        yield t  # a plain tensor, or a DTensor (its local shard: `local_tensor`)
+        return
+    names, _ = flatten()
+    for name in names:
+        inner = getattr(t, name)
+        if isinstance(inner, torch.Tensor):
+            yield from plain_tensors(inner)

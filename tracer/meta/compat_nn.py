@@ -10,6 +10,9 @@ meta at all, made to run on meta as they run on the device.
   and `tracer/engine/prepare.py` says so in a note. Lengths on the CPU (a list, a CPU tensor) are used as
   they are.
   `nn.utils.rnn.pad_packed_sequence` of such an unsorted pack reorders its output on meta.
+
+A tensor subclass that overrides `F.linear` through `__torch_function__` (torchao's quantized weights)
+is handed the original function, the key its table of overrides has.
 """
 
 from __future__ import annotations
@@ -44,8 +47,13 @@ def _adds_bias_after_matmul(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
 
 def _plain_linear(device: str, original: Linear) -> Linear:
     def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if x.device.type != "meta" or torch.compiler.is_compiling() or not _adds_bias_after_matmul(x, bias):
+        if torch.compiler.is_compiling():
             return original(x, weight, bias)  # traced by Dynamo: the graph holds linear, as compiled
+        if torch.overrides.has_torch_function_variadic(x, weight, bias):
+            # a tensor subclass's own linear (torchao's quantized weights) is keyed by the original function
+            return torch.overrides.handle_torch_function(original, (x, weight, bias), x, weight, bias)
+        if x.device.type != "meta" or not _adds_bias_after_matmul(x, bias):
+            return original(x, weight, bias)
         from .autocast import _NO_AUTOCAST, policy_cast
 
         # autocast casts linear's arguments once, then the kernel runs below the autocast key

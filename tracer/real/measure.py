@@ -25,6 +25,7 @@ from ..engine.loader import Built, load_object, split_result
 from ..engine.losses import make_loss
 from ..engine.program import NullObserver, StepPlan, make_optimizer, run_program
 from ..engine.recipes import apply_to_model, cast_inputs, real_autocast
+from ..engine.tensor_facts import plain_tensors
 from ..engine.trace import generate_kwargs
 from ..meta.compat_bnb import held_tensors
 from ..meta.routing import routed, routed_if
@@ -91,7 +92,7 @@ def live_bytes(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer 
             tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
     tensors += [p.grad for p in model.parameters() if p.grad is not None]
     seen: dict[int, int] = {}
-    for t in tensors:
+    for t in (inner for held in tensors for inner in plain_tensors(held)):
         if t.device.type == "cpu":
             s = t.untyped_storage()
             seen[s.data_ptr()] = s.nbytes()
