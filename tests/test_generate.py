@@ -28,7 +28,9 @@ MISTRAL = f"{MODELS / 'hf_mistral.py'}:build"
 SMALL_LLAMA = {"hidden": 128, "heads": 4, "kv_heads": 2, "intermediate": 256, "vocab": 512}
 
 
-def _generate(builder: str, prompt: str, tokens: int, args: dict[str, Any] | None = None, **kw: Any) -> Any:
+def _generate(
+    builder: str, prompt: str, tokens: int | str, args: dict[str, Any] | None = None, **kw: Any
+) -> Any:
     return request(
         builder,
         (f"input_ids={prompt}:int64",),

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 from test_cli import run as cli
+from test_generate import _generate
 
 from memtrace.tracer.core.records import Category, GpuSpec, Phase, Result
 from memtrace.tracer.core.specs import Headroom
 from memtrace.tracer.real.measure import Measured, measure_request
-from memtrace.tracer.simulate import Request, request, run
+from memtrace.tracer.simulate import Request, run
 from memtrace.tracer.studies.fit import bind, fit, sweep
 
 pytest.importorskip("transformers")
@@ -29,14 +30,7 @@ NONE = Headroom(nbytes=0)
 
 
 def _serve(builder: str, prompt: str, tokens: int | str, args: dict[str, Any] | None = None) -> Request:
-    return request(
-        builder,
-        (f"input_ids={prompt}:int64",),
-        args=args or {},
-        mode="generate",
-        device="cpu",
-        max_new_tokens=tokens,
-    )
+    return _generate(builder, prompt, tokens, args)
 
 
 def _between(req: Request, symbol: str, low: int, high: int) -> GpuSpec:
