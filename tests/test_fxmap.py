@@ -361,3 +361,31 @@ def test_export_formats(tmp_path: Path) -> None:
     assert dot.count(" -> ") == g.number_of_edges()
     with pytest.raises(ValueError, match="unknown graph format"):
         export_graph(g, tmp_path / "g.png")
+
+
+def test_a_builtin_is_named_even_when_torch_listed_it_while_patched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torch.overrides.resolve_name` reads a table built once per process: built while a device rule's
+    stand-in replaced `F.scaled_dot_product_attention` (an earlier simulation), it lacks the builtin."""
+    from torch import fx, overrides
+
+    from memtrace.tracer.studies.fxmap import _target
+
+    functional = torch.nn.functional
+    builtin = functional.scaled_dot_product_attention
+    table = overrides._get_overridable_functions
+    table.cache_clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(functional, "scaled_dot_product_attention", lambda *a, **k: builtin(*a, **k))
+        overrides.resolve_name(builtin)  # the table, built while patched
+    try:
+        assert overrides.resolve_name(builtin) is None  # the state the suite met
+
+        class Attend(torch.nn.Module):
+            def forward(self, q: torch.Tensor) -> torch.Tensor:
+                return functional.scaled_dot_product_attention(q, q, q)
+
+        gm = fx.symbolic_trace(Attend())
+        node = next(n for n in gm.graph.nodes if n.op == "call_function")
+        assert _target(gm, node) == "torch.nn.functional.scaled_dot_product_attention"
+    finally:
+        table.cache_clear()

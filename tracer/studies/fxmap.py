@@ -327,8 +327,18 @@ def _target(gm: fx.GraphModule, n: fx.Node) -> str:
         return type(gm.get_submodule(str(n.target))).__name__
     if n.op == "call_function":
         name = torch.overrides.resolve_name(n.target)
-        return name or str(getattr(n.target, "__name__", n.target))
+        return name or _builtin_name(n.target)
     return str(n.target)
+
+
+def _builtin_name(target: Any) -> str:
+    """A function's public name where `resolve_name` has none: its table is built once per process, and a
+    function patched at that moment (a device rule's stand-in, while an earlier run simulated) is missing
+    from it; the C builtins of `torch.nn.functional` are named from their own module."""
+    name = str(getattr(target, "__name__", target))
+    if getattr(target, "__module__", None) == "torch._C._nn" and hasattr(torch.nn.functional, name):
+        return f"torch.nn.functional.{name}"
+    return name
 
 
 def _owner(n: fx.Node) -> str:
