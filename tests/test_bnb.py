@@ -199,3 +199,21 @@ def test_quantize_on_meta_refuses_in_a_memtrace_error() -> None:
         layer = bnb.nn.Linear4bit(64, 64, quant_type="int3")
     with pytest.raises(MemtraceError, match="Params4bit of shape"):
         quantize_on_meta(layer)
+
+
+def test_bitsandbytes_imported_first_under_a_cuda_target_loads_this_machines_kernels() -> None:
+    """A fresh process whose builder imports bitsandbytes while torch.cuda answers for the target GPU:
+    bitsandbytes is told this machine's truth (its CUDA backend needs a CUDA build of torch to import),
+    through every wrapper the target view stacks on `is_available`."""
+    import subprocess
+    import sys
+
+    cli = (sys.executable, "-c", "from memtrace.cli.main import main; main()")
+    done = subprocess.run(
+        [*cli, QLORA, "--input", "input_ids=1x16:int64", "--gpu", "rtx4090"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Peak allocated" in done.stdout

@@ -140,10 +140,17 @@ def view_key() -> tuple[str, int, int, int] | None:
 _KERNEL_LIBRARIES = frozenset({"bitsandbytes"})
 
 
+def _caller() -> str:
+    """The module of the code that asked torch.cuda, past this module's own wrappers (they stack)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return str(frame.f_globals.get("__name__", "")) if frame is not None else ""
+
+
 def _machine_for_kernels(machine: Callable[[], bool], target: Callable[[], bool]) -> Callable[[], bool]:
     def is_available() -> bool:
-        caller = sys._getframe(1).f_globals.get("__name__", "")
-        return machine() if caller in _KERNEL_LIBRARIES else target()
+        return machine() if _caller() in _KERNEL_LIBRARIES else target()
 
     return is_available
 
@@ -239,8 +246,7 @@ def _compiler_sees_machine(
             return answer
 
         def route(*args: Any, **kwargs: Any) -> Any:
-            caller = sys._getframe(1).f_globals.get("__name__", "")
-            return real(*args, **kwargs) if caller.startswith(_COMPILER) else answer(*args, **kwargs)
+            return real(*args, **kwargs) if _caller().startswith(_COMPILER) else answer(*args, **kwargs)
 
         return route
 
