@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
@@ -142,7 +143,7 @@ _KERNEL_LIBRARIES = frozenset({"bitsandbytes"})
 
 def _caller() -> str:
     """The module of the code that asked torch.cuda, past this module's own wrappers (they stack)."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame = frame.f_back
     return str(frame.f_globals.get("__name__", "")) if frame is not None else ""
