@@ -1,0 +1,185 @@
+"""Every stated range widens the verdict (issue 24 item 4): a cuDNN convolution shape the table did not
+measure, cuDNN's RNN reserve and workspace (item 2, tracer/devices/cuda/rnn.py) and inductor's CUDA plan.
+"Fits" only when the spare covers each range's upper end, "borderline" when only the simulated figure fits.
+No GPU: the cuDNN sizes are synthetic or stated bounds; what is tested is the structure and the judgement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+from test_cudnn_table import _cnn, _measured_cnn
+from torch import nn
+
+from memtrace.tracer.core.records import (
+    BORDERLINE,
+    CUDNN_WORKSPACE,
+    DOES_NOT_FIT,
+    FITS,
+    GpuSpec,
+    Kind,
+    Phase,
+    Result,
+)
+from memtrace.tracer.core.specs import human_bytes
+from memtrace.tracer.devices.cuda import conv
+from memtrace.tracer.devices.cuda import rnn as cuda_rnn
+from memtrace.tracer.outputs.report import cuda_lines, verdict_line
+from memtrace.tracer.core.specs import parse_input
+from memtrace.tracer.simulate import INDUCTOR_CUDA_PLAN, Config, Request, run_traced, simulate
+
+MIB = 2**20
+
+
+def _text(result: Result) -> str:
+    console = Console(width=240, record=True)
+    console.print(verdict_line(result))
+    assert result.cuda is not None
+    console.print(cuda_lines(result.cuda))
+    return console.export_text()
+
+
+def _gpu(result: Result, spare: int) -> GpuSpec:
+    """A GPU whose budget (no headroom) leaves `spare` bytes beside the reserved peak."""
+    return GpuSpec("t", result.fit_bytes + spare)
+
+
+# --------------------------------------------------------------------------- cuDNN convolution table
+
+
+def test_an_unmeasured_shape_straddling_the_gpu_is_borderline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch 4 was not measured: its workspace is a range from the batch-2 calls; a GPU whose spare lies
+    inside that range is borderline, one whose spare covers its upper end fits."""
+    monkeypatch.setattr(conv, "_LOADED", [_measured_cnn(64 * MIB)])
+    base = simulate(_cnn, ["4x3x32x32"], device="cuda")
+    assert base.cuda is not None and base.cuda.cudnn_workspace_estimate is not None
+    high = base.cuda.cudnn_workspace_estimate["high_bytes"]
+    assert high >= 64 * MIB > base.peak_bytes  # the range straddles: not placed, far above the figure
+    inside = simulate(_cnn, ["4x3x32x32"], device="cuda", gpu=_gpu(base, high // 2), headroom="0")
+    assert inside.verdict is not None and inside.verdict.status == BORDERLINE
+    assert inside.verdict.uncertain_reasons == (CUDNN_WORKSPACE,) and inside.verdict.uncertain_bytes == high
+    roomy = simulate(_cnn, ["4x3x32x32"], device="cuda", gpu=_gpu(base, high), headroom="0")
+    assert roomy.verdict is not None and roomy.verdict.status == FITS
+
+
+def test_a_measured_shape_gives_the_exact_figures_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch 2 was measured: its 64 MiB workspace is placed, nothing is stated, and the verdict is the
+    exact figure's: fits with no byte to spare, does not fit one byte short."""
+    monkeypatch.setattr(conv, "_LOADED", [_measured_cnn(64 * MIB)])
+    base = simulate(_cnn, ["2x3x32x32"], device="cuda")
+    assert base.cuda is not None and base.cuda.cudnn_workspace_estimate is None and base.cuda.ranges == ()
+    assert base.cuda.reserved_peak_bytes >= 64 * MIB
+    exact = simulate(_cnn, ["2x3x32x32"], device="cuda", gpu=_gpu(base, 0), headroom="0")
+    assert exact.verdict is not None and exact.verdict.status == FITS and exact.verdict.uncertain_bytes == 0
+    short = simulate(_cnn, ["2x3x32x32"], device="cuda", gpu=_gpu(base, -1), headroom="0")
+    assert short.verdict is not None and short.verdict.status == DOES_NOT_FIT
+
+
+def test_a_result_without_ranges_saves_as_before() -> None:
+    """No `ranges` key in the cuda JSON when nothing was stated (saved results and goldens unchanged)."""
+    res = simulate(lambda: nn.Linear(64, 64), ["8x64"], device="cuda")
+    data = res.to_json()
+    assert "ranges" not in data["cuda"]
+    assert Result.from_json(json.loads(json.dumps(data))) == res
+
+
+# --------------------------------------------------------------------------- cuDNN RNN
+
+
+class _Rnn(nn.Module):
+    def __init__(self, kind: str, batch_first: bool) -> None:
+        super().__init__()
+        cls = nn.LSTM if kind == "lstm" else nn.GRU
+        self.rnn = cls(16, 32, num_layers=2, batch_first=batch_first)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: object) -> object:
+        return self.head(self.rnn(x)[0])
+
+
+def _shape(kind: str, seq: int, batch: int) -> cuda_rnn.RnnShape:
+    return cuda_rnn.RnnShape(kind, seq, batch, 32, 2, 1, 4)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_the_reserve_lives_from_the_forward_until_the_backward(kind: str) -> None:
+    """`_cudnn_rnn` allocates the reserve (its lower end) in the forward, autograd keeps it, and it is freed
+    in the backward; the workspace is freed at once; the range is the rest, stated and weighed."""
+    request = Request(lambda: _Rnn(kind, True), (parse_input("4x10x16"),), config=_cuda())
+    trace, result = run_traced(request)
+    low, high = _shape(kind, 10, 4).reserve()
+    allocs = {e.storage: e for e in trace.events if e.kind is Kind.ALLOC and e.iteration == 1}
+    reserves = [e for e in allocs.values() if e.nbytes == low and e.phase is Phase.FORWARD]
+    assert len(reserves) == 1, "one reserve per call, allocated in the forward"
+    (reserve,) = reserves
+    freed = [e for e in trace.events if e.kind is Kind.FREE and e.storage == reserve.storage]
+    assert len(freed) == 1 and freed[0].phase is Phase.BACKWARD
+    assert trace.storages[reserve.storage].dtype in ("uint8", "torch.uint8")
+    assert result.cuda is not None
+    (stated,) = result.cuda.ranges
+    ws_low, ws_high = _shape(kind, 10, 4).workspace()
+    assert stated.what == cuda_rnn.WHAT and stated.extra_bytes == (high - low) + (ws_high - ws_low)
+    assert result.to_json()["cuda"]["ranges"][0]["extra_bytes"] == stated.extra_bytes
+    assert Result.from_json(json.loads(json.dumps(result.to_json()))).cuda == result.cuda
+
+
+def test_inference_has_no_reserve_and_states_the_workspace() -> None:
+    request = Request(lambda: _Rnn("lstm", False), (parse_input("10x4x16"),), config=_cuda(mode="infer"))
+    trace, result = run_traced(request)
+    low, _ = _shape("lstm", 10, 4).reserve()
+    assert not any(e.nbytes == low for e in trace.events if e.kind is Kind.ALLOC)
+    assert result.cuda is not None
+    (stated,) = result.cuda.ranges
+    assert stated.extra_bytes == _shape("lstm", 10, 4).workspace()[1]
+
+
+def test_an_rnn_range_straddling_the_gpu_is_borderline_and_named() -> None:
+    base = simulate(lambda: _Rnn("gru", True), ["4x10x16"], device="cuda")
+    assert base.cuda is not None
+    (stated,) = base.cuda.ranges
+    spare = stated.extra_bytes // 2
+    res = simulate(lambda: _Rnn("gru", True), ["4x10x16"], device="cuda", gpu=_gpu(base, spare), headroom="0")
+    assert res.verdict is not None and res.verdict.status == BORDERLINE
+    assert res.verdict.uncertain_reasons == (cuda_rnn.WHAT,)
+    text = _text(res)
+    assert f"up to {human_bytes(stated.extra_bytes - spare)} short if {cuda_rnn.WHAT} takes its bound" in text
+    assert f"uncertain: {cuda_rnn.WHAT}, {cuda_rnn.CAUSE}" in text
+    assert f"{cuda_rnn.WHAT}: a range, up to +{human_bytes(stated.extra_bytes)}" in text
+    roomy = simulate(
+        lambda: _Rnn("gru", True), ["4x10x16"], device="cuda", gpu=_gpu(base, stated.extra_bytes), headroom="0"
+    )
+    assert roomy.verdict is not None and roomy.verdict.status == FITS
+
+
+def test_the_cpu_target_keeps_its_own_rnn_kernels() -> None:
+    res = simulate(lambda: _Rnn("lstm", True), ["4x10x16"], device="cpu")
+    assert res.cuda is None and not any(cuda_rnn.WHAT in n for n in res.notes)
+
+
+def _cuda(mode: str = "train") -> Config:
+    return Config(device="cuda", mode=mode)
+
+
+# --------------------------------------------------------------------------- inductor on a CUDA target
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 8))
+
+
+@pytest.mark.slow
+def test_inductor_on_cuda_is_a_range_up_to_the_eager_step() -> None:
+    """Inductor's CUDA plan is not simulated: the figure is its CPU plan's, and the range reaches the eager
+    step's reserved peak, simulated on its own here."""
+    compiled = simulate(_mlp, ["32x64"], device="cuda", compile_model=True)
+    eager = simulate(_mlp, ["32x64"], device="cuda")
+    assert compiled.cuda is not None and eager.cuda is not None
+    (stated,) = compiled.cuda.ranges
+    assert stated.what == INDUCTOR_CUDA_PLAN
+    assert stated.extra_bytes == max(0, eager.cuda.reserved_peak_bytes - compiled.cuda.reserved_peak_bytes)
+    assert stated.extra_bytes > 0  # the eager step holds more here (its cuBLAS workspace among it)
+    gpu = _gpu(compiled, stated.extra_bytes // 2)
+    judged = simulate(_mlp, ["32x64"], device="cuda", compile_model=True, gpu=gpu, headroom="0")
+    assert judged.verdict is not None and judged.verdict.status == BORDERLINE
+    assert judged.verdict.uncertain_reasons == (INDUCTOR_CUDA_PLAN,)
