@@ -22,11 +22,10 @@ from memtrace.tracer.core.records import (
     Phase,
     Result,
 )
-from memtrace.tracer.core.specs import human_bytes
+from memtrace.tracer.core.specs import human_bytes, parse_input
 from memtrace.tracer.devices.cuda import conv
 from memtrace.tracer.devices.cuda import rnn as cuda_rnn
 from memtrace.tracer.outputs.report import cuda_lines, verdict_line
-from memtrace.tracer.core.specs import parse_input
 from memtrace.tracer.simulate import INDUCTOR_CUDA_PLAN, Config, Request, run_traced, simulate
 
 MIB = 2**20
@@ -146,9 +145,8 @@ def test_an_rnn_range_straddling_the_gpu_is_borderline_and_named() -> None:
     assert f"up to {human_bytes(stated.extra_bytes - spare)} short if {cuda_rnn.WHAT} takes its bound" in text
     assert f"uncertain: {cuda_rnn.WHAT}, {cuda_rnn.CAUSE}" in text
     assert f"{cuda_rnn.WHAT}: a range, up to +{human_bytes(stated.extra_bytes)}" in text
-    roomy = simulate(
-        lambda: _Rnn("gru", True), ["4x10x16"], device="cuda", gpu=_gpu(base, stated.extra_bytes), headroom="0"
-    )
+    wide = _gpu(base, stated.extra_bytes)
+    roomy = simulate(lambda: _Rnn("gru", True), ["4x10x16"], device="cuda", gpu=wide, headroom="0")
     assert roomy.verdict is not None and roomy.verdict.status == FITS
 
 
