@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from rich.console import Console
 from test_cudnn_table import _cnn, _measured_cnn
 from torch import nn
@@ -166,11 +167,16 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 8))
 
 
+def _compiled_mlp() -> nn.Module:
+    """The user's own `torch.compile` (`--compile` goes through the same `torch.compile`)."""
+    return torch.compile(_mlp())  # type: ignore[return-value]
+
+
 @pytest.mark.slow
 def test_inductor_on_cuda_is_a_range_up_to_the_eager_step() -> None:
     """Inductor's CUDA plan is not simulated: the figure is its CPU plan's, and the range reaches the eager
     step's reserved peak, simulated on its own here."""
-    compiled = simulate(_mlp, ["32x64"], device="cuda", compile_model=True)
+    compiled = simulate(_compiled_mlp, ["32x64"], device="cuda")
     eager = simulate(_mlp, ["32x64"], device="cuda")
     assert compiled.cuda is not None and eager.cuda is not None
     (stated,) = compiled.cuda.ranges
@@ -178,6 +184,34 @@ def test_inductor_on_cuda_is_a_range_up_to_the_eager_step() -> None:
     assert stated.extra_bytes == max(0, eager.cuda.reserved_peak_bytes - compiled.cuda.reserved_peak_bytes)
     assert stated.extra_bytes > 0  # the eager step holds more here (its cuBLAS workspace among it)
     gpu = _gpu(compiled, stated.extra_bytes // 2)
-    judged = simulate(_mlp, ["32x64"], device="cuda", compile_model=True, gpu=gpu, headroom="0")
+    judged = simulate(_compiled_mlp, ["32x64"], device="cuda", gpu=gpu, headroom="0")
     assert judged.verdict is not None and judged.verdict.status == BORDERLINE
     assert judged.verdict.uncertain_reasons == (INDUCTOR_CUDA_PLAN,)
+
+
+# --------------------------------------------------------------------------- the owed GPU run's script
+
+
+def test_the_collection_script_measures_the_rnn_grid_against_the_rules_range() -> None:
+    """`collect_cudnn.py --rnn` covers the zoo's LSTM and says whether the rule's range held each measured
+    size (here made-up sizes: one inside, one above the reserve's upper end)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "gpu" / "collect_cudnn.py"
+    spec = importlib.util.spec_from_file_location("collect_cudnn", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    grid = mod.rnn_shapes(["float32"])
+    zoo = cuda_rnn.RnnShape("lstm", 32, 8, 128, 2, 1, 0)
+    assert (zoo, 64, "float32") in grid and {s.kind for s, _, _ in grid} == {"lstm", "gru"}
+    low, high = cuda_rnn.RnnShape("lstm", 32, 8, 128, 2, 1, 4).reserve()
+
+    def found(reserve: int) -> dict[str, object]:
+        train = {"reserve_bytes": reserve, "workspace_bytes": 1}
+        return {"train": train, "infer": {"workspace_bytes": 0}, "backward_scratch_bytes": 2}
+
+    inside = mod._rnn_entry(zoo, 64, "float32", found(low))
+    above = mod._rnn_entry(zoo, 64, "float32", found(high + 1))
+    assert inside["reserve_in_range"] and inside["workspace_in_range"] and not above["reserve_in_range"]
