@@ -6,6 +6,7 @@ No GPU: the cuDNN sizes are synthetic or stated bounds; what is tested is the st
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,7 +197,6 @@ def test_the_collection_script_measures_the_rnn_grid_against_the_rules_range() -
     """`collect_cudnn.py --rnn` covers the zoo's LSTM and says whether the rule's range held each measured
     size (here made-up sizes: one inside, one above the reserve's upper end)."""
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).parent.parent / "benchmarks" / "gpu" / "collect_cudnn.py"
     spec = importlib.util.spec_from_file_location("collect_cudnn", path)
@@ -215,3 +215,20 @@ def test_the_collection_script_measures_the_rnn_grid_against_the_rules_range() -
     inside = mod._rnn_entry(zoo, 64, "float32", found(low))
     above = mod._rnn_entry(zoo, 64, "float32", found(high + 1))
     assert inside["reserve_in_range"] and inside["workspace_in_range"] and not above["reserve_in_range"]
+
+
+def test_the_recorded_h200_lstm_lies_inside_the_stated_range() -> None:
+    """The zoo's LSTM as measured on an H200 with cuDNN 9.19 (benchmarks/results/h200-torch2.11, torch 2.11):
+    its allocated and reserved peaks lie between the simulated figure and the range's upper end."""
+    from zoo import ZOO_BY_NAME
+
+    path = Path(__file__).parent.parent / "benchmarks" / "results" / "h200-torch2.11" / "verify.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    (row,) = [r for r in rows if r["case"] == "zoo/lstm/adamw"]
+    measured = {c["figure"]: c["measured"] for c in row["checks"]}
+    res = simulate(ZOO_BY_NAME["lstm"].build, ["8x32x64"], device="cuda", gpu="h200", optimizer="adamw")
+    assert res.cuda is not None
+    (stated,) = res.cuda.ranges
+    low = {"allocated": res.cuda.allocated_peak_bytes, "reserved": res.cuda.reserved_peak_bytes}
+    for figure in ("allocated", "reserved"):
+        assert low[figure] <= measured[figure] <= low[figure] + stated.extra_bytes, figure
