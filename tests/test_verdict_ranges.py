@@ -34,7 +34,7 @@ MIB = 2**20
 
 
 def _text(result: Result) -> str:
-    console = Console(width=240, record=True)
+    console = Console(width=1000, record=True)
     console.print(verdict_line(result))
     assert result.cuda is not None
     console.print(cuda_lines(result.cuda))
@@ -150,6 +150,28 @@ def test_an_rnn_range_straddling_the_gpu_is_borderline_and_named() -> None:
     wide = _gpu(base, stated.extra_bytes)
     roomy = simulate(lambda: _Rnn("gru", True), ["4x10x16"], device="cuda", gpu=wide, headroom="0")
     assert roomy.verdict is not None and roomy.verdict.status == FITS
+
+
+def test_several_ranges_sum_and_each_is_named_with_its_own_bound() -> None:
+    """A convolution's workspace estimate beside the RNN range: the verdict weighs their sum, and the line
+    names each with its own upper end."""
+    from dataclasses import replace
+
+    from memtrace.tracer.core.specs import Headroom
+    from memtrace.tracer.devices.gpu import verdict
+
+    base = simulate(lambda: _Rnn("lstm", True), ["4x10x16"], device="cuda")
+    assert base.cuda is not None
+    (stated,) = base.cuda.ranges
+    cuda = replace(base.cuda, cudnn_workspace_estimate={"low_bytes": 0, "high_bytes": 5 * MIB})
+    total = stated.extra_bytes + 5 * MIB
+    v = verdict(_gpu(base, total - 1), Headroom(nbytes=0), base.peak_bytes, cuda)
+    assert v is not None and v.status == BORDERLINE and v.uncertain_bytes == total
+    assert v.uncertain_reasons == (CUDNN_WORKSPACE, cuda_rnn.WHAT)
+    text = _text(replace(base, cuda=cuda, verdict=v))
+    assert f"(not simulated) (up to {human_bytes(5 * MIB)})" in text
+    assert f"{cuda_rnn.WHAT}, {cuda_rnn.CAUSE} (up to {human_bytes(stated.extra_bytes)})" in text
+    assert "take their bounds" in text
 
 
 def test_the_cpu_target_keeps_its_own_rnn_kernels() -> None:
