@@ -81,6 +81,7 @@ LORA_8B = (  # Llama-3-8B's shape, bf16 weights, LoRA r16 on every Linear, each 
 PICTURES = ("--plot", f"{OUT}/exports-plot.png", "--html", f"{OUT}/exports-plot.html")
 DIST = ("benchmarks/models/dist_models.py:lm", "--input", "4x64:int64", "--device", "cpu")
 T1 = (SEED, *HD, "--gpu", "rtx4070")
+RNN_TAGGER = ("benchmarks/models/lstm_tagger.py:build", "--input", "8x64:int64", "--loss", "ce")
 CONV_BN = ("benchmarks/models/conv_bn.py:build", "--input", "8x3x64x64", "--device", "cpu")  # compile.md
 T2_GPU = ("--gpu", "rtx4070")
 PLOT_FIT = ("--plot", f"{OUT}/t2-fit.png")
@@ -145,6 +146,7 @@ JOBS: tuple[Job, ...] = (
     Job("compile-eager", (*CONV_BN, *outputs("compile-eager", plot=True))),
     Job("compile-cnn", (*CONV_BN, "--compile", *outputs("compile-cnn", plot=True))),
     Job("verify-cpu", ("verify", *SMALL, "--device", "cpu")),
+    Job("gpu-rnn-range", (*RNN_TAGGER, "--device", "cuda", "--gpu", "600MB")),
     Job("ddp", (*DIST, "--ddp", "2")),
     Job("fsdp-auto", (*DIST, "--fsdp", "2")),
     Job(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,6 +21,7 @@ from .core.records import (
     GpuSpec,
     InputSpec,
     Result,
+    StatedRange,
     Trace,
 )
 from .core.specs import (
@@ -32,13 +35,14 @@ from .core.specs import (
     parse_loss,
     parse_optimizer,
 )
+from .devices.gpu import verdict
 from .engine.batch import Batch
 from .engine.config import SDPA_BACKENDS, Config, StepFn
 from .engine.loader import Built, build_on_meta, load_object, make_inputs, spec_of
 from .engine.recipes import Recipe
 from .engine.trace import plan_for, step_function, trace_model
 from .meta.compat_bnb import moving_quantizes
-from .meta.compiled import compile_options
+from .meta.compiled import CompileLog, compile_options
 from .meta.routing import staying_on
 from .meta.target_view import TargetGpu, target_gpu, target_view
 
@@ -109,7 +113,49 @@ def run_recorded(request: Request) -> Run:
         specs = step_specs(request, built)
         trace = trace_model(built.model, step_batch(request, specs), request.config)
     trace = replace(trace, notes=(*trace.notes, *seen.lines()))
-    return compose(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
+    ran = compose(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
+    if _inductor_on_cuda(seen.compiled) and os.environ.get(_DYNAMO_OFF) != "1":
+        return _with_eager_range(request, ran)
+    return ran
+
+
+INDUCTOR_CUDA_PLAN = "inductor's CUDA plan"
+_INDUCTOR_CAUSE = "needs the device: the figure lies between inductor's CPU plan (simulated) and eager's"
+_DYNAMO_OFF = "TORCHDYNAMO_DISABLE"
+
+
+def _inductor_on_cuda(log: CompileLog) -> bool:
+    return log.cuda_target and any(" with inductor (" in c for c in log.compiled)
+
+
+@contextmanager
+def _dynamo_disabled() -> Iterator[None]:
+    """`torch.compile` (the user's and `--compile`'s) returns what it was given: the eager step."""
+    old = os.environ.get(_DYNAMO_OFF)
+    os.environ[_DYNAMO_OFF] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[_DYNAMO_OFF]
+        else:
+            os.environ[_DYNAMO_OFF] = old
+
+
+def _with_eager_range(request: Request, ran: Run) -> Run:
+    """On a CUDA target inductor's own plan is not simulated (compiled.py): the figure is stated as a
+    range from the compiled step's (inductor's CPU plan) to the eager step's, simulated once more here;
+    the verdict weighs its upper end."""
+    with _dynamo_disabled():
+        eager = run_recorded(request).result
+    result = ran.result
+    if result.cuda is None or eager.cuda is None:
+        return ran
+    extra = max(0, eager.cuda.reserved_peak_bytes - result.cuda.reserved_peak_bytes)
+    stated = StatedRange(INDUCTOR_CUDA_PLAN, _INDUCTOR_CAUSE, extra)
+    cuda = replace(result.cuda, ranges=(*result.cuda.ranges, stated))
+    judged = verdict(request.gpu, request.headroom, result.peak_bytes, cuda)
+    return replace(ran, result=replace(result, cuda=cuda, verdict=judged))
 
 
 def step_specs(request: Request, built: Built) -> list[InputSpec]:

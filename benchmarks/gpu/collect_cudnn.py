@@ -18,6 +18,17 @@ aten/src/ATen/native/cudnn/Conv_v8.cpp), in the allocator's rounded bytes. `cudn
 --benchmark (a second table, marked so). Shapes are measured smallest first; the run stops at --budget
 seconds and writes what it has; an out-of-memory call is skipped. The table for this GPU's compute
 capability, cuDNN version and benchmark setting replaces the one of the same keys in --out.
+
+--rnn measures cuDNN's RNN spaces instead (issue 24 item 2; the rule in tracer/devices/cuda/rnn.py states
+them as a range until measured): for LSTM and GRU over layers, hidden size, batch, sequence length,
+directions and dtype (`rnn_shapes`), one `torch._cudnn_rnn` call each in training and in inference, time-major
+and contiguous so no copy is made. The reserve is the call's fourth output (uint8: its numel is the size
+`cudnnGetRNNTempSpaceSizes` returned); the workspace is the allocator's peak during the call minus what is
+allocated after it; the backward (autograd through `CudnnRnnBackward0`, every gradient given) gives its
+peak minus what is allocated after it and minus the reserve it frees (`backward_scratch_bytes`: its larger
+workspace, as RNN.cpp allocates nothing else there). Each entry also says whether the rule's stated range
+held it (`RnnShape.reserve()`, `.workspace()`). Written to --rnn-out, one table per compute capability and
+cuDNN version.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ sys.path.insert(0, str(REPO / "benchmarks" / "models"))
 
 from memtrace.tracer.devices.cuda import cudnn_table  # noqa: E402
 from memtrace.tracer.devices.cuda.cudnn_table import ConvKey  # noqa: E402
+from memtrace.tracer.devices.cuda.rnn import RnnShape  # noqa: E402
 
 ZOO_CNNS = ("seed_cnn", "resnet_block", "depthwise", "groupnorm_unet")
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16")
@@ -172,6 +184,130 @@ def measure(key: ConvKey) -> int:
     return int(workspace)
 
 
+RNN_MODES = {"lstm": 2, "gru": 3}  # cudnnRNNMode_t: CUDNN_LSTM, CUDNN_GRU
+RNN_KIND = "memtrace-cudnn-rnn-spaces"
+
+
+def rnn_shapes(dtypes: list[str]) -> list[tuple[RnnShape, int, str]]:
+    """(shape, input size, dtype) of the grid, smallest first; the zoo's LSTM (2 layers, 128, 8x32x64)
+    among them."""
+    grid = [
+        (RnnShape(kind, seq, batch, hidden, layers, dirs, 0), hidden // 2 if hidden > 128 else 64, dtype)
+        for kind in RNN_MODES for layers in (1, 2, 4) for hidden in (128, 256, 512, 1024)
+        for batch in (1, 8, 32) for seq in (16, 32, 256) for dirs in (1, 2) for dtype in dtypes
+    ]  # fmt: skip
+    return sorted(
+        grid, key=lambda g: (g[0].seq * g[0].batch * g[0].hidden * g[0].layers * g[0].directions, str(g))
+    )
+
+
+def _rnn_params(shape: RnnShape, input_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    gates = {"lstm": 4, "gru": 3}[shape.kind] * shape.hidden
+    params = []
+    for layer in range(shape.layers):
+        size = input_size if layer == 0 else shape.hidden * shape.directions
+        for _ in range(shape.directions):
+            for rows, cols in ((gates, size), (gates, shape.hidden)):
+                params.append(torch.randn(rows, cols, device="cuda", dtype=dtype) * 0.01)
+            params += [torch.zeros(gates, device="cuda", dtype=dtype) for _ in range(2)]
+    return params
+
+
+def measure_rnn(shape: RnnShape, input_size: int, dtype_name: str) -> dict[str, Any]:
+    """One shape's reserve (training), workspace (training and inference) and backward scratch, in bytes."""
+    dtype = getattr(torch, dtype_name)
+    s = shape
+    params = [p.requires_grad_() for p in _rnn_params(s, input_size, dtype)]
+    buf = torch._cudnn_rnn_flatten_weight(
+        params, 4, input_size, RNN_MODES[s.kind], s.hidden, 0, s.layers, False, s.directions == 2
+    )
+    x = torch.randn(s.seq, s.batch, input_size, device="cuda", dtype=dtype, requires_grad=True)
+    hx = torch.zeros(s.layers * s.directions, s.batch, s.hidden, device="cuda", dtype=dtype)
+    cx = hx.clone() if s.kind == "lstm" else None
+
+    def call(train: bool) -> tuple[torch.Tensor, ...]:
+        return torch._cudnn_rnn(
+            x, params, 4, buf, hx, cx, RNN_MODES[s.kind], s.hidden, 0, s.layers, False, 0.0, train,
+            s.directions == 2, [], None,
+        )  # fmt: skip
+
+    found: dict[str, Any] = {}
+    for train in (True, False):
+        with torch.set_grad_enabled(train):
+            call(train)  # warm-up: the handle, the descriptors
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            outs = call(train)
+            torch.cuda.synchronize()
+            found["train" if train else "infer"] = {
+                "reserve_bytes": outs[3].numel(),
+                "workspace_bytes": torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated(),
+            }
+            if train:
+                grads = [torch.ones_like(outs[0]), torch.ones_like(outs[1])]
+                grads += [torch.ones_like(outs[2])] if cx is not None else []
+                tensors = [outs[0], outs[1]] + ([outs[2]] if cx is not None else [])
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                reserve = outs[3].numel()
+                del outs
+                got = torch.autograd.grad(tensors, [x, *params], grads)
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
+                found["backward_scratch_bytes"] = max(0, peak - reserve)
+                del got, tensors, grads
+            else:
+                del outs
+    return found
+
+
+def _rnn_entry(shape: RnnShape, input_size: int, dtype: str, found: dict[str, Any]) -> dict[str, Any]:
+    sized = RnnShape(*list(shape.__dict__.values())[:6], getattr(torch, dtype).itemsize)  # type: ignore[arg-type]
+    (rlow, rhigh), (wlow, whigh) = sized.reserve(), sized.workspace()
+    spaces = (
+        found["train"]["workspace_bytes"],
+        found["infer"]["workspace_bytes"],
+        found["backward_scratch_bytes"],
+    )
+    return {
+        "kind": shape.kind, "layers": shape.layers, "hidden": shape.hidden, "batch": shape.batch,
+        "seq": shape.seq, "directions": shape.directions, "input": input_size, "dtype": dtype, **found,
+        "reserve_in_range": rlow <= found["train"]["reserve_bytes"] <= rhigh,
+        "workspace_in_range": all(wlow <= b <= whigh for b in spaces),
+    }  # fmt: skip
+
+
+def collect_rnn(budget: float, dtypes: list[str], out: Path) -> None:
+    """--rnn: measure the grid within the budget and write the table (--rnn-out)."""
+    start, entries, grid, stopped = time.monotonic(), [], rnn_shapes(dtypes), ""
+    for i, (shape, input_size, dtype) in enumerate(grid):
+        if time.monotonic() - start > budget:
+            stopped = f"budget of {budget:.0f} s reached after {i} of {len(grid)} shapes"
+            break
+        try:
+            entries.append(_rnn_entry(shape, input_size, dtype, measure_rnn(shape, input_size, dtype)))
+        except torch.OutOfMemoryError:
+            pass
+        except RuntimeError as exc:  # a shape or dtype cuDNN refuses: left out, said
+            print(f"{shape} {dtype}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
+        torch.cuda.empty_cache()
+    major, minor = torch.cuda.get_device_capability()
+    table = {
+        "compute_capability": f"{major}.{minor}", "cudnn_version": int(torch.backends.cudnn.version() or 0),
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "measured": time.strftime("%Y-%m-%d"), "stopped": stopped or "all shapes measured",
+        "entries": entries,
+    }  # fmt: skip
+    data: dict[str, Any] = {"schema": 1, "kind": RNN_KIND, "tables": []}
+    if out.exists():
+        data = json.loads(out.read_text())
+    same = ("compute_capability", "cudnn_version")
+    data["tables"] = [t for t in data["tables"] if any(t.get(f) != table[f] for f in same)] + [table]
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    held = sum(e["reserve_in_range"] and e["workspace_in_range"] for e in entries)
+    print(f"{len(entries)} RNN shapes measured ({table['stopped']}), {held} in the rule's range -> {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=cudnn_table.DEFAULT_PATH)
@@ -181,7 +317,16 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16,float16")
     ap.add_argument("--filter", default="")
     ap.add_argument("--list", action="store_true", help="print the calls and stop (no GPU needed)")
+    ap.add_argument("--rnn", action="store_true", help="measure cuDNN's RNN reserve and workspace instead")
+    ap.add_argument("--rnn-out", type=Path, default=REPO / "benchmarks" / "results" / "cudnn-rnn-spaces.json")
     a = ap.parse_args()
+    if a.rnn:
+        if a.list:
+            for shape, input_size, dtype in rnn_shapes(a.dtypes.split(",")):
+                print(shape, input_size, dtype)
+            return
+        collect_rnn(a.budget, a.dtypes.split(","), a.rnn_out)
+        return
     start = time.monotonic()
     keys: dict[ConvKey, str] = {}
     for name, build, image, nhwc in models():

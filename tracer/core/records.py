@@ -103,6 +103,18 @@ class Trace:
         tuple[int, int], ...
     ] = ()  # generation: (iteration, seq) where decode step i+1 starts
     managed_bytes: int = 0  # CUDA unified memory (bitsandbytes' paged optimizer state), outside the allocator
+    stated_ranges: tuple[StatedRange, ...] = ()  # what the simulated figure may still grow by (cuda)
+
+
+@dataclass(frozen=True)
+class StatedRange:
+    """A part of the figure the simulation states as a range, not a number: `what` (named in the verdict's
+    `uncertain_reasons`), its `cause`, and `extra_bytes`, how far the range's upper end lies above what the
+    simulation placed (its lower end). A verdict is "fits" only when the spare covers every such range."""
+
+    what: str
+    cause: str
+    extra_bytes: int
 
 
 @dataclass(frozen=True)
@@ -249,12 +261,14 @@ def judge(
 
 
 def stated_uncertainty(cuda: CudaFigures | None) -> tuple[tuple[str, int], ...]:
-    """Each stated bound on what the simulated figure leaves out: today cuDNN's convolution workspace (chosen
-    by cuDNN's heuristics at run time, never placed), up to its estimate's high end."""
-    estimate = cuda.cudnn_workspace_estimate if cuda is not None else None
-    if estimate is None or estimate["high_bytes"] <= 0:
+    """Each stated bound on what the simulated figure leaves out or places at its range's lower end:
+    cuDNN's convolution workspace (chosen by cuDNN's heuristics at run time, never placed), up to its
+    estimate's high end, then every other stated range (`CudaFigures.ranges`) by its upper end."""
+    if cuda is None:
         return ()
-    return ((CUDNN_WORKSPACE, estimate["high_bytes"]),)
+    estimate = cuda.cudnn_workspace_estimate
+    conv = ((CUDNN_WORKSPACE, estimate["high_bytes"]),) if estimate and estimate["high_bytes"] > 0 else ()
+    return conv + tuple((r.what, r.extra_bytes) for r in cuda.ranges if r.extra_bytes > 0)
 
 
 @dataclass(frozen=True)
@@ -285,6 +299,9 @@ class CudaFigures:
     # reserved; nvidia-smi shows its pages while they are on the GPU (the optimizer step prefetches them;
     # the driver pages them out to the host under memory pressure)
     managed_bytes: int = 0
+    # every other range the figures rest on (cuDNN's RNN spaces, inductor's CUDA plan): in the JSON only
+    # when there is one, so a result without ranges saves as before
+    ranges: tuple[StatedRange, ...] = ()
 
     @property
     def nvidia_smi_estimate_bytes(self) -> int:
@@ -432,7 +449,7 @@ class Result:
                 "step": self.step,
                 "loss": self.loss,
                 "free_output": self.free_output,
-                "cuda": {**asdict(self.cuda), "segments": list(self.cuda.segments)} if self.cuda else None,
+                "cuda": _cuda_json(self.cuda) if self.cuda else None,
                 "flags": self.flags,
                 "parallel": self.parallel,
                 "assumptions": [asdict(a) for a in self.assumptions],
@@ -489,10 +506,18 @@ def _verdict_from(d: dict[str, Any]) -> Verdict:
     )
 
 
+def _cuda_json(cuda: CudaFigures) -> dict[str, Any]:
+    data = {**asdict(cuda), "segments": list(cuda.segments)}
+    if not cuda.ranges:
+        del data["ranges"]
+    return data
+
+
 def _cuda_from(d: dict[str, Any] | None) -> CudaFigures | None:
     if d is None:
         return None
-    return CudaFigures(**{**d, "segments": tuple(d.get("segments", ()))})
+    ranges = tuple(StatedRange(**r) for r in d.get("ranges", ()))
+    return CudaFigures(**{**d, "segments": tuple(d.get("segments", ())), "ranges": ranges})
 
 
 def _tensor_from(d: dict[str, Any]) -> TensorRow:

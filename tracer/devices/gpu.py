@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import MemtraceError
 from ..core.presets import CUDA_CONTEXT_BYTES
-from ..core.records import CudaFigures, GpuSpec, Verdict, judge, stated_uncertainty
+from ..core.records import CudaFigures, GpuSpec, StatedRange, Verdict, judge, stated_uncertainty
 from ..core.specs import Headroom, budget
 from .cuda import attention as cuda_attention
 from .cuda import sdp_choice
@@ -49,6 +49,16 @@ def gpu_notes(config: Config, target: cuda_attention.Target | None) -> tuple[str
     cuda = f", CUDA {config.cuda_version}" if config.cuda_version else ""
     text = f"SDPA on {where}, cuDNN {cudnn}{default}{cuda}, --sdpa-backend {config.sdpa_backend}: {counts}"
     return (text,)
+
+
+def stated_ranges(target: cuda_attention.Target | None) -> tuple[StatedRange, ...]:
+    """The ranges the run's rules stated, one per `what` (its calls' extra bytes summed), first seen first."""
+    if target is None:
+        return ()
+    summed: dict[str, tuple[str, int]] = {}
+    for what, cause, extra in target.ranges.values():
+        summed[what] = (cause, summed.get(what, (cause, 0))[1] + extra)
+    return tuple(StatedRange(what, cause, extra) for what, (cause, extra) in summed.items())
 
 
 def allocator_config(text: str | None) -> AllocatorConfig:

@@ -123,4 +123,5 @@ def _load_rules() -> None:
     from ..devices.cuda import bnb as cuda_bnb  # noqa: F401
     from ..devices.cuda import conv as cuda_conv  # noqa: F401
     from ..devices.cuda import loss as cuda_loss  # noqa: F401
+    from ..devices.cuda import rnn as cuda_rnn  # noqa: F401
     from ..meta import autocast, compat, compat_bnb, compat_nn, compat_torchvision, optim_meta  # noqa: F401

@@ -19,7 +19,7 @@ from ..core.records import (
     Phase,
     Trace,
 )
-from ..devices.gpu import gpu_notes, gpu_target
+from ..devices.gpu import gpu_notes, gpu_target, stated_ranges
 from ..engine.batch import Batch, as_batch
 from ..engine.data_dependent import resolving
 from ..engine.device_model import DeviceModel
@@ -92,6 +92,7 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
         notes=every_note,
         assumptions=tuple(assumed),
         decode_starts=tuple(watch.starts),
+        stated_ranges=stated_ranges(gpu),
     )
 
 

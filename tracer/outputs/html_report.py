@@ -163,6 +163,8 @@ def _cuda_rows(result: Result) -> list[list[str]]:
             f"not in the peak: +{human_bytes(low)}..+{human_bytes(high)}, one call's, by cuDNN's heuristics"
         )
         rows.append(_figure_row("cuDNN conv workspace, at most", high, note))
+    for r in c.ranges:
+        rows.append(_figure_row(f"{r.what}, up to", r.extra_bytes, f"a range above the figure: {r.cause}"))
     return rows
 
 

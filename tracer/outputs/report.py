@@ -20,6 +20,7 @@ from ..core.records import (
     LayerRow,
     Result,
     Verdict,
+    stated_uncertainty,
 )
 from ..core.specs import human_bytes, short_bytes
 from .palette import CATEGORY_COLOURS
@@ -178,6 +179,8 @@ def cuda_lines(c: CudaFigures) -> Text:
             "(estimate: one call's, chosen by cuDNN's heuristics)",
             style="yellow",
         )
+    for r in c.ranges:
+        text.append(f"\n  {r.what}: a range, up to +{human_bytes(r.extra_bytes)} ({r.cause})", style="yellow")
     return text
 
 
@@ -268,9 +271,18 @@ def _taking_bounds(v: Verdict) -> str:
 _UNCERTAIN_WHY = {CUDNN_WORKSPACE: "chosen by cuDNN's heuristics when the step runs (not simulated)"}
 
 
-def _uncertain_line(v: Verdict) -> Text:
-    why = "; ".join(f"{r}, {_UNCERTAIN_WHY.get(r, 'not simulated')}" for r in v.uncertain_reasons)
-    return Text(f"\n  uncertain: {why}: up to {human_bytes(v.uncertain_bytes)}", style="yellow")
+def _uncertain_line(result: Result, v: Verdict) -> Text:
+    """Each range the verdict weighed and its cause; with several, each one's upper end above the figure."""
+    why = {**_UNCERTAIN_WHY, **{r.what: r.cause for r in (result.cuda.ranges if result.cuda else ())}}
+    extra = dict(stated_uncertainty(result.cuda))
+    several = len(v.uncertain_reasons) > 1
+    parts = [f"{r}, {why.get(r, 'not simulated')}" for r in v.uncertain_reasons]
+    if several:
+        parts = [
+            p + (f" (up to {human_bytes(extra[r])})" if r in extra else "")
+            for p, r in zip(parts, v.uncertain_reasons, strict=True)
+        ]
+    return Text(f"\n  uncertain: {'; '.join(parts)}: up to {human_bytes(v.uncertain_bytes)}", style="yellow")
 
 
 def verdict_line(result: Result) -> Text:
@@ -290,7 +302,7 @@ def verdict_line(result: Result) -> Text:
         text.append(f"\nBorderline on {gpu}: ", style="bold yellow")
         text.append(f"{human_bytes(v.spare_bytes)} to spare by the simulation,")
         text.append(f"\n  up to {human_bytes(v.worst_short_bytes)} short if {_taking_bounds(v)}")
-        text.append(_uncertain_line(v))
+        text.append(_uncertain_line(result, v))
     else:
         text.append(f"\nDoes not fit on {gpu}: ", style="bold red")
         text.append(f"needs {human_bytes(-v.spare_bytes)} more")

@@ -85,6 +85,9 @@ class Target:
     backend: str = "auto"
     sm_count: int = DEFAULT_SM_COUNT
     choices: list[ChoiceRecord] = field(default_factory=list)
+    # what other rules state as a range (cuDNN's RNN spaces): call key -> (what, cause, extra bytes above
+    # what was placed); one entry per key however often the step runs the call (`gpu.stated_ranges`)
+    ranges: dict[object, tuple[str, str, int]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:
         """How many SDPA calls ran on each backend."""
