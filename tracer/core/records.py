@@ -103,6 +103,7 @@ class Trace:
         tuple[int, int], ...
     ] = ()  # generation: (iteration, seq) where decode step i+1 starts
     managed_bytes: int = 0  # CUDA unified memory (bitsandbytes' paged optimizer state), outside the allocator
+    host_peak_bytes: int = 0  # pinned host memory at its peak (an offloaded KV cache's copies), outside it
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,9 @@ class CudaFigures:
     # reserved; nvidia-smi shows its pages while they are on the GPU (the optimizer step prefetches them;
     # the driver pages them out to the host under memory pressure)
     managed_bytes: int = 0
+    # pinned host memory at its peak: an offloaded KV cache's layers copied to the host (`.to("cpu",
+    # non_blocking=True)` of a CUDA tensor pins); neither allocated nor reserved
+    host_bytes: int = 0
 
     @property
     def nvidia_smi_estimate_bytes(self) -> int:
