@@ -91,14 +91,15 @@ def _default_stream(original: Any) -> Any:
 
 def _update(original: Any) -> Any:
     @functools.wraps(original)
-    def update(self: Any, key_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if not getattr(self, "offloading", False):
-            return original(self, key_states, *args, **kwargs)
+    def update(self: Any, *args: Any, **kwargs: Any) -> Any:
+        key_states = args[0] if args else kwargs.get("key_states")
+        if not getattr(self, "offloading", False) or not isinstance(key_states, torch.Tensor):
+            return original(self, *args, **kwargs)
         if key_states.device.type in ("meta", "cpu"):
             self.prefetch_stream = _SameStream()
         rec = active_recorder() if key_states.device.type == "meta" else None
         with rec.allocating_as(Category.KV_CACHE) if rec is not None else nullcontext():
-            return original(self, key_states, *args, **kwargs)
+            return original(self, *args, **kwargs)
 
     return update
 
