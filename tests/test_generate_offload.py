@@ -130,3 +130,26 @@ def test_on_a_cuda_target_the_host_holds_the_cache(kv_cache: str) -> None:
     assert offloaded.cuda.allocated_peak_bytes <= dynamic.cuda.allocated_peak_bytes
     data = Result.from_json(json.loads(json.dumps(offloaded.to_json())))
     assert data.cuda is not None and data.cuda.host_bytes == offloaded.cuda.host_bytes
+
+
+def test_the_report_says_where_the_cache_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """The report's host line and note on a CUDA target; on the CPU the note says the layers move nothing."""
+    from test_cli import run as cli
+
+    common = (LLAMA, "--input", "input_ids=1x8:int64", *_args(SMALL), "--mode", "generate")
+    code, out, err = cli(
+        capsys, *common, "--max-new-tokens", "3", "--kv-cache", "offloaded", "--device", "cuda"
+    )
+    text = " ".join(out.split())  # the report wraps its notes at the terminal's width
+    assert code == 0, err
+    assert "offloaded cache, greedy" in text and "not in max_memory_allocated" in text
+    assert any(line.strip().startswith("host ") for line in out.splitlines())
+    code, out, err = cli(
+        capsys, *common, "--max-new-tokens", "3", "--kv-cache", "offloaded", "--device", "cpu"
+    )
+    assert code == 0, err
+    assert "host and device are one" in " ".join(out.split())
+
+
+def _args(kwargs: dict[str, Any]) -> list[str]:
+    return [x for k, v in kwargs.items() for x in ("--arg", f"{k}={v}")]
