@@ -56,6 +56,13 @@ GENERATE = (  # a small Llama, a 4-token prompt and 48 new tokens: the cache gro
     *("--arg", "vocab=128", "--input", "input_ids=1x4:int64", "--mode", "generate"),
     *("--max-new-tokens", "48", "--device", "cpu"),
 )
+OFFLOADED = (  # the small Llama of GENERATE, 4 layers, its cache offloaded to the host on an A100
+    "benchmarks/models/hf_llama.py:build",
+    *("--arg", "layers=4", "--arg", "hidden=64", "--arg", "heads=4", "--arg", "kv_heads=4"),
+    *("--arg", "intermediate=128", "--arg", "vocab=128", "--input", "input_ids=1x4:int64"),
+    *("--mode", "generate", "--max-new-tokens", "48", "--kv-cache", "offloaded"),
+    *("--device", "cuda", "--gpu", "a100-80gb"),
+)
 VLM = (  # the seed's ~7B LLaVA answering two turns, the cache kept (docs/tutorial-vlm-serving.md)
     "benchmarks/models/hf_llava.py:seed",
     *("--input", "input_ids=1x626:int64", "--input", "pixel_values=1x3x336x336"),
@@ -201,6 +208,7 @@ JOBS: tuple[Job, ...] = (
     Job("exports-plot", (*SMALL, "--gpu", "rtx4070", *PICTURES)),
     Job("generate", (*GENERATE, "--plot", f"{OUT}/generate-plot.png")),
     Job("generate-verify", ("verify", *GENERATE)),
+    Job("generate-offloaded", OFFLOADED),
     Job("serve-fit-batch", ("fit", *SERVE, "--input", "input_ids=Bx1024:int64")),
     Job("serve-fit-prompt", ("fit", *SERVE, "--input", "input_ids=4xS:int64")),
     Job(

@@ -144,7 +144,10 @@ def _args(kwargs: dict[str, Any]) -> list[str]:
             "max_position_embeddings",
         ),
         (["--mode", "generate", "--max-new-tokens", "4", "--kv-cache", "quantized"], "--kv-cache quantized"),
-        (["--mode", "generate", "--max-new-tokens", "4", "--kv-cache", "offloaded"], "CUDA streams"),
+        (
+            ["--mode", "generate", "--max-new-tokens", "4", "--kv-cache", "offloaded", "--num-beams", "2"],
+            "--kv-cache offloaded with --num-beams",
+        ),
     ],
 )
 def test_generate_refusals_are_one_line(

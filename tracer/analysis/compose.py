@@ -117,6 +117,7 @@ def _compose(
             cudnn_workspace_estimate=estimate_json(trace.workspace_estimate),
             managed_bytes=requested.managed_bytes,
             ranges=trace.stated_ranges,
+            host_bytes=requested.host_peak_bytes,
         )
     result = Result(
         model=_model_info(model, built_path),

@@ -104,6 +104,7 @@ class Trace:
     ] = ()  # generation: (iteration, seq) where decode step i+1 starts
     managed_bytes: int = 0  # CUDA unified memory (bitsandbytes' paged optimizer state), outside the allocator
     stated_ranges: tuple[StatedRange, ...] = ()  # what the simulated figure may still grow by (cuda)
+    host_peak_bytes: int = 0  # pinned host memory at its peak (an offloaded KV cache's copies), outside it
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,9 @@ class CudaFigures:
     # every other range the figures rest on (cuDNN's RNN spaces, inductor's CUDA plan): in the JSON only
     # when there is one, so a result without ranges saves as before
     ranges: tuple[StatedRange, ...] = ()
+    # pinned host memory at its peak: an offloaded KV cache's layers copied to the host (`.to("cpu",
+    # non_blocking=True)` of a CUDA tensor pins); neither allocated nor reserved
+    host_bytes: int = 0
 
     @property
     def nvidia_smi_estimate_bytes(self) -> int:

@@ -268,6 +268,8 @@ def generation_notes(config: Any, watch: GenerationWatch) -> tuple[str, ...]:
             "generate() runs under torch.no_grad(): autocast's weight-cast cache applies (each weight cast "
             "once per autocast region and kept until it exits)"
         )
+    if spec is not None and (spec.kv_cache or "").startswith("offloaded"):
+        notes.append(_offloaded_note(config.device))
     static = spec is not None and spec.kv_cache in ("static", "offloaded_static")
     if static and config.device == "cuda":
         notes.append(
@@ -275,6 +277,19 @@ def generation_notes(config: Any, watch: GenerationWatch) -> tuple[str, ...]:
             "reduce-overhead); the figure assumes disable_compile=True (the eager forward)"
         )
     return tuple(notes)
+
+
+def _offloaded_note(device: str) -> str:
+    if device != "cuda":
+        return (
+            "offloaded cache: on the CPU host and device are one, so its layers move nothing (as "
+            "transformers finds it); its CUDA figures need --device cuda"
+        )
+    return (
+        "offloaded cache: the layers wait in pinned host memory (cuda.host_bytes, not in "
+        "max_memory_allocated) and come back one layer ahead; the prefetch copies are made on a side stream "
+        "in a real run, whose blocks the caching allocator pools apart: reserved is modelled on one stream"
+    )
 
 
 def check_generate(model: nn.Module, prompt: torch.Tensor | None, spec: GenerateSpec) -> None:
@@ -290,10 +305,10 @@ def check_generate(model: nn.Module, prompt: torch.Tensor | None, spec: Generate
         )
     if spec.kv_cache == "quantized":
         check_quantized_backend(model)
-    if spec.kv_cache is not None and spec.kv_cache.startswith("offloaded"):
+    if spec.kv_cache is not None and spec.kv_cache.startswith("offloaded") and spec.num_beams > 1:
         raise MemtraceError(
-            f"--kv-cache {spec.kv_cache}: the offloaded caches copy layers to the host on CUDA streams, "
-            "which the simulation does not model yet; use dynamic or static"
+            f"--kv-cache {spec.kv_cache} with --num-beams: beam search reorders the host copies of an "
+            "offloaded cache on the host, which the simulation does not model; use one beam or another cache"
         )
     positions = max_positions(model)
     if prompt is None or positions is None or prompt.dim() == 0:

@@ -37,6 +37,7 @@ from ..core.specs import OptimizerSpec
 from .batch import Batch
 from .generation import known_stops
 from .losses import LossFn, auto_loss
+from .offload import offloaded_caches
 
 MODES = ("train", "infer", "no_grad", "generate")
 
@@ -205,7 +206,7 @@ def run_program(
 ) -> None:
     """The step, `iterations` times; each iteration's locals are freed before the next one starts."""
     model.train(plan.mode == "train")
-    with known_stops():
+    with known_stops(), offloaded_caches():
         _iterate(model, batch, optimizer, plan, observer, range(first, first + iterations))
 
 

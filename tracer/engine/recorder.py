@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..core.records import Category, Event, Kind, Phase, StorageInfo, Trace
 from ..core.registry import WorkspaceRule
-from ..meta.managed import allocating_managed
+from ..meta.managed import PinnedHost, allocating_host, allocating_managed
 from ..meta.tensors import simulated
 from .batch import Batch, floating_leaves
 from .device_model import DeviceModel
@@ -116,6 +116,7 @@ class Recorder:
         self._allocating: Category | None = None  # what new storages are while a caller says (distributed)
         self.managed: dict[int, StorageWeakRef] = {}  # storages in CUDA unified memory (meta/managed.py)
         self.managed_bytes = 0
+        self.host = PinnedHost()  # pinned host storages: an offloaded KV cache's copies (meta/managed.py)
 
     # --- the narrow API of the hooks, the map and the ranks: no other module assigns these fields ------
     def bind_model(self, owners: dict[int, str], params: list[nn.Parameter]) -> None:
@@ -204,7 +205,7 @@ class Recorder:
         elif self.cuda and not t.is_meta:
             return None
         storage = t.untyped_storage()
-        if self._managed(storage):
+        if self._managed(storage) or self.host.holds(storage):
             return None
         found = self.live.get(storage._cdata)
         if found is not None and not found.ref.expired():
@@ -215,6 +216,9 @@ class Recorder:
         if allocating_managed():  # CUDA unified memory (bitsandbytes' paged state): apart, not an event
             self.managed[storage._cdata] = StorageWeakRef(storage)
             self.managed_bytes += nbytes
+            return None
+        if allocating_host():  # pinned host memory (an offloaded KV cache's copies): apart, its peak kept
+            self.host.add(storage, nbytes)
             return None
         sid = next(self._ids)
         category = category or self._allocating
@@ -562,6 +566,7 @@ class Recorder:
             dict(self.input_shapes),
             workspace_estimate=self.estimate,
             managed_bytes=self.managed_bytes,
+            host_peak_bytes=self.host.peak_bytes,
         )
 
 

@@ -166,6 +166,11 @@ def cuda_lines(c: CudaFigures) -> Text:
             f"\n  managed   {human_bytes(c.managed_bytes)}  (paged optimizer state in CUDA unified memory: "
             "not in allocated or reserved)"
         )
+    if c.host_bytes:
+        text.append(
+            f"\n  host      {human_bytes(c.host_bytes)}  (the offloaded KV cache's layers in pinned host "
+            "memory at their peak: not in allocated or reserved)"
+        )
     paged = " + the paged state while on the GPU" if c.managed_bytes else ""
     text.append(
         f"\n  nvidia-smi ~ {human_bytes(c.nvidia_smi_estimate_bytes)}  (reserved + a "
