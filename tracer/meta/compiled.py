@@ -63,6 +63,30 @@ class CompileLog:
     compiled: dict[str, None] = field(default_factory=dict)  # what, backend and mode, once each
     graphs: int = 0
     seconds: float = 0.0
+    recompiled: list[tuple[str, str]] = field(default_factory=list)  # (on what, detail) per recompilation
+    _inputs: dict[int, tuple[str, ...]] = field(default_factory=dict)  # each frame's last input shapes
+
+    def saw(self, name: str, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+        """One graph compiled: Dynamo's compile id says whether it recompiles a frame (its guards failed on
+        the new call, e.g. a new sequence length), and the inputs' shapes say on what."""
+        from torch._guards import CompileContext
+
+        self.graphs += 1
+        compile_id = CompileContext.current_compile_id()
+        if compile_id is None or compile_id.frame_id is None:
+            return
+        shapes = tuple(_shape(t) for t in example_inputs if _is_input(t))
+        before = self._inputs.get(compile_id.frame_id)
+        self._inputs[compile_id.frame_id] = shapes
+        if before is None or not compile_id.frame_compile_id:
+            return
+        changed = [(a, b) for a, b in zip(before, shapes, strict=False) if a != b] or [
+            (", ".join(before), ", ".join(shapes))
+        ]
+        symbolic = [_shape(v) for v in _placeholders(gm) if _is_input(v) and _is_symbolic(v)]
+        how = f", dynamic sizes {', '.join(symbolic)}" if symbolic else ""
+        what = "new shapes" if before != shapes else "failed guards"
+        self.recompiled.append((what, f"{name} {'; '.join(f'{a} then {b}' for a, b in changed)}{how}"))
 
     def lines(self) -> tuple[str, ...]:
         if not self.compiled:
@@ -71,9 +95,35 @@ class CompileLog:
         if self.cuda_target and any(" with inductor (" in c for c in self.compiled):
             how.append(_CUDA_RANGE)
         return (
-            f"torch.compile: {'; '.join(self.compiled)}; {self.graphs} graph(s) compiled in "
-            f"{self.seconds:.1f} s, counted once; simulated as compiled: {'; '.join(how)}",
+            f"torch.compile: {'; '.join(self.compiled)}; {self.graphs} graph(s) compiled{self._recompiles()} "
+            f"in {self.seconds:.1f} s, counted once; simulated as compiled: {'; '.join(how)}",
         )
+
+    def _recompiles(self) -> str:
+        if not self.recompiled:
+            return ""
+        n, whats = len(self.recompiled), {what for what, _ in self.recompiled}
+        counted = f"{n} recompilation{'s' if n > 1 else ''}"
+        if len(whats) == 1:
+            return f" ({counted} on {whats.pop()}: {'; '.join(d for _, d in self.recompiled)})"
+        return f" ({counted}: {'; '.join(f'on {w}, {d}' for w, d in self.recompiled)})"
+
+
+def _is_input(t: Any) -> bool:
+    """A tensor the step passes in (not a parameter or buffer, whose shapes do not change)."""
+    return isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter) and t.dim() > 0
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(d) for d in t.shape)
+
+
+def _is_symbolic(t: torch.Tensor) -> bool:
+    return any(isinstance(d, torch.SymInt) for d in t.shape)
+
+
+def _placeholders(gm: torch.fx.GraphModule) -> list[Any]:
+    return [node.meta.get("example_value") for node in gm.graph.find_nodes(op="placeholder")]
 
 
 _CUDA_RANGE = "inductor's CUDA plan needs the device: the CUDA figure lies between the eager one and this"
@@ -135,7 +185,7 @@ def compile_patch(
         log.compiled.setdefault(f"{_name(model)} with {backend} (mode {mode})", None)
         rest = {k: v for k, v in kwargs.items() if k in ("fullgraph", "dynamic")}
         _skip_memtrace_frames()
-        return real_compile(model, backend=_timed(log, _BACKEND[backend], machine), **rest)
+        return real_compile(model, backend=_timed(log, _name(model), _BACKEND[backend], machine), **rest)
 
     return compile_
 
@@ -176,7 +226,10 @@ def module_compile(self: torch.nn.Module, **kwargs: Any) -> None:
 
 
 def _timed(
-    log: CompileLog, backend: Callable[..., Any], machine: Callable[[], AbstractContextManager[None]]
+    log: CompileLog,
+    name: str,
+    backend: Callable[..., Any],
+    machine: Callable[[], AbstractContextManager[None]],
 ) -> Callable[..., Any]:
     def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
         start = time.perf_counter()
@@ -184,7 +237,7 @@ def _timed(
             with machine():
                 return backend(gm, example_inputs)
         finally:
-            log.graphs += 1
+            log.saw(name, gm, example_inputs)
             log.seconds += time.perf_counter() - start
 
     return compile_graph
@@ -242,12 +295,38 @@ def _kernels_not_built() -> Iterator[None]:
         PyCodeCache.modules_no_attr.update(no_attr)
 
 
+def _symbolic_cpu_fakes(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[Any] | None:
+    """After a recompilation on new shapes Dynamo's graph has symbolic sizes (`s0`): CPU fakes of those sizes
+    in Dynamo's own fake mode, so inductor plans for every size the graph serves, as the real compile does
+    (a plan made for the example's sizes would be reused, wrong, for the next size). None when all static."""
+    from torch._guards import TracingContext
+
+    context = TracingContext.try_get()
+    values = _placeholders(gm)
+    if context is None or context.fake_mode is None or len(values) != len(example_inputs):
+        return None
+    if not any(isinstance(v, torch.SymInt) for v in values):
+        return None
+    with context.fake_mode:
+        pairs = zip(values, example_inputs, strict=True)
+        return [_symbolic_cpu(v) if isinstance(v, torch.Tensor) else t for v, t in pairs]
+
+
+def _symbolic_cpu(v: torch.Tensor) -> torch.Tensor:
+    cpu = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="cpu")
+    return cpu.requires_grad_(v.requires_grad)
+
+
 def _inductor(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
     from torch._inductor.compile_fx import compile_fx
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    fake_mode = FakeTensorMode()
     _on_cpu(gm)
+    symbolic = _symbolic_cpu_fakes(gm, example_inputs)
+    if symbolic is not None:
+        with _kernels_not_built():
+            return compile_fx(gm, symbolic)
+    fake_mode = FakeTensorMode()
     fakes = [_cpu_fake(fake_mode, t) for t in example_inputs]
     with _kernels_not_built(), fake_mode:
         return compile_fx(gm, fakes)
