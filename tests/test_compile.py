@@ -240,3 +240,45 @@ def test_the_flags_and_what_they_imply(tmp_path: Path) -> None:
     )
     with pytest.raises(MemtraceError, match=r"torch.compile\(backend='tvm'\): memtrace simulates inductor"):
         run(request(f"{builder}:build", ("2x4",), device="cpu"))
+
+
+def test_the_cuda_range_of_a_compiled_step_has_its_ends_in_order() -> None:
+    """The range logic on two results whose peaks stand for the compiled and the eager step, either way round
+    (compiling can raise a peak as well as lower it)."""
+    from dataclasses import replace
+
+    from memtrace.tracer.analysis.compiled_range import with_compiled_range
+
+    base = run(request(f"{MODELS / 'conv_bn.py'}:build", ("2x3x16x16",), device="cuda"))
+    assert base.cuda is not None
+    for compiled_bytes, eager_bytes in ((1000, 3000), (3000, 1000)):
+        compiled = replace(base, peak=replace(base.peak, bytes=compiled_bytes))
+        eager = replace(base, peak=replace(base.peak, bytes=eager_bytes))
+        ranged = with_compiled_range(compiled, eager)
+        assert ranged.cuda is not None and ranged.cuda.compiled_range is not None
+        ends = ranged.cuda.compiled_range
+        assert (ends["low_bytes"], ends["high_bytes"]) == (1000, 3000)
+        assert (ends["compiled_bytes"], ends["eager_bytes"]) == (compiled_bytes, eager_bytes)
+        assert ranged.peak_bytes == compiled_bytes  # the report's figure stays the compiled plan's
+        assert "lies between 1,000 and 3,000 bytes allocated" in ranged.notes[-1]
+        assert ranged.to_json()["cuda"]["compiled_range"] == ends
+    cpu = run(request(f"{MODELS / 'conv_bn.py'}:build", ("2x3x16x16",), device="cpu"))
+    assert with_compiled_range(cpu, cpu) is cpu  # no allocator modelled, no range
+
+
+@pytest.mark.slow
+def test_a_compiled_step_on_cuda_is_given_as_a_range_to_its_eager_step(models: Path) -> None:
+    """On a CUDA target inductor's CPU plan is one end and the eager step, placed for the same GPU, the
+    other: both figures are the simulation's own, each checked against a run of its own."""
+    compiled = run(request(f"{models}:cnn", ("4x3x32x32",), device="cuda", compile_model=True))
+    eager = run(request(f"{models}:cnn", ("4x3x32x32",), device="cuda"))
+    assert compiled.cuda is not None and eager.cuda is not None
+    ends = compiled.cuda.compiled_range
+    assert ends is not None
+    assert ends["compiled_bytes"] == compiled.peak_bytes and ends["eager_bytes"] == eager.peak_bytes
+    assert ends["eager_reserved_bytes"] == eager.cuda.reserved_peak_bytes
+    assert ends["low_bytes"] == min(compiled.peak_bytes, eager.peak_bytes) < ends["high_bytes"]
+    assert any(n.startswith("torch.compile on cuda: inductor's CUDA kernels") for n in compiled.notes)
+    assert eager.cuda.compiled_range is None
+    cpu = run(request(f"{models}:cnn", ("4x3x32x32",), device="cpu", compile_model=True))
+    assert cpu.cuda is None and not any("on cuda" in n for n in cpu.notes)

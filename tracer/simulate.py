@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .analysis.compiled_range import with_compiled_range
 from .analysis.compose import Run, analyse, compose
 from .core.errors import MemtraceError
 from .core.generation import GenerateSpec
@@ -40,7 +41,7 @@ from .engine.trace import plan_for, step_function, trace_model
 from .meta.compat_bnb import moving_quantizes
 from .meta.compiled import compile_options
 from .meta.routing import staying_on
-from .meta.target_view import TargetGpu, target_gpu, target_view
+from .meta.target_view import Seen, TargetGpu, target_gpu, target_view
 
 
 def build(builder: str | Callable[..., Any], builder_kwargs: dict[str, Any] | None = None) -> Built:
@@ -102,14 +103,23 @@ def run_recorded(request: Request) -> Run:
     placement through the caching allocator (`Run.placed`). The user's code (the builder's module, the
     builder, the step's module and the step) sees the target GPU while it runs."""
     request = with_gpu_arch(request)
-    with target_view(view_target(request)) as seen:
+    ran, seen = _recorded(request, compiling=True)
+    if not seen.compiled.planned_for_the_cpu:
+        return ran
+    eager, _ = _recorded(request, compiling=False)  # the other end of a compiled step's CUDA range
+    return replace(ran, result=with_compiled_range(ran.result, eager.result))
+
+
+def _recorded(request: Request, compiling: bool) -> tuple[Run, Seen]:
+    with target_view(view_target(request), compiling) as seen:
         built = build(request.builder, dict(request.builder_kwargs))
         if request.transform is not None:
             request.transform(built.model)
         specs = step_specs(request, built)
         trace = trace_model(built.model, step_batch(request, specs), request.config)
     trace = replace(trace, notes=(*trace.notes, *seen.lines()))
-    return compose(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
+    ran = compose(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
+    return ran, seen
 
 
 def step_specs(request: Request, built: Built) -> list[InputSpec]:

@@ -285,6 +285,10 @@ class CudaFigures:
     # reserved; nvidia-smi shows its pages while they are on the GPU (the optimizer step prefetches them;
     # the driver pages them out to the host under memory pressure)
     managed_bytes: int = 0
+    # a compiled step (inductor): {low_bytes, high_bytes} of its allocated peak, between the compiled step as
+    # inductor plans it for the CPU (compiled_bytes) and the eager step (eager_bytes), and the reserved peaks
+    # of both; inductor's CUDA kernels need Triton and the device (analysis/compiled_range.py)
+    compiled_range: dict[str, int] | None = None
 
     @property
     def nvidia_smi_estimate_bytes(self) -> int:

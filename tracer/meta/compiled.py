@@ -12,8 +12,9 @@ allocator; code between graph breaks runs eagerly, as without compiling.
   (Dynamo's graph op by op); each compile is said in the report, with its mode and how long it took;
 - CUDA graphs (`reduce-overhead`, `max-autotune`) on a CUDA target are refused in one line, and so are the
   max-autotune modes, whose choices are made by timing kernels on the device;
-- on a CUDA target the plan is inductor's CPU plan (its CUDA plan needs Triton and the device): the report
-  says so.
+- on a CUDA target the plan is inductor's CPU plan (its CUDA plan needs Triton and the device): the figure
+  is given as the range between it and the eager step (`off`: torch.compile returns what it is given),
+  analysis/compiled_range.py.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class CompileLog:
     """What was compiled while the step ran, for the report."""
 
     cuda_target: bool
+    off: bool = False  # torch.compile returns what it is given: the eager step the CUDA range is drawn to
     compiled: dict[str, None] = field(default_factory=dict)  # what, backend and mode, once each
     graphs: int = 0
     seconds: float = 0.0
@@ -88,12 +90,15 @@ class CompileLog:
         what = "new shapes" if before != shapes else "failed guards"
         self.recompiled.append((what, f"{name} {'; '.join(f'{a} then {b}' for a, b in changed)}{how}"))
 
+    @property
+    def planned_for_the_cpu(self) -> bool:
+        """Inductor compiled for a CUDA target: its plan is the CPU's, the figure a range."""
+        return self.cuda_target and any(" with inductor (" in c for c in self.compiled)
+
     def lines(self) -> tuple[str, ...]:
         if not self.compiled:
             return ()
         how = [text for backend, text in _HOW.items() if f" with {backend} (" in " ".join(self.compiled)]
-        if self.cuda_target and any(" with inductor (" in c for c in self.compiled):
-            how.append(_CUDA_RANGE)
         return (
             f"torch.compile: {'; '.join(self.compiled)}; {self.graphs} graph(s) compiled{self._recompiles()} "
             f"in {self.seconds:.1f} s, counted once; simulated as compiled: {'; '.join(how)}",
@@ -126,7 +131,6 @@ def _placeholders(gm: torch.fx.GraphModule) -> list[Any]:
     return [node.meta.get("example_value") for node in gm.graph.find_nodes(op="placeholder")]
 
 
-_CUDA_RANGE = "inductor's CUDA plan needs the device: the CUDA figure lies between the eager one and this"
 _HOW = {
     "inductor": "inductor's buffer plan for the CPU, run on meta",
     "aot_eager": "AOTAutograd's graphs op by op",
@@ -180,6 +184,8 @@ def compile_patch(
     def compile_(model: Any = None, **kwargs: Any) -> Any:
         if model is None:  # @torch.compile(...) as a decorator with arguments
             return lambda fn: compile_(fn, **kwargs)
+        if log.off:
+            return model
         backend, mode = _backend_of(kwargs), _mode_of(kwargs)
         _refuse_mode(mode, log.cuda_target)
         log.compiled.setdefault(f"{_name(model)} with {backend} (mode {mode})", None)
@@ -217,6 +223,10 @@ def compile_whole(model: torch.nn.Module, options: CompileOptions) -> None:
         return forward(*args, **kwargs)
 
     model.forward = torch.compile(whole, backend=options.backend, mode=options.mode)  # type: ignore[method-assign]
+
+
+def module_not_compiled(self: torch.nn.Module, **kwargs: Any) -> None:
+    """`Module.compile()` while compiling is off: the module runs as written."""
 
 
 def module_compile(self: torch.nn.Module, **kwargs: Any) -> None:
