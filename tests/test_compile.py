@@ -282,3 +282,21 @@ def test_a_compiled_step_on_cuda_is_given_as_a_range_to_its_eager_step(models: P
     assert eager.cuda.compiled_range is None
     cpu = run(request(f"{models}:cnn", ("4x3x32x32",), device="cpu", compile_model=True))
     assert cpu.cuda is None and not any("on cuda" in n for n in cpu.notes)
+
+
+@pytest.mark.slow
+def test_a_compiled_regions_buffers_are_filed_under_the_layers_that_made_them(models: Path) -> None:
+    """--layers on a compiled model: inductor's buffers go to the module of the op whose value each holds
+    (its origins' nn_module_stack), in forward and backward, not to the compiled module as a whole; the
+    layers still add up to the peak. Batch norm fused into its ReLU is one buffer: the ReLU's."""
+    result = run(request(f"{models}:cnn", ("4x3x32x32",), device="cpu", compile_model=True))
+    rows = {m.name: m for m in result.modules}
+    assert sum(m.peak_bytes for m in result.modules) == result.peak_bytes
+    assert rows[""].peak_bytes < 0.05 * result.peak_bytes  # the compiled module's own: little left
+    relu, batch_norm = rows["2"], rows["1"]
+    assert relu.type == "ReLU" and relu.activation_bytes == 4 * 32 * 32 * 32 * 4  # the fused kernel's output
+    assert batch_norm.activation_bytes < relu.activation_bytes  # its normalised output never exists
+    backward_only = [
+        m for m in result.modules if m.peak_bytes > 0 and m.activation_bytes == 0 and m.type == "ReLU"
+    ]
+    assert backward_only  # a ReLU's gradient buffer, made in the compiled backward, is the ReLU's

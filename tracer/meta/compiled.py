@@ -30,6 +30,7 @@ from unittest import mock
 import torch
 
 from ..core.errors import MemtraceError
+from .compiled_layers import buffers_read, compiling, owned_source, root_of
 
 BACKENDS = ("inductor", "aot_eager", "eager")
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -191,7 +192,8 @@ def compile_patch(
         log.compiled.setdefault(f"{_name(model)} with {backend} (mode {mode})", None)
         rest = {k: v for k, v in kwargs.items() if k in ("fullgraph", "dynamic")}
         _skip_memtrace_frames()
-        return real_compile(model, backend=_timed(log, _name(model), _BACKEND[backend], machine), **rest)
+        timed = _timed(log, (_name(model), root_of(model)), _BACKEND[backend], machine)
+        return real_compile(model, backend=timed, **rest)
 
     return compile_
 
@@ -237,17 +239,17 @@ def module_compile(self: torch.nn.Module, **kwargs: Any) -> None:
 
 def _timed(
     log: CompileLog,
-    name: str,
+    what: tuple[str, torch.nn.Module | None],
     backend: Callable[..., Any],
     machine: Callable[[], AbstractContextManager[None]],
 ) -> Callable[..., Any]:
     def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
         start = time.perf_counter()
         try:
-            with machine():
+            with machine(), compiling(what[1]):
                 return backend(gm, example_inputs)
         finally:
-            log.saw(name, gm, example_inputs)
+            log.saw(what[0], gm, example_inputs)
             log.seconds += time.perf_counter() - start
 
     return compile_graph
@@ -333,21 +335,33 @@ def _inductor(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
 
     _on_cpu(gm)
     symbolic = _symbolic_cpu_fakes(gm, example_inputs)
-    if symbolic is not None:
-        with _kernels_not_built():
+    with _kernels_not_built(), _lowered():
+        if symbolic is not None:
             return compile_fx(gm, symbolic)
-    fake_mode = FakeTensorMode()
-    fakes = [_cpu_fake(fake_mode, t) for t in example_inputs]
-    with _kernels_not_built(), fake_mode:
-        return compile_fx(gm, fakes)
+        fake_mode = FakeTensorMode()
+        fakes = [_cpu_fake(fake_mode, t) for t in example_inputs]
+        with fake_mode:
+            return compile_fx(gm, fakes)
+
+
+@contextmanager
+def _lowered() -> Iterator[None]:
+    """Inductor lowers the graph, not loaded from its caches: the lowering names each buffer's module
+    (compiled_layers.py); only the C++ kernels, never built here, would be saved by them."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        yield
 
 
 _BACKEND: dict[str, Callable[..., Any]] = {"inductor": _inductor, "aot_eager": _aot_eager, "eager": _eager}
 
 
-def _meta_shims(source: str) -> Callable[[list[Any]], Any]:
-    """Inductor's wrapper code with its buffers on meta and its C++ kernels as no-ops."""
-    namespace: dict[str, Any] = {}
+def _meta_shims(source: str, owners: dict[str, torch.nn.Module]) -> Callable[[list[Any]], Any]:
+    """Inductor's wrapper code with its buffers on meta, each its module's, and its C++ kernels as no-ops."""
+    source, owned = owned_source(source, owners)
+    namespace: dict[str, Any] = {"_memtrace_owner": owned}
     with _kernels_not_built():
         exec(compile(source, "<inductor wrapper>", "exec"), namespace)  # inductor's own code
     namespace["empty_strided_cpu"] = _empty_meta
@@ -378,17 +392,20 @@ def compiled_graphs_on_meta() -> Iterator[None]:
 
     real_call = CompiledFxGraph.__call__
     calls: dict[str, Callable[[list[Any]], Any]] = {}
+    owners: dict[str, dict[str, torch.nn.Module]] = {}
 
     def call(self: CompiledFxGraph, inputs: list[Any]) -> Any:
         if not any(isinstance(t, torch.Tensor) and t.is_meta for t in inputs):
             return real_call(self, inputs)
         source = self.source_code
         if source not in calls:
-            calls[source] = _meta_shims(source)
+            calls[source] = _meta_shims(source, owners.get(source, {}))
         return calls[source](inputs)  # the wrapper clears the list: inputs die as in the real call
 
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(CompiledFxGraph, "__call__", call))
+        stack.enter_context(buffers_read(owners))
+        stack.enter_context(_lowered())  # a backward compiles lazily, at its first call, here too
         yield
 
 
