@@ -20,6 +20,7 @@ allocator; code between graph breaks runs eagerly, as without compiling.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -390,6 +391,7 @@ def compiled_graphs_on_meta() -> Iterator[None]:
     """Inductor's compiled graphs, called with meta tensors, run their wrapper code on meta."""
     from torch._inductor.output_code import CompiledFxGraph
 
+    _fresh_dynamo()
     real_call = CompiledFxGraph.__call__
     calls: dict[str, Callable[[list[Any]], Any]] = {}
     owners: dict[str, dict[str, torch.nn.Module]] = {}
@@ -407,6 +409,14 @@ def compiled_graphs_on_meta() -> Iterator[None]:
         stack.enter_context(buffers_read(owners))
         stack.enter_context(_lowered())  # a backward compiles lazily, at its first call, here too
         yield
+
+
+def _fresh_dynamo() -> None:
+    """Dynamo as a fresh process has it: an earlier compile in this process (a real run's, `verify`'s) leaves
+    its automatic-dynamic sizes behind, and the step's first graph would be compiled dynamic, not as the
+    user's run compiles it."""
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
 
 
 def forget_compiled(log: CompileLog) -> None:
