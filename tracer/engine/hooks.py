@@ -46,7 +46,7 @@ def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
     """Module hooks, saved-tensor hooks and the dispatch mode, all removed on exit."""
     with ExitStack() as stack:
         stack.enter_context(rec.active())
-        rec.module_names = {id(m): name for name, m in model.named_modules()}
+        rec.name_modules(model)
         for name, module in model.named_modules():
             if isinstance(module, torch.jit.ScriptModule):
                 continue  # takes no Python hooks: its ops count for the module around it

@@ -141,6 +141,10 @@ class Recorder:
         finally:
             del self.module_stack[depth:]
 
+    def name_modules(self, model: nn.Module) -> None:
+        """Each module's name, for a compiled region's buffers (`owning`)."""
+        self.module_names = {id(m): name for name, m in model.named_modules()}
+
     @contextmanager
     def owning(self, module: nn.Module) -> Iterator[None]:
         """A compiled region's buffer, made now, is `module`'s (inductor's origins, meta/compiled_layers.py),

@@ -85,8 +85,7 @@ class Seen:
     asked: dict[str, None] = field(default_factory=dict)
     notes: dict[str, None] = field(default_factory=dict)
     compiled: CompileLog = field(init=False)
-
-    compiling: bool = True
+    compiling: bool = True  # off: torch.compile returns what it is given
 
     def __post_init__(self) -> None:
         self.compiled = CompileLog(cuda_target=self.target is not None, off=not self.compiling)
