@@ -106,7 +106,11 @@ def run_recorded(request: Request) -> Run:
     ran, seen = _recorded(request, compiling=True)
     if not seen.compiled.planned_for_the_cpu:
         return ran
-    eager, _ = _recorded(request, compiling=False)  # the other end of a compiled step's CUDA range
+    try:
+        eager, _ = _recorded(request, compiling=False)  # the other end of a compiled step's CUDA range
+    except MemtraceError as exc:
+        note = f"torch.compile on cuda: inductor's CPU plan only; the eager step did not simulate: {exc}"
+        return replace(ran, result=replace(ran.result, notes=(*ran.result.notes, note)))
     return replace(ran, result=with_compiled_range(ran.result, eager.result))
 
 
