@@ -90,6 +90,8 @@ DIST = ("benchmarks/models/dist_models.py:lm", "--input", "4x64:int64", "--devic
 T1 = (SEED, *HD, "--gpu", "rtx4070")
 RNN_TAGGER = ("benchmarks/models/lstm_tagger.py:build", "--input", "8x64:int64", "--loss", "ce")
 CONV_BN = ("benchmarks/models/conv_bn.py:build", "--input", "8x3x64x64", "--device", "cpu")  # compile.md
+LENGTHS_FILE = "benchmarks/models/compile_lengths.py"  # compile.md: a recompilation on new shapes
+LENGTHS, LENGTHS_STEP = f"{LENGTHS_FILE}:build", f"{LENGTHS_FILE}:lengths"
 T2_GPU = ("--gpu", "rtx4070")
 PLOT_FIT = ("--plot", f"{OUT}/t2-fit.png")
 SWEEP_TAIL = ("--gpu", "rtx4060", "--gpu", "rtx4070", "--plot", f"{OUT}/t2-sweep.png")
@@ -152,6 +154,9 @@ JOBS: tuple[Job, ...] = (
     Job("recipes-whatif", (SEED, "--input", "256x3x144x256", "--what-if")),
     Job("compile-eager", (*CONV_BN, *outputs("compile-eager", plot=True))),
     Job("compile-cnn", (*CONV_BN, "--compile", *outputs("compile-cnn", plot=True))),
+    Job("compile-lengths", (LENGTHS, "--input", "4x32x64", "--device", "cpu", "--step", LENGTHS_STEP)),
+    Job("compile-cuda", (CONV_BN[0], "--input", "2x3x32x32", "--device", "cuda", "--compile")),
+    Job("compile-layers", (CONV_BN[0], "--input", "2x3x32x32", "--device", "cpu", "--compile", "--layers")),
     Job("verify-cpu", ("verify", *SMALL, "--device", "cpu")),
     Job("gpu-rnn-range", (*RNN_TAGGER, "--device", "cuda", "--gpu", "600MB")),
     Job("ddp", (*DIST, "--ddp", "2")),

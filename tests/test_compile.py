@@ -73,6 +73,18 @@ CODE = textwrap.dedent(
     def loss_of(out):
         return torch.nn.functional.log_softmax(out, dim=-1).mean().neg()
 
+    def seq_mlp():
+        return torch.compile(nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)))
+
+    def two_lengths(model, batch, optimizer):
+        '''A loop over sequence lengths: the second one recompiles with dynamic sizes, the third reuses that
+        graph (its buffers sized by the length it is called with).'''
+        (x,) = batch
+        for n in (x.shape[1] // 4, x.shape[1] // 2, x.shape[1]):
+            model(x[:, :n].contiguous()).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     def step_compiles_inside(model, batch, optimizer):
         '''The user's step compiles the model itself, and its loss is a compiled function.'''
         compiled = torch.compile(model)
@@ -156,6 +168,26 @@ def test_a_step_that_compiles_inside(models: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_recompilation_on_new_shapes_is_counted_once_and_said(models: Path) -> None:
+    """Three lengths, two graphs, as the real compiled run: the recompiled graph has symbolic sizes, and
+    inductor plans its buffers for them, so the longest length, run by the graph compiled for the middle
+    one, holds buffers of its own length (a plan for the example's sizes held -20% here)."""
+    from torch._dynamo.utils import counters
+
+    req = request(f"{models}:seq_mlp", ("4x32x64",), device="cpu", step=f"{models}:two_lengths")
+    result = run(req)
+    counters.clear()
+    measured = measure_request(req)
+    assert isinstance(measured, Measured)
+    assert result.peak_bytes == pytest.approx(measured.peak, rel=0.01)
+    real_graphs = counters["stats"]["unique_graphs"]
+    note = _compiled_note(result.notes)
+    said = "graph(s) compiled (1 recompilation on new shapes: Sequential 4x8x64 then 4x16x64"
+    assert f"{real_graphs} {said}" in note
+    assert "dynamic sizes 4xs" in note
+
+
+@pytest.mark.slow
 def test_the_users_activation_memory_budget_holds(models: Path) -> None:
     """`torch._functorch.config.activation_memory_budget` set by the user's code: AOTAutograd's partitioner
     saves less and recomputes in backward, in the simulation as in the real compiled run."""
@@ -208,3 +240,63 @@ def test_the_flags_and_what_they_imply(tmp_path: Path) -> None:
     )
     with pytest.raises(MemtraceError, match=r"torch.compile\(backend='tvm'\): memtrace simulates inductor"):
         run(request(f"{builder}:build", ("2x4",), device="cpu"))
+
+
+def test_the_cuda_range_of_a_compiled_step_has_its_ends_in_order() -> None:
+    """The range logic on two results whose peaks stand for the compiled and the eager step, either way round
+    (compiling can raise a peak as well as lower it)."""
+    from dataclasses import replace
+
+    from memtrace.tracer.analysis.compiled_range import with_compiled_range
+
+    base = run(request(f"{MODELS / 'conv_bn.py'}:build", ("2x3x16x16",), device="cuda"))
+    assert base.cuda is not None
+    for compiled_bytes, eager_bytes in ((1000, 3000), (3000, 1000)):
+        compiled = replace(base, peak=replace(base.peak, bytes=compiled_bytes))
+        eager = replace(base, peak=replace(base.peak, bytes=eager_bytes))
+        ranged = with_compiled_range(compiled, eager)
+        assert ranged.cuda is not None and ranged.cuda.compiled_range is not None
+        ends = ranged.cuda.compiled_range
+        assert (ends["low_bytes"], ends["high_bytes"]) == (1000, 3000)
+        assert (ends["compiled_bytes"], ends["eager_bytes"]) == (compiled_bytes, eager_bytes)
+        assert ranged.peak_bytes == compiled_bytes  # the report's figure stays the compiled plan's
+        assert "lies between 1,000 and 3,000 bytes allocated" in ranged.notes[-1]
+        assert ranged.to_json()["cuda"]["compiled_range"] == ends
+    cpu = run(request(f"{MODELS / 'conv_bn.py'}:build", ("2x3x16x16",), device="cpu"))
+    assert with_compiled_range(cpu, cpu) is cpu  # no allocator modelled, no range
+
+
+@pytest.mark.slow
+def test_a_compiled_step_on_cuda_is_given_as_a_range_to_its_eager_step(models: Path) -> None:
+    """On a CUDA target inductor's CPU plan is one end and the eager step, placed for the same GPU, the
+    other: both figures are the simulation's own, each checked against a run of its own."""
+    compiled = run(request(f"{models}:cnn", ("4x3x32x32",), device="cuda", compile_model=True))
+    eager = run(request(f"{models}:cnn", ("4x3x32x32",), device="cuda"))
+    assert compiled.cuda is not None and eager.cuda is not None
+    ends = compiled.cuda.compiled_range
+    assert ends is not None
+    assert ends["compiled_bytes"] == compiled.peak_bytes and ends["eager_bytes"] == eager.peak_bytes
+    assert ends["eager_reserved_bytes"] == eager.cuda.reserved_peak_bytes
+    assert ends["low_bytes"] == min(compiled.peak_bytes, eager.peak_bytes) < ends["high_bytes"]
+    assert any(n.startswith("torch.compile on cuda: inductor's CUDA kernels") for n in compiled.notes)
+    assert eager.cuda.compiled_range is None
+    cpu = run(request(f"{models}:cnn", ("4x3x32x32",), device="cpu", compile_model=True))
+    assert cpu.cuda is None and not any("on cuda" in n for n in cpu.notes)
+
+
+@pytest.mark.slow
+def test_a_compiled_regions_buffers_are_filed_under_the_layers_that_made_them(models: Path) -> None:
+    """--layers on a compiled model: inductor's buffers go to the module of the op whose value each holds
+    (its origins' nn_module_stack), in forward and backward, not to the compiled module as a whole; the
+    layers still add up to the peak. Batch norm fused into its ReLU is one buffer: the ReLU's."""
+    result = run(request(f"{models}:cnn", ("4x3x32x32",), device="cpu", compile_model=True))
+    rows = {m.name: m for m in result.modules}
+    assert sum(m.peak_bytes for m in result.modules) == result.peak_bytes
+    assert rows[""].peak_bytes < 0.05 * result.peak_bytes  # the compiled module's own: little left
+    relu, batch_norm = rows["2"], rows["1"]
+    assert relu.type == "ReLU" and relu.activation_bytes == 4 * 32 * 32 * 32 * 4  # the fused kernel's output
+    assert batch_norm.activation_bytes < relu.activation_bytes  # its normalised output never exists
+    backward_only = [
+        m for m in result.modules if m.peak_bytes > 0 and m.activation_bytes == 0 and m.type == "ReLU"
+    ]
+    assert backward_only  # a ReLU's gradient buffer, made in the compiled backward, is the ReLU's

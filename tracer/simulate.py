@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from .analysis.compiled_range import with_compiled_range
 from .analysis.compose import Run, analyse, compose
 from .core.errors import MemtraceError
 from .core.generation import GenerateSpec
@@ -42,9 +41,9 @@ from .engine.loader import Built, build_on_meta, load_object, make_inputs, spec_
 from .engine.recipes import Recipe
 from .engine.trace import plan_for, step_function, trace_model
 from .meta.compat_bnb import moving_quantizes
-from .meta.compiled import CompileLog, compile_options
+from .meta.compiled import compile_options
 from .meta.routing import staying_on
-from .meta.target_view import TargetGpu, target_gpu, target_view
+from .meta.target_view import Seen, TargetGpu, target_gpu, target_view
 
 
 def build(builder: str | Callable[..., Any], builder_kwargs: dict[str, Any] | None = None) -> Built:
@@ -106,7 +105,34 @@ def run_recorded(request: Request) -> Run:
     placement through the caching allocator (`Run.placed`). The user's code (the builder's module, the
     builder, the step's module and the step) sees the target GPU while it runs."""
     request = with_gpu_arch(request)
-    with target_view(view_target(request)) as seen:
+    ran, seen = _recorded(request, compiling=True)
+    if not seen.compiled.planned_for_the_cpu:
+        return ran
+    try:
+        eager, _ = _recorded(request, compiling=False)  # the other end of a compiled step's CUDA range
+    except MemtraceError as exc:
+        note = f"torch.compile on cuda: inductor's CPU plan only; the eager step did not simulate: {exc}"
+        return replace(ran, result=replace(ran.result, notes=(*ran.result.notes, note)))
+    return replace(ran, result=_judged_with_range(request, with_compiled_range(ran.result, eager.result)))
+
+
+INDUCTOR_CUDA_PLAN = "inductor's CUDA plan"
+_INDUCTOR_CAUSE = "needs the device: the figure lies between inductor's CPU plan (simulated) and eager's"
+
+
+def _judged_with_range(request: Request, result: Result) -> Result:
+    """The compiled range as a stated range the verdict weighs: up to the eager step's reserved peak."""
+    cuda, ends = result.cuda, (result.cuda.compiled_range if result.cuda else None)
+    if cuda is None or ends is None:
+        return result
+    extra = max(0, ends["eager_reserved_bytes"] - ends["compiled_reserved_bytes"])
+    cuda = replace(cuda, ranges=(*cuda.ranges, StatedRange(INDUCTOR_CUDA_PLAN, _INDUCTOR_CAUSE, extra)))
+    judged = verdict(request.gpu, request.headroom, result.peak_bytes, cuda)
+    return replace(result, cuda=cuda, verdict=judged)
+
+
+def _recorded(request: Request, compiling: bool) -> tuple[Run, Seen]:
+    with target_view(view_target(request), compiling) as seen:
         built = build(request.builder, dict(request.builder_kwargs))
         if request.transform is not None:
             request.transform(built.model)
@@ -114,48 +140,7 @@ def run_recorded(request: Request) -> Run:
         trace = trace_model(built.model, step_batch(request, specs), request.config)
     trace = replace(trace, notes=(*trace.notes, *seen.lines()))
     ran = compose(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
-    if _inductor_on_cuda(seen.compiled) and os.environ.get(_DYNAMO_OFF) != "1":
-        return _with_eager_range(request, ran)
-    return ran
-
-
-INDUCTOR_CUDA_PLAN = "inductor's CUDA plan"
-_INDUCTOR_CAUSE = "needs the device: the figure lies between inductor's CPU plan (simulated) and eager's"
-_DYNAMO_OFF = "TORCHDYNAMO_DISABLE"
-
-
-def _inductor_on_cuda(log: CompileLog) -> bool:
-    return log.cuda_target and any(" with inductor (" in c for c in log.compiled)
-
-
-@contextmanager
-def _dynamo_disabled() -> Iterator[None]:
-    """`torch.compile` (the user's and `--compile`'s) returns what it was given: the eager step."""
-    old = os.environ.get(_DYNAMO_OFF)
-    os.environ[_DYNAMO_OFF] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[_DYNAMO_OFF]
-        else:
-            os.environ[_DYNAMO_OFF] = old
-
-
-def _with_eager_range(request: Request, ran: Run) -> Run:
-    """On a CUDA target inductor's own plan is not simulated (compiled.py): the figure is stated as a
-    range from the compiled step's (inductor's CPU plan) to the eager step's, simulated once more here;
-    the verdict weighs its upper end."""
-    with _dynamo_disabled():
-        eager = run_recorded(request).result
-    result = ran.result
-    if result.cuda is None or eager.cuda is None:
-        return ran
-    extra = max(0, eager.cuda.reserved_peak_bytes - result.cuda.reserved_peak_bytes)
-    stated = StatedRange(INDUCTOR_CUDA_PLAN, _INDUCTOR_CAUSE, extra)
-    cuda = replace(result.cuda, ranges=(*result.cuda.ranges, stated))
-    judged = verdict(request.gpu, request.headroom, result.peak_bytes, cuda)
-    return replace(ran, result=replace(result, cuda=cuda, verdict=judged))
+    return ran, seen
 
 
 def step_specs(request: Request, built: Built) -> list[InputSpec]:

@@ -306,6 +306,10 @@ class CudaFigures:
     # pinned host memory at its peak: an offloaded KV cache's layers copied to the host (`.to("cpu",
     # non_blocking=True)` of a CUDA tensor pins); neither allocated nor reserved
     host_bytes: int = 0
+    # a compiled step (inductor): {low_bytes, high_bytes} of its allocated peak, between the compiled step as
+    # inductor plans it for the CPU (compiled_bytes) and the eager step (eager_bytes), and the reserved peaks
+    # of both; inductor's CUDA kernels need Triton and the device (analysis/compiled_range.py)
+    compiled_range: dict[str, int] | None = None
 
     @property
     def nvidia_smi_estimate_bytes(self) -> int:

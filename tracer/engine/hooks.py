@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -19,8 +19,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from ..core.records import LOSS, Category, Phase
 from ..meta.compat_bnb import held_tensors
 from ..meta.compiled import not_compiled
+from ..meta.compiled_layers import own_buffers_with
 from .dispatch import RecordingMode
-from .recorder import Recorder
+from .recorder import Recorder, active_recorder
 from .tensor_facts import claim, plain_tensors
 
 
@@ -45,6 +46,7 @@ def recording(rec: Recorder, model: nn.Module) -> Iterator[Recorder]:
     """Module hooks, saved-tensor hooks and the dispatch mode, all removed on exit."""
     with ExitStack() as stack:
         stack.enter_context(rec.active())
+        rec.name_modules(model)
         for name, module in model.named_modules():
             if isinstance(module, torch.jit.ScriptModule):
                 continue  # takes no Python hooks: its ops count for the module around it
@@ -220,3 +222,13 @@ def _unpack(t: torch.Tensor) -> torch.Tensor:
 # Called from a compiled region (its module's hooks, the tensors it saves), they run as Python, never compiled
 not_compiled(_pre_hook(Recorder.__new__(Recorder), ""), _post_hook(Recorder.__new__(Recorder), ""))
 not_compiled(_pack(Recorder.__new__(Recorder)), _unpack)
+
+
+@contextmanager
+def _compiled_buffer_of(module: nn.Module) -> Iterator[None]:
+    rec = active_recorder()
+    with rec.owning(module) if rec is not None else nullcontext():
+        yield
+
+
+own_buffers_with(_compiled_buffer_of)

@@ -117,6 +117,8 @@ class Recorder:
         self.managed: dict[int, StorageWeakRef] = {}  # storages in CUDA unified memory (meta/managed.py)
         self.managed_bytes = 0
         self.host = PinnedHost()  # pinned host storages: an offloaded KV cache's copies (meta/managed.py)
+        self.module_names: dict[int, str] = {}  # id(module) -> its name, for a compiled region's buffers
+        self.compiled_owner: str | None = None  # the module a compiled region's buffer is filed under now
 
     # --- the narrow API of the hooks, the map and the ranks: no other module assigns these fields ------
     def bind_model(self, owners: dict[int, str], params: list[nn.Parameter]) -> None:
@@ -139,6 +141,21 @@ class Recorder:
             yield
         finally:
             del self.module_stack[depth:]
+
+    def name_modules(self, model: nn.Module) -> None:
+        """Each module's name, for a compiled region's buffers (`owning`)."""
+        self.module_names = {id(m): name for name, m in model.named_modules()}
+
+    @contextmanager
+    def owning(self, module: nn.Module) -> Iterator[None]:
+        """A compiled region's buffer, made now, is `module`'s (inductor's origins, meta/compiled_layers.py),
+        in forward and backward alike."""
+        saved, name = self.compiled_owner, self.module_names.get(id(module))
+        self.compiled_owner = name if name is not None else saved
+        try:
+            yield
+        finally:
+            self.compiled_owner = saved
 
     def start_recompute(self) -> None:
         """The module just pushed is a checkpoint's forward run again inside backward."""
@@ -255,6 +272,8 @@ class Recorder:
     def _where(self) -> tuple[str, str]:
         """The module and fx node of what runs now (`current_module`, `current_node`), the autograd node
         asked once."""
+        if self.compiled_owner is not None:
+            return self.compiled_owner, self.fx_node
         if self.phase is Phase.BACKWARD:
             node = torch._C._current_autograd_node()
             if node is not None:

@@ -12,13 +12,15 @@ allocator; code between graph breaks runs eagerly, as without compiling.
   (Dynamo's graph op by op); each compile is said in the report, with its mode and how long it took;
 - CUDA graphs (`reduce-overhead`, `max-autotune`) on a CUDA target are refused in one line, and so are the
   max-autotune modes, whose choices are made by timing kernels on the device;
-- on a CUDA target the plan is inductor's CPU plan (its CUDA plan needs Triton and the device): the report
-  says so.
+- on a CUDA target the plan is inductor's CPU plan (its CUDA plan needs Triton and the device): the figure
+  is given as the range between it and the eager step (`off`: torch.compile returns what it is given),
+  analysis/compiled_range.py.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -29,6 +31,7 @@ from unittest import mock
 import torch
 
 from ..core.errors import MemtraceError
+from .compiled_layers import buffers_read, compiling, owned_source, root_of
 
 BACKENDS = ("inductor", "aot_eager", "eager")
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -60,23 +63,76 @@ class CompileLog:
     """What was compiled while the step ran, for the report."""
 
     cuda_target: bool
+    off: bool = False  # torch.compile returns what it is given: the eager step the CUDA range is drawn to
     compiled: dict[str, None] = field(default_factory=dict)  # what, backend and mode, once each
     graphs: int = 0
     seconds: float = 0.0
+    recompiled: list[tuple[str, str]] = field(default_factory=list)  # (on what, detail) per recompilation
+    _inputs: dict[int, tuple[str, ...]] = field(default_factory=dict)  # each frame's last input shapes
+
+    def saw(self, name: str, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+        """One graph compiled: Dynamo's compile id says whether it recompiles a frame (its guards failed on
+        the new call, e.g. a new sequence length), and the inputs' shapes say on what."""
+        from torch._guards import CompileContext
+
+        self.graphs += 1
+        compile_id = CompileContext.current_compile_id()
+        if compile_id is None or compile_id.frame_id is None:
+            return
+        shapes = tuple(_shape(t) for t in example_inputs if _is_input(t))
+        before = self._inputs.get(compile_id.frame_id)
+        self._inputs[compile_id.frame_id] = shapes
+        if before is None or not compile_id.frame_compile_id:
+            return
+        changed = [(a, b) for a, b in zip(before, shapes, strict=False) if a != b] or [
+            (", ".join(before), ", ".join(shapes))
+        ]
+        symbolic = [_shape(v) for v in _placeholders(gm) if _is_input(v) and _is_symbolic(v)]
+        how = f", dynamic sizes {', '.join(symbolic)}" if symbolic else ""
+        what = "new shapes" if before != shapes else "failed guards"
+        self.recompiled.append((what, f"{name} {'; '.join(f'{a} then {b}' for a, b in changed)}{how}"))
+
+    @property
+    def planned_for_the_cpu(self) -> bool:
+        """Inductor compiled for a CUDA target: its plan is the CPU's, the figure a range."""
+        return self.cuda_target and any(" with inductor (" in c for c in self.compiled)
 
     def lines(self) -> tuple[str, ...]:
         if not self.compiled:
             return ()
         how = [text for backend, text in _HOW.items() if f" with {backend} (" in " ".join(self.compiled)]
-        if self.cuda_target and any(" with inductor (" in c for c in self.compiled):
-            how.append(_CUDA_RANGE)
         return (
-            f"torch.compile: {'; '.join(self.compiled)}; {self.graphs} graph(s) compiled in "
-            f"{self.seconds:.1f} s, counted once; simulated as compiled: {'; '.join(how)}",
+            f"torch.compile: {'; '.join(self.compiled)}; {self.graphs} graph(s) compiled{self._recompiles()} "
+            f"in {self.seconds:.1f} s, counted once; simulated as compiled: {'; '.join(how)}",
         )
 
+    def _recompiles(self) -> str:
+        if not self.recompiled:
+            return ""
+        n, whats = len(self.recompiled), {what for what, _ in self.recompiled}
+        counted = f"{n} recompilation{'s' if n > 1 else ''}"
+        if len(whats) == 1:
+            return f" ({counted} on {whats.pop()}: {'; '.join(d for _, d in self.recompiled)})"
+        return f" ({counted}: {'; '.join(f'on {w}, {d}' for w, d in self.recompiled)})"
 
-_CUDA_RANGE = "inductor's CUDA plan needs the device: the CUDA figure lies between the eager one and this"
+
+def _is_input(t: Any) -> bool:
+    """A tensor the step passes in (not a parameter or buffer, whose shapes do not change)."""
+    return isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter) and t.dim() > 0
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(d) for d in t.shape)
+
+
+def _is_symbolic(t: torch.Tensor) -> bool:
+    return any(isinstance(d, torch.SymInt) for d in t.shape)
+
+
+def _placeholders(gm: torch.fx.GraphModule) -> list[Any]:
+    return [node.meta.get("example_value") for node in gm.graph.find_nodes(op="placeholder")]
+
+
 _HOW = {
     "inductor": "inductor's buffer plan for the CPU, run on meta",
     "aot_eager": "AOTAutograd's graphs op by op",
@@ -130,12 +186,15 @@ def compile_patch(
     def compile_(model: Any = None, **kwargs: Any) -> Any:
         if model is None:  # @torch.compile(...) as a decorator with arguments
             return lambda fn: compile_(fn, **kwargs)
+        if log.off:
+            return model
         backend, mode = _backend_of(kwargs), _mode_of(kwargs)
         _refuse_mode(mode, log.cuda_target)
         log.compiled.setdefault(f"{_name(model)} with {backend} (mode {mode})", None)
         rest = {k: v for k, v in kwargs.items() if k in ("fullgraph", "dynamic")}
         _skip_memtrace_frames()
-        return real_compile(model, backend=_timed(log, _BACKEND[backend], machine), **rest)
+        timed = _timed(log, (_name(model), root_of(model)), _BACKEND[backend], machine)
+        return real_compile(model, backend=timed, **rest)
 
     return compile_
 
@@ -169,6 +228,10 @@ def compile_whole(model: torch.nn.Module, options: CompileOptions) -> None:
     model.forward = torch.compile(whole, backend=options.backend, mode=options.mode)  # type: ignore[method-assign]
 
 
+def module_not_compiled(self: torch.nn.Module, **kwargs: Any) -> None:
+    """`Module.compile()` while compiling is off: the module runs as written."""
+
+
 def module_compile(self: torch.nn.Module, **kwargs: Any) -> None:
     """`Module.compile()` under memtrace compiles the module's forward: its own hooks, which are memtrace's,
     run outside the compiled region (as an `OptimizedModule`'s do)."""
@@ -176,15 +239,18 @@ def module_compile(self: torch.nn.Module, **kwargs: Any) -> None:
 
 
 def _timed(
-    log: CompileLog, backend: Callable[..., Any], machine: Callable[[], AbstractContextManager[None]]
+    log: CompileLog,
+    what: tuple[str, torch.nn.Module | None],
+    backend: Callable[..., Any],
+    machine: Callable[[], AbstractContextManager[None]],
 ) -> Callable[..., Any]:
     def compile_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
         start = time.perf_counter()
         try:
-            with machine():
+            with machine(), compiling(what[1]):
                 return backend(gm, example_inputs)
         finally:
-            log.graphs += 1
+            log.saw(what[0], gm, example_inputs)
             log.seconds += time.perf_counter() - start
 
     return compile_graph
@@ -242,23 +308,61 @@ def _kernels_not_built() -> Iterator[None]:
         PyCodeCache.modules_no_attr.update(no_attr)
 
 
+def _symbolic_cpu_fakes(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[Any] | None:
+    """After a recompilation on new shapes Dynamo's graph has symbolic sizes (`s0`): CPU fakes of those sizes
+    in Dynamo's own fake mode, so inductor plans for every size the graph serves, as the real compile does
+    (a plan made for the example's sizes would be reused, wrong, for the next size). None when all static."""
+    from torch._guards import TracingContext
+
+    context = TracingContext.try_get()
+    values = _placeholders(gm)
+    if context is None or context.fake_mode is None or len(values) != len(example_inputs):
+        return None
+    if not any(isinstance(v, torch.SymInt) for v in values):
+        return None
+    with context.fake_mode:
+        pairs = zip(values, example_inputs, strict=True)
+        return [_symbolic_cpu(v) if isinstance(v, torch.Tensor) else t for v, t in pairs]
+
+
+def _symbolic_cpu(v: torch.Tensor) -> torch.Tensor:
+    cpu = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="cpu")
+    return cpu.requires_grad_(v.requires_grad)
+
+
 def _inductor(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
     from torch._inductor.compile_fx import compile_fx
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    fake_mode = FakeTensorMode()
     _on_cpu(gm)
-    fakes = [_cpu_fake(fake_mode, t) for t in example_inputs]
-    with _kernels_not_built(), fake_mode:
-        return compile_fx(gm, fakes)
+    symbolic = _symbolic_cpu_fakes(gm, example_inputs)
+    with _kernels_not_built(), _lowered():
+        if symbolic is not None:
+            return compile_fx(gm, symbolic)
+        fake_mode = FakeTensorMode()
+        fakes = [_cpu_fake(fake_mode, t) for t in example_inputs]
+        with fake_mode:
+            return compile_fx(gm, fakes)
+
+
+@contextmanager
+def _lowered() -> Iterator[None]:
+    """Inductor lowers the graph, not loaded from its caches: the lowering names each buffer's module
+    (compiled_layers.py); only the C++ kernels, never built here, would be saved by them."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        yield
 
 
 _BACKEND: dict[str, Callable[..., Any]] = {"inductor": _inductor, "aot_eager": _aot_eager, "eager": _eager}
 
 
-def _meta_shims(source: str) -> Callable[[list[Any]], Any]:
-    """Inductor's wrapper code with its buffers on meta and its C++ kernels as no-ops."""
-    namespace: dict[str, Any] = {}
+def _meta_shims(source: str, owners: dict[str, torch.nn.Module]) -> Callable[[list[Any]], Any]:
+    """Inductor's wrapper code with its buffers on meta, each its module's, and its C++ kernels as no-ops."""
+    source, owned = owned_source(source, owners)
+    namespace: dict[str, Any] = {"_memtrace_owner": owned}
     with _kernels_not_built():
         exec(compile(source, "<inductor wrapper>", "exec"), namespace)  # inductor's own code
     namespace["empty_strided_cpu"] = _empty_meta
@@ -287,20 +391,32 @@ def compiled_graphs_on_meta() -> Iterator[None]:
     """Inductor's compiled graphs, called with meta tensors, run their wrapper code on meta."""
     from torch._inductor.output_code import CompiledFxGraph
 
+    _fresh_dynamo()
     real_call = CompiledFxGraph.__call__
     calls: dict[str, Callable[[list[Any]], Any]] = {}
+    owners: dict[str, dict[str, torch.nn.Module]] = {}
 
     def call(self: CompiledFxGraph, inputs: list[Any]) -> Any:
         if not any(isinstance(t, torch.Tensor) and t.is_meta for t in inputs):
             return real_call(self, inputs)
         source = self.source_code
         if source not in calls:
-            calls[source] = _meta_shims(source)
+            calls[source] = _meta_shims(source, owners.get(source, {}))
         return calls[source](inputs)  # the wrapper clears the list: inputs die as in the real call
 
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(CompiledFxGraph, "__call__", call))
+        stack.enter_context(buffers_read(owners))
+        stack.enter_context(_lowered())  # a backward compiles lazily, at its first call, here too
         yield
+
+
+def _fresh_dynamo() -> None:
+    """Dynamo as a fresh process has it: an earlier compile in this process (a real run's, `verify`'s) leaves
+    its automatic-dynamic sizes behind, and the step's first graph would be compiled dynamic, not as the
+    user's run compiles it."""
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
 
 
 def forget_compiled(log: CompileLog) -> None:

@@ -32,7 +32,14 @@ import torch
 from ..core.errors import MemtraceError
 from ..core.presets import PRESETS, normalise_gpu_name
 from ..core.records import GpuSpec
-from .compiled import CompileLog, compile_patch, compiled_graphs_on_meta, forget_compiled, module_compile
+from .compiled import (
+    CompileLog,
+    compile_patch,
+    compiled_graphs_on_meta,
+    forget_compiled,
+    module_compile,
+    module_not_compiled,
+)
 
 DEFAULT_PRESET = "a100-80gb"  # with no --gpu: the architecture the report assumes (sm80)
 
@@ -78,9 +85,10 @@ class Seen:
     asked: dict[str, None] = field(default_factory=dict)
     notes: dict[str, None] = field(default_factory=dict)
     compiled: CompileLog = field(init=False)
+    compiling: bool = True  # off: torch.compile returns what it is given
 
     def __post_init__(self) -> None:
-        self.compiled = CompileLog(cuda_target=self.target is not None)
+        self.compiled = CompileLog(cuda_target=self.target is not None, off=not self.compiling)
 
     def ask(self, what: str) -> None:
         self.asked.setdefault(what, None)
@@ -133,7 +141,8 @@ def view_key() -> tuple[str, int, int, int] | None:
     if seen is None:
         return None
     t = seen.target
-    return ("cpu", 0, 0, 0) if t is None else (t.name, t.major, t.minor, t.total_memory)
+    off = "" if seen.compiling else " (torch.compile off)"
+    return (f"cpu{off}", 0, 0, 0) if t is None else (f"{t.name}{off}", t.major, t.minor, t.total_memory)
 
 
 # Libraries that import their CUDA kernels when `torch.cuda.is_available()` at import: they are told the
@@ -270,20 +279,22 @@ def _patched(owner: Any, values: dict[str, Any]) -> Iterator[None]:
 
 
 @contextmanager
-def target_view(target: TargetGpu | None) -> Iterator[Seen]:
-    """User code sees `target` (None: no GPU) in `torch.cuda`; re-entrant (the innermost view answers)."""
+def target_view(target: TargetGpu | None, compiling: bool = True) -> Iterator[Seen]:
+    """User code sees `target` (None: no GPU) in `torch.cuda`; re-entrant (the innermost view answers).
+    With `compiling` off, `torch.compile` returns what it is given (the eager step of a compiled one)."""
     seen = active_view()
-    if seen is not None and seen.target == target:
+    if seen is not None and seen.target == target and seen.compiling == compiling:
         yield seen
         return
-    seen = Seen(target)
+    seen = Seen(target, compiling=compiling)
     with ExitStack() as stack:
         answers = _answers(seen)
         machine = {name: getattr(torch.cuda, name) for name in answers if hasattr(torch.cuda, name)}
         stack.enter_context(_patched(torch.cuda, _compiler_sees_machine(answers, machine)))
         compile_ = compile_patch(seen.compiled, torch.compile, lambda: _patched(torch.cuda, machine))
         stack.enter_context(_patched(torch, {"compile": compile_}))
-        stack.enter_context(_patched(torch.nn.Module, {"compile": module_compile}))
+        module_compile_ = module_compile if compiling else module_not_compiled
+        stack.enter_context(_patched(torch.nn.Module, {"compile": module_compile_}))
         stack.enter_context(compiled_graphs_on_meta())
         stack.callback(forget_compiled, seen.compiled)
         _ACTIVE.append(seen)
