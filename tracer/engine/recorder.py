@@ -394,9 +394,14 @@ class Recorder:
             self.meta[sid] = _Meta(
                 b.nbytes, b.op, b.module, b.shape, b.dtype, phase, iteration, b.category, b.node
             )
-        seq, append = self._seq, self.events.append
-        for kind, i, nbytes, op, module, node in events:
-            append(Event(next(seq), kind, sids[i], nbytes, phase, iteration, op, module, node))
+        seq, append, new = self._seq, self.events.append, object.__new__
+        for kind, i, nbytes, op, module, node in events:  # Event(...) without the frozen per-field setattr
+            ev = new(Event)
+            ev.__dict__.update(
+                seq=next(seq), kind=kind, storage=sids[i], nbytes=nbytes, phase=phase,
+                iteration=iteration, op=op, module=module, node=node,
+            )  # fmt: skip
+            append(ev)
         return sids
 
     def adopt(self, storage: torch.UntypedStorage, sid: int) -> None:
