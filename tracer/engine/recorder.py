@@ -539,21 +539,14 @@ class Recorder:
     # --- results --------------------------------------------------------------------------------
     def trace(self, iterations: int) -> Trace:
         self.sweep()
-        storages = {
-            sid: StorageInfo(
-                sid,
-                m.nbytes,
-                m.category or Category.TEMPORARY,
-                m.op,
-                m.module,
-                m.shape,
-                m.dtype,
-                m.phase,
-                m.iteration,
-                m.node,
-            )
-            for sid, m in self.meta.items()
-        }
+        storages: dict[int, StorageInfo] = {}
+        new, temporary = object.__new__, Category.TEMPORARY
+        for sid, m in self.meta.items():  # StorageInfo(...) without its frozen setattr per field
+            info = storages[sid] = new(StorageInfo)
+            info.__dict__.update(
+                storage=sid, nbytes=m.nbytes, category=m.category or temporary, op=m.op, module=m.module,
+                shape=m.shape, dtype=m.dtype, phase=m.phase, iteration=m.iteration, node=m.node,
+            )  # fmt: skip
         last = iterations - 1
         module_flops = {m: f for (it, m), f in self.module_flops.items() if it == last}
         return Trace(

@@ -70,7 +70,7 @@ class SortedBlocks:
         return (block.stream, block.size, block.ptr) if self.by_size else (block.stream, block.ptr)
 
     def insert(self, block: Block) -> None:
-        key = self.key_of(block)
+        key = (block.stream, block.size, block.ptr) if self.by_size else (block.stream, block.ptr)  # key_of
         block.key = key
         i = bisect.bisect_left(self.keys, key)
         self.keys.insert(i, key)

@@ -29,7 +29,7 @@ class OutOfMemoryError(RuntimeError):
     """What `torch.cuda.OutOfMemoryError` would be: no block, no segment, nothing left to release."""
 
 
-@dataclass
+@dataclass(slots=True)
 class AllocParams:
     """`struct AllocParams`: the rounded size, stream, pool and segment size of one malloc."""
 
@@ -235,6 +235,8 @@ class CachingAllocator(ExpandableMixin):
         original_size, requested = block.size, block.requested_size
         net_blocks = net_size = 0
         for candidate in (block.prev, block.next):
+            if candidate is None or candidate.allocated:
+                continue  # nothing to merge (`try_merge_blocks`' first test, ahead of the call)
             subsumed = self._try_merge_blocks(block, candidate, pool)
             if subsumed > 0:
                 net_blocks -= 1
