@@ -394,14 +394,9 @@ class Recorder:
             self.meta[sid] = _Meta(
                 b.nbytes, b.op, b.module, b.shape, b.dtype, phase, iteration, b.category, b.node
             )
-        seq, append, new = self._seq, self.events.append, object.__new__
-        for kind, i, nbytes, op, module, node in events:  # Event(...) without the frozen per-field setattr
-            ev = new(Event)
-            ev.__dict__.update(
-                seq=next(seq), kind=kind, storage=sids[i], nbytes=nbytes, phase=phase,
-                iteration=iteration, op=op, module=module, node=node,
-            )  # fmt: skip
-            append(ev)
+        seq, append = self._seq, self.events.append
+        for kind, i, nbytes, op, module, node in events:
+            append(Event(next(seq), kind, sids[i], nbytes, phase, iteration, op, module, node))
         return sids
 
     def adopt(self, storage: torch.UntypedStorage, sid: int) -> None:
@@ -539,14 +534,21 @@ class Recorder:
     # --- results --------------------------------------------------------------------------------
     def trace(self, iterations: int) -> Trace:
         self.sweep()
-        storages: dict[int, StorageInfo] = {}
-        new, temporary = object.__new__, Category.TEMPORARY
-        for sid, m in self.meta.items():  # StorageInfo(...) without its frozen setattr per field
-            info = storages[sid] = new(StorageInfo)
-            info.__dict__.update(
-                storage=sid, nbytes=m.nbytes, category=m.category or temporary, op=m.op, module=m.module,
-                shape=m.shape, dtype=m.dtype, phase=m.phase, iteration=m.iteration, node=m.node,
-            )  # fmt: skip
+        storages = {
+            sid: StorageInfo(
+                sid,
+                m.nbytes,
+                m.category or Category.TEMPORARY,
+                m.op,
+                m.module,
+                m.shape,
+                m.dtype,
+                m.phase,
+                m.iteration,
+                m.node,
+            )
+            for sid, m in self.meta.items()
+        }
         last = iterations - 1
         module_flops = {m: f for (it, m), f in self.module_flops.items() if it == last}
         return Trace(

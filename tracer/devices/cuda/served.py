@@ -105,7 +105,7 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
         current = reserved.current
         after.append(current)
         made = tuple(segment_events[mark:]) if len(segment_events) != mark else ()
-        served.append(_served(addr, block, current, made))
+        served.append(Served(addr, block, current, made))
         if reserved.peak > seen_peak:
             seen_peak, at_peak = reserved.peak, index
             cost = len(active) + len(alloc.small.blocks) + len(alloc.large.blocks)
@@ -133,11 +133,3 @@ def _requests(trace: Trace, count: int | None = None) -> Iterator[tuple[bool, in
         ((ev.kind is Kind.ALLOC, ev.storage, ev.nbytes) for ev in trace.events),
     )
     return made if count is None else islice(made, count)
-
-
-def _served(addr: int, block: int, reserved: int, made: tuple[SegmentEvent, ...]) -> Served:
-    """`Served(addr, block, reserved, made)` without the frozen dataclass's per-field `__setattr__`: a long
-    decode's replay makes a million of them."""
-    served = object.__new__(Served)
-    served.__dict__.update(addr=addr, block=block, reserved=reserved, segment_events=made)
-    return served
