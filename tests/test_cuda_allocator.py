@@ -23,6 +23,7 @@ from memtrace.tracer.devices.cuda.allocator import (
     replay,
     replay_events,
 )
+from memtrace.tracer.devices.cuda.allocator_blocks import DeviceStats
 from memtrace.tracer.devices.cuda.allocator_config import roundup_power2_next_division
 
 MB = 1024 * 1024
@@ -381,3 +382,47 @@ def test_replay_events_peaks_and_segments() -> None:
 def test_replay_stops_at_oom() -> None:
     stats = replay_events([("alloc", 1, 50 * MB), ("alloc", 2, 60 * MB)], capacity_bytes=100 * MB)
     assert stats.oom_at == 1 and stats.num_ooms == 1
+
+
+class _StatByStat(DeviceStats):
+    """A block's stats moved as the source writes them, one `change` per stat (the model moves them in one
+    call, `allocated` / `released`)."""
+
+    def allocated(self, is_small: bool, size: int, requested: int) -> None:
+        for name, amount in _block_changes(size, requested):
+            self.change(name, is_small, amount)
+
+    def released(self, is_small: bool, size: int, requested: int) -> None:
+        for name, amount in _block_changes(size, requested):
+            self.change(name, is_small, -amount)
+
+
+def _block_changes(size: int, requested: int) -> tuple[tuple[str, int], ...]:
+    return (
+        ("allocation", 1),
+        ("allocated_bytes", size),
+        ("active", 1),
+        ("active_bytes", size),
+        ("requested_bytes", requested),
+    )
+
+
+@pytest.mark.parametrize("conf", ["", "max_split_size_mb:20", "roundup_power2_divisions:4"])
+def test_block_stats_in_one_call_are_the_source_changes(conf: str) -> None:
+    """Random mallocs and frees of small, large and oversize requests: every memory_stats key, peaks
+    included, and every segment the same as with the stats changed one by one."""
+    config = AllocatorConfig.parse(conf) if conf else AllocatorConfig()
+    rng, fast, slow = random.Random(7), CachingAllocator(config), CachingAllocator(config)
+    slow.stats = _StatByStat()
+    live: list[tuple[int, int]] = []
+    for _ in range(4000):
+        if live and rng.random() < 0.48:
+            a, b = live.pop(rng.randrange(len(live)))
+            fast.free(a)
+            slow.free(b)
+        else:
+            size = rng.randrange(1, rng.choice((4096, 2 * MB, 64 * MB)))
+            live.append((fast.malloc(size), slow.malloc(size)))
+    assert fast.memory_stats() == slow.memory_stats()
+    assert fast.memory_stats()["inactive_split.all.peak"] > 0
+    assert fast.segments() == slow.segments()

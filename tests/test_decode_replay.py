@@ -12,9 +12,10 @@ from torch import nn
 
 from memtrace.tracer.core.records import Result
 from memtrace.tracer.core.specs import parse_input
+from memtrace.tracer.devices.cuda import placement, served
 from memtrace.tracer.engine import decode_replay
 from memtrace.tracer.real.measure import measure_request
-from memtrace.tracer.simulate import Config, Request, run
+from memtrace.tracer.simulate import Config, Request, run, run_recorded
 
 MODELS = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
 GPTFAST = f"{MODELS / 'gptfast.py'}:build"
@@ -66,6 +67,23 @@ def test_replayed_decode_matches_the_cpu_allocator() -> None:
     assert _replayed(simulated)
     measured = measure_request(_request("step"))
     assert abs(simulated.peak.bytes - measured.peak) <= 64  # +36 B of 681,600, as the full simulation
+
+
+@pytest.mark.parametrize("snapshots", [1, 10**9])
+def test_a_decode_loop_is_placed_as_the_allocator_replays_it(
+    snapshots: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cuda placement of a replayed decode loop (one pass over the events, the segments at the reserved
+    peak from a snapshot where one is cheap, or the requests up to it replayed again) gives what the
+    allocator's own replay (`allocator.replay` through `placement.place`) and `served.serve` give."""
+    monkeypatch.setattr(served, "_SNAPSHOT_EVERY", snapshots)
+    ran = run_recorded(_request("step", "cuda"))
+    assert _replayed(ran.result) and ran.placed is not None
+    trace, stats = placement.place(ran.trace, ran.placed.config)
+    assert ran.placed.trace == trace
+    assert ran.placed.stats == stats
+    assert stats.segments_at_reserved_peak and stats.reserved_after
+    assert ran.placed.served == served.serve(ran.trace, ran.placed.config)
 
 
 class KeepingKVCache(nn.Module):

@@ -16,7 +16,7 @@ from memtrace.tracer.analysis.placed import place
 from memtrace.tracer.core.errors import MemtraceError
 from memtrace.tracer.core.records import InputSpec
 from memtrace.tracer.core.specs import LossSpec, OptimizerSpec, parse_gpu
-from memtrace.tracer.devices.cuda import placement
+from memtrace.tracer.devices.cuda import placement, served
 from memtrace.tracer.devices.cuda.allocator import AllocatorConfig
 from memtrace.tracer.devices.cuda.served import serve
 from memtrace.tracer.outputs import export_snapshot, export_trace, html_report, plots, report, saved
@@ -93,8 +93,14 @@ def test_allocator_settings_are_parsed_once_per_run(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("conf", [None, "expandable_segments:True", "max_split_size_mb:20"])
-def test_one_placement_is_place_and_serve(ran_cuda: object, conf: str | None) -> None:
-    """The one replay gives what `placement.place` and `served.serve` give, request for request."""
+@pytest.mark.parametrize("snapshots", [0, 1, 10**9])
+def test_one_placement_is_place_and_serve(
+    ran_cuda: object, conf: str | None, snapshots: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one replay gives what `placement.place` and `served.serve` give, request for request; the
+    segments at the reserved peak as well whether they come from a snapshot at every rise (0), from one
+    where it is cheap (1, the default) or from the requests up to it replayed again (never a snapshot)."""
+    monkeypatch.setattr(served, "_SNAPSHOT_EVERY", snapshots)
     trace = ran_cuda.trace  # type: ignore[attr-defined]
     config = AllocatorConfig.parse(conf) if conf else AllocatorConfig()
     one = place(trace, config)

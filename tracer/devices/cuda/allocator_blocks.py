@@ -28,7 +28,7 @@ class ExpandableSegment:
         return self.page_size * self.max_pages
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Block:
     """One block of a segment: allocated, cached free, or (expandable) unmapped address space."""
 
@@ -70,7 +70,7 @@ class SortedBlocks:
         return (block.stream, block.size, block.ptr) if self.by_size else (block.stream, block.ptr)
 
     def insert(self, block: Block) -> None:
-        key = self.key_of(block)
+        key = (block.stream, block.size, block.ptr) if self.by_size else (block.stream, block.ptr)  # key_of
         block.key = key
         i = bisect.bisect_left(self.keys, key)
         self.keys.insert(i, key)
@@ -150,6 +150,7 @@ STAT_NAMES = (
     "requested_bytes",
 )
 POOL_NAMES = ("all", "small_pool", "large_pool")
+_BLOCK_STATS = ("allocation", "allocated_bytes", "active", "active_bytes", "requested_bytes")
 
 
 class DeviceStats:
@@ -170,6 +171,9 @@ class DeviceStats:
         }
         self.oversize_allocations = Stat()
         self.oversize_segments = Stat()
+        self._blocks = {  # per is_small: what a block handed out or given back moves, aggregate and pool
+            small: tuple(s for n in _BLOCK_STATS for s in self._pairs[n][small]) for small in (False, True)
+        }
 
     def change(self, name: str, is_small: bool, amount: int) -> None:
         """Increase (amount > 0) or decrease the aggregate and the pool's stat, as the source pairs them
@@ -184,6 +188,24 @@ class DeviceStats:
             else:
                 stat.current += amount
                 stat.freed -= amount
+
+    def allocated(self, is_small: bool, size: int, requested: int) -> None:
+        """A block of `size` handed out for `requested` bytes: `change` of allocation and active by 1,
+        allocated_bytes and active_bytes by size, requested_bytes by requested, in one call."""
+        amounts = (1, 1, size, size, 1, 1, size, size, requested, requested)
+        for stat, amount in zip(self._blocks[is_small], amounts, strict=True):
+            current = stat.current + amount
+            stat.current = current
+            if current > stat.peak:
+                stat.peak = current
+            stat.allocated += amount
+
+    def released(self, is_small: bool, size: int, requested: int) -> None:
+        """The same block given back: each of `allocated`'s changes decreased by the same amount."""
+        amounts = (1, 1, size, size, 1, 1, size, size, requested, requested)
+        for stat, amount in zip(self._blocks[is_small], amounts, strict=True):
+            stat.current -= amount
+            stat.freed += amount
 
     def get(self, name: str, pool: str = "all") -> Stat:
         return self.arrays[name][pool]

@@ -29,7 +29,7 @@ class OutOfMemoryError(RuntimeError):
     """What `torch.cuda.OutOfMemoryError` would be: no block, no segment, nothing left to release."""
 
 
-@dataclass
+@dataclass(slots=True)
 class AllocParams:
     """`struct AllocParams`: the rounded size, stream, pool and segment size of one malloc."""
 
@@ -61,6 +61,8 @@ class CachingAllocator(ExpandableMixin):
         self.allowed_memory_maximum: int | None = None
         self.segment_events: list[tuple[str, int, int]] = []  # (segment_alloc|segment_free, ptr, size)
         self._next_address = _FIRST_ADDRESS
+        self._sizes: dict[int, tuple[int, int]] = {}  # request -> (rounded size, segment size) under:
+        self._sizes_for = self.config
         self._init_expandable()
         fraction = self.config.per_process_memory_fraction
         if fraction < 1.0 and capacity_bytes is not None:
@@ -80,9 +82,15 @@ class CachingAllocator(ExpandableMixin):
     def malloc(self, orig_size: int, stream: int = 0) -> int:
         """`DeviceCachingAllocator::malloc`: the address of the block given to a request of `orig_size`."""
         cfg = self.config
-        size = cfg.round_size(orig_size)
+        if cfg is not self._sizes_for:  # the settings changed: round again
+            self._sizes, self._sizes_for = {}, cfg
+        sizes = self._sizes.get(orig_size)
+        if sizes is None:
+            size = cfg.round_size(orig_size)
+            sizes = self._sizes[orig_size] = (size, cfg.allocation_size(size))
+        size = sizes[0]
         pool = self.small if size <= K_SMALL_SIZE else self.large
-        p = AllocParams(size, stream, pool, cfg.allocation_size(size), cfg.expandable_segments)
+        p = AllocParams(size, stream, pool, sizes[1], cfg.expandable_segments)
         found = self._get_free_block(p)
         if not found:
             if self.allowed_memory_maximum is not None and cfg.garbage_collection_threshold > 0.0:
@@ -102,11 +110,9 @@ class CachingAllocator(ExpandableMixin):
         """`DeviceCachingAllocator::free`: the block goes back to its pool at once (no stream uses)."""
         block = self.active.pop(ptr)
         block.allocated = False
-        self.stats.change("allocation", block.pool.is_small, -1)
-        self.stats.change("allocated_bytes", block.pool.is_small, -block.size)
         if block.size >= self.config.max_split_size:
             self.stats.oversize_allocations.decrease(1)
-        self._free_block(block)
+        self._free_block(block)  # and allocation, allocated_bytes as the source changes them here
 
     def empty_cache(self) -> None:
         """`emptyCache`: release every cached block that is a whole segment."""
@@ -183,10 +189,7 @@ class CachingAllocator(ExpandableMixin):
         block.allocated = True
         block.requested_size = orig_size
         self.active[block.ptr] = block
-        for name, amount in (("allocation", 1), ("allocated_bytes", block.size), ("active", 1)):
-            self.stats.change(name, small, amount)
-        self.stats.change("active_bytes", small, block.size)
-        self.stats.change("requested_bytes", small, orig_size)
+        self.stats.allocated(small, block.size, orig_size)  # allocation, allocated, active, requested
         if block.size >= self.config.max_split_size:
             self.stats.oversize_allocations.increase(1)
         return block
@@ -232,6 +235,8 @@ class CachingAllocator(ExpandableMixin):
         original_size, requested = block.size, block.requested_size
         net_blocks = net_size = 0
         for candidate in (block.prev, block.next):
+            if candidate is None or candidate.allocated:
+                continue  # nothing to merge (`try_merge_blocks`' first test, ahead of the call)
             subsumed = self._try_merge_blocks(block, candidate, pool)
             if subsumed > 0:
                 net_blocks -= 1
@@ -240,12 +245,10 @@ class CachingAllocator(ExpandableMixin):
         if block.is_split():
             net_blocks += 1
             net_size += block.size
-        if block.expandable is None:
+        if block.expandable is None and (net_blocks or net_size):
             self.stats.change("inactive_split", small, net_blocks)
             self.stats.change("inactive_split_bytes", small, net_size)
-        self.stats.change("active", small, -1)
-        self.stats.change("active_bytes", small, -original_size)
-        self.stats.change("requested_bytes", small, -requested)
+        self.stats.released(small, original_size, requested)  # active, active_bytes, requested_bytes
 
     def _try_merge_blocks(self, dst: Block, src: Block | None, pool: BlockPool) -> int:
         """`try_merge_blocks`: absorb a free neighbour of the same mapping; its size, or 0."""

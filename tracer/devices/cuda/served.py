@@ -7,11 +7,13 @@ snapshot export need besides: reserved memory over the step, and where each bloc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain, islice
 from typing import Any
 
 from ...core.records import Kind, Trace
-from .allocator import AllocatorConfig, CachingAllocator
+from .allocator import AllocatorConfig, AllocRequest, CachingAllocator, ReplayStats, _finish, _segments_after
 
 SegmentEvent = tuple[str, int, int]  # (segment_alloc | segment_free | segment_map | ..., address, size)
 
@@ -59,3 +61,75 @@ def serve(trace: Trace, config: AllocatorConfig | None = None) -> ServedTrace:
     events = tuple(one(ev.kind is Kind.ALLOC, ev.storage, ev.nbytes) for ev in trace.events)
     owners = {addr: sid for sid, addr in ptrs.items() if addr}
     return ServedTrace(baseline, events, tuple(alloc.segments()), owners)
+
+
+@dataclass
+class Replayed:
+    """`replay_served`'s answer: the replay's figures (`allocator.replay`'s, with the bytes reserved after
+    every request), every request as served (the baseline's first), each storage's block size and the
+    address of every storage still allocated at the end."""
+
+    stats: ReplayStats
+    served: list[Served]
+    blocks: dict[int, int]
+    ptrs: dict[int, int]
+
+
+def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replayed:
+    """The trace's requests (the baseline's, then every event's) on one stream of a fresh allocator, once:
+    what `allocator.replay(..., track_reserved=True)` gives, and each request as `serve` remembers it.
+
+    The segments at the reserved peak: a snapshot where the peak last rose costs the allocator's blocks, so
+    one is taken at a rise only when at least that many requests (times `_SNAPSHOT_EVERY`) were served since
+    the last one; where the last rise had none, the requests up to it are replayed on an empty allocator, as
+    `allocator.replay` always does. Either way the segments are those after that request."""
+    alloc = CachingAllocator(config)
+    reserved = alloc.stats.get("reserved_bytes")
+    segment_events, active = alloc.segment_events, alloc.active
+    stats = ReplayStats(segments_at_reserved_peak=alloc.segments())
+    after, served = stats.reserved_after, []
+    ptrs: dict[int, int] = {}
+    blocks: dict[int, int] = {}
+    seen_peak, at_peak, snapped, snapshot = reserved.peak, -1, -1, list[dict[str, Any]]()
+    for index, (is_alloc, sid, nbytes) in enumerate(_requests(trace)):
+        mark = len(segment_events)
+        if is_alloc:
+            addr = alloc.malloc(nbytes) if nbytes else 0
+            block = active[addr].size if addr else 0
+            ptrs[sid], blocks[sid] = addr, block
+        else:
+            addr = ptrs.pop(sid)
+            block = active[addr].size if addr else 0
+            if addr:
+                alloc.free(addr)
+        current = reserved.current
+        after.append(current)
+        made = tuple(segment_events[mark:]) if len(segment_events) != mark else ()
+        served.append(Served(addr, block, current, made))
+        if reserved.peak > seen_peak:
+            seen_peak, at_peak = reserved.peak, index
+            cost = len(active) + len(alloc.small.blocks) + len(alloc.large.blocks)
+            if index - snapped >= _SNAPSHOT_EVERY * cost:
+                snapped, snapshot = index, alloc.segments()
+    if at_peak >= 0:
+        at = snapshot if snapped == at_peak else _segments_at(trace, at_peak, alloc)
+        stats.segments_at_reserved_peak = at
+    return Replayed(_finish(alloc, stats), served, blocks, ptrs)
+
+
+def _segments_at(trace: Trace, index: int, like: CachingAllocator) -> list[dict[str, Any]]:
+    """The segments after request `index`, its requests replayed again on an empty allocator like `like`."""
+    prefix = [AllocRequest("alloc" if a else "free", sid, n) for a, sid, n in _requests(trace, index + 1)]
+    return _segments_after(prefix, like)
+
+
+_SNAPSHOT_EVERY = 1  # requests served per block of the allocator between two snapshots at a peak's rise
+
+
+def _requests(trace: Trace, count: int | None = None) -> Iterator[tuple[bool, int, int]]:
+    """(alloc?, storage, bytes) of the baseline's storages, then of every event; the first `count` only."""
+    made = chain(
+        ((True, sid, trace.storages[sid].nbytes) for sid in trace.baseline),
+        ((ev.kind is Kind.ALLOC, ev.storage, ev.nbytes) for ev in trace.events),
+    )
+    return made if count is None else islice(made, count)
