@@ -164,6 +164,15 @@ JOBS: tuple[Job, ...] = (
         ),
     ),
     Job(
+        "finetune-fsdp-qlora",
+        (
+            *("benchmarks/models/hf_qlora.py:build", "--arg", "quant_storage=bfloat16"),
+            *("--arg", "kbit=false"),
+            *("--input", "input_ids=2x64:int64", "--optimizer", "adamw"),
+            *("--fsdp", "8", "--fsdp-param-dtype", "bf16", "--device", "cpu"),
+        ),
+    ),
+    Job(
         "finetune-hf-args",
         (
             *("benchmarks/models/hf_qlora.py:build", "--hf-args", "docs/examples/qlora-args.json"),
