@@ -95,7 +95,7 @@ def _quantized(
     double_quant: bool,
     compute: torch.dtype,
     threshold: float,
-    storage: torch.dtype,
+    storage: torch.dtype = torch.uint8,
 ) -> nn.Module:
     """The decoder Linears replaced as transformers does at load (`lm_head` kept); their weights copied in,
     quantized when the model moves to its device (`.to(device)`), as bitsandbytes does."""
