@@ -264,7 +264,7 @@ def fake_weights_keep_quant_state() -> Iterator[None]:
     (an alias)."""
     from torch._subclasses.fake_tensor import FakeTensor
 
-    modules = sys.modules.get("bitsandbytes.nn.modules")
+    modules: Any = sys.modules.get("bitsandbytes.nn.modules")
     original = getattr(modules, "fix_4bit_weight_quant_state_from_module", None)
     if modules is None or original is None:
         yield
