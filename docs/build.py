@@ -203,6 +203,18 @@ JOBS: tuple[Job, ...] = (
             *QLORA_TAIL,
         ),
     ),
+    Job(
+        "ft-qlora-seq",
+        (
+            "fit",
+            *QLORA_7B,
+            "--input",
+            "input_ids=1xS:int64",
+            "--input",
+            "labels=1xS:int64",
+            *QLORA_TAIL,
+        ),
+    ),
     Job("ft-lora-fsdp", (*LORA_8B, *outputs("ft-lora-fsdp"))),
     Job("moe", ("benchmarks/models/hf_moe.py:mixtral", "--input", "input_ids=2x64:int64", "--device", "cpu")),
     Job("exports-plot", (*SMALL, "--gpu", "rtx4070", *PICTURES)),
