@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
 from memtrace.tracer.core.parallel import Parallel
-from memtrace.tracer.core.specs import parse_input, parse_optimizer
+from memtrace.tracer.core.specs import parse_input, parse_kv, parse_optimizer
 from memtrace.tracer.engine.distributed import wrap_model
 from memtrace.tracer.engine.loader import Built, load_object, split_result
 from memtrace.tracer.engine.program import NullObserver, make_optimizer, run_program
@@ -105,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     found = argparse.ArgumentParser(description="One rank's CPU-allocator peak of a real DDP or FSDP2 step")
     found.add_argument("model")
     found.add_argument("--input", action="append", default=[])
+    found.add_argument("--arg", action="append", default=[], help="KEY=VALUE for the builder, as memtrace's")
     found.add_argument("--fsdp", action="store_true", help="FSDP2 (default: DDP)")
     found.add_argument("--bucket-cap-mb", type=float)
     found.add_argument("--reshard-after-forward", default="yes")
@@ -133,7 +134,8 @@ def request_of(opts: argparse.Namespace, rank: int, world: int) -> Request:
         recipe=Recipe(checkpoint=tuple(opts.checkpoint)),
         parallel=parallel,
     )
-    return Request(opts.model, tuple(parse_input(s) for s in opts.input), (), config)
+    kwargs = tuple(parse_kv(a) for a in opts.arg)
+    return Request(opts.model, tuple(parse_input(s) for s in opts.input), kwargs, config)
 
 
 def main() -> None:

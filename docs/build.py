@@ -178,6 +178,15 @@ JOBS: tuple[Job, ...] = (
         ),
     ),
     Job(
+        "finetune-fsdp-qlora",
+        (
+            *("benchmarks/models/hf_qlora.py:build", "--arg", "quant_storage=bfloat16"),
+            *("--arg", "kbit=false"),
+            *("--input", "input_ids=2x64:int64", "--optimizer", "adamw"),
+            *("--fsdp", "8", "--fsdp-param-dtype", "bf16", "--device", "cpu"),
+        ),
+    ),
+    Job(
         "finetune-hf-args",
         (
             *("benchmarks/models/hf_qlora.py:build", "--hf-args", "docs/examples/qlora-args.json"),
@@ -205,6 +214,18 @@ JOBS: tuple[Job, ...] = (
             "input_ids=Bx2048:int64",
             "--input",
             "labels=Bx2048:int64",
+            *QLORA_TAIL,
+        ),
+    ),
+    Job(
+        "ft-qlora-seq",
+        (
+            "fit",
+            *QLORA_7B,
+            "--input",
+            "input_ids=1xS:int64",
+            "--input",
+            "labels=1xS:int64",
             *QLORA_TAIL,
         ),
     ),

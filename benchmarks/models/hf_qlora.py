@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+STORAGE = {**DTYPES, "uint8": torch.uint8}
 
 
 def build(
@@ -21,7 +22,7 @@ def build(
     kv_heads: int = 2,
     intermediate: int = 688,
     vocab: int = 1024,
-    quant: str = "nf4",
+    quant: str | None = "nf4",
     double_quant: bool = False,
     compute_dtype: str = "bfloat16",
     rank: int = 8,
@@ -34,13 +35,16 @@ def build(
     embed: bool = False,
     adapters: int = 1,
     int8_threshold: float = 6.0,
+    quant_storage: str = "uint8",
 ) -> nn.Module:
     """`quant` is nf4, fp4, int8 (LLM.int8) or none (LoRA on bf16 weights); `kbit` calls
     `prepare_model_for_kbit_training` (fp32 norms and embeddings, input gradients) with `checkpointing`;
     `device` moves the model there before the adapters are added (bitsandbytes quantizes then), as DoRA
     needs: its weight norm is taken from the quantized weight. `save` names modules trained in full beside the
     adapters (`modules_to_save`, comma-separated), `embed` puts an adapter on the embeddings too, `adapters`
-    adds that many adapters, all active at once."""
+    adds that many adapters, all active at once. `quant_storage` is bitsandbytes' `bnb_4bit_quant_storage`:
+    the dtype the packed 4-bit weights are stored as (FSDP-QLoRA recipes set bfloat16, the dtype FSDP's
+    mixed precision keeps, so FSDP shards them as bf16 elements)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -55,8 +59,9 @@ def build(
         attn_implementation="sdpa",
     )
     model = LlamaForCausalLM(config).to(DTYPES[compute_dtype])
-    if quant != "none":
-        model = _quantized(model, quant, double_quant, DTYPES[compute_dtype], int8_threshold)
+    if quant is not None and quant != "none":  # `--arg quant=none` parses as None
+        storage = STORAGE[quant_storage]
+        model = _quantized(model, quant, double_quant, DTYPES[compute_dtype], int8_threshold, storage)
     if device:
         model = model.to(device)
     if kbit:
@@ -85,7 +90,12 @@ def build(
 
 
 def _quantized(
-    model: nn.Module, quant: str, double_quant: bool, compute: torch.dtype, threshold: float
+    model: nn.Module,
+    quant: str,
+    double_quant: bool,
+    compute: torch.dtype,
+    threshold: float,
+    storage: torch.dtype = torch.uint8,
 ) -> nn.Module:
     """The decoder Linears replaced as transformers does at load (`lm_head` kept); their weights copied in,
     quantized when the model moves to its device (`.to(device)`), as bitsandbytes does."""
@@ -100,6 +110,7 @@ def _quantized(
             bnb_4bit_quant_type=quant,
             bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_storage=storage,
         )
     weights = {name: m.weight for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     model = replace_with_bnb_linear(model, modules_to_not_convert=["lm_head"], quantization_config=bnb_config)

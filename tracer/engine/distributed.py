@@ -33,6 +33,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from ..core.errors import MemtraceError
 from ..core.parallel import WRAP_AUTO, WRAP_ROOT, Parallel
 from ..core.records import Category
+from ..meta.compat_bnb import check_fsdp_storage, fake_weights_keep_quant_state, quant_states_as
 from .batch import Batch
 from .dispatch import RecordingMode
 from .recorder import Recorder
@@ -207,6 +208,8 @@ class World:
                 "shards, gradients and optimizer state would count as GPU memory"
             )
         fsdp = self.parallel.engine == "fsdp"
+        if fsdp:
+            check_fsdp_storage(model, DTYPES.get(self.parallel.param_dtype or ""))
         self.notes = (wrap_note(model, self.parallel),) if fsdp else ()
         runner = wrap_model(model, self.parallel, self.mesh, simulated=True) if fsdp else model
         self.stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
@@ -214,6 +217,8 @@ class World:
             model.to_empty(device="cpu")
         else:
             _to_fake(model)
+        quant_states_as(model, _fake)  # bitsandbytes' absmax and code tables, replicated on every rank
+        self.stack.enter_context(fake_weights_keep_quant_state())
         batch = Batch(
             tuple(_fake(x) for x in batch.args),
             {k: _fake(v) for k, v in batch.kwargs.items()},

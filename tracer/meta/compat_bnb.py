@@ -91,8 +91,12 @@ def _unquantized(bnb: Any, param: nn.Parameter) -> bool:
 
 
 def _quantize(bnb: Any, param: Any) -> None:
+    """bitsandbytes' own quantization, on meta; its code tables are built from Python lists
+    (`create_dynamic_map` reads values with `.tolist()`), so on the CPU even while a builder runs under
+    `torch.device("meta")`, then moved to the weight's device (meta)."""
     try:
-        param._quantize(torch.device("meta"))
+        with torch.device("cpu"):
+            param._quantize(torch.device("meta"))
     except Exception as exc:
         raise MemtraceError(
             f"bitsandbytes could not quantize a {type(param).__name__} of shape {tuple(param.shape)} "
@@ -102,16 +106,17 @@ def _quantize(bnb: Any, param: Any) -> None:
 
 def held_tensors(model: nn.Module) -> Iterator[tuple[torch.Tensor, str]]:
     """The tensors each quantized weight keeps beside its data (absmax, code tables, offsets, row scales),
-    with the name of the module holding the weight."""
+    with the name of the module holding the weight. A 4-bit weight's quant state is found on the weight or,
+    once FSDP has replaced the weight by its shard, on its module (`Linear4bit.quant_state`)."""
     bnb = _bnb()
     if bnb is None:
         return
+    for name, state in quant_states(model):
+        for t in _state_tensors(state):
+            yield t, name
     for name, module in model.named_modules():
         for param in module._parameters.values():
-            if isinstance(param, bnb.nn.Params4bit) and param.quant_state is not None:
-                for t in _state_tensors(param.quant_state):
-                    yield t, name
-            elif isinstance(param, bnb.nn.Int8Params):
+            if isinstance(param, bnb.nn.Int8Params):
                 for t in (param.SCB,):
                     if isinstance(t, torch.Tensor):
                         yield t, name
@@ -120,6 +125,32 @@ def held_tensors(model: nn.Module) -> Iterator[tuple[torch.Tensor, str]]:
             for t in (state.SCB,):
                 if isinstance(t, torch.Tensor):
                     yield t, name
+
+
+def quant_states(model: nn.Module) -> list[tuple[str, Any]]:
+    """Each 4-bit weight's `QuantState` once, with the name of its module: the weight's own, else the
+    module's (bitsandbytes keeps it there too, for FSDP, which replaces the weight)."""
+    bnb = _bnb()
+    if bnb is None:
+        return []
+    found: dict[int, tuple[str, Any]] = {}
+    for name, module in model.named_modules():
+        weights = [p for p in module._parameters.values() if isinstance(p, bnb.nn.Params4bit)]
+        for state in [p.quant_state for p in weights] + [getattr(module, "quant_state", None)]:
+            if isinstance(state, bnb.functional.QuantState) and id(state) not in found:
+                found[id(state)] = (name, state)
+    return list(found.values())
+
+
+def quant_states_as(model: nn.Module, make: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Every quant state's tensors replaced by `make(tensor)` (FSDP's simulated ranks: meta to fake CPU,
+    as the parameters go; the tensors are not parameters, so `to_empty` leaves them)."""
+    for _, state in quant_states(model):
+        for holder in (state, getattr(state, "state2", None)):
+            for key in ("absmax", "code", "offset"):
+                value = getattr(holder, key, None)
+                if isinstance(value, torch.Tensor):
+                    setattr(holder, key, make(value))
 
 
 def _state_tensors(state: Any) -> Iterator[torch.Tensor]:
@@ -196,3 +227,58 @@ def paged_state_on_meta(managed: bool) -> Iterator[None]:
         yield
     finally:
         base.get_state_buffer = original
+
+
+def check_fsdp_storage(model: nn.Module, param_dtype: torch.dtype | None) -> None:
+    """FSDP shards a 4-bit weight as elements of its `quant_storage` (`bnb_4bit_quant_storage`), and its
+    mixed precision casts every floating-point parameter to `param_dtype` before the all-gather: a packed
+    weight stored as another floating dtype is converted value by value, its bytes no longer the packed
+    codes (a real run fails in `dequantize_4bit` on the wrong size). Recipes store them as the param dtype
+    (bf16). Integer storage (uint8, the default) FSDP2 gathers uncast."""
+    bnb = _bnb()
+    if bnb is None or param_dtype is None:
+        return
+    for name, param in model.named_parameters():
+        if not isinstance(param, bnb.nn.Params4bit) or not param.bnb_quantized:
+            continue
+        storage = param.dtype
+        if storage.is_floating_point and storage != param_dtype:
+            raise MemtraceError(
+                f"--fsdp-param-dtype {_short(param_dtype)} would cast {name}, 4-bit weights packed as "
+                f"{_short(storage)} (bnb_4bit_quant_storage): store them as {_short(param_dtype)}, "
+                "as FSDP-QLoRA recipes do, or as uint8"
+            )
+
+
+def _short(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
+
+
+@contextlib.contextmanager
+def fake_weights_keep_quant_state() -> Iterator[None]:
+    """On simulated ranks (fake tensors): DDP and FSDP replace a `Linear4bit`'s `Params4bit` by a plain
+    parameter (FSDP's unsharded weight is a view of its all-gather output); `Linear4bit.forward` then wraps
+    it in a `Params4bit` again with the module's quant state (`fix_4bit_weight_quant_state_from_module`),
+    which a fake tensor cannot become (`Tensor._make_subclass` of a tensor subclass). There the quant state
+    is set on the fake weight itself: the same data and state, nothing allocated, as the wrap on a real rank
+    (an alias)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    modules: Any = sys.modules.get("bitsandbytes.nn.modules")
+    original = getattr(modules, "fix_4bit_weight_quant_state_from_module", None)
+    if modules is None or original is None:
+        yield
+        return
+
+    def fix(module: nn.Module) -> None:
+        weight = module.weight
+        if isinstance(weight, FakeTensor) and getattr(weight, "quant_state", None) is None:
+            weight.quant_state = module.quant_state  # type: ignore[attr-defined]
+            return
+        original(module)
+
+    modules.fix_4bit_weight_quant_state_from_module = fix
+    try:
+        yield
+    finally:
+        modules.fix_4bit_weight_quant_state_from_module = original

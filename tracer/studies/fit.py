@@ -106,41 +106,52 @@ def boundary(probe: Probe, budget: int, limit: int = MAX_VALUE) -> tuple[int, bo
     """The largest value in [1, limit] whose figure (`probe.peak`) fits (0 if none; True if it hit the limit).
 
     Peaks grow about affinely with a batch size: a line through probed peaks predicts the boundary, the
-    prediction is probed, and a value that fits next to one that does not ends the search. When the line
-    only creeps along the bracket's edge, bisection takes over. On cuda the figure held against the budget is
-    reserved memory, which grows in segment steps and need not be monotone: the line follows the allocated
-    peak (plus what reserved holds beyond it) until the boundary is bracketed, and bisection finishes it.
+    prediction is probed, and a value that fits next to one that does not ends the search. Until a value
+    that does not fit is known, the line follows the allocated peak (plus what the figure holds beyond it);
+    then the figure's own line through the bracket's ends (regula falsi), the end kept twice in a row
+    weighted down by half each time (the Illinois rule), so that the bracket closes from both sides. On
+    cuda the figure is reserved memory, which grows in segment steps and need not be monotone: when the line
+    only creeps along the bracket's edge, bisection takes over.
     """
     if probe.peak(1) > budget:
         return 0, False
     probe.peak(2 if limit >= 2 else 1)
     creep = 0  # probes in a row that only moved the bracket by one
-    width = limit + 1  # the closed bracket's width before the last probe
+    kept = [0, 0]  # probes in a row that kept the bracket's low end, its high end
     while True:
         hi = min((v for v, p in probe.peaks.items() if p > budget), default=limit + 1)
         lo = max(v for v, p in probe.peaks.items() if p <= budget and v < hi)
         if hi - lo <= 1 or lo >= limit:
             return min(lo, limit), hi > limit
-        guess = min(max(_line_guess(probe, lo, hi, budget, limit), lo + 1), hi - 1)
-        stepwise = probe.peak(lo) != probe.allocated(lo)  # reserved memory: segment steps
-        halving = hi - lo <= width // 2  # the line's last guess at least halved the bracket
-        if creep >= 2 or (stepwise and hi <= limit and not (halving and hi - lo > max(64, lo // 8))):
+        if hi > limit:
+            guess = _line_guess(probe, lo, budget, limit)
+        else:
+            guess = _falsi_guess(probe, lo, hi, budget, kept)
+        guess = min(max(guess, lo + 1), hi - 1)
+        if creep >= 2:
             guess = (lo + hi) // 2
-        width = hi - lo if hi <= limit else width
         fits = probe.peak(guess) <= budget
+        kept = [0, kept[1] + 1] if fits else [kept[0] + 1, 0]
         creep = (
             creep + 1 if (fits and guess == lo + 1 and hi - lo > 2) or (not fits and guess == hi - 1) else 0
         )
 
 
-def _line_guess(probe: Probe, lo: int, hi: int, budget: int, limit: int) -> int:
-    """Where the allocated peak's line through the bracket's ends (or the two largest values that fit)
-    crosses the budget, less what the figure holds beyond the allocated peak at the line's start."""
-    if hi <= limit:
-        a, b = lo, hi
-    else:
-        fitting = sorted(v for v, p in probe.peaks.items() if p <= budget)
-        a, b = (fitting[-2], fitting[-1]) if len(fitting) > 1 else (lo, lo)
+def _falsi_guess(probe: Probe, lo: int, hi: int, budget: int, kept: list[int]) -> int:
+    """Where the figure's line through the bracket's ends crosses the budget, an end kept k > 1 times in a
+    row weighted by 2^-(k-1)."""
+    below = (budget - probe.peak(lo)) / 2 ** max(0, kept[0] - 1)
+    above = (probe.peak(hi) - budget) / 2 ** max(0, kept[1] - 1)
+    if below + above <= 0:
+        return (lo + hi) // 2
+    return lo + int((hi - lo) * below / (below + above))
+
+
+def _line_guess(probe: Probe, lo: int, budget: int, limit: int) -> int:
+    """Where the allocated peak's line through the two largest values that fit crosses the budget, less
+    what the figure holds beyond the allocated peak at the line's start."""
+    fitting = sorted(v for v, p in probe.peaks.items() if p <= budget)
+    a, b = (fitting[-2], fitting[-1]) if len(fitting) > 1 else (lo, lo)
     slope = (probe.allocated(b) - probe.allocated(a)) / (b - a) if b != a else 0.0
     if slope <= 0:
         return min(limit, lo * 4)
