@@ -163,9 +163,8 @@ class Resolver:
             if any(_is_mask(i) for i in args[1]):
                 args = (args[0], self._mask_indices(args[1], iter(calls)), *args[2:])
         tensors = _tensors(kwargs.values(), _tensors(args, []))
-        # seldom: flattened then (CPU values alone, an optimizer's step counter, are not: pytree's walk
-        # cost most of such an op)
-        on_meta = any(t.device == _META for t in tensors) or _meta_device_in((*args, *kwargs.values()))
+        # seldom: flattened then (not for CPU values alone, an optimizer's step counter: pytree is slow)
+        on_meta = any(t.device == _META for t in tensors) or _meta_in((*args, *kwargs.values()))
         if tensors and on_meta and all(self._known(t) is not None for t in tensors):
             flat, spec = tree_flatten((args, kwargs))
             known = [self._known(t) for t in flat if isinstance(t, torch.Tensor)]
@@ -254,9 +253,8 @@ class Resolver:
         return out
 
     def _filled(self, func: Any, name: str, args: Any, kwargs: Any) -> Any:
-        """A constant fill (zeros, full, arange, zeros_like) on meta: its value is known. The meta half is
-        replayed (`zeros_like`'s Python decomposition, for each of an optimizer's states, is slow)."""
-        out = self.meta.run(func, args, kwargs, lambda: func(*args, **kwargs))
+        """A constant fill (zeros, full, arange, zeros_like) on meta: its value is known."""
+        out = self.meta.run(func, args, kwargs, lambda: func(*args, **kwargs))  # an AdamW state's zeros_like
         small = isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= MAX_KNOWN
         if small and (not out.is_floating_point() or out.numel() == 1):  # indices, masks, scalars
             if name.endswith("_like"):
@@ -540,14 +538,9 @@ def _writes_to(arg: Any) -> bool:
     return arg.alias_info is not None and bool(arg.alias_info.is_write)
 
 
-def _meta_device_in(args: Iterable[Any]) -> bool:
+def _meta_in(args: Iterable[Any]) -> bool:
     """Whether a `device` argument (nested in lists and tuples) is meta."""
-    for x in args:
-        if _is_device(x) and x == _META:
-            return True
-        if isinstance(x, (list, tuple)) and _meta_device_in(x):
-            return True
-    return False
+    return any(x == _META if _is_device(x) else isinstance(x, list | tuple) and _meta_in(x) for x in args)
 
 
 def _tensors(args: Iterable[Any], found: list[torch.Tensor]) -> list[torch.Tensor]:
