@@ -15,6 +15,7 @@ from torch import nn
 
 from ..core.assume import Policy
 from ..core.errors import MemtraceError, first_line
+from ..core.heap import collector_paused
 from ..core.records import (
     Phase,
     Trace,
@@ -87,7 +88,7 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
         raise MemtraceError(_failure(rec, model, exc)) from exc
     every_note = (*notes, *(world.notes if world is not None else ()), *gpu_notes(config, gpu))
     every_note += generation_notes(config, watch)
-    with _collector_paused():  # ~110k records made, none freed: a full pass would walk the whole process
+    with collector_paused():  # ~110k records made, none freed: a full pass would walk the whole process
         trace = rec.trace(config.iterations)
     return replace(
         trace,
@@ -108,17 +109,6 @@ def _heap_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def plan_for(config: Config) -> StepPlan:
