@@ -66,6 +66,13 @@ def test_policy_lists_are_the_ops_this_torch_registers(device: str) -> None:
     assert set(POLICIES[device]) == registered_ops(device) - NOT_LISTED
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_kernels_are_registered_for_the_policy_ops_this_torch_registers(device: str) -> None:
+    from memtrace.tracer.meta.autocast import _registered_policies
+
+    assert _registered_policies(device) == sorted(registered_ops(device) & POLICIES[device].keys())
+
+
 # --------------------------------------------------------------------------- op by op, meta vs CPU
 
 

@@ -46,6 +46,21 @@ def test_stand_in_choice_is_pytorchs(transposed: bool) -> None:
     assert int(torch._fused_sdp_choice(_stand_in(q), _stand_in(k), _stand_in(v))) == real
 
 
+@pytest.mark.parametrize("transposed", [True, False])
+def test_stand_in_choice_under_a_meta_default_device(transposed: bool) -> None:
+    """The parameter probe runs under `torch.device("meta")`: the stand-ins stay CPU tensors, the choice
+    PyTorch's for the CPU."""
+    q, k, v = torch.randn(2, 3, 4, 16, 64).unbind(1)
+    q, k, v = (t.transpose(-1, -2) for t in (q, k, v))
+    if not transposed:
+        q, k, v = (t.contiguous() for t in (q, k, v))
+    real = int(torch._fused_sdp_choice(q, k, v))
+    with torch.device("meta"):
+        ins = [_stand_in(t.to("meta")) for t in (q, k, v)]
+    assert all(t is not None and t.device.type == "cpu" for t in ins)
+    assert int(torch._fused_sdp_choice(*ins)) == real
+
+
 @pytest.mark.parametrize("transposed", [True, False], ids=["math", "flash"])
 @pytest.mark.parametrize("mode", ["train", "infer"])
 def test_peak_matches_the_allocator(transposed: bool, mode: str) -> None:

@@ -64,6 +64,31 @@ def test_interpreter_keeps_the_eager_peak(case: ZooCase) -> None:
     assert sum(n.flops + n.backward_flops for n in fxmap.nodes) == mapped.flops
 
 
+class _Chain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(256, 4096), nn.Linear(4096, 4096), nn.Linear(4096, 256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.l1(x)
+        b = self.l2(a)
+        c = self.l3(b)  # eager: `a` is still a local here
+        return c
+
+
+def test_interpreter_peaks_lower_in_infer_mode() -> None:
+    """Why --graph runs the step a second time (docs/map.md): the interpreter drops `a` after its last use,
+    eager Python keeps it until the forward returns, so the infer-mode peaks differ by `c`."""
+    with torch.device("meta"):
+        eager_model, mapped_model = _Chain(), _Chain()
+    x = torch.empty(64, 256, device="meta")
+    eager = trace_model(eager_model, [x], INFER)
+    mapped, fxmap = trace_with_map(mapped_model, [x], INFER)
+    assert fxmap.path is MapPath.FX
+    c_bytes = 64 * 256 * 4
+    assert analysis.step_peak(eager, LAST).bytes == analysis.step_peak(mapped, LAST).bytes + c_bytes
+
+
 @pytest.mark.parametrize("case", ZOO, ids=lambda c: c.name)
 def test_saved_bytes_per_node_sum_to_the_saved_activations(case: ZooCase) -> None:
     _, trace, fxmap = _traces(case.name, "train")

@@ -8,9 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..engine.config import Config
 
-import gc
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from torch import nn
@@ -18,6 +16,7 @@ from torch import nn
 from ..analysis import peaks as analysis
 from ..analysis.layers import ModuleFacts, module_rows
 from ..analysis.timeline import step_timeline
+from ..core.heap import collector_paused
 from ..core.records import (
     Category,
     GpuSpec,
@@ -75,19 +74,8 @@ def compose(
     caching-allocator block). The cyclic garbage collector waits while it runs: the analysis makes ~100k
     records and frees nothing the trace recorded, and each full collection would walk every object of the
     process (a 70B-parameter step's trace and model among them) for nothing."""
-    with _collector_paused():
+    with collector_paused():
         return _compose(trace, model, built_path, inputs, config, gpu, headroom)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _compose(

@@ -7,7 +7,7 @@ and a saved JSON result renders again without re-tracing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -560,6 +560,14 @@ def _peak_from(d: dict[str, Any]) -> Peak:
         top_tensors=tuple(_tensor_from(t) for t in d["top_tensors"]),
         token_index=d.get("token_index"),
     )
+
+
+def _cuda_json(cuda: CudaFigures) -> dict[str, Any]:
+    """`asdict(cuda)` with its segments as a list, without `asdict`'s deep copy of every segment (a 70B
+    step's are most of the JSON); `_jsonable` makes the copies the JSON needs."""
+    data = {f.name: getattr(cuda, f.name) for f in fields(cuda)}
+    data["segments"] = list(cuda.segments)
+    return data
 
 
 def _jsonable(obj: Any) -> Any:

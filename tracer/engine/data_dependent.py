@@ -163,11 +163,12 @@ class Resolver:
             if any(_is_mask(i) for i in args[1]):
                 args = (args[0], self._mask_indices(args[1], iter(calls)), *args[2:])
         tensors = _tensors(kwargs.values(), _tensors(args, []))
-        if tensors and all(self._known(t) is not None for t in tensors):  # seldom: flattened then
+        # seldom: flattened then (not for CPU values alone, an optimizer's step counter: pytree is slow)
+        on_meta = any(t.device == _META for t in tensors) or _meta_in((*args, *kwargs.values()))
+        if tensors and on_meta and all(self._known(t) is not None for t in tensors):
             flat, spec = tree_flatten((args, kwargs))
             known = [self._known(t) for t in flat if isinstance(t, torch.Tensor)]
-            if any(t.device == _META for t in tensors) or any(x == _META for x in flat if _is_device(x)):
-                return self._on_values(func, name, flat, spec, iter(known))
+            return self._on_values(func, name, flat, spec, iter(known))
         if func in _ABSORBING and tensors:
             return self._absorbed(func, args, kwargs)
         if name in _FILLS:
@@ -253,7 +254,7 @@ class Resolver:
 
     def _filled(self, func: Any, name: str, args: Any, kwargs: Any) -> Any:
         """A constant fill (zeros, full, arange, zeros_like) on meta: its value is known."""
-        out = func(*args, **kwargs)
+        out = self.meta.run(func, args, kwargs, lambda: func(*args, **kwargs))  # an AdamW state's zeros_like
         small = isinstance(out, torch.Tensor) and out.device == _META and out.numel() <= MAX_KNOWN
         if small and (not out.is_floating_point() or out.numel() == 1):  # indices, masks, scalars
             if name.endswith("_like"):
@@ -535,6 +536,11 @@ def _writes(func: Any) -> tuple[tuple[int, str], ...]:
 
 def _writes_to(arg: Any) -> bool:
     return arg.alias_info is not None and bool(arg.alias_info.is_write)
+
+
+def _meta_in(args: Iterable[Any]) -> bool:
+    """Whether a `device` argument (nested in lists and tuples) is meta."""
+    return any(x == _META if _is_device(x) else isinstance(x, list | tuple) and _meta_in(x) for x in args)
 
 
 def _tensors(args: Iterable[Any], found: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..core.assume import Policy
 from ..core.errors import MemtraceError, first_line
+from ..core.heap import collector_paused
 from ..core.records import (
     Phase,
     Trace,
@@ -68,6 +69,7 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                     optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
             register_baseline(rec, model, batch.tensors(), _parameter_owners(model))
             with (
+                _heap_frozen(),
                 gpu_target(config) as gpu,
                 device.patched(),
                 resolving(
@@ -78,7 +80,6 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                 ) as assumed,
                 recording(rec, model),
                 watching_generation(rec, model) as watch,
-                _heap_frozen(),
             ):
                 run_program(runner, batch, optimizer, plan, rec, config.iterations)
     except MemtraceError:
@@ -87,8 +88,10 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
         raise MemtraceError(_failure(rec, model, exc)) from exc
     every_note = (*notes, *(world.notes if world is not None else ()), *gpu_notes(config, gpu))
     every_note += generation_notes(config, watch)
+    with collector_paused():  # ~110k records made, none freed: a full pass would walk the whole process
+        trace = rec.trace(config.iterations)
     return replace(
-        rec.trace(config.iterations),
+        trace,
         notes=every_note,
         assumptions=tuple(assumed),
         decode_starts=tuple(watch.starts),
@@ -99,8 +102,9 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
 @contextmanager
 def _heap_frozen() -> Iterator[None]:
     """The objects made before the step (the imports, the model) sit out the garbage collector's passes
-    while it runs: a full pass walked all of them, a 70B step's trace growing past a quarter of them twice.
-    The step's own objects are collected as before; the old ones take part again when it is over."""
+    while its hooks are installed and it runs: a full pass walked all of them, a 70B step's trace growing
+    past a quarter of them twice. The step's own objects are collected as before; the old ones take part
+    again when it is over."""
     gc.freeze()
     try:
         yield

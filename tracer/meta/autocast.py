@@ -371,6 +371,18 @@ def registered_ops(device_type: str) -> set[str]:
     }
 
 
+def _registered_policies(device_type: str) -> list[str]:
+    """The ops of the device's policy that the running PyTorch registers an autocast kernel for, sorted:
+    `registered_ops(device_type) & POLICIES[device_type]`, asking of the policy's ops only."""
+    key = str(AUTOCAST_KEYS[device_type]).split(".")[-1]
+    names = set(torch._C._dispatch_get_all_op_names())
+    return sorted(
+        name
+        for name in POLICIES[device_type]
+        if f"aten::{name}" in names and torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{name}", key)
+    )
+
+
 def _overload(name: str) -> Any:
     base, _, overload = name.partition(".")
     return getattr(getattr(torch.ops.aten, base), overload or "default")
@@ -384,7 +396,7 @@ def _kernels(device_type: str) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Overriding a previously registered kernel"
-            for name in sorted(registered_ops(device_type) & POLICIES[device_type].keys()):
+            for name in _registered_policies(device_type):
                 op = _overload(name)
                 lib.impl(name, _kernel(op, POLICIES[device_type][name], device_type), key)
         yield

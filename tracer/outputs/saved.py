@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from ..core.heap import collector_paused
 from ..core.records import Category, LayerRow, LayerShare, Result
 from . import report
 
@@ -63,7 +64,8 @@ class Saved:
 
 
 def json_text(saved: Saved) -> str:
-    return json.dumps(saved.to_json(), indent=2)
+    with collector_paused():  # a 70B cuda step's JSON: ~100k objects made, none to collect
+        return json.dumps(saved.to_json(), indent=2)
 
 
 def render(saved: Saved, out: IO[str] | Path) -> None:

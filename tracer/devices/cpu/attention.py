@@ -21,19 +21,22 @@ from . import isa as cpu_isa
 aten = torch.ops.aten
 
 _FLASH = 1  # torch.nn.attention.SDPBackend.FLASH_ATTENTION
+_CPU = torch.device("cpu")
 
 
 def _stand_in(t: torch.Tensor | None) -> torch.Tensor | None:
     """A CPU tensor with t's shape, dtype and last-dimension stride whose memory is a single last-dimension
     row. The stride counts: `check_last_dim_stride_equals_1_dense` refuses the flash kernel for a
-    transposed query (a U-Net's attention over `(b, heads, c, h*w)` maps), and the math path runs."""
+    transposed query (a U-Net's attention over `(b, heads, c, h*w)` maps), and the math path runs. On the
+    CPU whatever the default device: under the parameter probe's `torch.device("meta")` (engine/prepare.py)
+    meta stand-ins made PyTorch choose the math path, a 70B probe's costliest part."""
     if t is None:
         return None
     shape = tuple(t.shape)
     if not shape:
-        return torch.empty(1, dtype=t.dtype)[0]
+        return torch.empty(1, dtype=t.dtype, device=_CPU)[0]
     last = int(t.stride(-1)) if shape[-1] > 1 else 1
-    base = torch.empty((shape[-1] - 1) * last + 1, dtype=t.dtype)
+    base = torch.empty((shape[-1] - 1) * last + 1, dtype=t.dtype, device=_CPU)
     return base.as_strided(shape, (0,) * (len(shape) - 1) + (last,))
 
 
