@@ -514,13 +514,6 @@ def _verdict_from(d: dict[str, Any]) -> Verdict:
     )
 
 
-def _cuda_json(cuda: CudaFigures) -> dict[str, Any]:
-    data = {**asdict(cuda), "segments": list(cuda.segments)}
-    if not cuda.ranges:
-        del data["ranges"]
-    return data
-
-
 def _cuda_from(d: dict[str, Any] | None) -> CudaFigures | None:
     if d is None:
         return None
@@ -567,6 +560,10 @@ def _cuda_json(cuda: CudaFigures) -> dict[str, Any]:
     step's are most of the JSON); `_jsonable` makes the copies the JSON needs."""
     data = {f.name: getattr(cuda, f.name) for f in fields(cuda)}
     data["segments"] = list(cuda.segments)
+    if cuda.ranges:  # only when there is one, so a result without ranges saves as before
+        data["ranges"] = [asdict(r) for r in cuda.ranges]
+    else:
+        del data["ranges"]
     return data
 
 
