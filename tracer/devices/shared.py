@@ -149,3 +149,20 @@ def sdpa_replaced(wrap: Callable[[SdpaFn], SdpaFn]) -> Iterator[None]:
         yield
     finally:
         F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention = saved
+
+
+@contextmanager
+def vf_swapped(kind: str, emulation: Callable[[Any], Any]) -> Iterator[None]:
+    """`torch._VF.<kind>` (lstm, gru, rnn_tanh, rnn_relu) replaced by `emulation(original)` while the step
+    runs: each device's RNN rule allocates what its own kernels allocate."""
+    vf = torch._VF
+    had = kind in vf.__dict__
+    original = getattr(vf, kind)
+    setattr(vf, kind, emulation(original))
+    try:
+        yield
+    finally:
+        if had:
+            setattr(vf, kind, original)
+        else:
+            delattr(vf, kind)

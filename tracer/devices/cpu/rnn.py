@@ -31,8 +31,8 @@ are in `rnn_onednn.py`, the native path in `rnn_native.py`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ...core.registry import patch
+from ..shared import vf_swapped
 from . import isa as cpu_isa
 from .rnn_native import RnnSpec, native_rnn
 from .rnn_onednn import GATES, Layer
@@ -316,19 +317,8 @@ def _emulation(kind: str, original: Any) -> Any:
     return rnn
 
 
-@contextmanager
-def _swap_vf(kind: str) -> Iterator[None]:
-    vf = torch._VF
-    had = kind in vf.__dict__
-    original = getattr(vf, kind)
-    setattr(vf, kind, _emulation(kind, original))
-    try:
-        yield
-    finally:
-        if had:
-            setattr(vf, kind, original)
-        else:
-            delattr(vf, kind)
+def _swap_vf(kind: str) -> AbstractContextManager[None]:
+    return vf_swapped(kind, lambda original: _emulation(kind, original))
 
 
 @patch("cpu", "lstm")

@@ -45,8 +45,8 @@ projections, `nn.RNN`, calls under autocast, calls on real tensors. Not modelled
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from ...core.registry import patch
+from ..shared import vf_swapped
 from .attention import current as current_target
 
 GATES = {"lstm": 4, "gru": 3}
@@ -208,19 +209,8 @@ def _emulation(kind: str, original: Any) -> Any:
     return rnn
 
 
-@contextmanager
-def _swap_vf(kind: str) -> Iterator[None]:
-    vf = torch._VF
-    had = kind in vf.__dict__
-    original = getattr(vf, kind)
-    setattr(vf, kind, _emulation(kind, original))
-    try:
-        yield
-    finally:
-        if had:
-            setattr(vf, kind, original)
-        else:
-            delattr(vf, kind)
+def _swap_vf(kind: str) -> AbstractContextManager[None]:
+    return vf_swapped(kind, lambda original: _emulation(kind, original))
 
 
 @patch("cuda", "lstm")
