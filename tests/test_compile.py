@@ -254,7 +254,7 @@ def test_the_cuda_range_of_a_compiled_step_has_its_ends_in_order() -> None:
     for compiled_bytes, eager_bytes in ((1000, 3000), (3000, 1000)):
         compiled = replace(base, peak=replace(base.peak, bytes=compiled_bytes))
         eager = replace(base, peak=replace(base.peak, bytes=eager_bytes))
-        ranged = with_compiled_range(compiled, eager)
+        ranged = with_compiled_range(compiled, eager, None, None)
         assert ranged.cuda is not None and ranged.cuda.compiled_range is not None
         ends = ranged.cuda.compiled_range
         assert (ends["low_bytes"], ends["high_bytes"]) == (1000, 3000)
@@ -263,7 +263,7 @@ def test_the_cuda_range_of_a_compiled_step_has_its_ends_in_order() -> None:
         assert "lies between 1,000 and 3,000 bytes allocated" in ranged.notes[-1]
         assert ranged.to_json()["cuda"]["compiled_range"] == ends
     cpu = run(request(f"{MODELS / 'conv_bn.py'}:build", ("2x3x16x16",), device="cpu"))
-    assert with_compiled_range(cpu, cpu) is cpu  # no allocator modelled, no range
+    assert with_compiled_range(cpu, cpu, None, None) is cpu  # no allocator modelled, no range
 
 
 @pytest.mark.slow

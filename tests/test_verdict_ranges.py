@@ -14,6 +14,7 @@ from rich.console import Console
 from test_cudnn_table import _cnn, _measured_cnn
 from torch import nn
 
+from memtrace.tracer.analysis.compiled_range import INDUCTOR_CUDA_PLAN
 from memtrace.tracer.core.records import (
     BORDERLINE,
     CUDNN_WORKSPACE,
@@ -28,7 +29,7 @@ from memtrace.tracer.core.specs import human_bytes, parse_input
 from memtrace.tracer.devices.cuda import conv
 from memtrace.tracer.devices.cuda import rnn as cuda_rnn
 from memtrace.tracer.outputs.report import cuda_lines, verdict_line
-from memtrace.tracer.simulate import INDUCTOR_CUDA_PLAN, Config, Request, run_traced, simulate
+from memtrace.tracer.simulate import Config, Request, run_traced, simulate
 
 MIB = 2**20
 

@@ -20,7 +20,6 @@ from .core.records import (
     GpuSpec,
     InputSpec,
     Result,
-    StatedRange,
     Trace,
 )
 from .core.specs import (
@@ -34,7 +33,6 @@ from .core.specs import (
     parse_loss,
     parse_optimizer,
 )
-from .devices.gpu import verdict
 from .engine.batch import Batch
 from .engine.config import SDPA_BACKENDS, Config, StepFn
 from .engine.loader import Built, build_on_meta, load_object, make_inputs, spec_of
@@ -113,22 +111,7 @@ def run_recorded(request: Request) -> Run:
     except MemtraceError as exc:
         note = f"torch.compile on cuda: inductor's CPU plan only; the eager step did not simulate: {exc}"
         return replace(ran, result=replace(ran.result, notes=(*ran.result.notes, note)))
-    return replace(ran, result=_judged_with_range(request, with_compiled_range(ran.result, eager.result)))
-
-
-INDUCTOR_CUDA_PLAN = "inductor's CUDA plan"
-_INDUCTOR_CAUSE = "needs the device: the figure lies between inductor's CPU plan (simulated) and eager's"
-
-
-def _judged_with_range(request: Request, result: Result) -> Result:
-    """The compiled range as a stated range the verdict weighs: up to the eager step's reserved peak."""
-    cuda, ends = result.cuda, (result.cuda.compiled_range if result.cuda else None)
-    if cuda is None or ends is None:
-        return result
-    extra = max(0, ends["eager_reserved_bytes"] - ends["compiled_reserved_bytes"])
-    cuda = replace(cuda, ranges=(*cuda.ranges, StatedRange(INDUCTOR_CUDA_PLAN, _INDUCTOR_CAUSE, extra)))
-    judged = verdict(request.gpu, request.headroom, result.peak_bytes, cuda)
-    return replace(result, cuda=cuda, verdict=judged)
+    return replace(ran, result=with_compiled_range(ran.result, eager.result, request.gpu, request.headroom))
 
 
 def _recorded(request: Request, compiling: bool) -> tuple[Run, Seen]:

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..core.records import Result
+from ..core.records import GpuSpec, Result, StatedRange
+from ..core.specs import Headroom
+from ..devices.gpu import verdict
 
+INDUCTOR_CUDA_PLAN = "inductor's CUDA plan"
+_INDUCTOR_CAUSE = "needs the device: the figure lies between inductor's CPU plan (simulated) and eager's"
 UNKNOWN = "inductor's CUDA kernels (Triton's fusion and split reductions, chosen with Triton and the device)"
 
 
-def with_compiled_range(compiled: Result, eager: Result) -> Result:
-    """`compiled` with the range beside its figure: `cuda.compiled_range` in the JSON, a report note."""
+def with_compiled_range(
+    compiled: Result, eager: Result, gpu: GpuSpec | None, headroom: Headroom | None
+) -> Result:
+    """`compiled` with the range beside its figure: `cuda.compiled_range` in the JSON, a report note, and a
+    stated range up to the eager step's reserved peak that the verdict weighs (`cuda.ranges`)."""
     if compiled.cuda is None or eager.cuda is None:
         return compiled
     ends = {
@@ -31,4 +38,8 @@ def with_compiled_range(compiled: Result, eager: Result) -> Result:
         f"allocated (compiled with inductor's CPU plan {compiled.peak.bytes:,}, eager {eager.peak.bytes:,}; "
         f"reserved {compiled.cuda.reserved_peak_bytes:,} and {eager.cuda.reserved_peak_bytes:,})"
     )
-    return replace(compiled, cuda=replace(compiled.cuda, compiled_range=ends), notes=(*compiled.notes, note))
+    extra = max(0, eager.cuda.reserved_peak_bytes - compiled.cuda.reserved_peak_bytes)
+    stated = StatedRange(INDUCTOR_CUDA_PLAN, _INDUCTOR_CAUSE, extra)
+    cuda = replace(compiled.cuda, compiled_range=ends, ranges=(*compiled.cuda.ranges, stated))
+    judged = verdict(gpu, headroom, compiled.peak_bytes, cuda)
+    return replace(compiled, cuda=cuda, verdict=judged, notes=(*compiled.notes, note))
