@@ -279,7 +279,6 @@ class Recorder:
             if node is not None:
                 seq = node._sequence_nr()
                 return self.node_module.get(seq, ""), self.autograd_fx.get(seq, "")
-            return self.module_stack[-1], self.fx_node
         return self.module_stack[-1], self.fx_node
 
     @contextmanager
