@@ -7,44 +7,40 @@ their peak (`Trace.host_peak_bytes`)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-_DEPTH = [0]
+_DEPTH = {"managed": 0, "host": 0}  # how many blocks of each kind are open now
 
 
 @contextmanager
-def managed_memory() -> Iterator[None]:
-    """New storages are managed memory while the block runs."""
-    _DEPTH[0] += 1
+def _within(kind: str) -> Iterator[None]:
+    _DEPTH[kind] += 1
     try:
         yield
     finally:
-        _DEPTH[0] -= 1
+        _DEPTH[kind] -= 1
+
+
+def managed_memory() -> AbstractContextManager[None]:
+    """New storages are managed memory while the block runs."""
+    return _within("managed")
 
 
 def allocating_managed() -> bool:
-    return _DEPTH[0] > 0
+    return _DEPTH["managed"] > 0
 
 
-_HOST = [0]
-
-
-@contextmanager
-def host_memory() -> Iterator[None]:
+def host_memory() -> AbstractContextManager[None]:
     """New storages are pinned host memory while the block runs (an offloaded KV cache's copies on a CUDA
     target): filed apart from the device's allocator, their live bytes and peak kept by `PinnedHost`."""
-    _HOST[0] += 1
-    try:
-        yield
-    finally:
-        _HOST[0] -= 1
+    return _within("host")
 
 
 def allocating_host() -> bool:
-    return _HOST[0] > 0
+    return _DEPTH["host"] > 0
 
 
 class PinnedHost:
