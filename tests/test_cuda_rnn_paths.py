@@ -192,3 +192,32 @@ def test_what_is_not_simulated_is_said() -> None:
     res = simulate(lambda: _Net(nn.LSTM(16, 32, num_layers=2, dropout=0.2)), ["10x4x16"], device="cuda")
     (note,) = [n for n in res.notes if "dropout" in n]
     assert "not simulated" in note
+
+
+def test_a_packed_gru_runs_cudnn() -> None:
+    """`gru(data, batch_sizes, hx, ...)`: the packed overload of a one-hidden-state RNN (no `cy`)."""
+    trace, _ = _run(lambda: _Net(nn.GRU(16, 32, batch_first=True), packed=True))
+    tokens, batch, h = sum(_batch_sizes(LENGTHS)), len(LENGTHS), 32
+    reserve = tokens * 4 * h * F32  # one layer: G + 1 = 4 hidden-sized rows per step
+    forward = [batch * h * F32, tokens * h * F32, batch * h * F32, 0, reserve]
+    assert [n for n, _ in _allocs(trace, Phase.FORWARD)] == forward
+
+
+class _Frozen(nn.Module):
+    """A trained projection in front of a frozen LSTM: the LSTM's input needs a gradient, its weights not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, 16)
+        self.rnn = nn.LSTM(16, 32, num_layers=2).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(self.proj(x))[0].sum()
+
+
+def test_frozen_weights_skip_the_weight_gradient() -> None:
+    """`_cudnn_rnn_backward` runs `_cudnn_rnn_backward_weight` only for `output_mask[3]`: no `dw` here."""
+    trace, _ = _run(_Frozen)
+    s, state = 40, 2 * 10 * 32 * F32
+    backward = [state, state, s * 32 * F32, s * 16 * F32, state, state, 0]
+    assert [n for n, _ in _allocs(trace, Phase.BACKWARD)] == backward

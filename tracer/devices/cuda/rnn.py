@@ -15,7 +15,8 @@ space. The workspace and the copy are freed when the call returns; the reserve i
 has run. The backward, `_cudnn_rnn_backward` (zeros for the output gradients autograd did not give), runs
 `_cudnn_rnn_backward_input` (the input and the output gradient made contiguous, `dx`, `dhx`, `dcx`, a
 workspace freed at once) and then `_cudnn_rnn_backward_weight` (the input made contiguous again, `dw`:
-zeros of the flat weight buffer's size, a workspace freed at once). With biases the parameter gradients
+zeros of the flat weight buffer's size, a workspace freed at once; skipped when no weight needs a
+gradient, `output_mask[3]`). With biases the parameter gradients
 are views into `dw`; without them cuDNN's buffer still has the bias slots (`get_parameters` lays out
 weights and biases for every layer), the layouts differ, and each gradient is a fresh tensor copied out of
 `dw`, which is then freed. The flat buffer holds, for every layer and direction, G*H*I + G*H*R + 2*G*H
@@ -219,6 +220,8 @@ class _CudnnRnn(torch.autograd.Function):
         dcx = cx.new_empty(cx.shape) if cx is not None else None
         workspace = _scratch(s.workspace()[0], x)
         del workspace, xc, dyc, dhy, dcy
+        if not any(ctx.needs_input_grad[4:]):  # output_mask[3]: no weight needs a gradient, no dw
+            return (None, _batch_major(dx, call), dhx, dcx, *(None for _ in params))
         # _cudnn_rnn_backward_weight
         xc = _time_major(x, call)
         dw = torch.zeros(s.flat_weights(call.input_size), dtype=params[0].dtype, device=x.device)
