@@ -221,3 +221,13 @@ def test_frozen_weights_skip_the_weight_gradient() -> None:
     s, state = 40, 2 * 10 * 32 * F32
     backward = [state, state, s * 32 * F32, s * 16 * F32, state, state, 0]
     assert [n for n, _ in _allocs(trace, Phase.BACKWARD)] == backward
+
+
+def test_the_installed_torch_has_no_autocast_policy_for_the_whole_rnn_ops() -> None:
+    """The premise of the autocast path: `lstm`, `gru`, `rnn_tanh`, `rnn_relu` carry no AutocastCUDA kernel
+    (they reach cuDNN with the float32 input and `_cudnn_rnn`'s own kernel casts); only the cells do."""
+    from memtrace.tracer.meta.autocast import registered_ops
+
+    ops = registered_ops("cuda")
+    assert not {"lstm.input", "lstm.data", "gru.input", "gru.data", "rnn_tanh.input", "rnn_relu.input"} & ops
+    assert {"lstm_cell", "gru_cell", "rnn_tanh_cell"} <= ops

@@ -24,7 +24,8 @@ elements (+ P*H for a projection), I the layer's input size (D * R above the fir
 taken as flattened into one buffer, as `.to("cuda")` leaves them (`flatten_parameters`), so no call copies
 them.
 
-Under autocast PyTorch registers no policy for `lstm` and its siblings: they see the float32 input, take
+Under autocast PyTorch registers no policy for `lstm` and its siblings (the installed one's AutocastCUDA
+kernels cover only the cell ops and, in a cuDNN build, `_cudnn_rnn`): they see the float32 input, take
 cuDNN, and `_cudnn_rnn`'s own Autocast kernel (`_cudnn_rnn_cast_reflatten`,
 aten/src/ATen/native/cudnn/AutocastRNN.cpp) runs in float16 whatever autocast's dtype is: unless the
 weights are float16 already, `copy_weights_to_flat_buf_views` allocates a new flat buffer of float16 zeros
@@ -311,6 +312,9 @@ def _parse(kind: str, args: Sequence[Any]) -> _Parsed | None:
     tensors = [x, hx, *params, *([cx] if cx is not None else [])]
     if not all(isinstance(t, Tensor) and t.device.type == "meta" for t in tensors):
         _note(kind, "ran on real tensors")
+        return None
+    if batch_sizes is not None and batch_sizes.device.type != "cpu":
+        _note(kind, "got its batch sizes on meta (no values)")
         return None
     if x.dim() != (2 if batch_sizes is not None else 3):
         _note(kind, f"called with a {x.dim()}-D input")
