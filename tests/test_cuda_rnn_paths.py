@@ -231,3 +231,27 @@ def test_the_installed_torch_has_no_autocast_policy_for_the_whole_rnn_ops() -> N
     ops = registered_ops("cuda")
     assert not {"lstm.input", "lstm.data", "gru.input", "gru.data", "rnn_tanh.input", "rnn_relu.input"} & ops
     assert {"lstm_cell", "gru_cell", "rnn_tanh_cell"} <= ops
+
+
+class _Unsorted(nn.Module):
+    """Unsorted lengths (`enforce_sorted=False`): nn.LSTM permutes the hidden state it gets back from `_VF`,
+    which must be `_VF`'s flat `(output, hy, cy)`; the final states feed the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(16, 32, batch_first=True)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, [3, 10, 2, 7], batch_first=True, enforce_sorted=False)
+        _, (h, c) = self.rnn(packed)
+        return self.head(torch.cat([h[-1], c[-1]], dim=-1))
+
+
+def test_the_hidden_state_comes_back_as_vf_returns_it() -> None:
+    trace, result = _run(_Unsorted)
+    tokens, batch, h = sum(_batch_sizes(LENGTHS)), len(LENGTHS), 32
+    reserve = tokens * 5 * h * F32
+    assert reserve in [n for n, _ in _allocs(trace, Phase.FORWARD)]
+    assert result.cuda is not None and result.cuda.ranges
+    assert batch * h * F32 in [n for n, _ in _allocs(trace, Phase.BACKWARD)]  # dhx

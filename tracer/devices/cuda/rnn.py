@@ -368,8 +368,7 @@ def _emulation(kind: str, original: Any) -> Any:
         _state(call, x, params)
         if call.cast is not None:
             call, x, hx, cx, params = _cast(call, x, hx, cx, params)
-        outs = _CudnnRnn.apply(call, x, hx, cx, *params)
-        return (outs[0], (outs[1], outs[2])) if kind == "lstm" else (outs[0], outs[1])
+        return tuple(_CudnnRnn.apply(call, x, hx, cx, *params))  # as `_VF`: (output, hy[, cy]), flat
 
     return rnn
 
