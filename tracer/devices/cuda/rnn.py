@@ -291,8 +291,10 @@ def _cudnn_takes(kind: str, x: Tensor) -> bool:
     gpu = current_target().gpu
     if gpu.cudnn_version >= BF16_CUDNN and gpu.major >= 8:
         return True
+    v = gpu.cudnn_version
+    cudnn = f"{v // 10000}.{v // 100 % 100}.{v % 100}"
     current_target().note(
-        f"{MODULES[kind]} in bfloat16 on sm{gpu.major}{gpu.minor} with cuDNN {gpu.cudnn_version}: PyTorch "
+        f"{MODULES[kind]} in bfloat16 on sm{gpu.major}{gpu.minor} with cuDNN {cudnn}: PyTorch "
         "gives bfloat16 RNNs to cuDNN from cuDNN 9.13 on sm80, so the GPU runs its cell-by-cell kernels, "
         "as simulated"
     )
