@@ -1,28 +1,27 @@
 """cuDNN's recurrent kernels on a CUDA target (`nn.LSTM`, `nn.GRU`, `nn.RNN`): what `_cudnn_rnn` allocates.
 
 On a GPU `at::lstm` / `at::gru` / `at::rnn_tanh` / `at::rnn_relu` (aten/src/ATen/native/RNN.cpp) and their
-packed overloads do not run the cell ops meta decomposes them into: where `use_cudnn(input)` holds (a
-float32, float64 or float16 input; a bfloat16 one only with cuDNN 9.13 or later on sm80 and up,
-`supportsBFloat16RNNWithCuDNN`) they run `_cudnn_rnn` (aten/src/ATen/native/cudnn/RNN.cpp), one call for
-every layer and direction, LSTM projections (`proj_size`) and packed sequences (`batch_sizes`) included.
-Its forward allocates, in this order: the input made contiguous (a copy when `batch_first`: the input is
-transposed to time-major first; a packed input is 2-D and already contiguous), the output (time-major
-`(seq, batch, D * R)`, packed `(sum(batch_sizes), D * R)`, R the projection size or else the hidden size),
-`hy` `(L * D, batch, R)` (and `cy` `(L * D, batch, H)` for the LSTM; a 0-byte tensor otherwise), then the
-two buffers whose sizes `cudnnGetRNNTempSpaceSizes` returns, the workspace and, in training, the reserve
-space. The workspace and the copy are freed when the call returns; the reserve is returned, saved by
-`CudnnRnnBackward0` with the input, the hidden state, the weights and the output, and freed once the backward
-has run. The backward, `_cudnn_rnn_backward` (zeros for the output gradients autograd did not give), runs
-`_cudnn_rnn_backward_input` (the input and the output gradient made contiguous, `dx`, `dhx`, `dcx`, a
-workspace freed at once) and then `_cudnn_rnn_backward_weight` (the input made contiguous again, `dw`:
-zeros of the flat weight buffer's size, a workspace freed at once; skipped when no weight needs a
-gradient, `output_mask[3]`). With biases the parameter gradients
-are views into `dw`; without them cuDNN's buffer still has the bias slots (`get_parameters` lays out
-weights and biases for every layer), the layouts differ, and each gradient is a fresh tensor copied out of
-`dw`, which is then freed. The flat buffer holds, for every layer and direction, G*H*I + G*H*R + 2*G*H
-elements (+ P*H for a projection), I the layer's input size (D * R above the first layer). The weights are
-taken as flattened into one buffer, as `.to("cuda")` leaves them (`flatten_parameters`), so no call copies
-them.
+packed overloads do not run the cell ops meta decomposes them into: where `use_cudnn(input)` holds (a float32,
+float64 or float16 input; a bfloat16 one only with cuDNN 9.13 or later on sm80 and up,
+`supportsBFloat16RNNWithCuDNN`) they run `_cudnn_rnn` (aten/src/ATen/native/cudnn/RNN.cpp), one call for all
+layers and directions, LSTM projections (`proj_size`) and packed sequences (`batch_sizes`) included. Its
+forward allocates, in this order: the input made contiguous (a copy when `batch_first`: the input is
+transposed to time-major first; a packed input is 2-D and already contiguous), the output (time-major `(seq,
+batch, D * R)`, packed `(sum(batch_sizes), D * R)`, R the projection size or else the hidden size), `hy` `(L *
+D, batch, R)` (batch: `batch_sizes[0]` when packed) and `cy` `(L * D, batch, H)` for the LSTM (a 0-byte tensor
+otherwise, left out here), then the two buffers whose sizes `cudnnGetRNNTempSpaceSizes` returns, the workspace
+and, in training, the reserve space. The workspace and the copy are freed when the call returns; the reserve
+is returned, saved by `CudnnRnnBackward0` with the input, the hidden state, the weights and the output, and
+freed once the backward has run. The backward, `_cudnn_rnn_backward` (zeros for the output gradients autograd
+did not give), runs `_cudnn_rnn_backward_input` (the input and the output gradient made contiguous, `dx`,
+`dhx`, `dcx`, a workspace freed at once) and then `_cudnn_rnn_backward_weight` (the input made contiguous
+again, `dw`: zeros of the flat weight buffer's size, a workspace freed at once; skipped when no weight needs a
+gradient, `output_mask[3]`). With biases the parameter gradients are views into `dw`; without them cuDNN's
+buffer still has the bias slots (`get_parameters` lays out weights and biases for every layer), the layouts
+differ, and each gradient is a fresh tensor copied out of `dw`, which is then freed. The flat buffer holds,
+for every layer and direction, G*H*I + G*H*R + 2*G*H elements (+ P*H for a projection), I the layer's input
+size (D * R above the first layer). The weights are taken as flattened into one buffer, as `.to("cuda")`
+leaves them (`flatten_parameters`), so no call copies them.
 
 Under autocast PyTorch registers no policy for `lstm` and its siblings (the installed one's AutocastCUDA
 kernels cover only the cell ops and, in a cuDNN build, `_cudnn_rnn`): they see the float32 input, take
