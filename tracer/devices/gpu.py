@@ -35,8 +35,15 @@ def gpu_target(config: Config) -> Iterator[cuda_attention.Target | None]:
 
 
 def gpu_notes(config: Config, target: cuda_attention.Target | None) -> tuple[str, ...]:
-    """Which SDPA kernels ran, for which GPU (a default one is said to be assumed)."""
-    if target is None or not target.choices:
+    """Which SDPA kernels ran, for which GPU (a default one is said to be assumed), then what other rules
+    said of the step on the target (`Target.note`: what they simulated instead)."""
+    if target is None:
+        return ()
+    return (*_sdpa_note(config, target), *target.notes)
+
+
+def _sdpa_note(config: Config, target: cuda_attention.Target) -> tuple[str, ...]:
+    if not target.choices:
         return ()
     counts = ", ".join(f"{backend} x{n}" for backend, n in sorted(target.summary().items()))
     gpu = target.gpu

@@ -88,6 +88,11 @@ class Target:
     # what other rules state as a range (cuDNN's RNN spaces): call key -> (what, cause, extra bytes above
     # what was placed); one entry per key however often the step runs the call (`gpu.stated_ranges`)
     ranges: dict[object, tuple[str, str, int]] = field(default_factory=dict)
+    # what other rules say of how the step ran on this GPU (what they simulated instead), each line once
+    notes: dict[str, None] = field(default_factory=dict)
+
+    def note(self, text: str) -> None:
+        self.notes.setdefault(text, None)
 
     def summary(self) -> dict[str, int]:
         """How many SDPA calls ran on each backend."""
