@@ -19,15 +19,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor
 
 from ..core.registry import patch
+from .tensors import simulated
 
 
 def _on_meta(t: Any) -> bool:
     """A tensor without values as the simulation makes them: meta, or fake (the simulated ranks of
     `--ddp`/`--fsdp` run on fake CPU tensors, engine/distributed.py)."""
-    return isinstance(t, torch.Tensor) and (t.device.type == "meta" or isinstance(t, FakeTensor))
+    return isinstance(t, torch.Tensor) and simulated(t)
 
 
 def _no_packing(original: Callable[..., Any]) -> Callable[..., Any]:
