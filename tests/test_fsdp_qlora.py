@@ -155,7 +155,7 @@ def _saved(trace: Trace) -> list[tuple[tuple[int, ...], str, str]]:
 def test_simulated_ranks_attend_as_one_process() -> None:
     """The ranks' fake tensors are answered as meta ones by transformers' tracing checks: SDPA skips the
     causal mask and runs GQA itself (`enable_gqa`), as the real ranks do, instead of saving key and value
-    repeated to the query heads (`repeat_kv`'s copies, which put the 2-rank runs 1.4% over)."""
+    repeated to the query heads (`repeat_kv`'s copies: the 4-bit rows' +2.2% against gloo)."""
     one, _ = _traced(None)
     ranks, _ = _traced("ddp")
     assert _saved(ranks) == _saved(one)
