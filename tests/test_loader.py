@@ -120,3 +120,36 @@ def test_build_on_meta(builders: Path) -> None:
     assert built.path == "meta"
     assert all(p.device.type == "meta" for p in built.model.parameters())
     assert built.model.weight.shape == torch.Size([5, 3])
+
+
+def _cast_then_moved(dtype: torch.dtype, device: str) -> nn.Module:
+    """A builder as users write one: cast, then moved to a device (the move fails on meta)."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Embedding(5, 4))
+    model.register_buffer("steps", torch.zeros(2, dtype=torch.int64))
+    model = model.to(dtype)
+    return model.to(torch.device(device))
+
+
+@pytest.mark.parametrize("how", ["to(dtype)", "to(device, dtype)", "to(dtype=)"])
+def test_patched_build_keeps_the_dtype_a_move_names(how: str) -> None:
+    """The patched build drops device moves, not casts: `.to(torch.bfloat16)` before `.to("cpu")` (which
+    sends the build to the patched path), or `.to("cpu", torch.bfloat16)`, leaves bf16 weights, as the
+    real build does; integer buffers stay integers."""
+
+    def build() -> nn.Module:
+        if how == "to(dtype)":
+            return _cast_then_moved(torch.bfloat16, "cpu")
+        model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+        model.register_buffer("steps", torch.zeros(2, dtype=torch.int64))
+        if how == "to(device, dtype)":
+            return model.to("cpu", torch.bfloat16)
+        return model.cpu().to(device=torch.device("cpu"), dtype=torch.bfloat16)
+
+    real = build()
+    built = build_on_meta(build, {}, "build")
+    assert built.path.startswith("patched")
+    assert [(n, t.dtype) for n, t in built.model.state_dict().items()] == [
+        (n, t.dtype) for n, t in real.state_dict().items()
+    ]
+    assert {t.dtype for t in built.model.parameters()} == {torch.bfloat16}
+    assert all(t.device.type == "meta" for t in built.model.state_dict().values())

@@ -112,6 +112,7 @@ def _load_rules() -> None:
         bnb,
         conv,
         gemm_lowp,
+        gloo,
         loss,
         norm,
         rng,

@@ -219,7 +219,8 @@ def _storage_factories() -> frozenset[Any]:
 
 @contextlib.contextmanager
 def _patched_build(values_on_cpu: bool = False) -> Iterator[None]:
-    """Parameters and buffers land on meta as they are registered; init and device moves do nothing.
+    """Parameters and buffers land on meta as they are registered; init and device moves do nothing (a
+    `.to` that also names a dtype casts).
 
     Factory calls make meta tensors, or with `values_on_cpu` only the storage-allocating ones do
     (`_StorageOnMeta`): values computed with arange/linspace/tensor stay readable on the CPU (and land on
@@ -247,9 +248,17 @@ def _patched_build(values_on_cpu: bool = False) -> Iterator[None]:
     def same(self: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
         return self
 
+    module_to = nn.Module.to
+
+    def to(self: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+        """The move does nothing; a dtype given (`.to(torch.bfloat16)`, `.to(device, dtype)`) still casts."""
+        dtype = torch._C._nn._parse_to(*args, **kwargs)[1]
+        return module_to(self, dtype=dtype) if dtype is not None else self
+
     patch(nn.Module, "register_parameter", reg_param)
     patch(nn.Module, "register_buffer", reg_buffer)
-    for attr in ("to", "cuda", "cpu"):
+    patch(nn.Module, "to", to)
+    for attr in ("cuda", "cpu"):
         patch(nn.Module, attr, same)
     for attr in dir(nn.init):
         fn = getattr(nn.init, attr)

@@ -1,7 +1,8 @@
 """Compatibility with libraries whose code reads tensor values unless it knows it is being traced.
 
 Hugging Face transformers skips its data-dependent checks for fake tensors, as under torch.compile; a meta
-tensor has no values either, so while simulating it counts as one. Two of those checks decide which
+tensor has no values either, so while simulating it counts as one, and the simulated ranks' fake tensors
+are answered as meta ones. Two of those checks decide which
 attention kernel runs, and tracing answers them the costly way (a materialised 4-D mask, key and value
 repeated to the query heads). memtrace answers them as a real run of its inputs does: `position_ids` are one
 sequence per row (`find_packed_sequence_indices` finds no packing) and an `attention_mask` holds ones (the
@@ -20,10 +21,13 @@ from typing import Any
 import torch
 
 from ..core.registry import patch
+from .tensors import simulated
 
 
 def _on_meta(t: Any) -> bool:
-    return isinstance(t, torch.Tensor) and t.device.type == "meta"
+    """A tensor without values as the simulation makes them: meta, or fake (the simulated ranks of
+    `--ddp`/`--fsdp` run on fake CPU tensors, engine/distributed.py)."""
+    return isinstance(t, torch.Tensor) and simulated(t)
 
 
 def _no_packing(original: Callable[..., Any]) -> Callable[..., Any]:
