@@ -149,8 +149,12 @@ class Resolver:
         kept (the op cache replays only those)."""
         return _plain(func)
 
+    def runs_as_is(self, func: Any, args: Any, kwargs: dict[str, Any]) -> bool:
+        """Whether `dispatch` runs the op as it is: a plain op none of whose inputs has a known value."""
+        return self._as_is(func) and _unknown(args, self.values) and _unknown(kwargs.values(), self.values)
+
     def dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        if self._as_is(func) and _unknown(args, self.values) and _unknown(kwargs.values(), self.values):
+        if self.runs_as_is(func, args, kwargs):
             return func(*args, **kwargs)  # what the steps below come to for such an op (most of a step's)
         name = func.overloadpacket.__name__
         call = self.calls.next(func)

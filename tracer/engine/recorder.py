@@ -426,11 +426,27 @@ class Recorder:
         self._watch(StorageWeakRef(storage), storage, sid)
 
     # --- the op ---------------------------------------------------------------------------------
-    def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+    def tracks_only(self, func: Any) -> bool:
+        """Whether `on_op` does nothing for the op but track its outputs: no FLOPs, no device rule, not
+        the backward's in-place sum of gradients."""
+        _, _, counts, rule = self._facts(func)
+        return not counts and rule is None and func is not torch.ops.aten.add.Tensor
+
+    def holds(self, out: Any) -> bool:
+        """Whether the tensor's storage is live and known (tracking it again records nothing)."""
+        if type(out) is not torch.Tensor:
+            return False
+        found = self.live.get(out.untyped_storage()._cdata)
+        return found is not None and not found.ref.expired()
+
+    def _facts(self, func: Any) -> tuple[Any, str, bool, WorkspaceRule | None]:
         facts = self._ops.get(id(func))
         if facts is None:  # by id, once per op: an OpOverload hashes in Python
             facts = self._ops[id(func)] = (func, op_name(func), has_flops(func), self.device.rule(func))
-        _, name, counts, rule = facts
+        return facts
+
+    def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        _, name, counts, rule = self._facts(func)
         flops = count_flops(func, args, kwargs, out) if counts else 0
         if flops:
             key = (self.iteration, self.current_module())
