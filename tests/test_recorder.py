@@ -3,6 +3,7 @@ goes (placed before the next op), nothing for views and in-place results; a tiny
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -72,3 +73,39 @@ def test_a_storage_kept_alive_is_not_freed() -> None:
     kinds = [(e.kind, e.op) for e in rec.trace(1).events]
     assert kinds == [(Kind.ALLOC, "add"), (Kind.ALLOC, "mul")]
     del view, y
+
+
+def test_a_view_of_a_storage_the_recorder_does_not_hold_is_recorded() -> None:
+    """The dispatch mode's fast path for views records nothing only for a storage the recorder holds: a
+    view of one made outside the recording (no baseline) still allocates it, as `on_op` does."""
+    rec = Recorder(DeviceModel("cpu"))
+    model = nn.Module()
+    x = torch.empty(4, 8, device="meta")
+    register_baseline(rec, model, [], {})
+    with recording(rec, model):
+        rec.start(0)
+        rec.enter(Phase.FORWARD)
+        v = x.t()
+        w = v.transpose(0, 1)  # the storage is known now: nothing more
+        rec.settle()
+    events = [(e.kind, e.op, e.nbytes) for e in rec.trace(1).events]
+    assert (
+        events == [(Kind.ALLOC, "t", _nbytes(x))] and w.untyped_storage()._cdata == x.untyped_storage()._cdata
+    )
+
+
+def test_a_training_steps_trace_is_the_same_without_the_view_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Views (t, view, detach, transpose...) skip the op cache and the recorder's `on_op` when their storage
+    is held: every event, storage and FLOP count is what the full path records."""
+    from memtrace.tracer.engine import dispatch
+    from memtrace.tracer.simulate import request, run_traced
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16), nn.LayerNorm(16))
+    req = request(model, inputs=[torch.randn(4, 16)], device="cpu", optimizer="adamw")
+    fast_trace, fast = run_traced(req)
+    monkeypatch.setattr(dispatch, "_view", lambda func: False)
+    full_trace, full = run_traced(req)
+    assert fast_trace.events == full_trace.events and fast_trace.storages == full_trace.storages
+    assert fast.to_json() == full.to_json()

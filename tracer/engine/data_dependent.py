@@ -134,14 +134,14 @@ class Resolver:
         self.reads = 0  # values read into sizes or Python (counted ops, masks, sized ops, the policy's)
         self._plain_ops: dict[int, tuple[Any, bool]] = {}
 
-    def _as_is(self, func: Any) -> bool:
-        """Whether the op runs as it is when none of its inputs has a known value: a plain op, none that
-        `dispatch` treats apart by its inputs' device or dtype. By id: an OpOverload hashes in Python."""
+    def runs_as_is(self, func: Any, args: Any, kwargs: dict[str, Any]) -> bool:
+        """Whether `dispatch` runs the op as it is: a plain op (none that `dispatch` treats apart by its
+        inputs' device or dtype) none of whose inputs has a known value. By id."""
         found = self._plain_ops.get(id(func))
         if found is None:
             simple = _plain(func) and func not in (aten._grouped_mm.default, aten._to_copy.default)
             found = self._plain_ops[id(func)] = (func, simple)
-        return found[1]
+        return found[1] and _unknown(args, self.values) and _unknown(kwargs.values(), self.values)
 
     @staticmethod
     def passes_through(func: Any) -> bool:
@@ -150,7 +150,7 @@ class Resolver:
         return _plain(func)
 
     def dispatch(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        if self._as_is(func) and _unknown(args, self.values) and _unknown(kwargs.values(), self.values):
+        if self.runs_as_is(func, args, kwargs):
             return func(*args, **kwargs)  # what the steps below come to for such an op (most of a step's)
         name = func.overloadpacket.__name__
         call = self.calls.next(func)

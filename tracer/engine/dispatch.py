@@ -37,7 +37,7 @@ class RecordingMode(TorchDispatchMode):
         values = self.resolver.values if self.resolver is not None else None
         through = self.resolver.passes_through if self.resolver is not None else lambda func: True
         self.cache = MetaCache(through, values.holds if values is not None else lambda storage: False)
-        self._composite: dict[int, tuple[Any, bool]] = {}
+        self._composite: dict[int, tuple[Any, bool, bool]] = {}  # by id: the op, composite, a view
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -57,19 +57,41 @@ class RecordingMode(TorchDispatchMode):
         kwargs = kwargs or {}
         known = self._composite.get(id(func))
         if known is None:  # by id, once per op: an OpOverload hashes in Python
-            known = self._composite[id(func)] = (func, _composite(func))
+            view = _view(func) and self.rec.tracks_only(func)
+            known = self._composite[id(func)] = (func, _composite(func), view)
         if known[1]:  # under inference_mode composite ops reach the mode whole: run their parts
             with self:  # ATen's own C++ decomposition, not a Python one (dropout's clones its input)
                 return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
-        self.rec.sweep()
+        rec = self.rec
+        rec.sweep()
+        if known[2] and (self.resolver is None or self.resolver.runs_as_is(func, args, kwargs)):
+            # a view (a third of a step's ops: t, view, detach, transpose, slice): the cache never replays
+            # one and the resolver runs it as it is; of a storage the recorder holds, nothing to record
+            out = func(*args, **kwargs)
+            if not rec.holds(out):
+                rec.on_op(func, args, kwargs, out)
+            return out
         out = self.cache.run(func, args, kwargs, lambda: self._run(func, args, kwargs))
-        self.rec.on_op(func, args, kwargs, out)
+        rec.on_op(func, args, kwargs, out)
         return out
 
     def _run(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         if self.resolver is None:
             return func(*args, **kwargs)
         return self.resolver.dispatch(func, args, kwargs)
+
+
+def _view(func: Any) -> bool:
+    """An aten op whose outputs all alias its inputs, writing none (`MetaCache` never replays one)."""
+    if not isinstance(func, torch._ops.OpOverload) or func.namespace != "aten":
+        return False
+    schema = func._schema
+    returns = schema.returns
+    return (
+        not schema.is_mutable
+        and bool(returns)
+        and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
+    )
 
 
 @functools.cache

@@ -27,18 +27,24 @@ def count_flops(func: Any, args: Any, kwargs: Any, out: Any) -> int:
     """FLOPs as torch.utils.flop_counter counts them (2 per multiply-add), without its module tracking,
     whose hooks would hold outputs alive and change the lifetimes being measured."""
     extra, fn = _flop_formulas(func)
-    if extra is not None:
-        return extra(args)
-    if fn is None:
+    if extra is None and fn is None:
         return 0
     key = (func, _shapes(args), _shapes(tuple((kwargs or {}).items())), _shapes((out,)))
     try:
         found = _FLOPS.get(key)
     except TypeError:  # an argument that is not hashable: counted each time
-        return _formula(fn, args, kwargs, out)
-    if found is None:
-        found = _FLOPS[key] = _formula(fn, args, kwargs, out)
+        return _count(extra, fn, args, kwargs, out)
+    if found is None:  # the fused attention's own counts too (about 1 ms each, per layer and step)
+        found = _FLOPS[key] = _count(extra, fn, args, kwargs, out)
     return found
+
+
+def _count(
+    extra: Callable[[Any], int] | None, fn: Callable[..., Any] | None, args: Any, kwargs: Any, out: Any
+) -> int:
+    if extra is not None:
+        return extra(args)
+    return _formula(fn, args, kwargs, out) if fn is not None else 0
 
 
 def _formula(fn: Callable[..., Any], args: Any, kwargs: Any, out: Any) -> int:

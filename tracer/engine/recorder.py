@@ -29,6 +29,8 @@ from .device_model import DeviceModel
 from .flops import count_flops, has_flops, op_name
 from .tensor_facts import claim, dtype_name, first_shape, local_tensor, node_seq, sole_owner
 
+_expired = torch.UntypedStorage._expired  # what StorageWeakRef.expired calls, without its two frames
+
 
 @dataclass
 class _Live:
@@ -68,19 +70,13 @@ class _Meta:
     grad_node: int = -1  # the autograd node that allocated it in backward
 
 
-_PRECEDENCE = {
-    Category.PARAMETER: 0,
-    Category.KV_CACHE: 1,  # a static cache kept as a module's buffer (gpt-fast's k_cache) is the cache
-    Category.BUFFER: 2,
-    Category.INPUT: 3,
-    Category.OPTIMIZER_STATE: 4,
-    Category.GRADIENT: 5,
-    Category.COMMUNICATION: 6,
-    Category.ACTIVATION: 7,
-    Category.OUTPUT: 8,
-    Category.TEMPORARY: 9,
-    Category.WORKSPACE: 10,
-}
+# a storage's category, first in this order: a static cache kept as a module's buffer (gpt-fast's k_cache) is
+# the cache
+_ORDER = (
+    "PARAMETER KV_CACHE BUFFER INPUT OPTIMIZER_STATE GRADIENT COMMUNICATION ACTIVATION OUTPUT TEMPORARY "
+    "WORKSPACE"
+)
+_PRECEDENCE = {Category[name]: i for i, name in enumerate(_ORDER.split())}
 
 
 class Recorder:
@@ -222,10 +218,10 @@ class Recorder:
         elif self.cuda and not t.is_meta:
             return None
         storage = t.untyped_storage()
-        if self._managed(storage) or self.host.holds(storage):
-            return None
+        if (self.managed and self._managed(storage)) or (self.host.live and self.host.holds(storage)):
+            return None  # (both are empty in most steps: no call)
         found = self.live.get(storage._cdata)
-        if found is not None and not found.ref.expired():
+        if found is not None and not _expired(found.ref.cdata):
             if category is not None:
                 self.mark(found.sid, category)
             return found.sid
@@ -311,7 +307,7 @@ class Recorder:
     def storage_id(self, t: torch.Tensor) -> int | None:
         """The id of the live storage behind a tensor, if the recorder knows it."""
         found = self.live.get(t.untyped_storage()._cdata)
-        return found.sid if found is not None and not found.ref.expired() else None
+        return found.sid if found is not None and not _expired(found.ref.cdata) else None
 
     def mark(self, sid: int, category: Category) -> None:
         meta = self.meta[sid]
@@ -341,7 +337,7 @@ class Recorder:
         if not self._dead:
             return
         keys, self._dead[:] = set(self._dead), []
-        found = [(live.order, key) for key in keys if (live := self.live.get(key)) and live.ref.expired()]
+        found = [(live.order, k) for k in keys if (live := self.live.get(k)) and _expired(live.ref.cdata)]
         for _, key in sorted(found):
             live = self.live.pop(key)
             self._emit(Kind.FREE, live.sid, self.meta[live.sid].nbytes, "")
@@ -349,17 +345,8 @@ class Recorder:
     def _buffer(self, nbytes: int, op: str) -> int:
         """A storage of `nbytes` no tensor output made: a kernel's buffer (or a storage resized)."""
         sid = next(self._ids)
-        self.meta[sid] = _Meta(
-            nbytes,
-            op,
-            self.current_module(),
-            (nbytes,),
-            "uint8",
-            self.phase,
-            self.iteration,
-            Category.TEMPORARY,
-            self.current_node(),
-        )
+        module, node, phase, it = self.current_module(), self.current_node(), self.phase, self.iteration
+        self.meta[sid] = _Meta(nbytes, op, module, (nbytes,), "uint8", phase, it, Category.TEMPORARY, node)
         self._emit(Kind.ALLOC, sid, nbytes, op)
         return sid
 
@@ -426,11 +413,27 @@ class Recorder:
         self._watch(StorageWeakRef(storage), storage, sid)
 
     # --- the op ---------------------------------------------------------------------------------
-    def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+    def tracks_only(self, func: Any) -> bool:
+        """Whether `on_op` does nothing for the op but track its outputs: no FLOPs, no device rule, not
+        the backward's in-place sum of gradients."""
+        _, _, counts, rule = self._facts(func)
+        return not counts and rule is None and func is not torch.ops.aten.add.Tensor
+
+    def holds(self, out: Any) -> bool:
+        """Whether the tensor's storage is live and known (tracking it again records nothing)."""
+        if type(out) is not torch.Tensor:
+            return False
+        found = self.live.get(out.untyped_storage()._cdata)
+        return found is not None and not _expired(found.ref.cdata)
+
+    def _facts(self, func: Any) -> tuple[Any, str, bool, WorkspaceRule | None]:
         facts = self._ops.get(id(func))
         if facts is None:  # by id, once per op: an OpOverload hashes in Python
             facts = self._ops[id(func)] = (func, op_name(func), has_flops(func), self.device.rule(func))
-        _, name, counts, rule = facts
+        return facts
+
+    def on_op(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        _, name, counts, rule = self._facts(func)
         flops = count_flops(func, args, kwargs, out) if counts else 0
         if flops:
             key = (self.iteration, self.current_module())

@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 from unittest import mock
 
 from torch import nn
+
+from .after_import import after_import
 
 _ROOTS: list[nn.Module | None] = []  # the module being compiled, while its graphs compile
 # the same, by Dynamo's tracing context: AOTAutograd compiles a backward lazily, at its first call, under the
@@ -80,7 +82,17 @@ def _module_of(origins: Any, root: nn.Module, order: dict[Any, dict[Any, int]]) 
 @contextmanager
 def buffers_read(owners: dict[str, dict[str, nn.Module]]) -> Iterator[None]:
     """While inductor writes a graph's wrapper for a module compiled under memtrace, read each buffer's
-    module into `owners[wrapper source]`."""
+    module into `owners[wrapper source]`. Inductor's graph module is patched once the step imports it (a
+    step that compiles): importing it costs a second that no other step needs."""
+    with ExitStack() as stack:
+        stack.enter_context(
+            after_import("torch._inductor.graph", lambda: stack.enter_context(_codegen_reads(owners)))
+        )
+        yield
+
+
+@contextmanager
+def _codegen_reads(owners: dict[str, dict[str, nn.Module]]) -> Iterator[None]:
     from torch._inductor.graph import GraphLowering
 
     real = GraphLowering.codegen
