@@ -89,7 +89,7 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
     reserved = alloc.stats.get("reserved_bytes")
     segment_events, active = alloc.segment_events, alloc.active
     stats = ReplayStats(segments_at_reserved_peak=alloc.segments())
-    after, served = stats.reserved_after, []
+    after, served = stats.reserved_after, list[Served]()
     ptrs: dict[int, int] = {}
     blocks: dict[int, int] = {}
     seen_peak, at_peak, snapped, snapshot = reserved.peak, -1, -1, list[dict[str, Any]]()
