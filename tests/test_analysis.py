@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from memtrace.tracer.analysis import peaks as analysis
-from memtrace.tracer.core.records import Category, Event, Kind, Phase, StorageInfo, Trace
+from memtrace.tracer.analysis.timeline import bands, step_timeline
+from memtrace.tracer.core.records import (
+    Category,
+    Event,
+    Kind,
+    Phase,
+    PhaseBand,
+    PhasePeak,
+    StorageInfo,
+    Trace,
+)
 
 
 def _info(sid: int, nbytes: int, cat: Category, module: str = "m") -> StorageInfo:
@@ -126,3 +140,83 @@ def test_the_loss_owns_what_the_loss_phase_and_loss_functions_make() -> None:
     assert analysis.owner(info("head", Phase.LOSS)) == "head"
     made = [info(f"{analysis.LOSS}:cross_entropy", Phase.FORWARD, 64, "_log_softmax"), info("", Phase.LOSS)]
     assert analysis.loss_type(made) == "cross_entropy: _log_softmax fp32 2x32"
+
+
+def _random_trace(seed: int) -> Trace:
+    """Two iterations of random allocations and frees in runs of phases, with a baseline: equal levels
+    repeat (sizes from a few values), so 'the first highest' is tested."""
+    rng = random.Random(seed)
+    phases = [Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER, Phase.PREFILL, Phase.DECODE, Phase.LOSS]
+    cats = [Category.ACTIVATION, Category.TEMPORARY, Category.KV_CACHE, Category.GRADIENT]
+    storages = {1: StorageInfo(1, 64, Category.PARAMETER, "", "w", (64,), "uint8", Phase.SETUP, 0)}
+    events: list[Event] = []
+    live: list[int] = []
+    sid = 1
+    for it in (0, 1):
+        for _ in range(rng.randrange(3, 8)):
+            phase = rng.choice(phases)
+            for _ in range(rng.randrange(1, 12)):
+                if live and rng.random() < 0.45:
+                    gone = live.pop(rng.randrange(len(live)))
+                    n, module = storages[gone].nbytes, storages[gone].module
+                    events.append(Event(len(events), Kind.FREE, gone, n, phase, it, "", module))
+                    continue
+                sid += 1
+                n, module = rng.choice((8, 16, 24)), rng.choice(("a", "b", ""))
+                storages[sid] = StorageInfo(sid, n, rng.choice(cats), "op", module, (n,), "uint8", phase, it)
+                events.append(Event(len(events), Kind.ALLOC, sid, n, phase, it, "op", module))
+                live.append(sid)
+    return Trace(tuple(events), storages, (1,), 2)
+
+
+def _phase_peaks_event_by_event(trace: Trace, iteration: int) -> tuple[PhasePeak, ...]:
+    """`phase_peaks` as it was written before its runs: event by event."""
+    tl = analysis.timeline(trace)
+    after, allocs, anything = tl.live_after, dict[Phase, int](), dict[Phase, int]()
+    for i, ev in enumerate(tl.events):
+        if ev.iteration != iteration:
+            continue
+        if anything.get(ev.phase) is None or after[i] > after[anything[ev.phase]]:
+            anything[ev.phase] = i
+        if ev.kind is Kind.ALLOC and (allocs.get(ev.phase) is None or after[i] > after[allocs[ev.phase]]):
+            allocs[ev.phase] = i
+    rows = []
+    for phase in analysis._REPORTED:
+        if phase in allocs:
+            ev = tl.events[allocs[phase]]
+            rows.append(PhasePeak(phase, after[allocs[phase]], ev.op, ev.module))
+        elif phase in anything:
+            rows.append(PhasePeak(phase, after[anything[phase]], "", ""))
+    return tuple(rows)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_one_pass_analysis_is_the_event_by_event_one(seed: int) -> None:
+    """The passes `compose` shares (one timeline, the runs, each iteration's peak index, the live set at the
+    peak) give what each function gives alone, event by event."""
+    trace = _random_trace(seed)
+    tl = analysis.timeline(trace)
+    spans = analysis.runs(trace.events)
+    assert [i for s, e in spans for i in range(s, e)] == list(range(len(trace.events)))
+    at = analysis.peak_indexes(tl, spans)
+    for it in (0, 1):
+        assert at.get(it) == analysis.peak_index(tl, lambda e, it=it: e.iteration == it)
+        peak, live = analysis.peak_and_live(trace, it, tl, at)
+        assert peak == analysis.step_peak(trace, it)
+        assert live == analysis.live_at_peak(trace, peak)
+        assert analysis.peak_levels(trace, 2)[it] == peak.bytes
+        assert analysis.phase_peaks(trace, it, tl, spans) == _phase_peaks_event_by_event(trace, it)
+        alone = step_timeline(trace, it, peak.seq, max_points=6)
+        shared = step_timeline(trace, it, peak.seq, max_points=6, live_after=tl.live_after, spans=spans)
+        assert shared == alone
+    assert bands(trace.events) == tuple(
+        PhaseBand(ev.phase, i, j)
+        for i, j in _phase_runs([ev.phase for ev in trace.events])
+        for ev in trace.events[i : i + 1]
+    )
+
+
+def _phase_runs(phases: list[Phase]) -> list[tuple[int, int]]:
+    edges = [i for i in range(1, len(phases)) if phases[i] is not phases[i - 1]]
+    starts = [0, *edges]
+    return list(zip(starts, [*edges, len(phases)], strict=True)) if phases else []

@@ -386,7 +386,7 @@ def test_replay_stops_at_oom() -> None:
 
 class _StatByStat(DeviceStats):
     """A block's stats moved as the source writes them, one `change` per stat (the model moves them in one
-    call, `allocated` / `released`)."""
+    call, `allocated` / `released` / `split_change`)."""
 
     def allocated(self, is_small: bool, size: int, requested: int) -> None:
         for name, amount in _block_changes(size, requested):
@@ -395,6 +395,10 @@ class _StatByStat(DeviceStats):
     def released(self, is_small: bool, size: int, requested: int) -> None:
         for name, amount in _block_changes(size, requested):
             self.change(name, is_small, -amount)
+
+    def split_change(self, is_small: bool, count: int, nbytes: int) -> None:
+        self.change("inactive_split", is_small, count)
+        self.change("inactive_split_bytes", is_small, nbytes)
 
 
 def _block_changes(size: int, requested: int) -> tuple[tuple[str, int], ...]:
@@ -426,3 +430,32 @@ def test_block_stats_in_one_call_are_the_source_changes(conf: str) -> None:
     assert fast.memory_stats() == slow.memory_stats()
     assert fast.memory_stats()["inactive_split.all.peak"] > 0
     assert fast.segments() == slow.segments()
+
+
+@pytest.mark.parametrize("conf", ["", "max_split_size_mb:20"])
+def test_figures_only_stats_give_the_placement_figures(conf: str) -> None:
+    """A placement's allocator (`figures_only`, FigureStats) serves random requests at the same addresses,
+    with the same segments and the same figures `_finish` reads, as one keeping every statistic."""
+    config = AllocatorConfig.parse(conf) if conf else AllocatorConfig()
+    rng = random.Random(11)
+    full, lean = CachingAllocator(config), CachingAllocator(config, figures_only=True)
+    live: list[int] = []
+    for _ in range(4000):
+        if live and rng.random() < 0.48:
+            ptr = live.pop(rng.randrange(len(live)))
+            full.free(ptr)
+            lean.free(ptr)
+        else:
+            size = rng.randrange(1, rng.choice((4096, 2 * MB, 64 * MB)))
+            ptr = full.malloc(size)
+            assert lean.malloc(size) == ptr
+            live.append(ptr)
+        if rng.random() < 0.01:  # now and then, the segments block for block
+            assert full.segments() == lean.segments()
+    for name in ("allocated_bytes", "requested_bytes", "reserved_bytes", "segment"):
+        a, b = full.stats.get(name), lean.stats.get(name)
+        assert (a.current, a.peak) == (b.current, b.peak), name
+    assert full.stats.get("requested_bytes").peak > 0
+    assert full.segments() == lean.segments()
+    with pytest.raises(NotImplementedError):
+        lean.memory_stats()

@@ -280,3 +280,47 @@ def test_generate_args_reach_generate() -> None:
     assert result.step.endswith("use_cache=False")
     with pytest.raises(MemtraceError, match="use memtrace's own flag"):
         _generate(LLAMA, "1x8", 3, SMALL_LLAMA, generate_args=(("num_beams", 2),))
+
+
+def test_static_caches_read_a_modules_attributes_as_getattr_does() -> None:
+    """Meta's Llama keeps `cache_k`/`cache_v` as tensor attributes: found as a plain attribute, a buffer, a
+    property and through an overridden `__getattr__` (a wrapper's), not where the name is absent or None."""
+    from torch import nn
+
+    from memtrace.tracer.engine.generation import static_caches
+
+    class Plain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cache_k = torch.zeros(2)
+
+    class Buffer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("cache_v", torch.zeros(2))
+
+    class Property(nn.Module):
+        @property
+        def cache_k(self) -> torch.Tensor:
+            return torch.zeros(2)
+
+    class Wrapper(nn.Module):
+        def __getattr__(self, name: str) -> object:
+            return torch.zeros(2) if name == "cache_v" else super().__getattr__(name)
+
+    class Empty(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cache_k = None
+
+    model = nn.ModuleDict(
+        {"plain": Plain(), "buffer": Buffer(), "prop": Property(), "wrap": Wrapper(), "empty": Empty()}
+    )
+    model.add_module("linear", nn.Linear(2, 2))
+    names = ("cache_k", "cache_v")
+    reference = [
+        n
+        for n, m in model.named_modules()
+        if any(isinstance(getattr(m, a, None), torch.Tensor) for a in names)
+    ]
+    assert [n for n, _ in static_caches(model)] == reference == ["plain", "buffer", "prop", "wrap"]

@@ -4,7 +4,7 @@ the verdict's status, on small hand-made records."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, fields, replace
 
 import pytest
 
@@ -17,17 +17,22 @@ from memtrace.tracer.core.records import (
     SCHEMA_VERSION,
     Assumption,
     Category,
+    Event,
     GpuSpec,
     InputSpec,
+    Kind,
     LayerShare,
     ModelInfo,
     Peak,
     Phase,
     PhasePeak,
     Result,
+    StorageInfo,
     TensorRow,
     Verdict,
     judge,
+    make_event,
+    make_storage_info,
 )
 
 MB = 1 << 20
@@ -136,3 +141,16 @@ def test_derived_figures() -> None:
     assert result.effective_batch == 64
     assert replace(result, accumulate=4).effective_batch == 256
     assert replace(result, inputs=(InputSpec(("B", 256)),)).effective_batch is None
+
+
+def test_positional_makers_make_the_same_frozen_records() -> None:
+    """`make_event` / `make_storage_info` (the bulk constructors) give records equal to, hashing as and of
+    the class of the dataclass's own constructor, still frozen."""
+    args = (7, Kind.FREE, 3, 1536, Phase.DECODE, 1, "mm", "layers.0.attention", "n")
+    made, own = make_event(*args), Event(*args)
+    assert made == own and hash(made) == hash(own) and type(made) is Event
+    assert [getattr(made, f.name) for f in fields(Event)] == list(args)
+    info = (3, 1536, Category.KV_CACHE, "empty", "layers.0", (1, 8, 128), "bfloat16", Phase.SETUP, 0, "")
+    assert make_storage_info(*info) == StorageInfo(*info) and type(make_storage_info(*info)) is StorageInfo
+    with pytest.raises(FrozenInstanceError):
+        made.nbytes = 0  # type: ignore[misc]

@@ -92,13 +92,17 @@ def _compose(
     if config.device == "cuda":
         placed = place(trace, config.allocator or allocator_config(config.alloc_conf))
         trace, stats = placed.trace, placed.stats
-    peak = analysis.step_peak(trace, last)
-    first = analysis.step_peak(trace, 0).bytes
+    tl = analysis.timeline(trace)  # each pass below reads the one timeline, peak and live set
+    spans = analysis.runs(trace.events)
+    at = analysis.peak_indexes(tl, spans)
+    peak, live = analysis.peak_and_live(trace, last, tl, at)
+    first = tl.live_after[at[0]] if 0 in at else tl.baseline
+    step = analysis.storages_in(trace, last)
     types = {name: type(m).__name__ for name, m in model.named_modules()}
     cuda, reserved = None, tuple[int, ...]()
     if stats is not None:  # the bytes reserved after each event, from the placement's replay
         reserved = tuple(stats.reserved_after[len(trace.baseline) :])
-        asked = max(analysis.step_peak(requested, it).bytes for it in range(config.iterations))
+        asked = max(analysis.peak_levels(requested, config.iterations))
         cuda = cuda_figures(peak.bytes, asked, stats, config.arch)
         cuda = replace(
             cuda,
@@ -115,14 +119,14 @@ def _compose(
         recipe=config.recipe.text(),
         accumulate=config.recipe.accumulate,
         flops=trace.flops,
-        modules=module_rows(trace, peak, _facts(model), last),
+        modules=module_rows(trace, peak, _facts(model), last, live, step),
         activation_peak=analysis.category_peak(trace, last, Category.ACTIVATION),
         inputs=tuple(inputs),
         peak=peak,
-        phases=analysis.phase_peaks(trace, last),
-        totals=analysis.category_totals(trace, last),
+        phases=analysis.phase_peaks(trace, last, tl, spans),
+        totals=analysis.category_totals(trace, last, step),
         first_iteration_peak=first,
-        top_layers=analysis.layers_at_peak(trace, peak, types),
+        top_layers=analysis.layers_at_peak(trace, peak, types, live=live),
         verdict=verdict_for(gpu, headroom, peak.bytes, cuda),
         cuda=cuda,
         notes=((f"model built on meta via the {built_path} path",) if built_path != "meta" else ())
@@ -131,7 +135,7 @@ def _compose(
         loss=config.loss_text(),
         free_output=config.free_output,
         parallel=config.parallel.text() if config.parallel is not None else "",
-        timeline=step_timeline(trace, last, peak.seq, reserved),
+        timeline=step_timeline(trace, last, peak.seq, reserved, live_after=tl.live_after, spans=spans),
         assumptions=trace.assumptions,
     )
     return Run(result, requested, placed)

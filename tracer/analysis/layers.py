@@ -17,7 +17,7 @@ from ..core.records import LOSS, OPTIMIZER_STEP, Category, LayerRow, Peak, Phase
 from .peaks import (
     live_at_peak,
     loss_type,
-    owner,
+    owner_of,
     storages_in,
 )
 
@@ -39,31 +39,36 @@ def _depth(name: str) -> int:
 
 
 def module_rows(
-    trace: Trace, peak: Peak, facts: Sequence[ModuleFacts], iteration: int
+    trace: Trace,
+    peak: Peak,
+    facts: Sequence[ModuleFacts],
+    iteration: int,
+    at_peak: set[int] | None = None,
+    step: set[int] | None = None,
 ) -> tuple[LayerRow, ...]:
-    """Each module's own figures (not its children's), in the device's allocation sizes."""
+    """Each module's own figures (not its children's), in the device's allocation sizes. `at_peak` (the
+    storages live at the peak) and `step` (the iteration's `storages_in`): where the caller has them."""
     rows = {f.name: _empty(f) for f in facts}
     rows[OPTIMIZER_STEP] = _empty(ModuleFacts(OPTIMIZER_STEP, "", 0))
     rows[INPUTS] = _empty(ModuleFacts(INPUTS, "", 0))
-    step = storages_in(trace, iteration)
+    step = storages_in(trace, iteration) if step is None else step
     rows[LOSS] = _empty(ModuleFacts(LOSS, loss_type(trace.storages[s] for s in step), 0))
-    at_peak = live_at_peak(trace, peak)
+    at_peak = live_at_peak(trace, peak) if at_peak is None else at_peak
     sums: dict[str, dict[str, int]] = {}  # per row, the bytes and FLOPs to add: one replace per row
-    for sid in step:
-        info = trace.storages[sid]
-        key = INPUTS if info.category is Category.INPUT else owner(info)
+    for (category, module, phase, live), nbytes in _grouped(trace, step, at_peak).items():
+        key = INPUTS if category is Category.INPUT else owner_of(module, phase, category)
         key = key if key in rows else ""
         adds = sums.setdefault(key, {})
-        add = _BYTES.get(info.category)
-        forward = info.phase in (Phase.FORWARD, Phase.RECOMPUTE)
-        if add is None and info.category is Category.ACTIVATION and forward:
+        add = _BYTES.get(category)
+        forward = phase in (Phase.FORWARD, Phase.RECOMPUTE)
+        if add is None and category is Category.ACTIVATION and forward:
             add = "activation_bytes"
         if add is not None:
-            adds[add] = adds.get(add, 0) + info.nbytes
-        if sid in at_peak:
-            adds["peak_bytes"] = adds.get("peak_bytes", 0) + info.nbytes
-            if info.category is Category.KV_CACHE:
-                adds["kv_cache"] = adds.get("kv_cache", 0) + info.nbytes
+            adds[add] = adds.get(add, 0) + nbytes
+        if live:
+            adds["peak_bytes"] = adds.get("peak_bytes", 0) + nbytes
+            if category is Category.KV_CACHE:
+                adds["kv_cache"] = adds.get("kv_cache", 0) + nbytes
     for name, flops in trace.module_flops.items():
         name = LOSS if name.startswith(LOSS) else name
         if name in rows:
@@ -78,6 +83,18 @@ def module_rows(
         if name in rows:
             rows[name] = replace(rows[name], output_shape=shape, input_shape=trace.input_shapes.get(name, ()))
     return tuple(rows.values())
+
+
+def _grouped(trace: Trace, step: set[int], at_peak: set[int]) -> dict[tuple[Category, str, Phase, bool], int]:
+    """The step's storages' bytes summed by what decides their row and columns: category, module, phase
+    and whether live at the peak (a long decode's half a million storages fall in a few thousand groups)."""
+    groups: dict[tuple[Category, str, Phase, bool], int] = {}
+    storages = trace.storages
+    for sid in step:
+        info = storages[sid]
+        key = (info.category, info.module, info.phase, sid in at_peak)
+        groups[key] = groups.get(key, 0) + info.nbytes
+    return groups
 
 
 _BYTES = {

@@ -5,8 +5,9 @@ No torch import. Sizes are the trace's own: on cuda, the placed trace's blocks (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from ..core.records import (
     LOSS,
@@ -34,14 +35,10 @@ class Timeline:
 
 
 def timeline(trace: Trace) -> Timeline:
-    live = sum(trace.storages[s].nbytes for s in trace.baseline)
-    base = live
-    after = []
-    for ev in trace.events:
-        size = ev.nbytes
-        live += size if ev.kind is Kind.ALLOC else -size
-        after.append(live)
-    return Timeline(base, trace.events, tuple(after))
+    base = sum(trace.storages[s].nbytes for s in trace.baseline)
+    alloc = Kind.ALLOC
+    deltas = [ev.nbytes if ev.kind is alloc else -ev.nbytes for ev in trace.events]
+    return Timeline(base, trace.events, tuple(accumulate(deltas, initial=base))[1:])
 
 
 def peak_index(tl: Timeline, keep: Callable[[Event], bool] = lambda e: True) -> int | None:
@@ -51,6 +48,47 @@ def peak_index(tl: Timeline, keep: Callable[[Event], bool] = lambda e: True) -> 
         if keep(ev) and (best is None or tl.live_after[i] > tl.live_after[best]):
             best = i
     return best
+
+
+def runs(events: Sequence[Event]) -> list[tuple[int, int]]:
+    """The [start, end) indexes of each run of consecutive events of one iteration and one phase."""
+    found: list[tuple[int, int]] = []
+    start, n = 0, len(events)
+    while start < n:
+        first = events[start]
+        phase, iteration = first.phase, first.iteration
+        end = start + 1
+        while end < n:
+            ev = events[end]
+            if ev.phase is not phase or ev.iteration != iteration:
+                break
+            end += 1
+        found.append((start, end))
+        start = end
+    return found
+
+
+def peak_indexes(tl: Timeline, spans: Sequence[tuple[int, int]] | None = None) -> dict[int, int]:
+    """Per iteration, the index of the first event at which live bytes are highest among its events (what
+    `peak_index` gives for each iteration, in one pass); `spans`: the trace's `runs`, when known."""
+    after, events = tl.live_after, tl.events
+    best: dict[int, int] = {}
+    for start, end in runs(events) if spans is None else spans:
+        high = max(after[start:end])
+        i = after.index(high, start, end)
+        it = events[start].iteration
+        j = best.get(it)
+        if j is None or high > after[j]:
+            best[it] = i
+    return best
+
+
+def peak_levels(trace: Trace, iterations: int) -> tuple[int, ...]:
+    """Each iteration's peak bytes, as `step_peak(trace, it).bytes` gives them (the baseline where an
+    iteration made no event), without what is live at them."""
+    tl = timeline(trace)
+    at = peak_indexes(tl)
+    return tuple(tl.live_after[at[it]] if it in at else tl.baseline for it in range(iterations))
 
 
 def live_at(trace: Trace, index: int) -> set[int]:
@@ -84,11 +122,19 @@ def top_tensors(storages: Iterable[StorageInfo], n: int = 5) -> tuple[TensorRow,
 
 def step_peak(trace: Trace, iteration: int) -> Peak:
     """The peak of one iteration of the step, and what is live at that moment."""
-    tl = timeline(trace)
-    idx = peak_index(tl, lambda e: e.iteration == iteration)
+    return peak_and_live(trace, iteration)[0]
+
+
+def peak_and_live(
+    trace: Trace, iteration: int, tl: Timeline | None = None, at: dict[int, int] | None = None
+) -> tuple[Peak, set[int]]:
+    """`step_peak`, and the storages live at it (`live_at_peak`'s set), from the trace's timeline and
+    `peak_indexes` where the caller has them."""
+    tl = tl or timeline(trace)
+    idx = (at if at is not None else peak_indexes(tl)).get(iteration)
     if idx is None:
         infos = [trace.storages[s] for s in trace.baseline]
-        return Peak(
+        peak = Peak(
             tl.baseline,
             -1,
             Phase.SETUP,
@@ -98,9 +144,11 @@ def step_peak(trace: Trace, iteration: int) -> Peak:
             by_category(infos),
             top_tensors(infos),
         )
+        return peak, set(trace.baseline)
     ev = tl.events[idx]
-    infos = [trace.storages[s] for s in live_at(trace, idx)]
-    return Peak(
+    live = live_at(trace, idx)
+    infos = [trace.storages[s] for s in live]
+    peak = Peak(
         bytes=tl.live_after[idx],
         seq=ev.seq,
         phase=ev.phase,
@@ -111,6 +159,7 @@ def step_peak(trace: Trace, iteration: int) -> Peak:
         top_tensors=top_tensors(infos),
         token_index=token_index(trace, ev),
     )
+    return peak, live
 
 
 def token_index(trace: Trace, ev: Event) -> int | None:
@@ -132,25 +181,34 @@ _REPORTED = (
 )
 
 
-def phase_peaks(trace: Trace, iteration: int) -> tuple[PhasePeak, ...]:
+def phase_peaks(
+    trace: Trace,
+    iteration: int,
+    tl: Timeline | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
+) -> tuple[PhasePeak, ...]:
     """Each phase's most bytes live after one of its allocations, with the op and module that allocated. A
     phase that only frees (the autocast cache cleared as the loss phase starts, when the model computed its
     own loss) keeps the level after its first free, with no op: the storage freed was made elsewhere.
-    One pass over the events: per phase, the first event at its highest level (allocations, and any)."""
-    tl = timeline(trace)
-    after = tl.live_after
+    Per run of one phase (`runs`): the first event at its highest level, among allocations and any."""
+    tl = tl or timeline(trace)
+    after, events, alloc = tl.live_after, tl.events, Kind.ALLOC
     allocs: dict[Phase, int] = {}
     anything: dict[Phase, int] = {}
-    for i, ev in enumerate(tl.events):
-        if ev.iteration != iteration:
+    for start, end in runs(events) if spans is None else spans:
+        if events[start].iteration != iteration:
             continue
-        level, phase = after[i], ev.phase
+        phase = events[start].phase
+        high = max(after[start:end])
+        i = after.index(high, start, end)
         j = anything.get(phase)
-        if j is None or level > after[j]:
+        if j is None or high > after[j]:
             anything[phase] = i
-        if ev.kind is Kind.ALLOC:
+        made = [k for k in range(start, end) if events[k].kind is alloc]
+        if made:
+            i = max(made, key=after.__getitem__)
             j = allocs.get(phase)
-            if j is None or level > after[j]:
+            if j is None or after[i] > after[j]:
                 allocs[phase] = i
     rows = []
     for phase in _REPORTED:
@@ -181,9 +239,11 @@ def storages_in(trace: Trace, iteration: int) -> set[int]:
     return seen or live
 
 
-def category_totals(trace: Trace, iteration: int) -> dict[Category, int]:
-    """Bytes of every storage of each category that was live at some point of the iteration."""
-    return by_category(trace.storages[s] for s in storages_in(trace, iteration))
+def category_totals(trace: Trace, iteration: int, step: set[int] | None = None) -> dict[Category, int]:
+    """Bytes of every storage of each category that was live at some point of the iteration (`step`: its
+    `storages_in`, where the caller has them)."""
+    step = storages_in(trace, iteration) if step is None else step
+    return by_category(trace.storages[s] for s in step)
 
 
 _SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
@@ -193,11 +253,15 @@ def owner(info: StorageInfo) -> str:
     """The module a storage belongs to; what the optimizer step makes outside any module is its own owner,
     and so is what the loss makes: the loss phase's, and a loss function's inside the model (`(loss):NAME`,
     a model computing its own loss after its head)."""
-    if not info.module and info.phase is Phase.OPTIMIZER and info.category is Category.TEMPORARY:
+    return owner_of(info.module, info.phase, info.category)
+
+
+def owner_of(module: str, phase: Phase, category: Category) -> str:
+    if not module and phase is Phase.OPTIMIZER and category is Category.TEMPORARY:
         return OPTIMIZER_STEP
-    if info.module.startswith(LOSS) or (not info.module and info.phase is Phase.LOSS):
+    if module.startswith(LOSS) or (not module and phase is Phase.LOSS):
         return LOSS
-    return info.module
+    return module
 
 
 def loss_type(infos: Iterable[StorageInfo]) -> str:
@@ -220,9 +284,12 @@ def module_type(name: str, types: dict[str, str], infos: Iterable[StorageInfo]) 
     return types.get(name, "") if name != OPTIMIZER_STEP else ""
 
 
-def layers_at_peak(trace: Trace, peak: Peak, types: dict[str, str], n: int = 5) -> tuple[LayerShare, ...]:
-    """Group what is live at the peak by owning module (parameters count for the module that holds them)."""
-    live = live_at_peak(trace, peak)
+def layers_at_peak(
+    trace: Trace, peak: Peak, types: dict[str, str], n: int = 5, live: set[int] | None = None
+) -> tuple[LayerShare, ...]:
+    """Group what is live at the peak by owning module (parameters count for the module that holds them);
+    `live`: the storages live at it, where the caller has them (`peak_and_live`)."""
+    live = live_at_peak(trace, peak) if live is None else live
     groups: dict[str, list[StorageInfo]] = {}
     for sid in live:
         info = trace.storages[sid]

@@ -8,9 +8,8 @@ what both give, request for request, so a run places its trace once however many
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
-from ..core.records import Event, StorageInfo, Trace
+from ..core.records import Event, StorageInfo, Trace, make_event, make_storage_info
 from ..devices.cuda.allocator import AllocatorConfig, ReplayStats
 from ..devices.cuda.served import ServedTrace, replay_served
 
@@ -37,21 +36,24 @@ def place(trace: Trace, config: AllocatorConfig) -> Placed:
     base, served, blocks = len(trace.baseline), done.served, done.blocks
     owners = {addr: sid for sid, addr in done.ptrs.items() if addr}
     serving = ServedTrace(tuple(served[:base]), tuple(served[base:]), tuple(done.stats.segments), owners)
-    events = tuple(_sized(ev, blocks.get(ev.storage, ev.nbytes)) for ev in trace.events)
-    storages = {sid: _sized(info, blocks.get(sid, info.nbytes)) for sid, info in trace.storages.items()}
+    events = tuple(
+        ev if (n := blocks.get(ev.storage, ev.nbytes)) == ev.nbytes else _event(ev, n) for ev in trace.events
+    )
+    storages = {
+        sid: info if (n := blocks.get(sid, info.nbytes)) == info.nbytes else _storage(info, n)
+        for sid, info in trace.storages.items()
+    }
     return Placed(config, replace(trace, events=events, storages=storages), done.stats, serving)
 
 
-Sized = TypeVar("Sized", Event, StorageInfo)
+def _event(ev: Event, nbytes: int) -> Event:
+    """The event with its block's bytes (`make_event`: `dataclasses.replace` introspects the class on each of
+    a long decode's million calls)."""
+    return make_event(ev.seq, ev.kind, ev.storage, nbytes, ev.phase, ev.iteration, ev.op, ev.module, ev.node)
 
 
-def _sized(record: Sized, nbytes: int) -> Sized:
-    """The record with its block's bytes: itself where they are its own; else a copy of its fields with
-    `nbytes` replaced (frozen, no `__post_init__`): `dataclasses.replace` introspects the class on each of a
-    70B step's ~75k calls, and a long decode's trace has more."""
-    if record.nbytes == nbytes:
-        return record
-    made = object.__new__(type(record))
-    made.__dict__.update(record.__dict__)
-    made.__dict__["nbytes"] = nbytes
-    return made
+def _storage(s: StorageInfo, nbytes: int) -> StorageInfo:
+    """The storage with its block's bytes, as `_event`."""
+    return make_storage_info(
+        s.storage, nbytes, s.category, s.op, s.module, s.shape, s.dtype, s.phase, s.iteration, s.node
+    )

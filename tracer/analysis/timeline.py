@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..core.records import Category, Event, Kind, Phase, PhaseBand, StepTimeline, Trace
+from ..core.records import Category, Event, Kind, Phase, PhaseBand, StepTimeline, StorageInfo, Trace
 
 MAX_POINTS = 4000
 
 
-def step_range(trace: Trace, iteration: int) -> range:
-    """The indexes of the iteration's events in the trace (they are consecutive)."""
+def step_range(trace: Trace, iteration: int, spans: Sequence[tuple[int, int]] = ()) -> range:
+    """The indexes of the iteration's events in the trace (they are consecutive); `spans`: the trace's
+    runs of one iteration and phase (`peaks.runs`), where the caller has them."""
+    if spans:
+        mine = [(start, end) for start, end in spans if trace.events[start].iteration == iteration]
+        return range(mine[0][0], mine[-1][1]) if mine else range(0)
     first = next((i for i, e in enumerate(trace.events) if e.iteration == iteration), None)
     if first is None:
         return range(0)
@@ -30,11 +34,14 @@ def step_range(trace: Trace, iteration: int) -> range:
 def bands(events: Sequence[Event]) -> tuple[PhaseBand, ...]:
     """Runs of consecutive events of one phase, as [start, end) indexes."""
     runs: list[PhaseBand] = []
-    for i, ev in enumerate(events):
-        if runs and runs[-1].phase is ev.phase:
-            runs[-1] = PhaseBand(ev.phase, runs[-1].start, i + 1)
-        else:
-            runs.append(PhaseBand(ev.phase, i, i + 1))
+    start, n = 0, len(events)
+    while start < n:
+        phase = events[start].phase
+        end = start + 1
+        while end < n and events[end].phase is phase:
+            end += 1
+        runs.append(PhaseBand(phase, start, end))
+        start = end
     return tuple(runs)
 
 
@@ -55,17 +62,19 @@ def compact(totals: Sequence[int], keep: set[int], max_points: int = MAX_POINTS)
 
 def _live_before(trace: Trace, first: int) -> dict[Category, int]:
     live = {c: 0 for c in Category}
+    storages = trace.storages
     for sid in trace.baseline:
-        info = trace.storages[sid]
+        info = storages[sid]
         live[info.category] += info.nbytes
-    for ev in trace.events[:first]:
-        _apply(live, trace, ev)
+    _apply(live, storages, trace.events[:first])
     return live
 
 
-def _apply(live: dict[Category, int], trace: Trace, ev: Event) -> None:
-    cat = trace.storages[ev.storage].category
-    live[cat] += ev.nbytes if ev.kind is Kind.ALLOC else -ev.nbytes
+def _apply(live: dict[Category, int], storages: dict[int, StorageInfo], events: Sequence[Event]) -> None:
+    """Move each category's live bytes by the events."""
+    alloc = Kind.ALLOC
+    for ev in events:
+        live[storages[ev.storage].category] += ev.nbytes if ev.kind is alloc else -ev.nbytes
 
 
 def step_timeline(
@@ -74,40 +83,52 @@ def step_timeline(
     peak_seq: int,
     reserved: Sequence[int] = (),
     max_points: int = MAX_POINTS,
+    live_after: Sequence[int] = (),
+    spans: Sequence[tuple[int, int]] = (),
 ) -> StepTimeline | None:
     """The timeline of one iteration (None when it made no event). `reserved` holds the allocator's
-    reserved bytes after every trace event (cuda), or nothing; `peak_seq` is the reported peak's event."""
-    span = step_range(trace, iteration)
+    reserved bytes after every trace event (cuda), or nothing; `peak_seq` is the reported peak's event;
+    `live_after` the bytes live after every trace event (`peaks.timeline`'s) and `spans` the trace's runs
+    (`peaks.runs`), where the caller has them."""
+    span = step_range(trace, iteration, spans)
     if not span:
         return None
     events = trace.events[span.start : span.stop]
     live = _live_before(trace, span.start)
-    start = dict(live)
-    totals, total = [], sum(live.values())
-    for ev in events:
-        total += ev.nbytes if ev.kind is Kind.ALLOC else -ev.nbytes
-        totals.append(total)
+    if live_after:
+        totals = live_after[span.start : span.stop]
+    else:
+        total, totals = sum(live.values()), []
+        for ev in events:
+            total += ev.nbytes if ev.kind is Kind.ALLOC else -ev.nbytes
+            totals.append(total)
     runs = bands(events)
     peak = next((i for i, e in enumerate(events) if e.seq == peak_seq), -1)
     edges = {b.start for b in runs} | {b.end - 1 for b in runs} | {peak}
     kept = compact(totals, edges, max_points)
-    series: dict[Category, list[int]] = {c: [] for c in Category}
-    live, at = start, iter(kept)
-    nxt = next(at, None)
-    for i, ev in enumerate(events):
-        _apply(live, trace, ev)
-        if i == nxt:
-            for c in Category:
-                series[c].append(live[c])
-            nxt = next(at, None)
     return StepTimeline(
         events=len(events),
         index=tuple(kept),
-        by_category={c: tuple(v) for c, v in series.items() if any(v)},
+        by_category=_series(trace, events, live, kept),
         reserved=tuple(reserved[span.start + i] for i in kept) if reserved else (),
         bands=runs,
         peak_index=peak,
     )
+
+
+def _series(
+    trace: Trace, events: Sequence[Event], live: dict[Category, int], kept: Sequence[int]
+) -> dict[Category, tuple[int, ...]]:
+    """Each category's bytes live after each kept event, from `live` before the first (the categories that
+    are never live left out)."""
+    series: dict[Category, list[int]] = {c: [] for c in Category}
+    prev = 0
+    for i in kept:
+        _apply(live, trace.storages, events[prev : i + 1])
+        prev = i + 1
+        for c in Category:
+            series[c].append(live[c])
+    return {c: tuple(v) for c, v in series.items() if any(v)}
 
 
 def phase_at(timeline: StepTimeline, index: int) -> Phase | None:

@@ -6,7 +6,7 @@ and a saved JSON result renders again without re-tracing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -53,9 +53,9 @@ OPTIMIZER_STEP = "(optimizer step)"
 LOSS = "(loss)"  # the loss's tensors: the loss phase's, and a loss function's anywhere (hooks.py names them)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
-    """One allocation or free of a storage, in program order."""
+    """One allocation or free of a storage, in program order (slotted: a long decode makes a million)."""
 
     seq: int
     kind: Kind
@@ -68,9 +68,9 @@ class Event:
     node: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StorageInfo:
-    """What is known of one storage once the run is over."""
+    """What is known of one storage once the run is over (slotted, as Event)."""
 
     storage: int
     nbytes: int
@@ -82,6 +82,26 @@ class StorageInfo:
     phase: Phase
     iteration: int
     node: str = ""
+
+
+def _positional(cls: type[Any]) -> Callable[..., Any]:
+    """A constructor of the frozen, slotted record `cls` from all its fields by position, setting each slot
+    through its own descriptor rather than the frozen `object.__setattr__` per field that `cls(...)` runs:
+    about 2.5 times faster, for records made by the hundred thousand (a long decode's replayed events and
+    its storages, a placed trace's copies). What it makes equals, and is of the same class as, `cls(...)`."""
+    names = [f.name for f in fields(cls)]
+    setters = {f"_set_{n}": getattr(cls, n).__set__ for n in names}
+    body = "".join(f"    _set_{n}(made, {n})\n" for n in names)
+    keywords = ", ".join(f"{k}={k}" for k in setters)
+    source = f"def make({', '.join(names)}, *, {keywords}):\n    made = _new(_cls)\n{body}    return made\n"
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, **setters}
+    exec(source, namespace)  # as dataclasses writes its own __init__
+    made: Callable[..., Any] = namespace["make"]
+    return made
+
+
+make_event: Callable[..., Event] = _positional(Event)  # Event(seq, kind, ..., node), every field given
+make_storage_info: Callable[..., StorageInfo] = _positional(StorageInfo)  # the same for StorageInfo
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._pytree import tree_leaves
 
-from ..core.records import Category, Event, Kind, Phase, StorageInfo, Trace
+from ..core.records import Category, Event, Kind, Phase, Trace, make_event, make_storage_info
 from ..core.registry import WorkspaceRule
 from ..meta.managed import PinnedHost, allocating_host, allocating_managed
 from ..meta.tensors import simulated
@@ -405,7 +405,7 @@ class Recorder:
             )
         seq, append = self._seq, self.events.append
         for kind, i, nbytes, op, module, node in events:
-            append(Event(next(seq), kind, sids[i], nbytes, phase, iteration, op, module, node))
+            append(make_event(next(seq), kind, sids[i], nbytes, phase, iteration, op, module, node))
         return sids
 
     def adopt(self, storage: torch.UntypedStorage, sid: int) -> None:
@@ -560,7 +560,7 @@ class Recorder:
     def trace(self, iterations: int) -> Trace:
         self.sweep()
         storages = {
-            sid: StorageInfo(
+            sid: make_storage_info(
                 sid,
                 m.nbytes,
                 m.category or Category.TEMPORARY,

@@ -14,11 +14,12 @@ cudaMalloc fails when the bytes reserved plus the request exceed it (no driver f
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .allocator_blocks import Block, BlockPool, DeviceStats
+from .allocator_blocks import Block, BlockPool, DeviceStats, FigureStats
 from .allocator_config import K_MIN_BLOCK_SIZE, K_SMALL_SIZE, SIZE_MAX, AllocatorConfig
 from .allocator_expandable import ExpandableMixin
 
@@ -49,14 +50,16 @@ class CachingAllocator(ExpandableMixin):
         config: AllocatorConfig | None = None,
         capacity_bytes: int | None = None,
         address_source: Callable[[int], int] | None = None,
+        figures_only: bool = False,
     ) -> None:
+        """`figures_only`: keep only the statistics a placement reports (`FigureStats`), no memory_stats()."""
         self.config = config or AllocatorConfig()
         self.capacity_bytes = capacity_bytes
         self.address_source = address_source
         self.small = BlockPool(is_small=True)
         self.large = BlockPool(is_small=False)
         self.active: dict[int, Block] = {}
-        self.stats = DeviceStats()
+        self.stats = FigureStats() if figures_only else DeviceStats()
         self.total_allocated_memory = 0  # bytes held from the device (reserved)
         self.allowed_memory_maximum: int | None = None
         self.segment_events: list[tuple[str, int, int]] = []  # (segment_alloc|segment_free, ptr, size)
@@ -90,6 +93,11 @@ class CachingAllocator(ExpandableMixin):
             sizes = self._sizes[orig_size] = (size, cfg.allocation_size(size))
         size = sizes[0]
         pool = self.small if size <= K_SMALL_SIZE else self.large
+        if not cfg.expandable_segments and self.allowed_memory_maximum is None:
+            cached = self._cached_fit(pool, size, stream)  # the common case, without AllocParams
+            if cached is not None:
+                split = self._should_split(cached, size, False)
+                return self._alloc_found_block(cached, size, stream, orig_size, split).ptr
         p = AllocParams(size, stream, pool, sizes[1], cfg.expandable_segments)
         found = self._get_free_block(p)
         if not found:
@@ -104,7 +112,7 @@ class CachingAllocator(ExpandableMixin):
             self.stats.counters["num_ooms"] += 1
             raise OutOfMemoryError(self._oom_message(p.alloc_size))
         split = self._should_split(p.block, size, p.expandable_active)
-        return self._alloc_found_block(p, orig_size, split).ptr
+        return self._alloc_found_block(p.block, size, stream, orig_size, split).ptr
 
     def free(self, ptr: int) -> None:
         """`DeviceCachingAllocator::free`: the block goes back to its pool at once (no stream uses)."""
@@ -159,6 +167,27 @@ class CachingAllocator(ExpandableMixin):
         pool.blocks.remove(block)
         return True
 
+    def _cached_fit(self, pool: BlockPool, size: int, stream: int) -> Block | None:
+        """`get_free_block` where it finds a plain cached block (no expandable segment, no memory fraction to
+        count calls for): the block, taken out of its pool; None where `_get_free_block` must decide."""
+        blocks = pool.blocks
+        keys = blocks.keys
+        i = bisect_left(keys, (stream, size, 0))
+        if i == len(keys):
+            return None
+        block = blocks.items[i]
+        if block.stream != stream or block.expandable is not None:
+            return None
+        cfg = self.config
+        if size < cfg.max_split_size:
+            if block.size >= cfg.max_split_size:
+                return None
+        elif block.size >= size + cfg.max_non_split_rounding_size:
+            return None
+        del keys[i]
+        del blocks.items[i]
+        return block
+
     def _should_split(self, block: Block, size: int, expandable_active: bool) -> bool:
         """`should_split`: small pool or expandable: remainder >= 512 B; large: > 1 MiB, size < max_split."""
         remaining = block.size - size
@@ -166,26 +195,24 @@ class CachingAllocator(ExpandableMixin):
             return remaining >= K_MIN_BLOCK_SIZE
         return size < self.config.max_split_size and remaining > K_SMALL_SIZE
 
-    def _alloc_found_block(self, p: AllocParams, orig_size: int, split: bool) -> Block:
+    def _alloc_found_block(self, block: Block, size: int, stream: int, orig_size: int, split: bool) -> Block:
         """`alloc_found_block`: split off the remainder if asked, mark allocated, count the stats."""
-        assert p.block is not None
-        block, pool, small = p.block, p.pool, p.pool.is_small
-        already_split = block.is_split()
+        pool = block.pool
+        small = pool.is_small
+        already_split = block.prev is not None or block.next is not None
         if split:
             remaining = block
-            block = Block(p.stream, p.size, remaining.ptr, pool, expandable=remaining.expandable)
+            block = Block(stream, size, remaining.ptr, pool, expandable=remaining.expandable)
             block.splice(remaining.prev, remaining)
-            remaining.ptr += p.size
-            remaining.size -= p.size
+            remaining.ptr += size
+            remaining.size -= size
             pool.insert_into_blocks(remaining)
             if already_split and block.expandable is None:
-                self.stats.change("inactive_split_bytes", small, -block.size)
+                self.stats.split_change(small, 0, -size)
             elif block.expandable is None:
-                self.stats.change("inactive_split_bytes", small, remaining.size)
-                self.stats.change("inactive_split", small, 1)
+                self.stats.split_change(small, 1, remaining.size)
         elif already_split and block.expandable is None:
-            self.stats.change("inactive_split_bytes", small, -block.size)
-            self.stats.change("inactive_split", small, -1)
+            self.stats.split_change(small, -1, -block.size)
         block.allocated = True
         block.requested_size = orig_size
         self.active[block.ptr] = block
@@ -246,8 +273,7 @@ class CachingAllocator(ExpandableMixin):
             net_blocks += 1
             net_size += block.size
         if block.expandable is None and (net_blocks or net_size):
-            self.stats.change("inactive_split", small, net_blocks)
-            self.stats.change("inactive_split_bytes", small, net_size)
+            self.stats.split_change(small, net_blocks, net_size)
         self.stats.released(small, original_size, requested)  # active, active_bytes, requested_bytes
 
     def _try_merge_blocks(self, dst: Block, src: Block | None, pool: BlockPool) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...core.records import Kind, Trace
 from .allocator import AllocatorConfig, AllocRequest, CachingAllocator, ReplayStats, _finish, _segments_after
@@ -18,9 +18,10 @@ from .allocator import AllocatorConfig, AllocRequest, CachingAllocator, ReplaySt
 SegmentEvent = tuple[str, int, int]  # (segment_alloc | segment_free | segment_map | ..., address, size)
 
 
-@dataclass(frozen=True)
-class Served:
-    """One alloc or free as the allocator served it; addr 0 is a zero-byte request, which gets no block."""
+class Served(NamedTuple):
+    """One alloc or free as the allocator served it; addr 0 is a zero-byte request, which gets no block. A
+    named tuple: a long decode's placement makes a million (a frozen dataclass's are slower to make and
+    larger)."""
 
     addr: int
     block: int  # the block's size (0 without a block)
@@ -82,30 +83,38 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
     The segments at the reserved peak: a snapshot where the peak last rose costs the allocator's blocks, so
     one is taken at a rise only when at least that many requests (times `_SNAPSHOT_EVERY`) were served since
     the last one; where the last rise had none, the requests up to it are replayed on an empty allocator, as
-    `allocator.replay` always does. Either way the segments are those after that request."""
-    alloc = CachingAllocator(config)
+    `allocator.replay` always does. Either way the segments are those after that request. The allocator
+    keeps the figures `_finish` reads only (`FigureStats`)."""
+    alloc = CachingAllocator(config, figures_only=True)
     reserved = alloc.stats.get("reserved_bytes")
     segment_events, active = alloc.segment_events, alloc.active
     stats = ReplayStats(segments_at_reserved_peak=alloc.segments())
-    after, served = stats.reserved_after, []
+    after, served = stats.reserved_after, list[Served]()
     ptrs: dict[int, int] = {}
     blocks: dict[int, int] = {}
     seen_peak, at_peak, snapped, snapshot = reserved.peak, -1, -1, list[dict[str, Any]]()
+    malloc, free, append, add = alloc.malloc, alloc.free, after.append, served.append
+    none = ()
     for index, (is_alloc, sid, nbytes) in enumerate(_requests(trace)):
         mark = len(segment_events)
         if is_alloc:
-            addr = alloc.malloc(nbytes) if nbytes else 0
+            addr = malloc(nbytes) if nbytes else 0
             block = active[addr].size if addr else 0
-            ptrs[sid], blocks[sid] = addr, block
+            ptrs[sid] = addr
+            blocks[sid] = block
         else:
             addr = ptrs.pop(sid)
-            block = active[addr].size if addr else 0
             if addr:
-                alloc.free(addr)
+                block = active[addr].size
+                free(addr)
+            else:
+                block = 0
         current = reserved.current
-        after.append(current)
-        made = tuple(segment_events[mark:]) if len(segment_events) != mark else ()
-        served.append(Served(addr, block, current, made))
+        append(current)
+        if len(segment_events) == mark:
+            add(Served(addr, block, current, none))
+        else:
+            add(Served(addr, block, current, tuple(segment_events[mark:])))
         if reserved.peak > seen_peak:
             seen_peak, at_peak = reserved.peak, index
             cost = len(active) + len(alloc.small.blocks) + len(alloc.large.blocks)
@@ -128,8 +137,9 @@ _SNAPSHOT_EVERY = 1  # requests served per block of the allocator between two sn
 
 def _requests(trace: Trace, count: int | None = None) -> Iterator[tuple[bool, int, int]]:
     """(alloc?, storage, bytes) of the baseline's storages, then of every event; the first `count` only."""
+    alloc = Kind.ALLOC
     made = chain(
         ((True, sid, trace.storages[sid].nbytes) for sid in trace.baseline),
-        ((ev.kind is Kind.ALLOC, ev.storage, ev.nbytes) for ev in trace.events),
+        ((ev.kind is alloc, ev.storage, ev.nbytes) for ev in trace.events),
     )
     return made if count is None else islice(made, count)
