@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from verify_cases import M, Case
+from verify_cases import Case, M
 
 GPT2 = f"{M}hf_gpt2.py:build"
 LLAMA = f"{M}hf_llama.py:build"
@@ -27,6 +27,8 @@ BIGCODE = f"{M}hf_bigcode.py:build"
 PROMPT = ("--input", "input_ids=2x32:int64")
 TOKENS = ("--max-new-tokens", "24")
 FUSED = ("--optimizer", "hf:adamw_torch_fused")
+ANCHOR = (BIGCODE, "--arg", "layers=2", "--arg", "attn=eager", "--input", "input_ids=1x20:int64")
+BF16_FUSED = ("--amp", "bf16", *FUSED)
 
 
 def _gen(name: str, builder: str, *flags: str, side: bool = False) -> Case:
@@ -50,8 +52,7 @@ def generate_cases() -> list[Case]:
         _gen("llama/offloaded-bf16", LLAMA, "--kv-cache", "offloaded", "--dtype", "bf16", side=True),
         Case(
             "gen/anchor/octocoder-2of40-bf16",
-            (BIGCODE, "--arg", "layers=2", "--arg", "attn=eager", "--input", "input_ids=1x20:int64")
-            + ("--mode", "generate", "--max-new-tokens", "60", "--generate-arg", "logits_to_keep=0"),
+            (*ANCHOR, "--mode", "generate", "--max-new-tokens", "60", "--generate-arg", "logits_to_keep=0"),
         ),
     ]
     return cases
@@ -83,7 +84,9 @@ def _pair(name: str, *flags: str) -> list[Case]:
 
 def compile_cases() -> list[Case]:
     return [
-        *_pair("gpt2-8x256-bf16-fused", GPT2, "--input", "input_ids=8x256:int64", "--amp", "bf16", *FUSED),
-        *_pair("llama-2x1024-bf16-fused", LLAMA, "--input", "input_ids=2x1024:int64", "--amp", "bf16", *FUSED),
+        *_pair("gpt2-8x256-bf16-fused", GPT2, "--input", "input_ids=8x256:int64", *BF16_FUSED),
+        *_pair(
+            "llama-2x1024-bf16-fused", LLAMA, "--input", "input_ids=2x1024:int64", "--amp", "bf16", *FUSED
+        ),
         *_pair("conv_bn-8x3x64x64", f"{M}conv_bn.py:build", "--input", "8x3x64x64", "--optimizer", "adamw"),
     ]

@@ -259,7 +259,7 @@ def main() -> None:
             rows.append(row)
             got = row.get("error") or row.get("skipped") or [(c["figure"], c["error"]) for c in row["checks"]]
             print(row["case"], got, flush=True)
-            (opts.out / f"{opts.name}.md").write_text(_markdown(rows, env))  # as it goes: a killed run keeps it
+            (opts.out / f"{opts.name}.md").write_text(_markdown(rows, env))  # as it goes
 
 
 if __name__ == "__main__":
