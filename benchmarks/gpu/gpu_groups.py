@@ -28,6 +28,8 @@ PROMPT = ("--input", "input_ids=2x32:int64")
 TOKENS = ("--max-new-tokens", "24")
 FUSED = ("--optimizer", "hf:adamw_torch_fused")
 ANCHOR = (BIGCODE, "--arg", "layers=2", "--arg", "attn=eager", "--input", "input_ids=1x20:int64")
+PROBE = (f"{M}sdpa_probe.py:build", "--input", "1:bfloat16", "--optimizer", "sgd", "--mode", "infer")
+SDPA_DECODE = ("heads=32", "kv_heads=8", "seq=1", "kv_seq=4096", "dim=128", "causal=false")
 BF16_FUSED = ("--amp", "bf16", *FUSED)
 
 
@@ -50,6 +52,10 @@ def generate_cases() -> list[Case]:
         _gen("llama/offloaded", LLAMA, "--kv-cache", "offloaded", side=True),
         _gen("llama/offloaded_static", LLAMA, "--kv-cache", "offloaded_static", side=True),
         _gen("llama/offloaded-bf16", LLAMA, "--kv-cache", "offloaded", "--dtype", "bf16", side=True),
+        Case(  # SDPA's choice at a 1-token query (sdp_utils.cpp), bf16, GQA, a 4096-long cache
+            "gen/sdpa-decode/q1-32x4096x128-gqa8-bf16",
+            (*PROBE, *(f"--arg={a}" for a in SDPA_DECODE)),
+        ),
         Case(
             "gen/anchor/octocoder-2of40-bf16",
             (*ANCHOR, "--mode", "generate", "--max-new-tokens", "60", "--generate-arg", "logits_to_keep=0"),

@@ -237,13 +237,16 @@ def main() -> None:
     parser.add_argument(
         "--filter", default="", help="cases whose name contains one of these (comma-separated)"
     )
+    parser.add_argument("--exclude", default="", help="leave out cases whose name contains one of these")
     parser.add_argument("--timeout", type=float, default=240)
     parser.add_argument("--name", default="verify", help="the output files' stem (DIR/NAME.jsonl, .md)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the cases on this machine")
     opts = parser.parse_args()
     wanted = opts.filter.split(",")
+    unwanted = [w for w in opts.exclude.split(",") if w]
     cases = [c for c in all_cases() if any(w in c.name for w in wanted)]
+    cases = [c for c in cases if not any(w in c.name for w in unwanted)]
     if opts.list:
         for c in cases:
             print(c.name, " ".join(c.flags))
