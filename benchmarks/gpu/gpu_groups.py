@@ -28,6 +28,8 @@ PROMPT = ("--input", "input_ids=2x32:int64")
 TOKENS = ("--max-new-tokens", "24")
 FUSED = ("--optimizer", "hf:adamw_torch_fused")
 ANCHOR = (BIGCODE, "--arg", "layers=2", "--arg", "attn=eager", "--input", "input_ids=1x20:int64")
+SAVE = ("--arg", "save=lm_head")
+PAGED8 = ("--optimizer", "hf:paged_adamw_8bit")
 PROBE = (f"{M}sdpa_probe.py:build", "--input", "1:bfloat16", "--optimizer", "sgd", "--mode", "infer")
 SDPA_DECODE = ("heads=32", "kv_heads=8", "seq=1", "kv_seq=4096", "dim=128", "causal=false")
 BF16_FUSED = ("--amp", "bf16", *FUSED)
@@ -75,9 +77,10 @@ def qlora_cases() -> list[Case]:
         _qlora("nf4-dq-lora-adamw", "--arg", "double_quant=true", "--optimizer", "adamw"),
         _qlora("nf4-lora-ckpt-adamw8bit", "--arg", "checkpointing=true", "--optimizer", "hf:adamw_bnb_8bit"),
         _qlora("int8-lora-adamw", "--arg", "quant=int8", "--optimizer", "adamw"),
-        _qlora("lora-bf16-paged8bit", "--arg", "quant=none", "--optimizer", "hf:paged_adamw_8bit", side=True),
-        _qlora("nf4-lora-paged32bit", "--optimizer", "hf:paged_adamw_32bit", side=True),
-        _qlora("nf4-lora-paged8bit", "--optimizer", "hf:paged_adamw_8bit", side=True),
+        # lm_head trained in full (modules_to_save): a state of 1e5 elements or more is paged, smaller is not
+        _qlora("lora-bf16-paged8bit", *SAVE, "--arg=quant=none", *PAGED8, side=True),
+        _qlora("nf4-lora-paged32bit", *SAVE, "--optimizer", "hf:paged_adamw_32bit", side=True),
+        _qlora("nf4-lora-paged8bit", *SAVE, *PAGED8, side=True),
     ]
 
 
