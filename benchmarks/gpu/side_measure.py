@@ -87,7 +87,8 @@ def main(argv: list[str]) -> int:
     if torch.cuda.is_available():
         measured["managed_bytes"] = sum(paged)
         measured["paged_calls"] = len(paged)
-        host = torch.cuda.host_memory_stats()
+        stats = getattr(torch.cuda, "host_memory_stats", None)  # torch 2.7 and later
+        host = stats() if stats is not None else {}
         measured["host"] = {k: v for k, v in host.items() if "bytes" in k}
     data["side"] = {"simulated": _simulated(results[-1]) if results else {}, "measured": measured}
     print(json.dumps(data))
