@@ -32,6 +32,10 @@ SAVE = ("--arg", "save=lm_head")
 PAGED8 = ("--optimizer", "hf:paged_adamw_8bit")
 PROBE = (f"{M}sdpa_probe.py:build", "--input", "1:bfloat16", "--optimizer", "sgd", "--mode", "infer")
 SDPA_DECODE = ("heads=32", "kv_heads=8", "seq=1", "kv_seq=4096", "dim=128", "causal=false")
+NANOGPT = (
+    f"{M}nanogpt.py:build",
+    *(f"--arg={a}" for a in ("layers=4", "hidden=256", "heads=4", "vocab=8192")),
+)
 BF16_FUSED = ("--amp", "bf16", *FUSED)
 
 
@@ -93,9 +97,9 @@ def _pair(name: str, *flags: str) -> list[Case]:
 
 def compile_cases() -> list[Case]:
     return [
-        *_pair("gpt2-8x256-bf16-fused", GPT2, "--input", "input_ids=8x256:int64", *BF16_FUSED),
-        *_pair(
-            "llama-2x1024-bf16-fused", LLAMA, "--input", "input_ids=2x1024:int64", "--amp", "bf16", *FUSED
-        ),
+        # nanoGPT, not HF GPT-2: memtrace's compiled simulation of GPT2LMHeadModel fails in inductor
+        # ("BackendCompilerFailed: backend='compile_graph'", CPU and CUDA targets, torch 2.13)
+        *_pair("nanogpt-8x256-bf16-fused", *NANOGPT, *("--input", "8x256:int64") * 2, *BF16_FUSED),
+        *_pair("llama-2x1024-bf16-fused", LLAMA, "--input", "input_ids=2x1024:int64", *BF16_FUSED),
         *_pair("conv_bn-8x3x64x64", f"{M}conv_bn.py:build", "--input", "8x3x64x64", "--optimizer", "adamw"),
     ]
