@@ -228,7 +228,11 @@ def test_the_collection_script_measures_the_rnn_grid_against_the_rules_range() -
     spec.loader.exec_module(mod)
     grid = mod.rnn_shapes(["float32"])
     zoo = cuda_rnn.RnnShape("lstm", 32, 8, 128, 2, 1, 0)
-    assert (zoo, 64, "float32") in grid and {s.kind for s, _, _ in grid} == {"lstm", "gru"}
+    assert (zoo, 64, "float32") in grid
+    assert {s.kind for s, _, _ in grid} == {"lstm", "gru", "rnn_tanh", "rnn_relu"}
+    assert any(s.proj for s, _, _ in grid) and any(s.tokens for s, _, _ in grid)
+    sizes = mod.packed_batch_sizes(32, 8)  # a packed batch: lengths 32 down to 16, sorted
+    assert len(sizes) == 32 and sizes == sorted(sizes, reverse=True) and sizes[0] == 8 and sizes[-1] < 8
     low, high = cuda_rnn.RnnShape("lstm", 32, 8, 128, 2, 1, 4).reserve()
 
     def found(reserve: int) -> dict[str, object]:

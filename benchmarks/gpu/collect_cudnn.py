@@ -34,7 +34,9 @@ cuDNN version.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import itertools
 import json
 import sys
 import time
@@ -51,7 +53,7 @@ sys.path.insert(0, str(REPO / "benchmarks" / "models"))
 
 from memtrace.tracer.devices.cuda import cudnn_table  # noqa: E402
 from memtrace.tracer.devices.cuda.cudnn_table import ConvKey  # noqa: E402
-from memtrace.tracer.devices.cuda.rnn import RnnShape  # noqa: E402
+from memtrace.tracer.devices.cuda.rnn import GATES, RnnShape  # noqa: E402
 
 ZOO_CNNS = ("seed_cnn", "resnet_block", "depthwise", "groupnorm_unet")
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16")
@@ -184,51 +186,86 @@ def measure(key: ConvKey) -> int:
     return int(workspace)
 
 
-RNN_MODES = {"lstm": 2, "gru": 3}  # cudnnRNNMode_t: CUDNN_LSTM, CUDNN_GRU
+RNN_MODES = {"rnn_relu": 0, "rnn_tanh": 1, "lstm": 2, "gru": 3}  # cudnnRNNMode_t
 RNN_KIND = "memtrace-cudnn-rnn-spaces"
+
+
+def packed_batch_sizes(seq: int, batch: int) -> list[int]:
+    """`batch_sizes` of a packed batch whose lengths fall evenly from `seq` to `seq // 2` (sorted, as
+    `pack_padded_sequence` sorts them): at step t, the number of sequences longer than t."""
+    lengths = [seq - (seq // 2) * i // max(1, batch - 1) if batch > 1 else seq for i in range(batch)]
+    return [sum(n > t for n in lengths) for t in range(seq)]
+
+
+def _sub_grid(dtypes: list[str]) -> list[tuple[RnnShape, int, str]]:
+    """The variants tracer/devices/cuda/rnn.py now models, on a smaller grid: nn.RNN (tanh, relu), the
+    LSTM's projection (proj_size = hidden / 2) and packed input (LSTM, GRU)."""
+    grid = []
+    for layers, hidden, batch, seq, dirs, dtype in itertools.product(
+        (1, 2), (128, 512), (8, 32), (32, 256), (1, 2), dtypes
+    ):
+        geo = (seq, batch, hidden, layers, dirs, 0)
+        tokens = sum(packed_batch_sizes(seq, batch))
+        shapes = [
+            RnnShape("rnn_tanh", *geo),
+            RnnShape("rnn_relu", *geo),
+            RnnShape("lstm", *geo, proj=hidden // 2),
+        ]
+        shapes += [RnnShape(k, *geo, tokens=tokens) for k in ("lstm", "gru")]
+        grid += [(shape, hidden // 2 if hidden > 128 else 64, dtype) for shape in shapes]
+    return grid
 
 
 def rnn_shapes(dtypes: list[str]) -> list[tuple[RnnShape, int, str]]:
     """(shape, input size, dtype) of the grid, smallest first; the zoo's LSTM (2 layers, 128, 8x32x64)
-    among them."""
+    among them, then `_sub_grid`'s nn.RNN, projected and packed variants."""
     grid = [
         (RnnShape(kind, seq, batch, hidden, layers, dirs, 0), hidden // 2 if hidden > 128 else 64, dtype)
-        for kind in RNN_MODES for layers in (1, 2, 4) for hidden in (128, 256, 512, 1024)
+        for kind in ("lstm", "gru") for layers in (1, 2, 4) for hidden in (128, 256, 512, 1024)
         for batch in (1, 8, 32) for seq in (16, 32, 256) for dirs in (1, 2) for dtype in dtypes
     ]  # fmt: skip
+    grid += _sub_grid(dtypes)
     return sorted(
         grid, key=lambda g: (g[0].seq * g[0].batch * g[0].hidden * g[0].layers * g[0].directions, str(g))
     )
 
 
 def _rnn_params(shape: RnnShape, input_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    gates = {"lstm": 4, "gru": 3}[shape.kind] * shape.hidden
+    """Per layer and direction, in PyTorch's order: w_ih, w_hh, b_ih, b_hh and, with a projection, w_hr."""
+    gates = GATES[shape.kind] * shape.hidden
     params = []
     for layer in range(shape.layers):
-        size = input_size if layer == 0 else shape.hidden * shape.directions
+        size = input_size if layer == 0 else shape.out * shape.directions
         for _ in range(shape.directions):
-            for rows, cols in ((gates, size), (gates, shape.hidden)):
+            for rows, cols in ((gates, size), (gates, shape.out)):
                 params.append(torch.randn(rows, cols, device="cuda", dtype=dtype) * 0.01)
             params += [torch.zeros(gates, device="cuda", dtype=dtype) for _ in range(2)]
+            if shape.proj:
+                params.append(torch.randn(shape.proj, shape.hidden, device="cuda", dtype=dtype) * 0.01)
     return params
 
 
 def measure_rnn(shape: RnnShape, input_size: int, dtype_name: str) -> dict[str, Any]:
-    """One shape's reserve (training), workspace (training and inference) and backward scratch, in bytes."""
+    """One shape's reserve (training), workspace (training and inference) and backward scratch, in bytes.
+    A packed shape (`tokens`) runs on a 2-D input with `packed_batch_sizes`."""
     dtype = getattr(torch, dtype_name)
     s = shape
+    stride = 5 if s.proj else 4
     params = [p.requires_grad_() for p in _rnn_params(s, input_size, dtype)]
     buf = torch._cudnn_rnn_flatten_weight(
-        params, 4, input_size, RNN_MODES[s.kind], s.hidden, 0, s.layers, False, s.directions == 2
+        params, stride, input_size, RNN_MODES[s.kind], s.hidden, s.proj, s.layers, False, s.directions == 2
     )
-    x = torch.randn(s.seq, s.batch, input_size, device="cuda", dtype=dtype, requires_grad=True)
-    hx = torch.zeros(s.layers * s.directions, s.batch, s.hidden, device="cuda", dtype=dtype)
-    cx = hx.clone() if s.kind == "lstm" else None
+    sizes = packed_batch_sizes(s.seq, s.batch) if s.tokens else []
+    lead = (sum(sizes),) if s.tokens else (s.seq, s.batch)
+    x = torch.randn(*lead, input_size, device="cuda", dtype=dtype, requires_grad=True)
+    hx = torch.zeros(s.layers * s.directions, s.batch, s.out, device="cuda", dtype=dtype)
+    cx = torch.zeros(s.layers * s.directions, s.batch, s.hidden, device="cuda", dtype=dtype)
+    cx = cx if s.kind == "lstm" else None
 
     def call(train: bool) -> tuple[torch.Tensor, ...]:
         return torch._cudnn_rnn(
-            x, params, 4, buf, hx, cx, RNN_MODES[s.kind], s.hidden, 0, s.layers, False, 0.0, train,
-            s.directions == 2, [], None,
+            x, params, stride, buf, hx, cx, RNN_MODES[s.kind], s.hidden, s.proj, s.layers, False, 0.0, train,
+            s.directions == 2, sizes, None,
         )  # fmt: skip
 
     found: dict[str, Any] = {}
@@ -262,7 +299,7 @@ def measure_rnn(shape: RnnShape, input_size: int, dtype_name: str) -> dict[str, 
 
 
 def _rnn_entry(shape: RnnShape, input_size: int, dtype: str, found: dict[str, Any]) -> dict[str, Any]:
-    sized = RnnShape(*list(shape.__dict__.values())[:6], getattr(torch, dtype).itemsize)  # type: ignore[arg-type]
+    sized = dataclasses.replace(shape, itemsize=getattr(torch, dtype).itemsize)
     (rlow, rhigh), (wlow, whigh) = sized.reserve(), sized.workspace()
     spaces = (
         found["train"]["workspace_bytes"],
@@ -271,7 +308,8 @@ def _rnn_entry(shape: RnnShape, input_size: int, dtype: str, found: dict[str, An
     )
     return {
         "kind": shape.kind, "layers": shape.layers, "hidden": shape.hidden, "batch": shape.batch,
-        "seq": shape.seq, "directions": shape.directions, "input": input_size, "dtype": dtype, **found,
+        "seq": shape.seq, "directions": shape.directions, "input": input_size, "dtype": dtype,
+        "proj": shape.proj, "tokens": shape.tokens, **found,
         "reserve_in_range": rlow <= found["train"]["reserve_bytes"] <= rhigh,
         "workspace_in_range": all(wlow <= b <= whigh for b in spaces),
     }  # fmt: skip
@@ -320,6 +358,9 @@ def main() -> None:
     ap.add_argument("--rnn", action="store_true", help="measure cuDNN's RNN reserve and workspace instead")
     ap.add_argument("--rnn-out", type=Path, default=REPO / "benchmarks" / "results" / "cudnn-rnn-spaces.json")
     a = ap.parse_args()
+    if not a.list and not torch.cuda.is_available():
+        print("collect_cudnn: skipped: no CUDA device here (--list prints the calls)", file=sys.stderr)
+        return
     if a.rnn:
         if a.list:
             for shape, input_size, dtype in rnn_shapes(a.dtypes.split(",")):

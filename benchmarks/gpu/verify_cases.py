@@ -1,9 +1,11 @@
 """`memtrace verify --device cuda` over the zoo, the seed CNN, Hugging Face models, SDPA probes and
 torchvision models, each case in a fresh process (its own caching allocator), several at a
-time on the one GPU.
+time on the one GPU; then the groups of gpu_groups.py: gen/ (issue 21), qlora/ (issue 22), compile/ (23).
 
-python benchmarks/gpu/verify_cases.py --out DIR [--jobs 8] [--filter TEXT] [--list]
+python benchmarks/gpu/verify_cases.py --out DIR [--jobs 8] [--filter TEXT] [--list] [--name verify]
+python benchmarks/gpu/verify_cases.py --out DIR --device cpu --filter gen/gpt2   # a dry run here
 
+A case whose module is missing (bitsandbytes) or that needs CUDA is a row with its one-line `skipped`.
 Writes DIR/verify.jsonl (one object per case: its flags, the checks, the environment) and DIR/verify.md
 (the table). A case that fails to run is a row with its one-line error. Allocator statistics are per
 process, so cases running side by side on one GPU do not disturb each other's figures.
@@ -49,9 +51,16 @@ M = "benchmarks/models/"
 
 @dataclass(frozen=True)
 class Case:
+    """`needs`: modules the case imports (a clean one-line skip where one is missing); `cuda_only`: skipped
+    off CUDA (a figure the CPU cannot show); `side`: run through side_measure.py, which also records the
+    simulation's cuda.host_bytes / managed_bytes / compiled_range and what the real run held of them."""
+
     name: str
     flags: tuple[str, ...]
     snapshot: bool = False
+    needs: tuple[str, ...] = ()
+    cuda_only: bool = False
+    side: bool = False
 
 
 def _zoo() -> list[Case]:
@@ -134,11 +143,26 @@ def _models() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return [*_models(), *_zoo()]
+    """The suite (issue 24's table), then the groups of issues 23 (compile/), 22 (qlora/) and 21 (gen/): the
+    compiled steps first, as they take longest (compiling), so a pool of jobs finishes sooner."""
+    from gpu_groups import compile_cases, generate_cases, qlora_cases
+
+    return [*_models(), *_zoo(), *compile_cases(), *qlora_cases(), *generate_cases()]
+
+
+def skip_reason(case: Case, device: str) -> str:
+    """Why the case cannot run here ('' when it can): one line."""
+    import importlib.util
+
+    if case.cuda_only and device != "cuda":
+        return "skipped: CUDA only (its figure is outside the CPU allocator)"
+    missing = [m for m in case.needs if importlib.util.find_spec(m) is None]
+    return f"skipped: {', '.join(missing)} not installed (see benchmarks/gpu/README.md)" if missing else ""
 
 
 def _command(case: Case, out: Path, device: str = "cuda") -> list[str]:
-    cmd = [sys.executable, "-m", "memtrace.cli.main", "verify", *case.flags, "--device", device, "--json"]
+    runner = [str(Path(__file__).with_name("side_measure.py"))] if case.side else ["-m", "memtrace.cli.main"]
+    cmd = [sys.executable, *runner, "verify", *case.flags, "--device", device, "--json"]
     cmd += ["--tolerance", "99%"]
     if case.snapshot and device == "cuda":
         cmd += ["--snapshot", str(out / ("snap_" + case.name.replace("/", "_") + ".pickle"))]
@@ -148,6 +172,8 @@ def _command(case: Case, out: Path, device: str = "cuda") -> list[str]:
 def run_case(case: Case, out: Path, timeout: float, device: str) -> dict[str, object]:
     t0 = time.perf_counter()
     row: dict[str, object] = {"case": case.name, "flags": list(case.flags)}
+    if reason := skip_reason(case, device):
+        return {**row, "skipped": reason}
     try:
         proc = subprocess.run(
             _command(case, out, device),
@@ -193,8 +219,9 @@ def _markdown(rows: list[dict[str, object]], env: dict[str, object]) -> str:
         "|---|---|---:|---:|---:|",
     ]
     for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['case']} | failed | | | {row['error']} |")
+        if "error" in row or "skipped" in row:
+            what = "failed" if "error" in row else "skipped"
+            lines.append(f"| {row['case']} | {what} | | | {row.get('error') or row['skipped']} |")
             continue
         for c in row.get("checks", []):  # type: ignore[union-attr]
             err = "n/a" if c["error"] is None else f"{100 * c['error']:+.3f}%"
@@ -211,31 +238,32 @@ def main() -> None:
     parser.add_argument(
         "--filter", default="", help="cases whose name contains one of these (comma-separated)"
     )
+    parser.add_argument("--exclude", default="", help="leave out cases whose name contains one of these")
     parser.add_argument("--timeout", type=float, default=240)
+    parser.add_argument("--name", default="verify", help="the output files' stem (DIR/NAME.jsonl, .md)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the cases on this machine")
     opts = parser.parse_args()
     wanted = opts.filter.split(",")
+    unwanted = [w for w in opts.exclude.split(",") if w]
     cases = [c for c in all_cases() if any(w in c.name for w in wanted)]
+    cases = [c for c in cases if not any(w in c.name for w in unwanted)]
     if opts.list:
         for c in cases:
-            print(c.name, " ".join(_command(c, opts.out)[3:]))
+            print(c.name, " ".join(c.flags))
         return
     opts.out.mkdir(parents=True, exist_ok=True)
     env = _environment()
     rows: list[dict[str, object]] = []
-    with ThreadPoolExecutor(opts.jobs) as pool, (opts.out / "verify.jsonl").open("w") as f:
+    with ThreadPoolExecutor(opts.jobs) as pool, (opts.out / f"{opts.name}.jsonl").open("w") as f:
         for row in pool.map(lambda c: run_case(c, opts.out, opts.timeout, opts.device), cases):
             row["env"] = env
             f.write(json.dumps(row) + "\n")
             f.flush()
             rows.append(row)
-            print(
-                row["case"],
-                row.get("error") or [(c["figure"], c["error"]) for c in row["checks"]],
-                flush=True,
-            )
-    (opts.out / "verify.md").write_text(_markdown(rows, env))
+            got = row.get("error") or row.get("skipped") or [(c["figure"], c["error"]) for c in row["checks"]]
+            print(row["case"], got, flush=True)
+            (opts.out / f"{opts.name}.md").write_text(_markdown(rows, env))  # as it goes
 
 
 if __name__ == "__main__":
