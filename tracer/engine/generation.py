@@ -25,6 +25,7 @@ from ..core.generation import UPPER_BOUND, GenerateSpec
 from ..core.records import Category, Phase
 from .data_dependent import active_resolver
 from .decode_replay import DecodeReplay
+from .libraries import library_module
 from .recorder import Recorder
 
 _READS_TOKENS = ("EosTokenCriteria", "StopStringCriteria")
@@ -33,13 +34,10 @@ _READS_TOKENS = ("EosTokenCriteria", "StopStringCriteria")
 @contextmanager
 def known_stops() -> Iterator[None]:
     """The token-reading stopping criteria of `transformers` answer "not done", as the rule above says."""
-    module = sys.modules.get("transformers.generation.stopping_criteria")
+    module = library_module("transformers.generation.stopping_criteria")
     if module is None:
-        try:
-            import transformers.generation.stopping_criteria as module
-        except ImportError:
-            yield
-            return
+        yield
+        return
     with ExitStack() as stack:
         for name in _READS_TOKENS:
             cls = getattr(module, name, None)

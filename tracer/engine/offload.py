@@ -22,7 +22,6 @@ cache) is `kv_cache` from the start, since most of it dies inside the forward, b
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
@@ -32,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..core.records import Category
 from ..meta.managed import host_memory
+from .libraries import library_module
 from .recorder import active_recorder
 
 _HOST = "_memtrace_host_copy"  # the attribute marking the meta tensors that stand for host copies
@@ -58,12 +58,7 @@ class _SameStream:
 @contextmanager
 def offloaded_caches() -> Iterator[None]:
     """Transformers' offloading caches run here, as the module's docstring says; nothing without it."""
-    module = sys.modules.get("transformers.cache_utils")
-    if module is None:
-        try:
-            import transformers.cache_utils as module
-        except ImportError:
-            module = None
+    module = library_module("transformers.cache_utils")
     if module is None:
         yield
         return
