@@ -30,16 +30,24 @@ def _on_meta(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and simulated(t)
 
 
+def _answered(t: Any) -> bool:
+    """A value-less tensor memtrace answers for: not inside a compiled region, where transformers' own
+    answer is tracing's, in the real compiled run as in the simulated one (the packed-sequence mask kept,
+    the causal mask never skipped: a materialised 4-D mask, key and value repeated; the CPU allocator's
+    figure for a compiled HF Llama was 4% above a simulation that answered there)."""
+    return _on_meta(t) and not torch.compiler.is_compiling()
+
+
 def _no_packing(original: Callable[..., Any]) -> Callable[..., Any]:
     def find_packed_sequence_indices(position_ids: Any, *args: Any, **kwargs: Any) -> Any:
-        return None if _on_meta(position_ids) else original(position_ids, *args, **kwargs)
+        return None if _answered(position_ids) else original(position_ids, *args, **kwargs)
 
     return find_packed_sequence_indices
 
 
 def _ones_mask(original: Callable[..., Any]) -> Callable[..., Any]:
     def _ignore_causal_mask_sdpa(padding_mask: Any, *args: Any, **kwargs: Any) -> Any:
-        return original(None if _on_meta(padding_mask) else padding_mask, *args, **kwargs)
+        return original(None if _answered(padding_mask) else padding_mask, *args, **kwargs)
 
     return _ignore_causal_mask_sdpa
 

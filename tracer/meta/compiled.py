@@ -277,10 +277,15 @@ def _cpu_fake(mode: Any, t: Any) -> Any:
 
 
 def _on_cpu(gm: torch.fx.GraphModule) -> None:
-    """Factory calls in the graph that name the meta device name the CPU instead."""
+    """Calls in the graph that name the meta device name the CPU instead: factory calls' `device=`, and a
+    positional device, such as HF GPT-2's `position_embeds.to(inputs_embeds.device)`."""
+    from torch.fx.node import map_aggregate
+
+    def cpu(a: Any) -> Any:
+        return torch.device("cpu") if isinstance(a, torch.device) and a.type == "meta" else a
+
     for node in gm.graph.nodes:
-        if node.kwargs.get("device") == torch.device("meta"):
-            node.update_kwarg("device", torch.device("cpu"))
+        node.args, node.kwargs = map_aggregate(node.args, cpu), map_aggregate(node.kwargs, cpu)
     gm.recompile()
 
 
