@@ -97,9 +97,17 @@ def _pair(name: str, *flags: str) -> list[Case]:
 
 def compile_cases() -> list[Case]:
     return [
-        # nanoGPT, not HF GPT-2: memtrace's compiled simulation of GPT2LMHeadModel fails in inductor
-        # ("BackendCompilerFailed: backend='compile_graph'", CPU and CUDA targets, torch 2.13)
         *_pair("nanogpt-8x256-bf16-fused", *NANOGPT, *("--input", "8x256:int64") * 2, *BF16_FUSED),
+        *_pair(
+            "gpt2-4x512-bf16-adamw",
+            GPT2,
+            "--input",
+            "input_ids=4x512:int64",
+            "--amp",
+            "bf16",
+            "--optimizer",
+            "adamw",
+        ),
         *_pair("llama-2x1024-bf16-fused", LLAMA, "--input", "input_ids=2x1024:int64", *BF16_FUSED),
         *_pair("conv_bn-8x3x64x64", f"{M}conv_bn.py:build", "--input", "8x3x64x64", "--optimizer", "adamw"),
     ]
