@@ -5,7 +5,7 @@ No torch import. Sizes are the trace's own: on cuda, the placed trace's blocks (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -41,15 +41,6 @@ def timeline(trace: Trace) -> Timeline:
     return Timeline(base, trace.events, tuple(accumulate(deltas, initial=base))[1:])
 
 
-def peak_index(tl: Timeline, keep: Callable[[Event], bool] = lambda e: True) -> int | None:
-    """Index of the first event at which live bytes are highest among the kept events."""
-    best: int | None = None
-    for i, ev in enumerate(tl.events):
-        if keep(ev) and (best is None or tl.live_after[i] > tl.live_after[best]):
-            best = i
-    return best
-
-
 def runs(events: Sequence[Event]) -> list[tuple[int, int]]:
     """The [start, end) indexes of each run of consecutive events of one iteration and one phase."""
     found: list[tuple[int, int]] = []
@@ -69,8 +60,8 @@ def runs(events: Sequence[Event]) -> list[tuple[int, int]]:
 
 
 def peak_indexes(tl: Timeline, spans: Sequence[tuple[int, int]] | None = None) -> dict[int, int]:
-    """Per iteration, the index of the first event at which live bytes are highest among its events (what
-    `peak_index` gives for each iteration, in one pass); `spans`: the trace's `runs`, when known."""
+    """Per iteration, the index of the first event at which live bytes are highest among its events, in one
+    pass; `spans`: the trace's `runs`, when known."""
     after, events = tl.live_after, tl.events
     best: dict[int, int] = {}
     for start, end in runs(events) if spans is None else spans:
