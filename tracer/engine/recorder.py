@@ -421,10 +421,7 @@ class Recorder:
 
     def holds(self, out: Any) -> bool:
         """Whether the tensor's storage is live and known (tracking it again records nothing)."""
-        if type(out) is not torch.Tensor:
-            return False
-        found = self.live.get(out.untyped_storage()._cdata)
-        return found is not None and not _expired(found.ref.cdata)
+        return type(out) is torch.Tensor and self.storage_id(out) is not None
 
     def _facts(self, func: Any) -> tuple[Any, str, bool, WorkspaceRule | None]:
         facts = self._ops.get(id(func))
