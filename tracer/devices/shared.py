@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -166,3 +166,16 @@ def vf_swapped(kind: str, emulation: Callable[[Any], Any]) -> Iterator[None]:
             setattr(vf, kind, original)
         else:
             delattr(vf, kind)
+
+
+def vf_arguments(kind: str, args: Sequence[Any]) -> tuple[Any, Any, Any, list[Any]] | None:
+    """A `torch._VF` RNN call's arguments, either overload read alike: (input or packed data, batch sizes or
+    None, hidden state (the LSTM's `(h, c)`), [params, has_biases, num_layers, dropout, train,
+    bidirectional, batch_first]), batch_first False when packed; None for a call of another arity. Packed:
+    `(data, batch_sizes, hx, params, ...)`, told from `(input, hx, params, ...)` by a tensor where the LSTM
+    has its list of hidden states and the others their weights."""
+    if len(args) != 9:
+        return None
+    if isinstance(args[1], torch.Tensor) and (kind == "lstm" or isinstance(args[2], torch.Tensor)):
+        return args[0], args[1], args[2], [*args[3:], False]
+    return args[0], None, args[1], list(args[2:])

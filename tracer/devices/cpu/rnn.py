@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ...core.registry import patch
-from ..shared import vf_swapped
+from ..shared import vf_arguments, vf_swapped
 from . import isa as cpu_isa
 from .rnn_native import RnnSpec, native_rnn
 from .rnn_onednn import GATES, Layer
@@ -265,19 +265,19 @@ class _Args:
 def _parse(kind: str, args: Sequence[Any]) -> _Args | None:
     """Either overload, `(input, hx, params, flags, batch_first)` or `(data, batch_sizes, hx, params, flags)`;
     None when the call is not one to emulate (real tensors, unknown batch sizes)."""
-    if len(args) != 9:
+    call = vf_arguments(kind, args)
+    if call is None:
         return None
-    packed = isinstance(args[1 if kind == "lstm" else 2], Tensor)
+    x, sizes, hidden, rest = call
     batch_sizes = None
-    if packed:
-        if args[1].device.type != "cpu":
+    if sizes is not None:
+        if sizes.device.type != "cpu":
             return None
-        batch_sizes = tuple(int(n) for n in args[1].tolist())
-        args = [args[0], *args[2:], False]
-    x, hx, params = args[0], list(args[1]) if kind == "lstm" else [args[1]], list(args[2])
-    if not _on_meta([x, *hx, *params]) or x.dim() != (2 if packed else 3):
+        batch_sizes = tuple(int(n) for n in sizes.tolist())
+    hx, params = list(hidden) if kind == "lstm" else [hidden], list(rest[0])
+    if not _on_meta([x, *hx, *params]) or x.dim() != (2 if sizes is not None else 3):
         return None
-    flags = (bool(args[3]), int(args[4]), float(args[5]), bool(args[6]), bool(args[7]), bool(args[8]))
+    flags = (bool(rest[1]), int(rest[2]), float(rest[3]), bool(rest[4]), bool(rest[5]), bool(rest[6]))
     return _Args(x, hx, params, RnnSpec(kind, *flags, batch_sizes))
 
 

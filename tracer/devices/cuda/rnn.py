@@ -80,7 +80,7 @@ from torch import Tensor
 
 from ...core.registry import patch
 from ...meta.autocast import cached_cast, eligible
-from ..shared import vf_swapped
+from ..shared import vf_arguments, vf_swapped
 from .attention import current as current_target
 
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -266,16 +266,6 @@ class _FlatCast(torch.autograd.Function):
 _Parsed = tuple[_Call, Tensor, Tensor, Tensor | None, list[Tensor]]
 
 
-def _unpack(kind: str, args: Sequence[Any]) -> tuple[Tensor, Tensor | None, Any, Sequence[Any]] | None:
-    """(input, batch_sizes or None, hidden, the flags from `has_biases` on); None for an unknown call."""
-    if len(args) != 9:
-        return None
-    packed = isinstance(args[1], Tensor) and (kind == "lstm" or isinstance(args[2], Tensor))
-    if packed:  # (data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional)
-        return args[0], args[1], args[2], (*args[3:], False)
-    return args[0], None, args[1], args[2:]
-
-
 def _note(kind: str, why: str) -> None:
     current_target().note(f"{MODULES[kind]} {why}: {SIMULATED_INSTEAD}")
 
@@ -303,7 +293,7 @@ def _cudnn_takes(kind: str, x: Tensor) -> bool:
 def _parse(kind: str, args: Sequence[Any]) -> _Parsed | None:
     """The call's geometry, or None for what is left to the decomposition (said in a note where the GPU
     would run cuDNN)."""
-    unpacked = _unpack(kind, args)
+    unpacked = vf_arguments(kind, args)
     if unpacked is None:
         _note(kind, "called with arguments this rule does not read")
         return None
