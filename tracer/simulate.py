@@ -37,7 +37,7 @@ from .engine.batch import Batch
 from .engine.config import SDPA_BACKENDS, Config, StepFn
 from .engine.loader import Built, build_on_meta, load_object, make_inputs, spec_of
 from .engine.recipes import Recipe
-from .engine.trace import plan_for, step_function, trace_model
+from .engine.trace import ProbeNeeded, plan_for, step_function, trace_model
 from .meta.compat_bnb import moving_quantizes
 from .meta.compiled import compile_options
 from .meta.routing import staying_on
@@ -116,14 +116,25 @@ def run_recorded(request: Request) -> Run:
 
 def _recorded(request: Request, compiling: bool) -> tuple[Run, Seen]:
     with target_view(view_target(request), compiling) as seen:
+        built, specs, trace = _built_and_traced(request)
+    trace = replace(trace, notes=(*trace.notes, *seen.lines()))
+    ran = compose(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
+    return ran, seen
+
+
+def _built_and_traced(request: Request) -> tuple[Built, list[InputSpec], Trace]:
+    """The model built and its step traced, first without the probing forward (`engine/prepare.py`); if the
+    step created a parameter, buffer or submodule, once more from a fresh build, probed first."""
+    for probe in (False, True):
         built = build(request.builder, dict(request.builder_kwargs))
         if request.transform is not None:
             request.transform(built.model)
         specs = step_specs(request, built)
-        trace = trace_model(built.model, step_batch(request, specs), request.config)
-    trace = replace(trace, notes=(*trace.notes, *seen.lines()))
-    ran = compose(trace, built.model, built.path, specs, request.config, request.gpu, request.headroom)
-    return ran, seen
+        try:
+            return built, specs, trace_model(built.model, step_batch(request, specs), request.config, probe)
+        except ProbeNeeded:
+            continue
+    raise AssertionError("unreachable: the probed trace raises no ProbeNeeded")
 
 
 def step_specs(request: Request, built: Built) -> list[InputSpec]:

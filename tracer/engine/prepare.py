@@ -6,6 +6,11 @@ Some models only get all their parameters in their first forward: lazy modules (
 `materialize` runs one forward under `torch.no_grad()` on meta (factories without a device make meta tensors,
 the device patches active) before the optimizer is built. If nothing new appeared, every module's attributes
 are put back as they were, so the probe leaves no state (caches, counters) behind that would change the step.
+
+The probe is a whole forward (a third of a 70B step's simulation). `engine/trace.py` may go without it when no
+module is lazy: the step then runs first, and only if it created a parameter, buffer or submodule
+(`inventory` changed) is the model built again and probed, and the step traced again. A step that creates
+nothing gives the events it gives after a probe, since the probe leaves no state behind.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ def materialize(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
     """Run one forward on meta if it can create parameters; return notes for the user."""
     notes = script_notes(model)
     lazy = lazy_names(model)
-    before = _inventory(model)
+    before = inventory(model)
     saved = _snapshot(model)
-    counted = _full_length_packs()
+    counted = full_length_packs()
     try:
         with _probing(model), uncompiled(model) as plain:
             plain(*args, **kwargs)
@@ -43,9 +48,9 @@ def materialize(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
                 f"{first_line(exc)}"
             ) from exc
         return notes  # the step itself reports the failure, with its module
-    if _full_length_packs() > counted:
-        notes.append(_PACKED_NOTE)
-    created = [name for name in _inventory(model) if name not in before]
+    if full_length_packs() > counted:
+        notes.append(PACKED_NOTE)
+    created = [name for name in inventory(model) if name not in before]
     if not lazy and not created:
         _restore(saved)
         return notes
@@ -53,7 +58,7 @@ def materialize(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
     return notes + _materialized_notes(lazy, created)
 
 
-_PACKED_NOTE = (
+PACKED_NOTE = (
     "pack_padded_sequence got its lengths on meta (no values): every sequence is packed at full length, the "
     "worst case; give the lengths as a CPU tensor or list in the model to simulate them"
 )
@@ -90,7 +95,7 @@ def _inside_script(model: nn.Module, name: str) -> bool:
     return False
 
 
-def _inventory(model: nn.Module) -> set[str]:
+def inventory(model: nn.Module) -> set[str]:
     """Every parameter, buffer and submodule by qualified name."""
     names = {f"module {n}" for n, _ in model.named_modules()}
     names |= {f"parameter {n}" for n, _ in model.named_parameters(remove_duplicate=False)}
@@ -129,7 +134,7 @@ def _probing(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _full_length_packs() -> int:
+def full_length_packs() -> int:
     from ..meta.compat_nn import FullLengthPacks
 
     return FullLengthPacks.count

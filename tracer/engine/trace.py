@@ -28,7 +28,7 @@ from ..engine.distributed import simulated_world
 from ..engine.hooks import recording, register_baseline
 from ..engine.loader import load_object
 from ..engine.losses import make_loss
-from ..engine.prepare import materialize
+from ..engine.prepare import PACKED_NOTE, full_length_packs, inventory, lazy_names, materialize, script_notes
 from ..engine.program import StepPlan, make_optimizer, run_program
 from ..engine.recipes import apply_to_model, cast_inputs, meta_autocast
 from ..engine.recorder import Recorder
@@ -39,12 +39,24 @@ from .config import Config, StepFn
 from .generation import check_generate, generation_notes, watching_generation
 
 
-def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config: Config) -> Trace:
+class ProbeNeeded(Exception):
+    """The step, run without the probing forward, created a parameter, buffer or submodule: the probe would
+    have made it before the optimizer. Build the model again and trace with `probe=True`."""
+
+
+def trace_model(
+    model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config: Config, probe: bool = True
+) -> Trace:
     """Run the program on the model's (meta) tensors and return every event.
 
-    The recipe is applied to the model here (cast, checkpoint wrapping): pass a freshly built model.
+    The recipe is applied to the model here (cast, checkpoint wrapping): pass a freshly built model. With
+    `probe=False` and no lazy module, the probing forward (`prepare.materialize`) is left out; if the step
+    then changes the model's inventory, `ProbeNeeded` is raised (the model is spent: build another).
     """
     batch = as_batch(inputs)
+    probe = probe or bool(lazy_names(model))
+    before: set[str] | None = None  # without the probe, the inventory the step starts from
+    packs = full_length_packs()
     if config.generate is not None and config.step is None:
         prompt = batch.kwargs.get("input_ids", batch.args[0] if batch.args else None)
         check_generate(model, prompt, config.generate)
@@ -57,7 +69,8 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
         ):
             plan = plan_for(config)
             notes = quantize_on_meta(model)  # bitsandbytes quantizes as the model moves to its device
-            notes += materialize(model, batch.args, batch.kwargs)  # lazy and in-forward parameters
+            # lazy and in-forward parameters
+            notes += materialize(model, batch.args, batch.kwargs) if probe else script_notes(model)
             apply_to_model(model, config.recipe)
             batch = cast_inputs(batch, config.recipe.dtype)
             runner = model
@@ -68,6 +81,7 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                 with fused_on_meta():  # the patch for the step registers the meta kernels
                     optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.device)
             register_baseline(rec, model, batch.tensors(), _parameter_owners(model))
+            before = None if probe else inventory(model)
             with (
                 _heap_frozen(),
                 gpu_target(config) as gpu,
@@ -82,10 +96,15 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
                 watching_generation(rec, model) as watch,
             ):
                 run_program(runner, batch, optimizer, plan, rec, config.iterations)
-    except MemtraceError:
+    except MemtraceError as exc:
+        _check_unprobed(model, before, exc)
         raise
     except Exception as exc:
+        _check_unprobed(model, before, exc)
         raise MemtraceError(_failure(rec, model, exc)) from exc
+    _check_unprobed(model, before)
+    if before is not None and full_length_packs() > packs:
+        notes.append(PACKED_NOTE)  # where the probe would have put it: after the scripted modules' note
     every_note = (*notes, *(world.notes if world is not None else ()), *gpu_notes(config, gpu))
     every_note += generation_notes(config, watch)
     with collector_paused():  # ~110k records made, none freed: a full pass would walk the whole process
@@ -97,6 +116,13 @@ def trace_model(model: nn.Module, inputs: Batch | Sequence[torch.Tensor], config
         decode_starts=tuple(watch.starts),
         stated_ranges=stated_ranges(gpu),
     )
+
+
+def _check_unprobed(model: nn.Module, before: set[str] | None, failure: Exception | None = None) -> None:
+    """Raise `ProbeNeeded` when a step run without the probe changed the model's inventory (its failure
+    included: a parameter the optimizer did not see can make it fail)."""
+    if before is not None and inventory(model) != before:
+        raise ProbeNeeded from failure
 
 
 @contextmanager
