@@ -63,7 +63,8 @@ class RecordingMode(TorchDispatchMode):
             with self:  # ATen's own C++ decomposition, not a Python one (dropout's clones its input)
                 return func._op_dk(DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
         rec = self.rec
-        rec.sweep()
+        if rec.dead:  # `rec.sweep()`, called only when a storage died since the last op
+            rec.sweep()
         if known[2] and (self.resolver is None or self.resolver.runs_as_is(func, args, kwargs)):
             # a view (a third of a step's ops: t, view, detach, transpose, slice): the cache never replays
             # one and the resolver runs it as it is; of a storage the recorder holds, nothing to record

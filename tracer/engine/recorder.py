@@ -30,9 +30,10 @@ from .flops import count_flops, has_flops, op_name
 from .tensor_facts import claim, dtype_name, first_shape, local_tensor, node_seq, sole_owner
 
 _expired = torch.UntypedStorage._expired  # what StorageWeakRef.expired calls, without its two frames
+_ADD = torch.ops.aten.add.Tensor  # the backward's sum of two gradients (`_accumulates_in_place`)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Live:
     ref: StorageWeakRef
     sid: int
@@ -56,7 +57,7 @@ class Born(NamedTuple):
 Replayed = tuple[Kind, int, int, str, str, str]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Meta:
     nbytes: int
     op: str
@@ -105,7 +106,7 @@ class Recorder:
         self.autograd_fx: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._order = itertools.count()
-        self._dead: list[int] = []  # keys of live storages whose last reference went, not yet swept
+        self.dead: list[int] = []  # keys of live storages whose last reference went, not yet swept
         self._seq = itertools.count()
         self.persistent: dict[str, int] = {}  # library workspaces kept for the run, by name
         self.estimate: tuple[int, int] | None = None  # the largest unplaced workspace estimate
@@ -248,12 +249,15 @@ class Recorder:
             category,
             node,
         )
-        if self.phase is Phase.BACKWARD:
+        phase = self.phase
+        if phase is Phase.BACKWARD:
             meta.grad_node = node_seq()
-        if self.phase is Phase.SETUP and op == "":
+        if phase is Phase.SETUP and op == "":
             self.baseline.append(sid)
-        else:
-            self._emit(Kind.ALLOC, sid, nbytes, op, (module, node))
+        else:  # `_emit`'s allocation, inline (one per new storage)
+            self.events.append(
+                Event(next(self._seq), Kind.ALLOC, sid, nbytes, phase, self.iteration, op, module, node)
+            )
         return sid
 
     def _managed(self, storage: torch.UntypedStorage) -> bool:
@@ -324,7 +328,7 @@ class Recorder:
         (PyTorch preserves it while C++ holds the storage), so a weak reference's callback tells its death;
         sweeping then costs the storages that died, not all those alive (a 70B step keeps thousands)."""
         key: int = ref.cdata
-        dead = self._dead
+        dead = self.dead
 
         def died(_: object) -> None:
             dead.append(key)
@@ -334,9 +338,9 @@ class Recorder:
     def sweep(self) -> None:
         """Emit frees for storages whose last reference went away since the last sweep, in the order they
         became live."""
-        if not self._dead:
+        if not self.dead:
             return
-        keys, self._dead[:] = set(self._dead), []
+        keys, self.dead[:] = set(self.dead), []
         found = [(live.order, k) for k in keys if (live := self.live.get(k)) and _expired(live.ref.cdata)]
         for _, key in sorted(found):
             live = self.live.pop(key)
@@ -435,7 +439,11 @@ class Recorder:
         if flops:
             key = (self.iteration, self.current_module())
             self.module_flops[key] = self.module_flops.get(key, 0) + flops
-        if self.phase is Phase.BACKWARD and self._accumulates_in_place(func, args, kwargs, out):
+        if (
+            func is _ADD
+            and self.phase is Phase.BACKWARD
+            and self._accumulates_in_place(func, args, kwargs, out)
+        ):
             return
         work = rule(args, kwargs or {}, out) if rule is not None else None
         if work is None:
