@@ -141,7 +141,12 @@ class Resolver:
         if found is None:
             simple = _plain(func) and func not in (aten._grouped_mm.default, aten._to_copy.default)
             found = self._plain_ops[id(func)] = (func, simple)
-        return found[1] and _unknown(args, self.values) and _unknown(kwargs.values(), self.values)
+        if not found[1]:
+            return False
+        if _unknown(args, self.values) and _unknown(kwargs.values(), self.values):
+            return True
+        # real tensors alone (an optimizer's CPU step counter): their values are their own, nothing to resolve
+        return _real(args) and _real(kwargs.values())
 
     @staticmethod
     def passes_through(func: Any) -> bool:
@@ -536,6 +541,22 @@ def _writes(func: Any) -> tuple[tuple[int, str], ...]:
 
 def _writes_to(arg: Any) -> bool:
     return arg.alias_info is not None and bool(arg.alias_info.is_write)
+
+
+def _real(values: Iterable[Any]) -> bool:
+    """Whether every tensor among the values (lists walked) is a plain tensor off meta and no device argument
+    is meta: `dispatch` then comes to running the op (no value on meta to read or keep, no meta output)."""
+    for x in values:
+        kind = type(x)
+        if kind is torch.Tensor or kind is torch.nn.Parameter:
+            if x.is_meta:
+                return False
+        elif kind is list or kind is tuple:
+            if not _real(x):
+                return False
+        elif isinstance(x, torch.Tensor) or (_is_device(x) and x == _META):
+            return False
+    return True
 
 
 def _meta_in(args: Iterable[Any]) -> bool:
