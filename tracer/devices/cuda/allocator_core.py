@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .allocator_blocks import Block, BlockPool, DeviceStats, FigureStats
@@ -135,6 +135,57 @@ class CachingAllocator(ExpandableMixin):
 
     def block_size(self, ptr: int) -> int:
         return self.active[ptr].size
+
+    def fork(self) -> CachingAllocator:
+        """A copy that serves the same requests the same way from here: every block (cached, allocated and
+        unmapped), both pools in their order, the expandable segments, the statistics and the next
+        address, copied; the settings shared (frozen). What `served.replay_served` keeps at a rise of the
+        reserved peak, to replay the few requests after it up to the peak's last rise."""
+        if self.address_source is not None:  # a source of addresses may keep state of its own
+            raise ValueError("an allocator with an address_source cannot be forked")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        segments = {id(s): replace(s, mapped=set(s.mapped)) for s in self.expandable_segments}
+        new.expandable_segments = [segments[id(s)] for s in self.expandable_segments]
+        new.small, new.large = BlockPool(is_small=True), BlockPool(is_small=False)
+        pools = {id(self.small): new.small, id(self.large): new.large}
+        copies: dict[int, Block] = {}
+        for old in (
+            *self.small.blocks.items,
+            *self.small.unmapped.items,
+            *self.large.blocks.items,
+            *self.large.unmapped.items,
+            *self.active.values(),
+        ):
+            copies[id(old)] = Block(
+                old.stream,
+                old.size,
+                old.ptr,
+                pools[id(old.pool)],
+                old.requested_size,
+                old.allocated,
+                old.mapped,
+                old.prev,
+                old.next,
+                None if old.expandable is None else segments[id(old.expandable)],
+                old.gc_count_base,
+                old.key,
+            )
+        for block in copies.values():
+            if block.prev is not None:
+                block.prev = copies[id(block.prev)]
+            if block.next is not None:
+                block.next = copies[id(block.next)]
+        for mine, theirs in ((new.small, self.small), (new.large, self.large)):
+            mine.get_free_blocks_call_count = theirs.get_free_blocks_call_count
+            for sorted_new, sorted_old in ((mine.blocks, theirs.blocks), (mine.unmapped, theirs.unmapped)):
+                sorted_new.keys = list(sorted_old.keys)
+                sorted_new.items = [copies[id(b)] for b in sorted_old.items]
+        new.active = {ptr: copies[id(b)] for ptr, b in self.active.items()}
+        new.stats = self.stats.copy()
+        new.segment_events = list(self.segment_events)
+        new._sizes = dict(self._sizes)
+        return new
 
     # ---- malloc internals -------------------------------------------------------------------------
     def _oom_message(self, alloc_size: int) -> str:
