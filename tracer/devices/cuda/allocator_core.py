@@ -17,6 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from itertools import chain
 from typing import Any
 
 from .allocator_blocks import Block, BlockPool, DeviceStats, FigureStats
@@ -60,6 +61,7 @@ class CachingAllocator(ExpandableMixin):
         self.large = BlockPool(is_small=False)
         self.active: dict[int, Block] = {}
         self.stats = FigureStats() if figures_only else DeviceStats()
+        self._splits_counted = not figures_only  # FigureStats keeps no inactive-split statistics
         self.total_allocated_memory = 0  # bytes held from the device (reserved)
         self.allowed_memory_maximum: int | None = None
         self.segment_events: list[tuple[str, int, int]] = []  # (segment_alloc|segment_free, ptr, size)
@@ -96,7 +98,11 @@ class CachingAllocator(ExpandableMixin):
         if not cfg.expandable_segments and self.allowed_memory_maximum is None:
             cached = self._cached_fit(pool, size, stream)  # the common case, without AllocParams
             if cached is not None:
-                split = self._should_split(cached, size, False)
+                remaining = cached.size - size  # `_should_split` (not expandable), inlined
+                if pool.is_small:
+                    split = remaining >= K_MIN_BLOCK_SIZE
+                else:
+                    split = size < cfg.max_split_size and remaining > K_SMALL_SIZE
                 return self._alloc_found_block(cached, size, stream, orig_size, split).ptr
         p = AllocParams(size, stream, pool, sizes[1], cfg.expandable_segments)
         found = self._get_free_block(p)
@@ -148,40 +154,44 @@ class CachingAllocator(ExpandableMixin):
         segments = {id(s): replace(s, mapped=set(s.mapped)) for s in self.expandable_segments}
         new.expandable_segments = [segments[id(s)] for s in self.expandable_segments]
         new.small, new.large = BlockPool(is_small=True), BlockPool(is_small=False)
-        pools = {id(self.small): new.small, id(self.large): new.large}
-        copies: dict[int, Block] = {}
-        for old in (
-            *self.small.blocks.items,
-            *self.small.unmapped.items,
-            *self.large.blocks.items,
-            *self.large.unmapped.items,
-            *self.active.values(),
+        pools = {self.small: new.small, self.large: new.large}
+        copies: dict[Block, Block] = {}  # by identity (a Block compares by identity)
+        for head in chain(
+            self.small.blocks.items,
+            self.small.unmapped.items,
+            self.large.blocks.items,
+            self.large.unmapped.items,
+            self.active.values(),
         ):
-            copies[id(old)] = Block(
-                old.stream,
-                old.size,
-                old.ptr,
-                pools[id(old.pool)],
-                old.requested_size,
-                old.allocated,
-                old.mapped,
-                old.prev,
-                old.next,
-                None if old.expandable is None else segments[id(old.expandable)],
-                old.gc_count_base,
-                old.key,
-            )
-        for block in copies.values():
-            if block.prev is not None:
-                block.prev = copies[id(block.prev)]
-            if block.next is not None:
-                block.next = copies[id(block.next)]
+            if head.prev is not None:
+                continue  # copied with the chain of its segment, from the segment's first block
+            old: Block | None = head
+            made: Block | None = None
+            while old is not None:  # the segment's blocks in address order, linked as they are copied
+                block = Block(
+                    old.stream,
+                    old.size,
+                    old.ptr,
+                    pools[old.pool],
+                    old.requested_size,
+                    old.allocated,
+                    old.mapped,
+                    made,
+                    None,
+                    None if old.expandable is None else segments[id(old.expandable)],
+                    old.gc_count_base,
+                    old.key,
+                )
+                if made is not None:
+                    made.next = block
+                copies[old] = made = block
+                old = old.next
         for mine, theirs in ((new.small, self.small), (new.large, self.large)):
             mine.get_free_blocks_call_count = theirs.get_free_blocks_call_count
             for sorted_new, sorted_old in ((mine.blocks, theirs.blocks), (mine.unmapped, theirs.unmapped)):
                 sorted_new.keys = list(sorted_old.keys)
-                sorted_new.items = [copies[id(b)] for b in sorted_old.items]
-        new.active = {ptr: copies[id(b)] for ptr, b in self.active.items()}
+                sorted_new.items = [copies[b] for b in sorted_old.items]
+        new.active = {ptr: copies[b] for ptr, b in self.active.items()}
         new.stats = self.stats.copy()
         new.segment_events = list(self.segment_events)
         new._sizes = dict(self._sizes)
@@ -251,18 +261,25 @@ class CachingAllocator(ExpandableMixin):
         pool = block.pool
         small = pool.is_small
         already_split = block.prev is not None or block.next is not None
+        counted = self._splits_counted and block.expandable is None
         if split:
             remaining = block
-            block = Block(stream, size, remaining.ptr, pool, expandable=remaining.expandable)
-            block.splice(remaining.prev, remaining)
+            before = remaining.prev
+            block = Block(
+                stream, size, remaining.ptr, pool, 0, False, True, before, remaining, remaining.expandable
+            )
+            if before is not None:  # `block.splice(before, remaining)`, inlined
+                before.next = block
+            remaining.prev = block
             remaining.ptr += size
             remaining.size -= size
-            pool.insert_into_blocks(remaining)
-            if already_split and block.expandable is None:
+            remaining.gc_count_base = pool.get_free_blocks_call_count  # `insert_into_blocks`, inlined
+            pool.blocks.insert(remaining)
+            if counted and already_split:
                 self.stats.split_change(small, 0, -size)
-            elif block.expandable is None:
+            elif counted:
                 self.stats.split_change(small, 1, remaining.size)
-        elif already_split and block.expandable is None:
+        elif already_split and counted:
             self.stats.split_change(small, -1, -block.size)
         block.allocated = True
         block.requested_size = orig_size
@@ -319,11 +336,12 @@ class CachingAllocator(ExpandableMixin):
             if subsumed > 0:
                 net_blocks -= 1
                 net_size -= subsumed
-        pool.insert_into_blocks(block)
-        if block.is_split():
+        block.gc_count_base = pool.get_free_blocks_call_count  # `insert_into_blocks`, inlined
+        pool.blocks.insert(block)
+        if block.prev is not None or block.next is not None:  # `is_split`
             net_blocks += 1
             net_size += block.size
-        if block.expandable is None and (net_blocks or net_size):
+        if self._splits_counted and block.expandable is None and (net_blocks or net_size):
             self.stats.split_change(small, net_blocks, net_size)
         self.stats.released(small, original_size, requested)  # active, active_bytes, requested_bytes
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, NamedTuple
 
-from ...core.records import Kind, Trace
+from ...core.records import Event, Kind, Trace
 from .allocator import AllocatorConfig, CachingAllocator, ReplayStats, _finish
 
 SegmentEvent = tuple[str, int, int]  # (segment_alloc | segment_free | segment_map | ..., address, size)
@@ -96,10 +96,12 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
     seen_peak, at_peak = reserved.peak, -1
     forked, fork, held = -1, CachingAllocator(config, figures_only=True), dict[int, int]()
     malloc, free, append, add = alloc.malloc, alloc.free, after.append, served.append
-    none = ()
-    for index, (is_alloc, sid, nbytes) in enumerate(_requests(trace)):
-        mark = len(segment_events)
-        if is_alloc:
+    made, none, alloc_kind = tuple.__new__, (), Kind.ALLOC  # a Served made as a plain tuple is (faster)
+    requests: Iterator[_Request | Event] = chain(_baseline(trace), trace.events)
+    for index, request in enumerate(requests):
+        mark, sid = len(segment_events), request.storage
+        if request.kind is alloc_kind:
+            nbytes = request.nbytes
             addr = malloc(nbytes) if nbytes else 0
             block = active[addr].size if addr else 0
             ptrs[sid] = addr
@@ -114,9 +116,9 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
         current = reserved.current
         append(current)
         if len(segment_events) == mark:
-            add(Served(addr, block, current, none))
+            add(made(Served, (addr, block, current, none)))
         else:
-            add(Served(addr, block, current, tuple(segment_events[mark:])))
+            add(made(Served, (addr, block, current, tuple(segment_events[mark:]))))
         if reserved.peak > seen_peak:
             seen_peak, at_peak = reserved.peak, index
             cost = len(active) + len(alloc.small.blocks) + len(alloc.large.blocks)
@@ -140,6 +142,18 @@ def _serve_on(
 
 
 _SNAPSHOT_EVERY = 1  # requests served per block of the allocator between two forks at a peak's rise
+
+
+class _Request(NamedTuple):
+    """A request of the baseline, as `replay_served` reads an event: alloc or free, storage, bytes."""
+
+    kind: Kind
+    storage: int
+    nbytes: int
+
+
+def _baseline(trace: Trace) -> list[_Request]:
+    return [_Request(Kind.ALLOC, sid, trace.storages[sid].nbytes) for sid in trace.baseline]
 
 
 def _requests(trace: Trace, start: int = 0, stop: int | None = None) -> Iterator[tuple[bool, int, int]]:
