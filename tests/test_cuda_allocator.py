@@ -459,3 +459,46 @@ def test_figures_only_stats_give_the_placement_figures(conf: str) -> None:
     assert full.segments() == lean.segments()
     with pytest.raises(NotImplementedError):
         lean.memory_stats()
+
+
+@pytest.mark.parametrize(
+    "conf", ["", "max_split_size_mb:20", "expandable_segments:True", "garbage_collection_threshold:0.5"]
+)
+def test_a_fork_serves_as_the_allocator_it_was_forked_from(conf: str) -> None:
+    """`fork` mid-way through random requests: the fork and the original serve the rest at the same
+    addresses, with the same segments and every memory_stats key, and the original is left as it was (the
+    fork shares no block, pool or statistic with it)."""
+    config = AllocatorConfig.parse(conf) if conf else AllocatorConfig()
+    rng = random.Random(5)
+    alloc = CachingAllocator(config, capacity_bytes=8 * 1024 * MB)
+    alloc.set_memory_fraction(0.75)
+    live: list[int] = []
+
+    def one(allocs: list[CachingAllocator]) -> None:
+        if live and rng.random() < 0.48:
+            ptr = live.pop(rng.randrange(len(live)))
+            for a in allocs:
+                a.free(ptr)
+        else:
+            size = rng.randrange(1, rng.choice((4096, 2 * MB, 64 * MB)))
+            ptrs = {a.malloc(size) for a in allocs}
+            assert len(ptrs) == 1
+            live.extend(ptrs)
+
+    for _ in range(2000):
+        one([alloc])
+    before = (alloc.segments(), alloc.memory_stats())
+    fork, kept = alloc.fork(), list(live)
+    assert (fork.segments(), fork.memory_stats()) == before
+    for _ in range(50):  # the fork alone: the original does not move
+        one([fork])
+    assert (alloc.segments(), alloc.memory_stats()) == before
+    live[:] = kept
+    fork = alloc.fork()
+    for _ in range(2000):
+        one([alloc, fork])
+        if rng.random() < 0.01:
+            assert fork.segments() == alloc.segments()
+    assert fork.segments() == alloc.segments()
+    assert fork.memory_stats() == alloc.memory_stats()
+    assert alloc.memory_stats()["reserved_bytes.all.peak"] > 64 * MB and len(alloc.segments()) > 1 and kept

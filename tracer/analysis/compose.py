@@ -102,7 +102,7 @@ def _compose(
     cuda, reserved = None, tuple[int, ...]()
     if stats is not None:  # the bytes reserved after each event, from the placement's replay
         reserved = tuple(stats.reserved_after[len(trace.baseline) :])
-        asked = max(analysis.peak_levels(requested, config.iterations))
+        asked = max(analysis.peak_levels(requested, config.iterations, spans))
         cuda = cuda_figures(peak.bytes, asked, stats, config.arch)
         cuda = replace(
             cuda,

@@ -75,13 +75,16 @@ def module_rows(
             adds = sums.setdefault(name, {})
             adds["flops"] = adds.get("flops", 0) + flops
     for key, adds in sums.items():
-        row = rows[key]
-        rows[key] = replace(row, **{field: getattr(row, field) + n for field, n in adds.items()})
+        row = vars(rows[key])  # made anew, not through `replace` (a 70B step has a thousand rows)
+        rows[key] = LayerRow(**{**row, **{field: row[field] + n for field, n in adds.items()}})
     if rows[LOSS] == _empty(ModuleFacts(LOSS, "", 0)):
         del rows[LOSS]  # no loss (inference): no row
+    inputs = trace.input_shapes
     for name, shape in trace.output_shapes.items():
         if name in rows:
-            rows[name] = replace(rows[name], output_shape=shape, input_shape=trace.input_shapes.get(name, ()))
+            rows[name] = LayerRow(
+                **{**vars(rows[name]), "output_shape": shape, "input_shape": inputs.get(name, ())}
+            )
     return tuple(rows.values())
 
 

@@ -74,11 +74,14 @@ def peak_indexes(tl: Timeline, spans: Sequence[tuple[int, int]] | None = None) -
     return best
 
 
-def peak_levels(trace: Trace, iterations: int) -> tuple[int, ...]:
+def peak_levels(
+    trace: Trace, iterations: int, spans: Sequence[tuple[int, int]] | None = None
+) -> tuple[int, ...]:
     """Each iteration's peak bytes, as `step_peak(trace, it).bytes` gives them (the baseline where an
-    iteration made no event), without what is live at them."""
+    iteration made no event), without what is live at them; `spans`: the trace's `runs`, when known (the
+    placed trace's are its requested trace's: the same events, in the same order)."""
     tl = timeline(trace)
-    at = peak_indexes(tl)
+    at = peak_indexes(tl, spans)
     return tuple(tl.live_after[at[it]] if it in at else tl.baseline for it in range(iterations))
 
 
@@ -258,7 +261,8 @@ def owner_of(module: str, phase: Phase, category: Category) -> str:
 def loss_type(infos: Iterable[StorageInfo]) -> str:
     """The loss row's type: the loss function, and the op, dtype and shape of its largest tensor
     (`cross_entropy: _log_softmax fp32 2048x50257`)."""
-    mine = [s for s in infos if owner(s) == LOSS]
+    loss = Phase.LOSS  # `owner(s) == LOSS`, inlined (a step's every storage is asked)
+    mine = [s for s in infos if s.module.startswith(LOSS) or (not s.module and s.phase is loss)]
     if not mine:
         return ""
     big = max(mine, key=lambda s: (s.nbytes, -s.storage))

@@ -122,12 +122,13 @@ def _series(
     """Each category's bytes live after each kept event, from `live` before the first (the categories that
     are never live left out)."""
     series: dict[Category, list[int]] = {c: [] for c in Category}
-    prev = 0
+    appends = [(c, series[c].append) for c in Category]  # the enum walked once, not per point
+    prev, storages = 0, trace.storages
     for i in kept:
-        _apply(live, trace.storages, events[prev : i + 1])
+        _apply(live, storages, events[prev : i + 1])
         prev = i + 1
-        for c in Category:
-            series[c].append(live[c])
+        for c, append in appends:
+            append(live[c])
     return {c: tuple(v) for c, v in series.items() if any(v)}
 
 

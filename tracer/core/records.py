@@ -7,9 +7,11 @@ and a saved JSON result renders again without re-tracing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
+
+from .plain import plain
 
 SCHEMA_VERSION = 4  # 2: `cuda` figures, `step`/`loss`/`free_output`, named inputs, the verdict's basis;
 # 3: the compacted per-event `timeline` and the command's `flags`;
@@ -451,38 +453,36 @@ class Result:
         return self.inputs[0].shape[0] * self.accumulate
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = _jsonable(
-            {
-                "schema": SCHEMA_VERSION,
-                "peak_bytes": self.peak.bytes,
-                "by_category": self.peak.by_category,
-                "phases": {p.phase.value: asdict(p) for p in self.phases},
-                "device": self.device,
-                "mode": self.mode,
-                "optimizer": self.optimizer,
-                "inputs": [i.to_json() for i in self.inputs],
-                "model": asdict(self.model),
-                "peak": asdict(self.peak),
-                "totals": self.totals,
-                "first_iteration_peak_bytes": self.first_iteration_peak,
-                "top_layers": [asdict(t) for t in self.top_layers],
-                "verdict": asdict(self.verdict) if self.verdict else None,
-                "notes": list(self.notes),
-                "recipe": self.recipe,
-                "accumulate": self.accumulate,
-                "effective_batch": self.effective_batch,
-                "flops": self.flops,
-                "modules": [asdict(m) for m in self.modules],
-                "activation_peak_bytes": self.activation_peak,
-                "step": self.step,
-                "loss": self.loss,
-                "free_output": self.free_output,
-                "cuda": _cuda_json(self.cuda) if self.cuda else None,
-                "flags": self.flags,
-                "parallel": self.parallel,
-                "assumptions": [asdict(a) for a in self.assumptions],
-            }
-        )
+        data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "peak_bytes": self.peak.bytes,
+            "by_category": plain(self.peak.by_category),
+            "phases": {p.phase.value: plain(p) for p in self.phases},
+            "device": self.device,
+            "mode": self.mode,
+            "optimizer": self.optimizer,
+            "inputs": plain([i.to_json() for i in self.inputs]),
+            "model": plain(self.model),
+            "peak": plain(self.peak),
+            "totals": plain(self.totals),
+            "first_iteration_peak_bytes": self.first_iteration_peak,
+            "top_layers": plain(self.top_layers),
+            "verdict": plain(self.verdict) if self.verdict else None,
+            "notes": list(self.notes),
+            "recipe": self.recipe,
+            "accumulate": self.accumulate,
+            "effective_batch": self.effective_batch,
+            "flops": self.flops,
+            "modules": plain(self.modules),
+            "activation_peak_bytes": self.activation_peak,
+            "step": self.step,
+            "loss": self.loss,
+            "free_output": self.free_output,
+            "cuda": _cuda_json(self.cuda) if self.cuda else None,
+            "flags": plain(self.flags),
+            "parallel": self.parallel,
+            "assumptions": plain(self.assumptions),
+        }
         data["timeline"] = self.timeline.to_json() if self.timeline else None
         return data
 
@@ -576,22 +576,8 @@ def _peak_from(d: dict[str, Any]) -> Peak:
 
 
 def _cuda_json(cuda: CudaFigures) -> dict[str, Any]:
-    """`asdict(cuda)` with its segments as a list, without `asdict`'s deep copy of every segment (a 70B
-    step's are most of the JSON); `_jsonable` makes the copies the JSON needs."""
-    data = {f.name: getattr(cuda, f.name) for f in fields(cuda)}
-    data["segments"] = list(cuda.segments)
-    if cuda.ranges:  # only when there is one, so a result without ranges saves as before
-        data["ranges"] = [asdict(r) for r in cuda.ranges]
-    else:
+    """`plain(cuda)`, without `ranges` where there is none (so a result without ranges saves as before)."""
+    data: dict[str, Any] = plain(cuda)
+    if not cuda.ranges:
         del data["ranges"]
     return data
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, dict):
-        return {_jsonable(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj

@@ -11,16 +11,16 @@ modules import torch).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from ..core.heap import collector_paused
+from ..core.plain import plain
 from ..core.records import Category, LayerRow, LayerShare, Result
-from . import report
+from . import indented, report
 
 if TYPE_CHECKING:
     from ..analysis.compose import Run
@@ -51,7 +51,7 @@ class Saved:
     def to_json(self) -> dict[str, Any]:
         """What `trace --json` prints and `--output` writes: the Result's JSON and what the command added."""
         data = self.result.to_json()
-        data["layers"] = [asdict(r) for r in self.layers]
+        data["layers"] = plain(self.layers)
         if self.what_if is not None:
             data["what_if"] = [r.to_json() for r in self.what_if]
         if self.diagnosis is not None:
@@ -64,8 +64,9 @@ class Saved:
 
 
 def json_text(saved: Saved) -> str:
+    """`json.dumps(saved.to_json(), indent=2)` (through `indented.dumps`: the same text, faster)."""
     with collector_paused():  # a 70B cuda step's JSON: ~100k objects made, none to collect
-        return json.dumps(saved.to_json(), indent=2)
+        return indented.dumps(saved.to_json())
 
 
 def render(saved: Saved, out: IO[str] | Path) -> None:

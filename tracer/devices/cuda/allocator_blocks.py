@@ -249,6 +249,31 @@ class DeviceStats:
                     stat.current += amount
                     stat.freed -= amount
 
+    def copy(self) -> DeviceStats:
+        """The same figures in a new instance of this class (its pairs of `Stat`s made anew)."""
+        new = type(self)()
+        for name, pools in self.arrays.items():
+            for pool, stat in pools.items():
+                mine = new.arrays[name][pool]
+                mine.current, mine.peak, mine.allocated, mine.freed = (
+                    stat.current,
+                    stat.peak,
+                    stat.allocated,
+                    stat.freed,
+                )
+        for mine, stat in (
+            (new.oversize_allocations, self.oversize_allocations),
+            (new.oversize_segments, self.oversize_segments),
+        ):
+            mine.current, mine.peak, mine.allocated, mine.freed = (
+                stat.current,
+                stat.peak,
+                stat.allocated,
+                stat.freed,
+            )
+        new.counters = dict(self.counters)
+        return new
+
     def get(self, name: str, pool: str = "all") -> Stat:
         return self.arrays[name][pool]
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import chain
 from typing import Any
 
 from .allocator_blocks import Block, BlockPool, DeviceStats, FigureStats
@@ -60,6 +61,7 @@ class CachingAllocator(ExpandableMixin):
         self.large = BlockPool(is_small=False)
         self.active: dict[int, Block] = {}
         self.stats = FigureStats() if figures_only else DeviceStats()
+        self._splits_counted = not figures_only  # FigureStats keeps no inactive-split statistics
         self.total_allocated_memory = 0  # bytes held from the device (reserved)
         self.allowed_memory_maximum: int | None = None
         self.segment_events: list[tuple[str, int, int]] = []  # (segment_alloc|segment_free, ptr, size)
@@ -96,7 +98,11 @@ class CachingAllocator(ExpandableMixin):
         if not cfg.expandable_segments and self.allowed_memory_maximum is None:
             cached = self._cached_fit(pool, size, stream)  # the common case, without AllocParams
             if cached is not None:
-                split = self._should_split(cached, size, False)
+                remaining = cached.size - size  # `_should_split` (not expandable), inlined
+                if pool.is_small:
+                    split = remaining >= K_MIN_BLOCK_SIZE
+                else:
+                    split = size < cfg.max_split_size and remaining > K_SMALL_SIZE
                 return self._alloc_found_block(cached, size, stream, orig_size, split).ptr
         p = AllocParams(size, stream, pool, sizes[1], cfg.expandable_segments)
         found = self._get_free_block(p)
@@ -135,6 +141,61 @@ class CachingAllocator(ExpandableMixin):
 
     def block_size(self, ptr: int) -> int:
         return self.active[ptr].size
+
+    def fork(self) -> CachingAllocator:
+        """A copy that serves the same requests the same way from here: every block (cached, allocated and
+        unmapped), both pools in their order, the expandable segments, the statistics and the next
+        address, copied; the settings shared (frozen). What `served.replay_served` keeps at a rise of the
+        reserved peak, to replay the few requests after it up to the peak's last rise."""
+        if self.address_source is not None:  # a source of addresses may keep state of its own
+            raise ValueError("an allocator with an address_source cannot be forked")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        segments = {id(s): replace(s, mapped=set(s.mapped)) for s in self.expandable_segments}
+        new.expandable_segments = [segments[id(s)] for s in self.expandable_segments]
+        new.small, new.large = BlockPool(is_small=True), BlockPool(is_small=False)
+        pools = {self.small: new.small, self.large: new.large}
+        copies: dict[Block, Block] = {}  # by identity (a Block compares by identity)
+        for head in chain(
+            self.small.blocks.items,
+            self.small.unmapped.items,
+            self.large.blocks.items,
+            self.large.unmapped.items,
+            self.active.values(),
+        ):
+            if head.prev is not None:
+                continue  # copied with the chain of its segment, from the segment's first block
+            old: Block | None = head
+            made: Block | None = None
+            while old is not None:  # the segment's blocks in address order, linked as they are copied
+                block = Block(
+                    old.stream,
+                    old.size,
+                    old.ptr,
+                    pools[old.pool],
+                    old.requested_size,
+                    old.allocated,
+                    old.mapped,
+                    made,
+                    None,
+                    None if old.expandable is None else segments[id(old.expandable)],
+                    old.gc_count_base,
+                    old.key,
+                )
+                if made is not None:
+                    made.next = block
+                copies[old] = made = block
+                old = old.next
+        for mine, theirs in ((new.small, self.small), (new.large, self.large)):
+            mine.get_free_blocks_call_count = theirs.get_free_blocks_call_count
+            for sorted_new, sorted_old in ((mine.blocks, theirs.blocks), (mine.unmapped, theirs.unmapped)):
+                sorted_new.keys = list(sorted_old.keys)
+                sorted_new.items = [copies[b] for b in sorted_old.items]
+        new.active = {ptr: copies[b] for ptr, b in self.active.items()}
+        new.stats = self.stats.copy()
+        new.segment_events = list(self.segment_events)
+        new._sizes = dict(self._sizes)
+        return new
 
     # ---- malloc internals -------------------------------------------------------------------------
     def _oom_message(self, alloc_size: int) -> str:
@@ -200,18 +261,25 @@ class CachingAllocator(ExpandableMixin):
         pool = block.pool
         small = pool.is_small
         already_split = block.prev is not None or block.next is not None
+        counted = self._splits_counted and block.expandable is None
         if split:
             remaining = block
-            block = Block(stream, size, remaining.ptr, pool, expandable=remaining.expandable)
-            block.splice(remaining.prev, remaining)
+            before = remaining.prev
+            block = Block(
+                stream, size, remaining.ptr, pool, 0, False, True, before, remaining, remaining.expandable
+            )
+            if before is not None:  # `block.splice(before, remaining)`, inlined
+                before.next = block
+            remaining.prev = block
             remaining.ptr += size
             remaining.size -= size
-            pool.insert_into_blocks(remaining)
-            if already_split and block.expandable is None:
+            remaining.gc_count_base = pool.get_free_blocks_call_count  # `insert_into_blocks`, inlined
+            pool.blocks.insert(remaining)
+            if counted and already_split:
                 self.stats.split_change(small, 0, -size)
-            elif block.expandable is None:
+            elif counted:
                 self.stats.split_change(small, 1, remaining.size)
-        elif already_split and block.expandable is None:
+        elif already_split and counted:
             self.stats.split_change(small, -1, -block.size)
         block.allocated = True
         block.requested_size = orig_size
@@ -268,11 +336,12 @@ class CachingAllocator(ExpandableMixin):
             if subsumed > 0:
                 net_blocks -= 1
                 net_size -= subsumed
-        pool.insert_into_blocks(block)
-        if block.is_split():
+        block.gc_count_base = pool.get_free_blocks_call_count  # `insert_into_blocks`, inlined
+        pool.blocks.insert(block)
+        if block.prev is not None or block.next is not None:  # `is_split`
             net_blocks += 1
             net_size += block.size
-        if block.expandable is None and (net_blocks or net_size):
+        if self._splits_counted and block.expandable is None and (net_blocks or net_size):
             self.stats.split_change(small, net_blocks, net_size)
         self.stats.released(small, original_size, requested)  # active, active_bytes, requested_bytes
 

@@ -7,13 +7,13 @@ snapshot export need besides: reserved memory over the step, and where each bloc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain
 from typing import Any, NamedTuple
 
-from ...core.records import Kind, Trace
-from .allocator import AllocatorConfig, AllocRequest, CachingAllocator, ReplayStats, _finish, _segments_after
+from ...core.records import Event, Kind, Trace
+from .allocator import AllocatorConfig, CachingAllocator, ReplayStats, _finish
 
 SegmentEvent = tuple[str, int, int]  # (segment_alloc | segment_free | segment_map | ..., address, size)
 
@@ -80,11 +80,12 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
     """The trace's requests (the baseline's, then every event's) on one stream of a fresh allocator, once:
     what `allocator.replay(..., track_reserved=True)` gives, and each request as `serve` remembers it.
 
-    The segments at the reserved peak: a snapshot where the peak last rose costs the allocator's blocks, so
-    one is taken at a rise only when at least that many requests (times `_SNAPSHOT_EVERY`) were served since
-    the last one; where the last rise had none, the requests up to it are replayed on an empty allocator, as
-    `allocator.replay` always does. Either way the segments are those after that request. The allocator
-    keeps the figures `_finish` reads only (`FigureStats`)."""
+    The segments at the reserved peak (after the request where it last rose): at a rise, a fork of the
+    allocator (`CachingAllocator.fork`, which costs its blocks) is kept when at least that many requests
+    (times `_SNAPSHOT_EVERY`) were served since the last fork; at the end the requests from the last fork
+    to the peak's last rise (fewer than the blocks it copied) are served on that fork, and its segments
+    read. Before the first fork that is an empty allocator and the requests from the start, as
+    `allocator.replay` does. The allocator keeps the figures `_finish` reads only (`FigureStats`)."""
     alloc = CachingAllocator(config, figures_only=True)
     reserved = alloc.stats.get("reserved_bytes")
     segment_events, active = alloc.segment_events, alloc.active
@@ -92,12 +93,15 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
     after, served = stats.reserved_after, list[Served]()
     ptrs: dict[int, int] = {}
     blocks: dict[int, int] = {}
-    seen_peak, at_peak, snapped, snapshot = reserved.peak, -1, -1, list[dict[str, Any]]()
+    seen_peak, at_peak = reserved.peak, -1
+    forked, fork, held = -1, CachingAllocator(config, figures_only=True), dict[int, int]()
     malloc, free, append, add = alloc.malloc, alloc.free, after.append, served.append
-    none = ()
-    for index, (is_alloc, sid, nbytes) in enumerate(_requests(trace)):
-        mark = len(segment_events)
-        if is_alloc:
+    made, none, alloc_kind = tuple.__new__, (), Kind.ALLOC  # a Served made as a plain tuple is (faster)
+    requests: Iterator[_Request | Event] = chain(_baseline(trace), trace.events)
+    for index, request in enumerate(requests):
+        mark, sid = len(segment_events), request.storage
+        if request.kind is alloc_kind:
+            nbytes = request.nbytes
             addr = malloc(nbytes) if nbytes else 0
             block = active[addr].size if addr else 0
             ptrs[sid] = addr
@@ -112,34 +116,55 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
         current = reserved.current
         append(current)
         if len(segment_events) == mark:
-            add(Served(addr, block, current, none))
+            add(made(Served, (addr, block, current, none)))
         else:
-            add(Served(addr, block, current, tuple(segment_events[mark:])))
+            add(made(Served, (addr, block, current, tuple(segment_events[mark:]))))
         if reserved.peak > seen_peak:
             seen_peak, at_peak = reserved.peak, index
             cost = len(active) + len(alloc.small.blocks) + len(alloc.large.blocks)
-            if index - snapped >= _SNAPSHOT_EVERY * cost:
-                snapped, snapshot = index, alloc.segments()
+            if index - forked >= _SNAPSHOT_EVERY * cost:
+                forked, fork, held = index, alloc.fork(), dict(ptrs)
     if at_peak >= 0:
-        at = snapshot if snapped == at_peak else _segments_at(trace, at_peak, alloc)
-        stats.segments_at_reserved_peak = at
+        _serve_on(fork, held, _requests(trace, forked + 1, at_peak + 1))
+        stats.segments_at_reserved_peak = fork.segments()
     return Replayed(_finish(alloc, stats), served, blocks, ptrs)
 
 
-def _segments_at(trace: Trace, index: int, like: CachingAllocator) -> list[dict[str, Any]]:
-    """The segments after request `index`, its requests replayed again on an empty allocator like `like`."""
-    prefix = [AllocRequest("alloc" if a else "free", sid, n) for a, sid, n in _requests(trace, index + 1)]
-    return _segments_after(prefix, like)
+def _serve_on(
+    alloc: CachingAllocator, ptrs: dict[int, int], requests: Iterable[tuple[bool, int, int]]
+) -> None:
+    """Serve the requests on `alloc` as `replay_served` does (a zero-byte request gets no block)."""
+    for is_alloc, sid, nbytes in requests:
+        if is_alloc:
+            ptrs[sid] = alloc.malloc(nbytes) if nbytes else 0
+        elif addr := ptrs.pop(sid):
+            alloc.free(addr)
 
 
-_SNAPSHOT_EVERY = 1  # requests served per block of the allocator between two snapshots at a peak's rise
+_SNAPSHOT_EVERY = 1  # requests served per block of the allocator between two forks at a peak's rise
 
 
-def _requests(trace: Trace, count: int | None = None) -> Iterator[tuple[bool, int, int]]:
-    """(alloc?, storage, bytes) of the baseline's storages, then of every event; the first `count` only."""
-    alloc = Kind.ALLOC
-    made = chain(
-        ((True, sid, trace.storages[sid].nbytes) for sid in trace.baseline),
-        ((ev.kind is alloc, ev.storage, ev.nbytes) for ev in trace.events),
+class _Request(NamedTuple):
+    """A request of the baseline, as `replay_served` reads an event: alloc or free, storage, bytes."""
+
+    kind: Kind
+    storage: int
+    nbytes: int
+
+
+def _baseline(trace: Trace) -> list[_Request]:
+    return [_Request(Kind.ALLOC, sid, trace.storages[sid].nbytes) for sid in trace.baseline]
+
+
+def _requests(trace: Trace, start: int = 0, stop: int | None = None) -> Iterator[tuple[bool, int, int]]:
+    """(alloc?, storage, bytes) of the baseline's storages, then of every event; those from `start` to
+    `stop` (indexes of that sequence) only."""
+    alloc, base = Kind.ALLOC, len(trace.baseline)
+    end = base + len(trace.events) if stop is None else stop
+    return chain(
+        ((True, sid, trace.storages[sid].nbytes) for sid in trace.baseline[start:end]),
+        (
+            (ev.kind is alloc, ev.storage, ev.nbytes)
+            for ev in trace.events[max(start - base, 0) : max(end - base, 0)]
+        ),
     )
-    return made if count is None else islice(made, count)
