@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -55,6 +55,15 @@ from ..core.errors import DataDependentError, MemtraceError
 from ..core.records import LOGGED, Assumption
 from ..meta.tensors import simulated
 from ..meta.user_frame import user_frame
+from .arguments import (
+    all_real,
+    all_unknown,
+    meta_in,
+    meta_like,
+    on_cpu,
+    tensor_args,
+    written,
+)
 from .known_values import MAX_KNOWN, MAX_KNOWN_INDEX, KnownValues, keepable, lifted
 from .loops import Loops, read_site
 from .meta_cache import MetaCache
@@ -143,10 +152,10 @@ class Resolver:
             found = self._plain_ops[id(func)] = (func, simple)
         if not found[1]:
             return False
-        if _unknown(args, self.values) and _unknown(kwargs.values(), self.values):
+        if all_unknown(args, self.values) and all_unknown(kwargs.values(), self.values):
             return True
         # real tensors alone (an optimizer's CPU step counter): their values are their own, nothing to resolve
-        return _real(args) and _real(kwargs.values())
+        return all_real(args) and all_real(kwargs.values())
 
     @staticmethod
     def passes_through(func: Any) -> bool:
@@ -167,9 +176,9 @@ class Resolver:
             calls = [self.calls.take("nonzero") for i in args[1] if is_bool_index(i)]
             if any(_is_mask(i) for i in args[1]):
                 args = (args[0], self._mask_indices(args[1], iter(calls)), *args[2:])
-        tensors = _tensors(kwargs.values(), _tensors(args, []))
+        tensors = tensor_args(kwargs.values(), tensor_args(args, []))
         # seldom: flattened then (not for CPU values alone, an optimizer's step counter: pytree is slow)
-        on_meta = any(t.device == _META for t in tensors) or _meta_in((*args, *kwargs.values()))
+        on_meta = any(t.device == _META for t in tensors) or meta_in((*args, *kwargs.values()))
         if tensors and on_meta and all(self._known(t) is not None for t in tensors):
             flat, spec = tree_flatten((args, kwargs))
             known = [self._known(t) for t in flat if isinstance(t, torch.Tensor)]
@@ -182,7 +191,7 @@ class Resolver:
             return self._randperm(func, args, kwargs)
         if func in (aten.fill_.Scalar, aten.zero_.default) and args[0].device == _META:
             return self._filled_in_place(func, args)
-        for t in _written(func, args, kwargs):
+        for t in written(func, args, kwargs):
             self.values.forget(t)
         if func.namespace == "torchvision" and name == "nms" and args[0].device == _META:
             return self._nms(args[0], call)
@@ -225,7 +234,7 @@ class Resolver:
         return out
 
     def _on_values(self, func: Any, name: str, flat: list[Any], spec: Any, known: Iterator[Any]) -> Any:
-        cpu = [next(known) if isinstance(x, torch.Tensor) else _on_cpu(x) for x in flat]
+        cpu = [next(known) if isinstance(x, torch.Tensor) else on_cpu(x) for x in flat]
         cpu_args, cpu_kwargs = tree_unflatten(cpu, spec)
         try:
             value = func(*cpu_args, **cpu_kwargs)
@@ -233,7 +242,7 @@ class Resolver:
             if name in _SIZE_FROM_DATA:
                 raise
             meta_args, meta_kwargs = tree_unflatten(flat, spec)
-            for t in _written(func, meta_args, meta_kwargs):
+            for t in written(func, meta_args, meta_kwargs):
                 self.values.forget(t)
             return func(*meta_args, **meta_kwargs)
         if name == "_local_scalar_dense":
@@ -242,7 +251,7 @@ class Resolver:
         sized = name in _SIZE_FROM_DATA  # meta has no size for these: the value's
         if sized:
             self.reads += 1
-            out = tree_map(_meta_like, value)
+            out = tree_map(meta_like, value)
         else:
             out = self.meta.run(func, meta_args, meta_kwargs, lambda: func(*meta_args, **meta_kwargs))
         # A write through a view of a known storage: the CPU values are views of one another as the meta
@@ -252,7 +261,7 @@ class Resolver:
             if isinstance(m, torch.Tensor) and isinstance(v, torch.Tensor):
                 self.values.put(m, v)
         for t, v in zip(flat, cpu, strict=True):  # in-place results: the written tensor keeps its value
-            if isinstance(t, torch.Tensor) and any(t is w for w in _written(func, meta_args, meta_kwargs)):
+            if isinstance(t, torch.Tensor) and any(t is w for w in written(func, meta_args, meta_kwargs)):
                 self.values.wrote(t)
                 self.values.put(t, v)
         return out
@@ -490,88 +499,6 @@ def is_bool_index(x: Any) -> bool:
 
 def _is_mask(x: Any) -> bool:
     return is_bool_index(x) and x.device == _META
-
-
-def _is_device(x: Any) -> bool:
-    return isinstance(x, torch.device)
-
-
-def _on_cpu(x: Any) -> Any:
-    """An argument for the op's CPU run on known values: the meta device becomes the CPU."""
-    return _CPU if _is_device(x) and x == _META else x
-
-
-def _meta_like(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="meta")
-    return v
-
-
-def _unknown(values: Iterable[Any], known: KnownValues) -> bool:
-    """Whether every tensor among the values (lists walked) is a plain meta tensor with no known value."""
-    for x in values:
-        kind = type(x)
-        if kind is torch.Tensor or kind is torch.nn.Parameter:
-            if not x.is_meta or known.holds(x.untyped_storage()._cdata):
-                return False
-        elif kind is list or kind is tuple:
-            if not _unknown(x, known):
-                return False
-        elif isinstance(x, torch.Tensor):
-            return False
-    return True
-
-
-def _written(func: Any, args: Any, kwargs: Any) -> list[torch.Tensor]:
-    """The tensor arguments the op writes (in-place and out= ops)."""
-    found = []
-    for i, name in _writes(func):
-        value = args[i] if i < len(args) else kwargs.get(name)
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-    return found
-
-
-@functools.cache
-def _writes(func: Any) -> tuple[tuple[int, str], ...]:
-    """The positions and names of the arguments the op's schema writes."""
-    schema = func._schema.arguments
-    return tuple((i, a.name) for i, a in enumerate(schema) if _writes_to(a))
-
-
-def _writes_to(arg: Any) -> bool:
-    return arg.alias_info is not None and bool(arg.alias_info.is_write)
-
-
-def _real(values: Iterable[Any]) -> bool:
-    """Whether every tensor among the values (lists walked) is a plain tensor off meta and no device argument
-    is meta: `dispatch` then comes to running the op (no value on meta to read or keep, no meta output)."""
-    for x in values:
-        kind = type(x)
-        if kind is torch.Tensor or kind is torch.nn.Parameter:
-            if x.is_meta:
-                return False
-        elif kind is list or kind is tuple:
-            if not _real(x):
-                return False
-        elif isinstance(x, torch.Tensor) or (_is_device(x) and x == _META):
-            return False
-    return True
-
-
-def _meta_in(args: Iterable[Any]) -> bool:
-    """Whether a `device` argument (nested in lists and tuples) is meta."""
-    return any(x == _META if _is_device(x) else isinstance(x, list | tuple) and _meta_in(x) for x in args)
-
-
-def _tensors(args: Iterable[Any], found: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The tensors among an op's arguments (nested in lists and tuples), in order."""
-    for x in args:
-        if isinstance(x, torch.Tensor):
-            found.append(x)
-        elif isinstance(x, (list, tuple)):
-            _tensors(x, found)
-    return found
 
 
 def _grouped_mm_shape(

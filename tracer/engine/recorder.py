@@ -238,18 +238,10 @@ class Recorder:
         category = category or self._allocating
         self._watch(StorageWeakRef(storage), storage, sid)
         module, node = self._where()
-        meta = self.meta[sid] = _Meta(
-            nbytes,
-            op,
-            module,
-            tuple(t.shape),
-            dtype_name(t.dtype),
-            self.phase,
-            self.iteration,
-            category,
-            node,
-        )
         phase = self.phase
+        meta = self.meta[sid] = _Meta(
+            nbytes, op, module, tuple(t.shape), dtype_name(t.dtype), phase, self.iteration, category, node
+        )
         if phase is Phase.BACKWARD:
             meta.grad_node = node_seq()
         if phase is Phase.SETUP and op == "":
