@@ -52,7 +52,7 @@ class RecordingMode(TorchDispatchMode):
         return True
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if _wrapped(tuple(types)):
+        if types and _wrapped(tuple(types)):  # plain tensors alone come with no types
             return NotImplemented  # a wrapper (DTensor) runs its local ops, which come back here
         kwargs = kwargs or {}
         known = self._composite.get(id(func))
