@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
 from typing import Any, NamedTuple
 
 from ...core.records import Event, Kind, Trace
@@ -97,8 +97,7 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
     forked, fork, held = -1, CachingAllocator(config, figures_only=True), dict[int, int]()
     malloc, free, append, add = alloc.malloc, alloc.free, after.append, served.append
     made, none, alloc_kind = tuple.__new__, (), Kind.ALLOC  # a Served made as a plain tuple is (faster)
-    requests: Iterator[_Request | Event] = chain(_baseline(trace), trace.events)
-    for index, request in enumerate(requests):
+    for index, request in enumerate(_in_order(trace)):
         mark, sid = len(segment_events), request.storage
         if request.kind is alloc_kind:
             nbytes = request.nbytes
@@ -125,19 +124,17 @@ def replay_served(trace: Trace, config: AllocatorConfig | None = None) -> Replay
             if index - forked >= _SNAPSHOT_EVERY * cost:
                 forked, fork, held = index, alloc.fork(), dict(ptrs)
     if at_peak >= 0:
-        _serve_on(fork, held, _requests(trace, forked + 1, at_peak + 1))
+        _serve_on(fork, held, islice(_in_order(trace), forked + 1, at_peak + 1))
         stats.segments_at_reserved_peak = fork.segments()
     return Replayed(_finish(alloc, stats), served, blocks, ptrs)
 
 
-def _serve_on(
-    alloc: CachingAllocator, ptrs: dict[int, int], requests: Iterable[tuple[bool, int, int]]
-) -> None:
+def _serve_on(alloc: CachingAllocator, ptrs: dict[int, int], requests: Iterable[_Request | Event]) -> None:
     """Serve the requests on `alloc` as `replay_served` does (a zero-byte request gets no block)."""
-    for is_alloc, sid, nbytes in requests:
-        if is_alloc:
-            ptrs[sid] = alloc.malloc(nbytes) if nbytes else 0
-        elif addr := ptrs.pop(sid):
+    for request in requests:
+        if request.kind is Kind.ALLOC:
+            ptrs[request.storage] = alloc.malloc(request.nbytes) if request.nbytes else 0
+        elif addr := ptrs.pop(request.storage):
             alloc.free(addr)
 
 
@@ -156,15 +153,6 @@ def _baseline(trace: Trace) -> list[_Request]:
     return [_Request(Kind.ALLOC, sid, trace.storages[sid].nbytes) for sid in trace.baseline]
 
 
-def _requests(trace: Trace, start: int = 0, stop: int | None = None) -> Iterator[tuple[bool, int, int]]:
-    """(alloc?, storage, bytes) of the baseline's storages, then of every event; those from `start` to
-    `stop` (indexes of that sequence) only."""
-    alloc, base = Kind.ALLOC, len(trace.baseline)
-    end = base + len(trace.events) if stop is None else stop
-    return chain(
-        ((True, sid, trace.storages[sid].nbytes) for sid in trace.baseline[start:end]),
-        (
-            (ev.kind is alloc, ev.storage, ev.nbytes)
-            for ev in trace.events[max(start - base, 0) : max(end - base, 0)]
-        ),
-    )
+def _in_order(trace: Trace) -> Iterator[_Request | Event]:
+    """The requests in the order they are served: the baseline's storages, then every event."""
+    return chain(_baseline(trace), trace.events)
