@@ -123,6 +123,7 @@ def _signed(work: Any) -> list[int]:
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not built in")
+@pytest.mark.skipif(not cpu_isa.is_x86(), reason="x86-64 ISAs cannot be forced on another architecture")
 @pytest.mark.parametrize("case", sorted(p.stem for p in (DATA / "gemms").glob("*.json")))
 def test_a_compiled_steps_out_gemms_book_the_recorded_scratchpads(
     case: str, monkeypatch: pytest.MonkeyPatch
