@@ -3,8 +3,9 @@
 `mkldnn_rnn_layer` allocates a workspace that autograd saves for backward and, inside ideep, weight reorders
 and a scratchpad; `mkldnn_rnn_layer_backward` its own reorders, zeroed diff-weight buffers and scratchpad.
 Their sizes follow oneDNN v3.x (src/cpu/rnn/rnn_utils.*, ref_rnn.cpp, x64/rnn/rnn_brgemm_utils.cpp): training
-uses the reference implementation with gemm-friendly leading dimensions; float32 inference uses the brgemm
-implementation (blocked weights, 32 output channels per block on AVX-512).
+uses the reference implementation with gemm-friendly leading dimensions; inference uses the brgemm
+implementation (blocked weights, 32 output channels per block on AVX-512), in bf16 with the same sections in
+2-byte elements (`ldgOI32o2i` weights, bf16 states, hidden and bias; float gates).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from dataclasses import dataclass
 from . import isa as cpu_isa
 
 _F32 = 4  # bytes per float32 element
+_BF16 = 2  # bytes per bfloat16 element
 GATES = 4  # LSTM gates
 _PAGE = 4096  # oneDNN's rnn workspace/scratchpad sections are page aligned
 _ALIGN = 128  # oneDNN scratchpad registry's default alignment per booked buffer
 _BATCH_ELEMENT = 40  # sizeof(brgemm_batch_element_t)
-
 
 # --------------------------------------------------------------------------- oneDNN buffer sizes
 
@@ -50,7 +51,12 @@ class Layer:
     b: int
     i: int
     h: int
-    bf16: bool = False  # oneDNN's bf16 LSTM (AVX-512-BF16 training, `rnn_bf16` below)
+    bf16: bool = False  # oneDNN's bf16 LSTM on AVX-512-BF16 (training: `rnn_bf16` below)
+
+    @property
+    def elem(self) -> int:
+        """Bytes per element of the states, hidden output, weights and bias."""
+        return _BF16 if self.bf16 else _F32
 
     @property
     def states(self) -> int:
@@ -75,18 +81,20 @@ class Layer:
             ]
         )
 
-    def _scratch(self, rnn_space: int, gate_steps: int, training: bool) -> int:
+    def _scratch(self, rnn_space: int, gate_steps: int, training: bool, e: int = _F32) -> int:
+        """The scratchpad after `rnn_space`: float gates, the hidden state in `e`-byte elements, then the
+        weights/bias pointer arrays (`key_rnn_ptrs_bia` books 8 bytes per byte of the bias type)."""
         b, h = self.b, self.h
         space = _sections(
             [
                 _F32 * gate_steps * b * good_ld(GATES * h),  # scratch_gates
-                _F32 * b * good_ld(h),  # scratch_ht
+                e * b * good_ld(h, e),  # scratch_ht
                 _F32 * b * good_ld(h) if training else 0,  # scratch_diff_ht
                 0,  # scratch_cell
             ],
             rnn_space,
         )
-        pointers = 3 * (8 + _ALIGN) + (8 * _F32 + _ALIGN)  # weights/bias pointer arrays
+        pointers = 3 * (8 + _ALIGN) + (8 * e + _ALIGN)  # weights/bias pointer arrays
         return space + _PAGE + pointers
 
     def scratch_forward(self) -> int:
@@ -97,14 +105,15 @@ class Layer:
         return self._scratch(0, self.t, True)
 
     def scratch_inference(self, threads: int) -> int:
-        """brgemm inference: no workspace, its state buffers go to the scratchpad, plus brgemm batches."""
+        """brgemm inference: no workspace, its state buffers go to the scratchpad, plus brgemm batches (one
+        K block per gemm: oneDNN splits K only for vanilla RNN cells and on AMX)."""
         merged = self.b <= 1 and self.t >= 2
-        states = _sections(
-            [0, 0, self.states * good_ld(max(self.i, self.h)) * _F32, self.states * self.h * _F32, 0, 0, 0, 0]
-        )
+        e = self.elem
+        layer_states = self.states * good_ld(max(self.i, self.h), e) * e
+        states = _sections([0, 0, layer_states, self.states * self.h * e, 0, 0, 0, 0])
         fused = self.i == self.h and not merged
         batch = 2 * (2 if fused else 1) * threads * _BATCH_ELEMENT + _ALIGN
-        return self._scratch(states, self.t if merged else 1, False) + batch
+        return self._scratch(states, self.t if merged else 1, False, e) + batch
 
     def ldigo(self, k: int) -> int:
         """Weights (k inputs) in oneDNN's forward layout: k rows of good_ld(4H) (size-1 dims: no stride)."""
@@ -115,12 +124,14 @@ class Layer:
         return GATES * self.h * good_ld(k) * _F32
 
     def blocked(self, k: int, n_block: int) -> int:
-        """Weights in brgemm's ldgOi{n}o layout: output channels padded to the block."""
-        return k * GATES * _rnd_up(self.h, n_block) * _F32
+        """Weights in brgemm's ldgOi{n}o layout (bf16: ldgOI{n}o2i, inputs padded to pairs): output channels
+        padded to the block."""
+        pairs = _rnd_up(k, 2) if self.bf16 else k
+        return pairs * GATES * _rnd_up(self.h, n_block) * self.elem
 
     def forward_buffers(self, training: bool, threads: int) -> list[int]:
         """ideep's allocations inside the forward kernel, in order (freed in reverse)."""
-        if self.bf16:
+        if self.bf16 and training:
             return rnn_bf16_forward(self)
         if training:
             reorders = [self.ldigo(k) for k in (self.i, self.h) if k > 1]
@@ -153,7 +164,7 @@ def _n_block(batch: int) -> int:
 # a 2-layer bidirectional LSTM, T 32, batch 4, input 64 and 256, hidden 128, 2 threads): the weight reorders
 # are unpadded bf16; the scratchpad holds one timestep of float gates; the pointer arrays and the backward's
 # bf16 source row block are as measured there. Other shapes follow the same formulas, unverified.
-_BF16 = 2
+# (bf16 inference is the brgemm path above, `Layer.scratch_inference`/`blocked` with 2-byte elements.)
 _FWD_POINTERS, _BWD_POINTERS = 840, 952  # the scratchpad's small registry entries, as recorded
 
 
