@@ -1,7 +1,8 @@
-"""oneDNN's bf16 LSTM in inference on an AVX-512-BF16 CPU without AMX (tracer/devices/cpu/rnn_onednn.py):
-the brgemm kernel's buffers held against the allocator events recorded on such a CPU (any machine), and, where
-this process's oneDNN runs those kernels, against the live allocator: the kernel's buffers byte for byte and
-the simulated peak of bf16 LSTM steps (autocast and bf16 parameters)."""
+"""oneDNN's bf16 LSTM on an AVX-512-BF16 CPU without AMX (tracer/devices/cpu/rnn_onednn.py): the brgemm
+kernels' buffers held against the allocator events recorded on such a CPU (any machine), and, where this
+process's oneDNN runs those kernels, against the live allocator: the kernels' buffers byte for byte
+(inference, training forward and backward, over shapes and thread counts) and the simulated peak of bf16
+LSTM steps (autocast and bf16 parameters, training and inference)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from memtrace.tracer.devices.cpu import isa as cpu_isa
 from memtrace.tracer.devices.cpu.rnn import Layer
 from memtrace.tracer.engine.recipes import Recipe
 
-RECORDED = Path(__file__).parent / "data" / "cpu-avx512-bf16" / "lstm_tagger-bf16-infer.json"
+DATA = Path(__file__).parent / "data" / "cpu-avx512-bf16"
 TAGGER = Path(__file__).parent.parent / "benchmarks" / "models" / "lstm_tagger.py"
 TOLERANCE = 0.005
 
@@ -32,12 +33,12 @@ live = pytest.mark.skipif(
 )
 
 
-def _kernel_calls(events: list[tuple[str, int]]) -> list[list[int]]:
-    """The allocations of each `mkldnn_rnn_layer` kernel: its first run of allocations inside the op."""
+def _kernel_calls(events: list[tuple[str, int]], kernel: str) -> list[list[int]]:
+    """The allocations of each call of `kernel`: each run of allocations inside the op."""
     calls: list[list[int]] = []
     inside = False
     for op, size in events:
-        if op == "aten::mkldnn_rnn_layer" and size > 0:
+        if op == kernel and size > 0:
             if not inside:
                 calls.append([])
             inside = True
@@ -47,14 +48,30 @@ def _kernel_calls(events: list[tuple[str, int]]) -> list[list[int]]:
     return calls
 
 
+def _recorded(mode: str) -> tuple[list[tuple[str, int]], int]:
+    rec = json.loads((DATA / f"lstm_tagger-bf16-{mode}.json").read_text())
+    return [(op, size) for op, size, _ in rec["events"]], int(rec["machine"]["threads"])
+
+
+# the tagger's 2-layer bidirectional LSTM (T 32, batch 4, input 64 then 256, hidden 128), layer by layer
+_TAGGER = [Layer(32, 4, 64, 128, bf16=True)] * 2 + [Layer(32, 4, 256, 128, bf16=True)] * 2
+
+
 def test_inference_buffers_match_the_recorded_events() -> None:
-    """The tagger's 2-layer bidirectional LSTM (T 32, batch 4, input 64, hidden 128), recorded with 2 threads:
-    each layer's and direction's bf16 weight reorders and scratchpad."""
-    rec = json.loads(RECORDED.read_text())
-    threads = int(rec["machine"]["threads"])
-    calls = _kernel_calls([(op, size) for op, size, _ in rec["events"]])
-    layers = [Layer(32, 4, 64, 128, bf16=True)] * 2 + [Layer(32, 4, 256, 128, bf16=True)] * 2
-    assert calls == [layer.forward_buffers(False, threads) for layer in layers]
+    """Each layer's and direction's bf16 weight reorders and scratchpad (torch 2.13.0, 2 threads)."""
+    events, threads = _recorded("infer")
+    calls = _kernel_calls(events, "aten::mkldnn_rnn_layer")
+    assert calls == [layer.forward_buffers(False, threads) for layer in _TAGGER]
+
+
+def test_training_buffers_match_the_recorded_events() -> None:
+    """The forward's reorders and scratchpad, the backward's (last layer first) reorders, diff weights and
+    scratchpad (torch 2.14.1, 2 threads)."""
+    events, threads = _recorded("train")
+    forward = _kernel_calls(events, "aten::mkldnn_rnn_layer")
+    backward = _kernel_calls(events, "aten::mkldnn_rnn_layer_backward")
+    assert forward == [layer.forward_buffers(True, threads) for layer in _TAGGER]
+    assert backward == [layer.backward_buffers(threads) for layer in reversed(_TAGGER)]
 
 
 def test_float32_inference_buffers_are_unchanged_by_the_bf16_rule() -> None:
@@ -69,22 +86,54 @@ def test_float32_inference_buffers_are_unchanged_by_the_bf16_rule() -> None:
 SHAPES = [(32, 4, 64, 128), (32, 1, 64, 100), (32, 4, 100, 100), (5, 3, 7, 9), (8, 64, 128, 128)]
 
 
-def _live_buffers(t: int, b: int, i: int, h: int) -> list[int]:
-    """One real bf16 `mkldnn_rnn_layer` in inference: ideep's own allocations."""
+def _live_buffers(t: int, b: int, i: int, h: int, train: bool) -> tuple[int, list[int], list[int]]:
+    """One real bf16 `mkldnn_rnn_layer` (and, training, its backward): workspace bytes and ideep's own
+    allocations in each."""
     bf = torch.bfloat16
     x, hx, cx = torch.randn(t, b, i, dtype=bf), torch.zeros(b, h, dtype=bf), torch.zeros(b, h, dtype=bf)
     w = [torch.randn(4 * h, i, dtype=bf), torch.randn(4 * h, h, dtype=bf)]
     w += [torch.randn(4 * h, dtype=bf), torch.randn(4 * h, dtype=bf)]
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        torch.ops.aten.mkldnn_rnn_layer(x, *w, hx, cx, False, [], 2, h, 1, True, False, False, False)
-    return [n for _, n, op in allocation_events(prof) if op == "aten::mkldnn_rnn_layer" and n > 0]
+    for p in w:
+        p.requires_grad_(train)
+    with (
+        torch.set_grad_enabled(train),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
+        out = torch.ops.aten.mkldnn_rnn_layer(x, *w, hx, cx, False, [], 2, h, 1, True, False, False, train)
+        if train:
+            out[0].float().sum().backward()
+    events = [(op, n) for _, n, op in allocation_events(prof)]
+    forward = _kernel_calls(events, "aten::mkldnn_rnn_layer")[0]
+    backward = _kernel_calls(events, "aten::mkldnn_rnn_layer_backward")
+    return out[3].numel() if train else 0, forward, backward[0] if backward else []
 
 
 @live
 @pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
 def test_inference_buffers_are_exact_live(shape: tuple[int, int, int, int]) -> None:
     expected = Layer(*shape, bf16=True).forward_buffers(False, torch.get_num_threads())
-    assert _live_buffers(*shape) == expected
+    assert _live_buffers(*shape, train=False)[1] == expected
+
+
+# training adds: batch 1 with input == hidden, where the diff-weights gemm's row block follows the threads
+# (oneDNN's m_block heuristic: 24 rows in blocks of 12 on 2 threads, 40 in 20 on 2 threads but whole on 3)
+TRAIN_SHAPES = [*SHAPES, (20, 1, 24, 24), (10, 1, 40, 40), (6, 1, 72, 72)]
+
+
+@live
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", TRAIN_SHAPES, ids=["x".join(map(str, s)) for s in TRAIN_SHAPES])
+def test_training_buffers_are_exact_live(shape: tuple[int, int, int, int], threads: int) -> None:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        workspace, forward, backward = _live_buffers(*shape, train=True)
+    finally:
+        torch.set_num_threads(saved)
+    layer = Layer(*shape, bf16=True)
+    assert workspace == layer.workspace()
+    assert forward == layer.forward_buffers(True, threads)
+    assert backward == layer.backward_buffers(threads)
 
 
 def _tagger() -> nn.Module:
@@ -109,11 +158,12 @@ PEAK_CASES = [
 
 
 @live
+@pytest.mark.parametrize("mode", ["train", "infer"])
 @pytest.mark.parametrize("recipe", [Recipe(amp="bf16"), Recipe(dtype="bf16")], ids=["amp", "params"])
 @pytest.mark.parametrize("case", PEAK_CASES, ids=[c.name for c in PEAK_CASES])
-def test_inference_peak_matches_the_allocator(case: ZooCase, recipe: Recipe) -> None:
-    cmp = compare(case, "infer", "sgd", recipe)
+def test_peak_matches_the_allocator(case: ZooCase, recipe: Recipe, mode: str) -> None:
+    cmp = compare(case, mode, "sgd", recipe)
     assert abs(cmp.error) < TOLERANCE, (
-        f"{case.name} {recipe.text()}: predicted {cmp.predicted:,} vs measured {cmp.measured:,} "
+        f"{case.name} {mode} {recipe.text()}: predicted {cmp.predicted:,} vs measured {cmp.measured:,} "
         f"({100 * cmp.error:+.3f}%)"
     )

@@ -20,11 +20,11 @@ The sizes assume oneDNN's x86 kernels at AVX2 or above (`cpu_isa`); below AVX2 (
 and off x86 (aarch64) oneDNN runs other kernels, whose buffers are not modelled.
 
 oneDNN's bfloat16 LSTM (bf16 tensors, or float32 under CPU autocast, which casts each `mkldnn_rnn_layer`'s
-arguments to bf16, the last first) is emulated where oneDNN runs its AVX-512-BF16 kernels: in training with
-the sizes fitted to events recorded on such a CPU (`rnn_onednn.rnn_bf16_*`), in inference as the float32
-brgemm path in 2-byte elements (checked live on such a CPU over batch, length, input and hidden sizes). Left
-to PyTorch's own meta decomposition: oneDNN's bf16 LSTM on other ISAs (AMX, AVX2-VNNI-2), its float16 LSTM,
-double backward through the oneDNN LSTM, calls on real tensors.
+arguments to bf16, the last first) is emulated where oneDNN runs its AVX-512-BF16 kernels (no AMX): its
+brgemm forward in 2-byte elements, in training and inference, and its brgemm backward
+(`rnn_onednn.rnn_bf16_backward`), checked live on such a CPU over batch, length, input and hidden sizes and
+threads. Left to PyTorch's own meta decomposition: oneDNN's bf16 LSTM on other ISAs (AMX, AVX2-VNNI-2), its
+float16 LSTM, double backward through the oneDNN LSTM, calls on real tensors.
 
 Here: the emulated oneDNN kernels, which path a call takes, and the registered patches; oneDNN's buffer sizes
 are in `rnn_onednn.py`, the native path in `rnn_native.py`.
@@ -112,7 +112,7 @@ def _layer_backward(
     diff_b = torch.empty(bias.shape, dtype=f32, device=x.device)
     # bf16: ideep takes the output gradients in float
     floats = [t.to(f32) for t in (grad_output, grad_hy, grad_cy)] if call.layer.bf16 else []
-    _kernel_buffers(call.layer.backward_buffers(), x.device)
+    _kernel_buffers(call.layer.backward_buffers(call.threads), x.device)
     diff_b2 = diff_b.clone()
     del floats, grad_output, grad_hy, grad_cy, bias
     return diff_x, diff_w1, diff_w2, diff_b, diff_b2, diff_hx, diff_cx
