@@ -6,7 +6,7 @@ output mask, thread count and every allocation and free (bytes, negative for a f
 order. tests/test_rules_isa.py replays each case's rule with the ISA forced to the recorded machine's and
 holds its events equal. The cases cover oneDNN's AVX-512-BF16 direct backward kernels and brgconv_strided
 (backward data, strided): unit-stride 3x3, first layers, strided (even and uneven widths, 8 to 256 input
-channels), 2x2/5x5/7x7, dilation, wide rows, the full-spatial harness (128 channels or more), 1 to 4
+channels), 2x2/5x5/7x7, dilation, wide rows, the full-spatial harness (128 channels or more), 1 to 16
 threads."""
 
 import json
@@ -29,6 +29,11 @@ CASES = [
     (2, 16, 33, 33, 24, 3, 2, 1, 1, False, (1, 1, 0), 2),
     (2, 8, 32, 32, 16, 3, 2, 1, 1, False, (1, 0, 0), 2),
     (2, 16, 32, 32, 17, 3, 2, 1, 1, False, (1, 0, 0), 2),
+    (1, 16, 32, 32, 17, 3, 2, 1, 1, False, (1, 0, 0), 2),  # rows split between the threads
+    (1, 32, 16, 64, 32, 3, 2, 1, 1, False, (1, 0, 0), 4),
+    (8, 64, 8, 20, 128, 3, 2, 1, 1, False, (1, 0, 0), 16),
+    (1, 96, 28, 28, 32, 3, 3, 0, 1, False, (1, 1, 0), 1),  # uneven: rows of 30
+    (6, 128, 32, 32, 16, 2, 3, 0, 1, False, (1, 0, 0), 2),
     (2, 96, 28, 28, 96, 3, 2, 1, 1, False, (1, 1, 0), 2),
     (2, 32, 112, 112, 64, 3, 2, 1, 1, False, (1, 0, 0), 2),
     (2, 3, 8, 225, 16, 3, 2, 1, 1, False, (1, 0, 0), 2),

@@ -21,11 +21,11 @@ tests/test_rules_isa.py) and oneDNN's `init_scratchpad`:
   `balance` (the thread split, computed in float as there) and `init_scratchpad`.
 
 The backward passes were checked event for event against the allocator on such a CPU (oneDNN v3.12,
-1 to 4 threads; tests/data/cpu-avx512-bf16/ops, held in tests/test_rules_isa.py). Not modelled here
+1 to 16 threads; tests/data/cpu-avx512-bf16/ops, held in tests/test_rules_isa.py). Not modelled here
 (outputs only): 1x1 backward passes, a first layer's input gradient at unit stride, a first layer's weight
 gradient with output channels not a multiple of 16 (oneDNN's gemm fallback) or at least 124 wide (spatial
-blocking by L2 size), strided with dilation, brgconv_strided where its images times channel blocks do not
-split evenly over the threads (its efficiency search then splits rows: not ported); grouped and depthwise,
+blocking by L2 size), strided with dilation, brgconv_strided where its jobs may not split evenly over the
+threads (`_data_brgemm_ok`: its efficiency search then splits rows, not ported); grouped and depthwise,
 strided 1x1 (rtus) and channels-last bf16 convolutions; fp16; AMX (brgemm kernels) and AVX-512 without
 BF16 (emulated bf16). One recorded 1x1 forward (192 output channels, 16x16 pixels) booked 3,072 bytes
 more than this model (0.8% of its accumulation block): not explained.
@@ -137,15 +137,44 @@ def _weights_ok(cv: Conv) -> bool:
 
 def _data_brgemm_ok(cv: Conv) -> bool:
     """brgconv_strided (a strided backward-data pass) as modelled: no dilation, every output sees some of
-    the input, and its blocking search takes whole rows: it may (`max_iw_block_thr`), and the images times
-    channel blocks split evenly over the threads. Where they do not (5 images on 2 threads, 4 on 3), the
-    search split the rows (measured): its efficiency estimate is not ported, so not modelled."""
+    the input, and its blocking search takes whole rows: it may (`max_iw_block_thr`), its jobs (images x
+    channel blocks x row blocks, `_data_jobs`) split evenly over the threads and, with fewer jobs a thread
+    than threads (`est_eff` then weighs each thread's channels), the channels fill their blocks or one
+    block. Where not (5 images on 2 threads, 4 on 3, 48 channels in blocks of 32 on 4 threads), the search
+    split the rows (measured): its efficiency estimate is not ported, so not modelled."""
     left, right, top, bottom, ext_h, ext_w = _edges(cv)
-    row = _rup(cv.w, cv.sw)
-    blocks = cv.n * _cdiv(cv.c, _data_ic_block(cv))
-    inside = ext_h > max(top, bottom) and ext_w > max(left, right)
-    whole_rows = blocks % cv.nthr == 0 and blocks * cv.h * cv.w / (0.9 * cv.nthr) >= row
-    return cv.dh == cv.dw == 1 and inside and whole_rows
+    block = _data_ic_block(cv)
+    jobs = _data_jobs(cv)
+    if cv.dh > 1 or cv.dw > 1 or ext_h <= max(top, bottom) or ext_w <= max(left, right) or jobs is None:
+        return False
+    balanced = jobs // cv.nthr >= cv.nthr or cv.c % block == 0 or cv.c <= block
+    may = cv.n * _cdiv(cv.c, block) * cv.h * cv.w / (0.9 * cv.nthr) >= _rup(cv.w, cv.sw)
+    return jobs % cv.nthr == 0 and balanced and may
+
+
+def _data_jobs(cv: Conv) -> int | None:
+    """brgconv_strided's work amount with whole rows: images x channel blocks x blocks of input rows, the
+    row block (`iterate_ker_block`) cut to share the threads and grown to a divisor of the height (or a
+    multiple of the stride). Where images x channel blocks already split evenly, row blocks keep it so;
+    else the rows are split as the threads ask only if the L2 cache does not cut them further for any L2
+    of 512 KiB or more (the per-core L2 is not read here): None where it might."""
+    block = _data_ic_block(cv)
+    blocks = cv.n * _cdiv(cv.c, block)
+    if blocks % cv.nthr == 0:
+        return blocks
+    _, _, top, _, ext_h, ext_w = _edges(cv)
+    bottom = (cv.ho - 1) * cv.sh + ext_h - cv.h - cv.ph  # unclamped, as brgemm_scratch
+    right = (cv.wo - 1) * cv.sw + ext_w - cv.w - cv.pw
+    ohp = cv.ho + max(0, ext_h - 1 - top) // cv.sh + max(0, ext_h - 1 - bottom) // cv.sh
+    owp = cv.wo + max(0, ext_w - 1 - cv.pw) // cv.sw + max(0, ext_w - 1 - right) // cv.sw
+    row_bytes = 2 * 2 * cv.o * owp + 2 * cv.w * block
+    other = 2 * cv.kh * cv.kw * cv.o * block + 4 * 2 * 32 * block
+    if ohp * row_bytes > 256 * 1024 or other > 256 * 1024:
+        return None
+    rows = _cdiv(cv.h, _cdiv(cv.nthr, blocks))
+    while (rows % cv.sh or (cv.h % cv.sh == 0 and cv.h % rows)) and rows < cv.h:
+        rows += 1
+    return blocks * _cdiv(cv.h, rows)
 
 
 def bf16_backward_modelled(cv: Conv, grad_input: bool, grad_weight: bool) -> bool:

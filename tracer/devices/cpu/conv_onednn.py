@@ -310,8 +310,9 @@ def brgemm_scratch(cv: Conv, vnni: int = 1) -> int:
         + _entry(cv.nthr * _PAGE, _PAGE)
         + _entry(cv.nthr * batch, _PAGE)
     )
-    if cv.w % cv.sw:  # uneven width: transposed execution with an output buffer of whole rows
-        total += _entry(cv.bytes(cv.nthr * _rup(cv.w * cv.sw * cv.c, _PAGE)), _PAGE)
+    if cv.w % cv.sw:  # uneven width: transposed execution with an output buffer of whole rows, the row
+        # block (`iw_block`) being the width rounded up to the stride
+        total += _entry(cv.bytes(cv.nthr * _rup(_rup(cv.w, cv.sw) * cv.sw * cv.c, _PAGE)), _PAGE)
     return total
 
 
