@@ -5,9 +5,9 @@ Writes one JSON object: the machine (CPU flags, torch, oneDNN ISA) and, for each
 output mask, thread count and every allocation and free (bytes, negative for a free) of the call, in
 order. tests/test_rules_isa.py replays each case's rule with the ISA forced to the recorded machine's and
 holds its events equal. The cases cover oneDNN's AVX-512-BF16 direct backward kernels and brgconv_strided
-(backward data, strided): unit-stride 3x3, first layers, strided (even and uneven widths, 8 to 256 input
-channels), 2x2/5x5/7x7, dilation, wide rows, the full-spatial harness (128 channels or more), 1 to 16
-threads."""
+(backward data, strided): unit-stride 3x3, first layers (input and weight gradients), strided (even and
+uneven widths, 8 to 256 input channels), 2x2/5x5/7x7, dilation, wide rows, the full-spatial harness (128
+channels or more), 1 to 16 threads."""
 
 import json
 import platform
@@ -53,6 +53,9 @@ CASES = [
     (8, 48, 32, 40, 32, 7, 1, 0, 1, True, (1, 1, 1), 2),
     (4, 4, 33, 33, 256, 5, 1, 2, 1, False, (0, 1, 0), 2),  # first layers
     (3, 3, 32, 9, 48, 3, 3, 1, 1, True, (1, 0, 0), 3),
+    (2, 8, 8, 8, 32, 3, 1, 1, 1, False, (1, 1, 0), 2),  # a first layer's input gradient, blocked
+    (2, 3, 32, 20, 48, 3, 1, 1, 1, True, (1, 1, 1), 2),
+    (1, 3, 8, 9, 17, 2, 1, 1, 1, False, (1, 0, 0), 1),
     (8, 128, 7, 20, 17, 2, 1, 1, 1, True, (1, 1, 1), 3),
 ]
 

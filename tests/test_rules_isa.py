@@ -118,6 +118,7 @@ _CONV_ID = "o{out_channels}k{kernel}s{stride}p{padding}d{dilation}-t{threads}"
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not built in")
+@pytest.mark.skipif(not cpu_isa.is_x86(), reason="oneDNN's x86 kernels cannot be forced off x86")
 @pytest.mark.parametrize(
     "case",
     _CONV_BF16["cases"],

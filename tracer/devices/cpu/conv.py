@@ -38,6 +38,7 @@ from . import isa as cpu_isa
 from .conv_bf16 import (
     bf16_backward_modelled,
     bf16_data_brgemm,
+    bf16_data_layout,
     bf16_forward_scratch,
     bf16_layout,
     bf16_modelled,
@@ -170,7 +171,7 @@ def _backward_data(ws: Workspace, cv: Conv) -> None:
         _backward_data_brgemm(ws, cv, *bf16_data_brgemm(cv))
         return
     if cv.dtype == torch.bfloat16:  # conv_bf16.py: the direct kernel, no scratchpad
-        lay = bf16_layout(cv)
+        lay = bf16_data_layout(cv)
         gy, wei, gx = ws.alloc(cv.bytes(lay.dst)), ws.alloc(cv.bytes(lay.wei)), ws.alloc(cv.bytes(lay.src))
         for key in (wei, gy):
             ws.free(key)

@@ -14,21 +14,21 @@ tests/test_rules_isa.py) and oneDNN's `init_scratchpad`:
 - scratchpad: a padded bias (when the output channels are padded) and, for 1x1, a float accumulation block
   per thread of (output channels padded to 16) x (output pixels).
 
-- backward data: the direct kernel at unit stride (blocked diff-dst, weights and diff-src, no scratchpad);
-  brgconv_strided when strided (`bf16_data_brgemm`: NHWC, fp32's scratchpad plus a float accumulation
-  buffer);
+- backward data: the direct kernel at unit stride (blocked diff-dst, weights and diff-src, channels padded
+  to 16 even in a first layer; no scratchpad); brgconv_strided when strided (`bf16_data_brgemm`: NHWC,
+  fp32's scratchpad plus a float accumulation buffer);
 - backward weights (direct kernel): `bf16_weights_scratch`, ported from oneDNN v3.12's `init_conf`,
   `balance` (the thread split, computed in float as there) and `init_scratchpad`.
 
 The backward passes were checked event for event against the allocator on such a CPU (oneDNN v3.12,
 1 to 16 threads; tests/data/cpu-avx512-bf16/ops, held in tests/test_rules_isa.py). Not modelled here
-(outputs only): 1x1 backward passes, a first layer's input gradient at unit stride, a first layer's weight
-gradient with output channels not a multiple of 16 (oneDNN's gemm fallback) or at least 124 wide (spatial
-blocking by L2 size), strided with dilation, brgconv_strided where its jobs may not split evenly over the
-threads (`_data_brgemm_ok`: its efficiency search then splits rows, not ported); grouped and depthwise,
-strided 1x1 (rtus) and channels-last bf16 convolutions; fp16; AMX (brgemm kernels) and AVX-512 without
-BF16 (emulated bf16). One recorded 1x1 forward (192 output channels, 16x16 pixels) booked 3,072 bytes
-more than this model (0.8% of its accumulation block): not explained.
+(outputs only): 1x1 backward passes, a first layer's weight gradient with output channels not a multiple
+of 16 (oneDNN's gemm fallback) or at least 124 wide (spatial blocking by L2 size), strided with dilation,
+brgconv_strided where its jobs may not split evenly over the threads (`_data_brgemm_ok`: its efficiency
+search then splits rows, not ported); grouped and depthwise, strided 1x1 (rtus) and channels-last bf16
+convolutions; fp16; AMX (brgemm kernels) and AVX-512 without BF16 (emulated bf16). One recorded 1x1
+forward (192 output channels, 16x16 pixels) booked 3,072 bytes more than this model (0.8% of its
+accumulation block): not explained.
 """
 
 from __future__ import annotations
@@ -74,6 +74,13 @@ def bf16_layout(cv: Conv) -> Blocked:
     c = _rup(cv.c, _BLOCK) if cv.c >= _BLOCK else _rup(cv.c, 2)
     src = cv.n * c * cv.h * cv.w if cv.c >= _BLOCK else 0
     return Blocked(src, o * c * cv.kh * cv.kw, cv.n * o * cv.ho * cv.wo)
+
+
+def bf16_data_layout(cv: Conv) -> Blocked:
+    """The direct backward-data kernel's blocked diff-src, weights and diff-dst: channels padded to 16
+    (a first layer's too: its diff-src is computed blocked, measured)."""
+    o, c = _rup(cv.o, _BLOCK), _rup(cv.c, _BLOCK)
+    return Blocked(cv.n * c * cv.h * cv.w, o * c * cv.kh * cv.kw, cv.n * o * cv.ho * cv.wo)
 
 
 def bf16_forward_scratch(cv: Conv) -> int:
@@ -179,11 +186,11 @@ def _data_jobs(cv: Conv) -> int | None:
 
 def bf16_backward_modelled(cv: Conv, grad_input: bool, grad_weight: bool) -> bool:
     """The backward passes modelled: not 1x1 (oneDNN's 1x1 kernels); the input gradient by the direct
-    kernel (unit stride, 16 input channels or more) or brgconv_strided; the weight gradient where the
-    direct kernel takes it (`_weights_ok`)."""
+    kernel (unit stride) or brgconv_strided (`_data_brgemm_ok`); the weight gradient where the direct
+    kernel takes it (`_weights_ok`)."""
     if cv.kh == cv.kw == 1 and cv.ph == cv.pw == 0:
         return False
-    if grad_input and not (_data_brgemm_ok(cv) if cv.strided else cv.c >= _BLOCK):
+    if grad_input and cv.strided and not _data_brgemm_ok(cv):
         return False
     return not grad_weight or _weights_ok(cv)
 
