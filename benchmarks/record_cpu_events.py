@@ -1,7 +1,7 @@
 """Record the CPU allocator's events of one training or inference step, op by op, on this machine.
 
 Usage: python benchmarks/record_cpu_events.py MODULE.py:FUNC --input SPEC [--input SPEC] [--amp bf16]
-       [--mode train|infer] [--loss mse|ce]
+       [--mode train|infer|no_grad] [--loss mse|ce]
 Writes one JSON object to stdout: the machine (CPU flags, torch, oneDNN ISA), then for the second step every
 allocation and free in order: [op, bytes (negative for a free), event index]. The op is the innermost ATen op
 around the event. Sizes are what the allocator was asked for."""
@@ -67,9 +67,9 @@ def step():
         if a.amp == "bf16"
         else torch.autocast("cpu", enabled=False)
     )
-    if a.mode == "infer":
+    if a.mode in ("infer", "no_grad"):
         model.eval()
-        with torch.inference_mode(), ctx:
+        with torch.inference_mode() if a.mode == "infer" else torch.no_grad(), ctx:
             model(*xs)
         return
     with ctx:

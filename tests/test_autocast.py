@@ -132,6 +132,12 @@ def _fp16_inside(m: _Net, x: torch.Tensor) -> torch.Tensor:
 SNIPPETS: dict[str, Snippet] = {
     "linear": lambda m, x, img, ids: m.lin(x),
     "linear_reused": lambda m, x, img, ids: m.lin(x) + m.lin(x * 2),
+    # the last position of one sequence, as generate()'s bias-free head reads it: `matmul` folds it into one
+    # `mm` only because the cached weight cast requires grad (under no_grad too: cached_cast casts it with
+    # grad enabled), else its strides send it to `bmm`
+    "linear_last_position": lambda m, x, img, ids: F.linear(x[:1, -1:, :], m.lin.weight),
+    # a strided input with a bias: `linear` asks the contiguity of its cast (a contiguous copy): one `addmm`
+    "linear_strided_bias": lambda m, x, img, ids: m.lin(x[:, -1:, :]),
     "conv_bn": lambda m, x, img, ids: m.bn(m.conv(img)),
     "layer_norm": lambda m, x, img, ids: m.ln(m.lin(x)),
     "softmax": lambda m, x, img, ids: F.softmax(m.lin(x), -1) * F.log_softmax(x, -1).sum(),
@@ -185,6 +191,21 @@ def _forward_backward(snippet: Snippet, net: _Net, *inputs: torch.Tensor) -> Non
 @pytest.mark.parametrize("name", list(SNIPPETS))
 def test_meta_runs_the_ops_cpu_autocast_runs(name: str) -> None:
     assert _ops(SNIPPETS[name], "meta") == _ops(SNIPPETS[name], "cpu")
+
+
+def _no_grad(snippet: Snippet) -> Snippet:
+    def run(m: _Net, x: torch.Tensor, img: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return snippet(m, x, img, ids)
+
+    return run
+
+
+@pytest.mark.parametrize("name", ["linear_last_position", "linear_strided_bias", "linear_reused"])
+def test_meta_runs_the_ops_cpu_autocast_runs_under_no_grad(name: str) -> None:
+    """Under no_grad (generate() runs there) the weight-cast cache still casts with grad enabled (PyTorch's
+    `cached_cast`, where this PyTorch does): the meta run takes the same `mm`/`bmm` paths as the CPU."""
+    assert _ops(_no_grad(SNIPPETS[name]), "meta") == _ops(_no_grad(SNIPPETS[name]), "cpu")
 
 
 # --------------------------------------------------------------------------- semantics
@@ -342,3 +363,23 @@ def test_meta_grad_scaler_for_cuda() -> None:
     scaler.step(opt)
     scaler.update()
     assert scaler._scale is not None and scaler._scale.device.type == "meta"
+
+
+def test_the_cache_probe_answers_the_same_inside_a_traced_inference_step() -> None:
+    """The probe runs once, wherever the first simulation asks it: an inference-mode step traced on meta
+    under a dispatch mode among them."""
+    from memtrace.tracer.meta.autocast import _cache_probe
+
+    _cache_probe.cache_clear()
+    outside = _cache_probe()
+    _cache_probe.cache_clear()
+    try:
+        with (
+            torch.device("meta"),
+            torch.inference_mode(),
+            torch.autocast("cpu", torch.bfloat16, cache_enabled=False),
+            _Ops(),
+        ):
+            assert _cache_probe() == outside
+    finally:
+        _cache_probe.cache_clear()

@@ -55,7 +55,7 @@ def test_onednn_buffers_are_exact(shape: tuple[int, int, int, int]) -> None:
     workspace, forward, backward = _kernel_buffers(*shape, grad=True)
     assert workspace == layer.workspace()
     assert forward == layer.forward_buffers(True, threads)
-    assert backward == layer.backward_buffers()
+    assert backward == layer.backward_buffers(threads)
     _, forward, _ = _kernel_buffers(*shape, grad=False)
     assert forward == layer.forward_buffers(False, threads)
 

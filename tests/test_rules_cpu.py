@@ -69,6 +69,7 @@ CASES = [
     Case("pointwise", (4, 64, 16, 16), 128, 1, bias=False, avx2_backward=False),
     Case("pointwise-strided", (2, 64, 32, 32), 128, 1, stride=2, avx2_backward=False),
     Case("strided-uneven", (2, 32, 33, 33), 40, 3, stride=2, padding=1),
+    Case("strided-uneven-rows", (2, 96, 4, 28), 64, 3, stride=3, bias=False, grad_weight=False),
     Case("dilated", (2, 32, 24, 24), 32, 3, padding=2, dilation=2, bias=False),
     Case("grouped-8-per-group", (2, 32, 16, 16), 64, 3, padding=1, groups=4),
     Case("depthwise-5x5", (2, 32, 16, 16), 32, 5, padding=2, groups=32, avx2_backward=False),

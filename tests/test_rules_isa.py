@@ -27,6 +27,7 @@ from memtrace.tracer.core.records import Kind
 from memtrace.tracer.devices.cpu import conv_onednn, gemm_lowp
 from memtrace.tracer.devices.cpu import isa as cpu_isa
 from memtrace.tracer.engine.device_model import DeviceModel
+from memtrace.tracer.engine.recorder import Recorder
 
 DATA = Path(__file__).parent / "data" / "cpu-avx512-bf16"
 ROOT = Path(__file__).parent.parent
@@ -141,3 +142,37 @@ def test_a_compiled_steps_out_gemms_book_the_recorded_scratchpads(
             op = _GEMM_OPS[gemm["op"]].out
             predicted = _signed(device.workspace(op, tuple(operands), {"out": buf}, buf))
             assert predicted == gemm["events"], f"{case} #{i}: {gemm['args']}"
+
+
+def _conv_backward_events(case: dict[str, Any]) -> list[int]:
+    """One recorded `convolution_backward` call replayed by the CPU rules on meta tensors."""
+    n, c, h, w = case["input"]
+    o, k, s, p, d = (case[key] for key in ("out_channels", "kernel", "stride", "padding", "dilation"))
+    x = torch.empty(n, c, h, w, dtype=torch.bfloat16, device="meta")
+    wt = torch.empty(o, c, k, k, dtype=torch.bfloat16, device="meta")
+    geometry = ([s, s], [p, p], [d, d], False, [0, 0], 1)
+    gy = torch.ops.aten.convolution(x, wt, None, *geometry)
+    args = (gy, x, wt, [o] if case["bias"] else None, *geometry, [bool(m) for m in case["mask"]])
+    out = torch.ops.aten.convolution_backward.default(*args)
+    rec = Recorder(DeviceModel("cpu"))
+    rec.on_op(torch.ops.aten.convolution_backward.default, args, {}, out)
+    return [e.nbytes if e.kind is Kind.ALLOC else -e.nbytes for e in rec.events]
+
+
+_CONV_BF16 = json.loads((DATA / "ops" / "conv_bf16_backward.json").read_text())
+_CONV_ID = "o{out_channels}k{kernel}s{stride}p{padding}d{dilation}-t{threads}"
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not built in")
+@pytest.mark.skipif(not cpu_isa.is_x86(), reason="oneDNN's x86 kernels cannot be forced off x86")
+@pytest.mark.parametrize(
+    "case",
+    _CONV_BF16["cases"],
+    ids=lambda c: "n{}c{}h{}w{}-".format(*c["input"]) + _CONV_ID.format(**c),
+)
+def test_bf16_conv_backward_matches_the_recorded_events(case: dict[str, Any]) -> None:
+    """oneDNN's AVX-512-BF16 backward kernels (direct, brgconv_strided) and their scratchpads, event for
+    event, as recorded by benchmarks/record_conv_bf16.py."""
+    with forced_isa({**_CONV_BF16["machine"], "threads": case["threads"]}):
+        assert cpu_isa.onednn_isa() == "avx512_core_bf16"
+        assert _conv_backward_events(case) == case["events"]

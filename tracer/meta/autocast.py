@@ -28,13 +28,13 @@ import functools
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch._C import DispatchKey, DispatchKeySet
 from torch._subclasses.fake_tensor import FakeTensor
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from ..core.registry import patch
 
@@ -177,25 +177,53 @@ _CACHE: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
 
 
 @functools.cache
+def _cache_probe() -> tuple[bool, bool]:
+    """This PyTorch's weight-cast cache, probed once on real CPU tensors before the emulated kernels are in
+    place, whatever device context, dispatch modes and grad mode the caller is in (an inference-mode step
+    traced on meta): whether a weight used twice under `torch.inference_mode()` is cast once, and whether
+    the cached cast under `torch.no_grad()` runs with grad enabled."""
+    casts: list[bool] = []  # grad mode at each cast of the weight
+
+    class Count(TorchDispatchMode):
+        def __init__(self, weight: torch.Tensor) -> None:
+            super().__init__()
+            self.weight = weight
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype) and args[0] is self.weight:
+                casts.append(torch.is_grad_enabled())
+            return func(*args, **(kwargs or {}))
+
+    def mm_under(grad_off: AbstractContextManager[Any], weight: torch.Tensor) -> None:
+        with grad_off, torch.autocast("cpu", torch.bfloat16, cache_enabled=True), Count(weight):
+            torch.mm(weight, weight)
+
+    with _disable_current_modes(), torch.inference_mode(False):
+        weight = torch.nn.Parameter(torch.ones(2, 2, device="cpu"))
+        mm_under(torch.inference_mode(), weight)
+        cached = len(casts) == 1
+        casts.clear()
+        mm_under(torch.no_grad(), weight)
+    return cached, casts == [True]
+
+
 def caches_under_inference_mode() -> bool:
     """Whether this PyTorch's autocast caches weight casts under `torch.inference_mode()`.
 
     pytorch#158232 made `cached_cast` skip the cache there (`!InferenceMode::is_enabled()`); older versions
     cache. Probed once on real CPU tensors: a weight used twice is cast once when it is cached.
     """
-    weight = torch.nn.Parameter(torch.ones(2, 2))
-    casts = 0
+    return _cache_probe()[0]
 
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            nonlocal casts
-            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype) and args[0] is weight:
-                casts += 1
-            return func(*args, **(kwargs or {}))
 
-    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16), Count():
-        torch.mm(weight, weight)
-    return casts == 1
+def cached_cast_enables_grad() -> bool:
+    """Whether this PyTorch's `cached_cast` casts a weight it caches with grad enabled (`c10::AutoGradMode
+    enable_grad(true)`, the same fix as pytorch#158232's), so that under `torch.no_grad()` the cached cast
+    still requires grad and has a grad_fn. The cast's `requires_grad` is no bookkeeping detail: `matmul`
+    folds a 3-d input into one `mm` whenever the other operand requires grad (LinearAlgebra.cpp's
+    `should_fold`), and takes the `bmm` path otherwise when the input's strides do not fold, as for the
+    last position of a sequence `hidden[:, -1:, :]` that a generation's head reads."""
+    return _cache_probe()[1]
 
 
 def _cacheable(to: torch.dtype, t: torch.Tensor, device_type: str) -> bool:
@@ -221,7 +249,8 @@ def cached_cast(to: torch.dtype, t: Any, device_type: str) -> Any:
     hit = _CACHE.get(id(t))
     if hit is not None and hit[0]() is t:
         return hit[1]
-    out = t.to(to)
+    with torch.enable_grad() if cached_cast_enables_grad() else nullcontext():
+        out = t.to(to)
     _CACHE[id(t)] = (weakref.ref(t), out)
     return out
 

@@ -56,8 +56,12 @@ def _plain_linear(device: str, original: Linear) -> Linear:
             return original(x, weight, bias)
         from .autocast import _NO_AUTOCAST, policy_cast
 
-        # autocast casts linear's arguments once, then the kernel runs below the autocast key
+        # autocast casts linear's arguments once, then the kernel runs below the autocast key and asks the
+        # contiguity of the cast input (`_to_copy` keeps a dense input's strides; a sliced view's copy is
+        # contiguous)
         x, weight, bias = policy_cast(device, "linear", x, weight, bias)
+        if not _adds_bias_after_matmul(x, bias):
+            return original(x, weight, bias)  # already cast: autocast passes them on as they are
         with torch._C._ExcludeDispatchKeyGuard(_NO_AUTOCAST):
             out = torch.matmul(x, weight.t())
             return out.add_(bias)  # what ATen does for plain tensors

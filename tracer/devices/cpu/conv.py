@@ -37,6 +37,8 @@ from ...core.registry import Workspace, rule
 from . import isa as cpu_isa
 from .conv_bf16 import (
     bf16_backward_modelled,
+    bf16_data_brgemm,
+    bf16_data_layout,
     bf16_forward_scratch,
     bf16_layout,
     bf16_modelled,
@@ -165,8 +167,11 @@ def _mkldnn_forward(ws: Workspace, cv: Conv) -> None:
 
 
 def _backward_data(ws: Workspace, cv: Conv) -> None:
+    if cv.dtype == torch.bfloat16 and cv.strided:  # conv_bf16.py: brgconv_strided
+        _backward_data_brgemm(ws, cv, *bf16_data_brgemm(cv))
+        return
     if cv.dtype == torch.bfloat16:  # conv_bf16.py: the direct kernel, no scratchpad
-        lay = bf16_layout(cv)
+        lay = bf16_data_layout(cv)
         gy, wei, gx = ws.alloc(cv.bytes(lay.dst)), ws.alloc(cv.bytes(lay.wei)), ws.alloc(cv.bytes(lay.src))
         for key in (wei, gy):
             ws.free(key)
@@ -175,7 +180,7 @@ def _backward_data(ws: Workspace, cv: Conv) -> None:
         return
     kind = data_kind(cv)
     if kind == "brg":
-        _backward_data_brgemm(ws, cv)
+        _backward_data_brgemm(ws, cv, brgemm_weights(cv), brgemm_scratch(cv))
         return
     lay = layout(cv, kind)
     gy = ws.alloc(cv.bytes(lay.dst))
@@ -188,13 +193,13 @@ def _backward_data(ws: Workspace, cv: Conv) -> None:
     ws.free(gx)
 
 
-def _backward_data_brgemm(ws: Workspace, cv: Conv) -> None:
+def _backward_data_brgemm(ws: Workspace, cv: Conv, weights: int, scratch_bytes: int) -> None:
     """brgconv_strided: NHWC diff-dst and diff-src, then `mkldnn_to_dense` and a `.contiguous()` copy."""
     gx_bytes = cv.bytes(cv.n * cv.c * cv.h * cv.w)
     gy = ws.alloc(cv.bytes(cv.n * cv.o * cv.ho * cv.wo))
-    wei = ws.alloc(cv.bytes(brgemm_weights(cv)))
+    wei = ws.alloc(cv.bytes(weights))
     gx = ws.alloc(gx_bytes)
-    scratch = ws.alloc(brgemm_scratch(cv))
+    scratch = ws.alloc(scratch_bytes)
     for key in (scratch, wei, gy):
         ws.free(key)
     dense = ws.alloc(gx_bytes)
@@ -295,7 +300,7 @@ def convolution_backward(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     backend = _backend(cv) if cv is not None and not a["transposed"] else None
     if cv is None or backend is None:
         return None
-    if backend == "mkldnn_bf16" and not bf16_backward_modelled(cv, mask[0]):
+    if backend == "mkldnn_bf16" and not bf16_backward_modelled(cv, mask[0], mask[1] or mask[2]):
         return None
     ws = _contiguous_copies(a["grad_output"], a["input"])
     if backend not in ("mkldnn", "mkldnn_bf16"):

@@ -14,21 +14,32 @@ tests/test_rules_isa.py) and oneDNN's `init_scratchpad`:
 - scratchpad: a padded bias (when the output channels are padded) and, for 1x1, a float accumulation block
   per thread of (output channels padded to 16) x (output pixels).
 
-- backward data (direct kernel): the blocked diff-dst, weights and diff-src, no scratchpad;
-- backward weights (direct kernel, unit stride): see `bf16_weights_scratch`.
+- backward data: the direct kernel at unit stride (blocked diff-dst, weights and diff-src, channels padded
+  to 16 even in a first layer; no scratchpad); brgconv_strided when strided (`bf16_data_brgemm`: NHWC,
+  fp32's scratchpad plus a float accumulation buffer);
+- backward weights (direct kernel): `bf16_weights_scratch`, ported from oneDNN v3.12's `init_conf`,
+  `balance` (the thread split, computed in float as there) and `init_scratchpad`.
 
-Not modelled here (outputs only): the 1x1 and strided backward passes, grouped and depthwise, strided 1x1
-(rtus) and channels-last bf16 convolutions; fp16; AMX (brgemm kernels) and AVX-512 without BF16 (emulated
-bf16). One recorded 1x1 (192 output channels, 16x16 pixels) booked 3,072 bytes more than this model (0.8%
-of its accumulation block): not explained. Recorded at 2 threads only: the thread split is from the source.
+The backward passes were checked event for event against the allocator on such a CPU (oneDNN v3.12,
+1 to 16 threads; tests/data/cpu-avx512-bf16/ops, held in tests/test_rules_isa.py). Not modelled here
+(outputs only): 1x1 backward passes, a first layer's weight gradient with output channels not a multiple
+of 16 (oneDNN's gemm fallback) or at least 124 wide (spatial blocking by L2 size), strided with dilation,
+brgconv_strided where its jobs may not split evenly over the threads (`_data_brgemm_ok`: its efficiency
+search then splits rows, not ported); grouped and depthwise, strided 1x1 (rtus) and channels-last bf16
+convolutions; fp16; AMX (brgemm kernels) and AVX-512 without BF16 (emulated bf16). One recorded 1x1
+forward (192 output channels, 16x16 pixels) booked 3,072 bytes more than this model (0.8% of its
+accumulation block): not explained.
 """
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
+
 import torch
 
 from . import isa as cpu_isa
-from .conv_onednn import Blocked, Conv
+from .conv_onednn import Blocked, Conv, brgemm_scratch
 
 _ALIGN = 128  # oneDNN's scratchpad entries are aligned to 128 bytes
 _BLOCK = 16
@@ -65,6 +76,13 @@ def bf16_layout(cv: Conv) -> Blocked:
     return Blocked(src, o * c * cv.kh * cv.kw, cv.n * o * cv.ho * cv.wo)
 
 
+def bf16_data_layout(cv: Conv) -> Blocked:
+    """The direct backward-data kernel's blocked diff-src, weights and diff-dst: channels padded to 16
+    (a first layer's too: its diff-src is computed blocked, measured)."""
+    o, c = _rup(cv.o, _BLOCK), _rup(cv.c, _BLOCK)
+    return Blocked(cv.n * c * cv.h * cv.w, o * c * cv.kh * cv.kw, cv.n * o * cv.ho * cv.wo)
+
+
 def bf16_forward_scratch(cv: Conv) -> int:
     """The padded bias (bf16) and, for 1x1, the per-thread float accumulation block."""
     o = _rup(cv.o, _BLOCK)
@@ -74,25 +92,257 @@ def bf16_forward_scratch(cv: Conv) -> int:
     return total
 
 
-# --------------------------------------------------------------------------- backward (direct kernels only)
+# --------------------------------------------------------------------------- backward
+
+_PAGE = 4096
+_BARRIER_ALIGN = 4096  # a simple_barrier::ctx_t is 4096 bytes, aligned (and so booked) to 4096
+_MAX_UR_W = 28  # jit_avx512_core_bf16_conv_bwd_weights_kernel_f32_t::max_ur_w
+_FULL_SPAT_SET = 48 * 1024  # full_spat_opt_working_set_size
 
 
-def bf16_backward_modelled(cv: Conv, grad_input: bool) -> bool:
-    """The backward passes modelled: the direct kernel (not 1x1) at unit stride; a first layer (fewer than
-    16 input channels) only without its input gradient."""
-    return not is_1x1(cv) and not cv.strided and (cv.c >= _BLOCK or not grad_input)
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _barriers(count: int) -> int:
+    """`count` barrier contexts booked as one entry: their bytes plus their alignment."""
+    return (count + 1) * _BARRIER_ALIGN
+
+
+def _edges(cv: Conv) -> tuple[int, int, int, int, int, int]:
+    """(left, right, top, bottom) padding as oneDNN computes it (end paddings at least 0), and the
+    dilated kernel's extent (height, width)."""
+    ext_h, ext_w = cv.dh * (cv.kh - 1) + 1, cv.dw * (cv.kw - 1) + 1
+    right = max(0, (cv.wo - 1) * cv.sw + ext_w - cv.w - cv.pw)
+    bottom = max(0, (cv.ho - 1) * cv.sh + ext_h - cv.h - cv.ph)
+    return cv.pw, right, cv.ph, bottom, ext_h, ext_w
+
+
+def _first(cv: Conv) -> bool:
+    """`is_1stconv`: fewer than 16 input channels (one group): the source is read plain, not transposed."""
+    return cv.c < _BLOCK
+
+
+def _weights_ok(cv: Conv) -> bool:
+    """`jit_avx512_core_bf16_conv_bwd_weights_kernel_f32_t::init_conf` accepts it (else oneDNN falls back
+    to its gemm kernel, not modelled), and no spatial blocking can apply (a first layer at least 124 wide,
+    where the choice depends on the L2 cache size; not modelled)."""
+    left, right, top, bottom, ext_h, ext_w = _edges(cv)
+    first = _first(cv)
+    dilated_ok = (cv.dh == 1 or (cv.sh == 1 and ext_h <= cv.h)) and (cv.dw == 1 or cv.sw == 1)
+    bounds_ok = left < ext_w and right < ext_w and top <= ext_h // 2 and bottom <= ext_h // 2
+    first_ok = not first or (
+        cv.o % _BLOCK == 0  # a first layer's output channels are not padded: whole blocks only
+        and (cv.wo <= _MAX_UR_W or (left < _MAX_UR_W and ext_w <= cv.wo))
+        and left < _MAX_UR_W
+        and right < _MAX_UR_W
+        and ext_w <= cv.w + 1
+        and not (cv.wo >= 124 and cv.ho > 1)
+    )
+    return dilated_ok and bounds_ok and first_ok and cv.kw <= (24 if first else 14)
+
+
+def _data_brgemm_ok(cv: Conv) -> bool:
+    """brgconv_strided (a strided backward-data pass) as modelled: no dilation, every output sees some of
+    the input, and its blocking search takes whole rows: it may (`max_iw_block_thr`), its jobs (images x
+    channel blocks x row blocks, `_data_jobs`) split evenly over the threads and, with fewer jobs a thread
+    than threads (`est_eff` then weighs each thread's channels), the channels fill their blocks or one
+    block. Where not (5 images on 2 threads, 4 on 3, 48 channels in blocks of 32 on 4 threads), the search
+    split the rows (measured): its efficiency estimate is not ported, so not modelled."""
+    left, right, top, bottom, ext_h, ext_w = _edges(cv)
+    block = _data_ic_block(cv)
+    jobs = _data_jobs(cv)
+    if cv.dh > 1 or cv.dw > 1 or ext_h <= max(top, bottom) or ext_w <= max(left, right) or jobs is None:
+        return False
+    balanced = jobs // cv.nthr >= cv.nthr or cv.c % block == 0 or cv.c <= block
+    may = cv.n * _cdiv(cv.c, block) * cv.h * cv.w / (0.9 * cv.nthr) >= _rup(cv.w, cv.sw)
+    return jobs % cv.nthr == 0 and balanced and may
+
+
+def _data_jobs(cv: Conv) -> int | None:
+    """brgconv_strided's work amount with whole rows: images x channel blocks x blocks of input rows, the
+    row block (`iterate_ker_block`) cut to share the threads and grown to a divisor of the height (or a
+    multiple of the stride). Where images x channel blocks already split evenly, row blocks keep it so;
+    else the rows are split as the threads ask only if the L2 cache does not cut them further for any L2
+    of 512 KiB or more (the per-core L2 is not read here): None where it might."""
+    block = _data_ic_block(cv)
+    blocks = cv.n * _cdiv(cv.c, block)
+    if blocks % cv.nthr == 0:
+        return blocks
+    _, _, top, _, ext_h, ext_w = _edges(cv)
+    bottom = (cv.ho - 1) * cv.sh + ext_h - cv.h - cv.ph  # unclamped, as brgemm_scratch
+    right = (cv.wo - 1) * cv.sw + ext_w - cv.w - cv.pw
+    ohp = cv.ho + max(0, ext_h - 1 - top) // cv.sh + max(0, ext_h - 1 - bottom) // cv.sh
+    owp = cv.wo + max(0, ext_w - 1 - cv.pw) // cv.sw + max(0, ext_w - 1 - right) // cv.sw
+    row_bytes = 2 * 2 * cv.o * owp + 2 * cv.w * block
+    other = 2 * cv.kh * cv.kw * cv.o * block + 4 * 2 * 32 * block
+    if ohp * row_bytes > 256 * 1024 or other > 256 * 1024:
+        return None
+    rows = _cdiv(cv.h, _cdiv(cv.nthr, blocks))
+    while (rows % cv.sh or (cv.h % cv.sh == 0 and cv.h % rows)) and rows < cv.h:
+        rows += 1
+    return blocks * _cdiv(cv.h, rows)
+
+
+def bf16_backward_modelled(cv: Conv, grad_input: bool, grad_weight: bool) -> bool:
+    """The backward passes modelled: not 1x1 (oneDNN's 1x1 kernels); the input gradient by the direct
+    kernel (unit stride) or brgconv_strided (`_data_brgemm_ok`); the weight gradient where the direct
+    kernel takes it (`_weights_ok`)."""
+    if cv.kh == cv.kw == 1 and cv.ph == cv.pw == 0:
+        return False
+    if grad_input and cv.strided and not _data_brgemm_ok(cv):
+        return False
+    return not grad_weight or _weights_ok(cv)
+
+
+# --- backward data, strided: brgconv_strided (jit_brgemm_conv_bwd_utils)
+
+
+def _data_ic_block(cv: Conv) -> int:
+    """The input-channel block of brgconv_strided: the largest of 64, 48, 32, 16 (at most the channels
+    rounded up to 16) that `fast_check_ic_block` admits. oneDNN then picks by an efficiency estimate (not
+    ported); the largest admitted won on every shape measured (16 to 128 channels, 2 threads)."""
+    rnd_ic = _rup(cv.c, _BLOCK)
+    big_spatial = cv.ho * cv.wo > 81 * cv.sh * cv.sw
+    for icb in range(min(_cdiv(cv.c, _BLOCK), 4), 1, -1):
+        block = icb * _BLOCK
+        if block == 64 and not (rnd_ic % 64 == 0 and rnd_ic * 2 < 192 * 4):
+            continue
+        if block == 48 and not (rnd_ic % 48 == 0 and rnd_ic * 2 <= 384 * 4 and big_spatial):
+            continue
+        return block
+    return _BLOCK
+
+
+def bf16_data_brgemm(cv: Conv) -> tuple[int, int]:
+    """brgconv_strided in bf16: its weights (BcdA<ic block>b2a: output channels in VNNI pairs, input
+    channels padded to the block) and its scratchpad: fp32's (`brgemm_scratch`, the transposed execution
+    of an uneven width padding the diff-dst copy's channels to a pair) plus the float accumulation buffer
+    a bf16 diff-src needs, per thread `LDC x M`: the channel block times one row block of outputs,
+    `ceil(iw_block / stride_w)`, with the row block the whole (stride-rounded) width as oneDNN's search
+    picked on every shape measured."""
+    block = _data_ic_block(cv)
+    weights = _rup(cv.o, 2) * _rup(cv.c, block) * cv.kh * cv.kw
+    row = _rup(cv.w, cv.sw)
+    accumulation = 4 * cv.nthr * block * _cdiv(row, cv.sw) + _PAGE  # a page-aligned entry
+    return weights, brgemm_scratch(cv, vnni=2) + accumulation
+
+
+# --- backward weights: jit_avx512_core_bf16_conv_bwd_weights_kernel_f32_t
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """The fields of the kernel's `jit_conv_conf_t` its scratchpad and thread balance read."""
+
+    ic: int  # channels as the kernel counts them: padded to 16, unless a first layer
+    oc: int
+    ic_block: int  # 16, or all the input channels of a first layer
+    tr_pad: int  # guard elements after the transposed source
+    tr_iw: int  # width of a transposed source row (the plain width for a first layer)
+    tr_ow: int  # width of a transposed diff-dst row
+    work: int  # nthr_mb_work: images x output rows, or images alone (the full-spatial harness)
+
+    @property
+    def nb_ic(self) -> int:
+        return _cdiv(self.ic, self.ic_block)
+
+    @property
+    def nb_oc(self) -> int:
+        return _cdiv(self.oc, _BLOCK)
+
+
+def _weights_conf(cv: Conv) -> _Weights:
+    left, right, top, bottom, _, _ = _edges(cv)
+    first = _first(cv)
+    ic, oc = (cv.c, cv.o) if first else (_rup(cv.c, _BLOCK), _rup(cv.o, _BLOCK))
+    ic_block = ic if first else _BLOCK
+    tr_pad = _rup(max(left, right + 1), 2)
+    tr_iw = cv.w if first else _rup(_cdiv(cv.w, cv.sw) + tr_pad, 2) * cv.sw
+    tr_ow = _rup(cv.wo, 2)
+    full_spatial = (
+        not first
+        and ic >= 128
+        and (cv.h, cv.w) == (cv.ho, cv.wo)
+        and cv.kh != 1
+        and cv.kw != 1
+        and not cv.strided
+        and cv.dh == cv.dw == 1
+        and (left, top) == (cv.kw // 2, cv.kh // 2)
+        and (ic_block * tr_iw + _BLOCK * tr_ow) * 2 * max(1, bottom, top) <= _FULL_SPAT_SET
+    )
+    work = cv.n if full_spatial else cv.n * cv.ho
+    return _Weights(ic, oc, ic_block, tr_pad, tr_iw, tr_ow, work)
+
+
+def _f32(x: float) -> float:
+    """x rounded to single precision: the balance computes its costs in float."""
+    return float(struct.unpack("f", struct.pack("f", x))[0])
+
+
+def _chain(x: float, times: tuple[int, ...], over: tuple[int, ...] = ()) -> float:
+    """x multiplied by each of `times`, then divided by each of `over`, in float, left to right."""
+    for t in times:
+        x = _f32(x * t)
+    for d in over:
+        x = _f32(x / d)
+    return x
+
+
+def _memory_cost(cv: Conv, j: _Weights, nthr_mb: int, nthr_oc_b: int, nthr_ic_b: int) -> float:
+    """`balance`'s `calc_mem_cost`: the per-thread memory traffic of one split (one group)."""
+    src_size = cv.n * j.ic * cv.h * j.tr_iw * 2
+    dst_size = cv.n * j.oc * cv.ho * j.tr_ow * 2
+    wei_size = j.oc * j.ic * cv.kh * cv.kw * 4
+    scale = _f32(_f32(0.5 * _f32(dst_size + src_size)) / _f32(wei_size))
+    ratio = _f32(j.nb_oc / j.nb_ic)
+    src_coef = max(_f32(1.0 / ratio), 1.0)
+    if scale < 1.0:
+        src_coef = _f32(src_coef * 4.0)
+    mb_share, oc_share = _cdiv(j.work, nthr_mb), _cdiv(j.nb_oc, nthr_oc_b)
+    ic_share = _cdiv(j.nb_ic, nthr_ic_b)
+    src_dims = (mb_share, 1, ic_share, cv.n, j.ic_block, 1, cv.h, j.tr_iw)
+    src = _chain(src_coef, src_dims, (j.work, 1, cv.sh, cv.sw))
+    wei = _chain(max(scale, 1.0), (1, oc_share, ic_share, cv.kh, cv.kw, 1, j.ic_block, _BLOCK))
+    dst = _chain(max(ratio, 1.0), (mb_share, 1, oc_share, cv.n, _BLOCK, 1, cv.ho, j.tr_ow), (j.work,))
+    return _f32(_f32(src + dst) + wei)
+
+
+def _balance(cv: Conv, j: _Weights) -> tuple[int, int, int, int]:
+    """`balance` for one group: (threads, minibatch threads, output-channel-block threads, input-channel-
+    block threads), the split of least memory cost (the last of equals), `cv.nthr` threads at most."""
+    nthr = cv.nthr
+    best, split = _memory_cost(cv, j, 1, 1, 1), (1, 1, 1)
+    for mb in range(1, min(nthr, j.work) + 1):
+        par = nthr // mb
+        for oc_b in range(1, min(par, j.nb_oc) + 1):
+            ic_b = min(par // oc_b, j.nb_ic)
+            cost = _memory_cost(cv, j, mb, oc_b, ic_b)
+            if cost <= best:
+                best, split = cost, (mb, oc_b, ic_b)
+    mb, oc_b, ic_b = split
+    if nthr // 2 < mb < nthr:
+        mb = min(j.work, nthr)
+    return mb * oc_b * ic_b, mb, oc_b, ic_b
 
 
 def bf16_weights_scratch(cv: Conv) -> int:
-    """`jit_avx512_core_bf16_conv_bwd_weights_kernel_f32::init_scratchpad`: the transposed source (none for
-    a first layer) with its two guard elements, the transposed diff-dst, both `tr_w = ow + kw - 1` wide and
-    one per minibatch thread and channel block, and the float weight (and bias) reduction buffers, one per
-    minibatch thread (the diff-weights are bf16). Minibatch threads: min(threads, batch); verified at 2
-    threads and batch 4 only."""
-    nthr_mb = min(cv.nthr, cv.n)
-    tr_w = cv.wo + cv.kw - 1
-    o, c = _rup(cv.o, _BLOCK), _rup(cv.c, _BLOCK)
-    tr_src = nthr_mb * c * cv.h * tr_w * cv.elem if cv.c >= _BLOCK else 0
-    tr_diff_dst = nthr_mb * o * cv.ho * tr_w * cv.elem
-    reduction = nthr_mb * (o * (c if cv.c >= _BLOCK else cv.c) * cv.kh * cv.kw + (o if cv.bias else 0)) * 4
-    return _entry(tr_src + 2 * cv.elem) + _entry(tr_diff_dst) + _entry(reduction)
+    """`init_scratchpad` (oneDNN v3.12) for an NCHW problem (no permw transposition; OpenMP, so a global
+    transpose): the transposed source, one `tr_iw`-wide buffer per minibatch thread and input-channel
+    block (none for a first layer) plus `tr_pad` guard elements, a barrier per thread group when output-
+    channel blocks are split; the transposed diff-dst, `tr_ow` wide, per minibatch thread and output-
+    channel block, a barrier per group when input-channel blocks are split; the float weight (and bias)
+    reduction buffers, one per minibatch thread (the diff-weights are bf16), and their barrier."""
+    j = _weights_conf(cv)
+    nthr, nthr_mb, nthr_oc_b, nthr_ic_b = _balance(cv, j)
+    tr_src = (0 if _first(cv) else nthr_mb * j.nb_ic * j.tr_iw * j.ic_block * cv.h) + j.tr_pad
+    tr_diff_dst = nthr_mb * j.nb_oc * j.tr_ow * _BLOCK * cv.ho
+    reduction = nthr_mb * (j.nb_oc * _BLOCK * j.ic * cv.kh * cv.kw + (j.nb_oc * _BLOCK if cv.bias else 0))
+    return (
+        _entry(tr_src * cv.elem)
+        + (_barriers(nthr // nthr_oc_b) if nthr_oc_b > 1 else 0)
+        + _entry(tr_diff_dst * cv.elem)
+        + (_barriers(nthr // nthr_ic_b) if nthr_ic_b > 1 else 0)
+        + _entry(reduction * 4)
+        + _barriers(1)
+    )

@@ -296,21 +296,23 @@ def brgemm_weights(cv: Conv) -> int:
     return cv.o * c * cv.kh * cv.kw
 
 
-def brgemm_scratch(cv: Conv) -> int:
-    """jit_brgemm_conv_bwd_utils: per-thread padded diff-dst copy, its mask and the batch (a page each)."""
+def brgemm_scratch(cv: Conv, vnni: int = 1) -> int:
+    """jit_brgemm_conv_bwd_utils: per-thread padded diff-dst copy, its mask and the batch (a page each).
+    An uneven width runs transposed, its copy's channels padded to `vnni` (2 in bf16)."""
     ext_h, ext_w = _ext(cv)
     t, b, left, r = _pads(cv)
     ohp = cv.ho + max(0, ext_h - 1 - t) // cv.sh + max(0, ext_h - 1 - b) // cv.sh
     owp = cv.wo + max(0, ext_w - 1 - left) // cv.sw + max(0, ext_w - 1 - r) // cv.sw
-    inp = _rup(ohp * owp * cv.o, _PAGE)
+    inp = _rup(ohp * owp * (_rup(cv.o, vnni) if cv.w % cv.sw else cv.o), _PAGE)
     batch = _rup(_PAGE, 40)  # a page of 40-byte brgemm batch elements per thread, rounded to whole ones
     total = (
         _entry(cv.bytes(cv.nthr * inp), _PAGE)
         + _entry(cv.nthr * _PAGE, _PAGE)
         + _entry(cv.nthr * batch, _PAGE)
     )
-    if cv.w % cv.sw:  # uneven width: transposed execution with an output buffer of whole rows
-        total += _entry(cv.bytes(cv.nthr * _rup(cv.w * cv.sw * cv.c, _PAGE)), _PAGE)
+    if cv.w % cv.sw:  # uneven width: transposed execution with an output buffer of whole rows, the row
+        # block (`iw_block`) being the width rounded up to the stride
+        total += _entry(cv.bytes(cv.nthr * _rup(_rup(cv.w, cv.sw) * cv.sw * cv.c, _PAGE)), _PAGE)
     return total
 
 

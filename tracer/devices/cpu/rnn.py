@@ -19,11 +19,12 @@ block on AVX-512).
 The sizes assume oneDNN's x86 kernels at AVX2 or above (`cpu_isa`); below AVX2 (ONEDNN_MAX_CPU_ISA=SSE41)
 and off x86 (aarch64) oneDNN runs other kernels, whose buffers are not modelled.
 
-oneDNN's bfloat16 LSTM in training (bf16 tensors, or float32 under CPU autocast, which casts each
-`mkldnn_rnn_layer`'s arguments to bf16, the last first) is emulated where oneDNN runs its AVX-512-BF16
-kernels, with the sizes fitted to events recorded on such a CPU (`rnn_onednn.rnn_bf16_*`). Left to PyTorch's
-own meta decomposition: oneDNN's bf16 LSTM in inference and on other ISAs (AMX, AVX2-VNNI-2), its float16
-LSTM, double backward through the oneDNN LSTM, calls on real tensors.
+oneDNN's bfloat16 LSTM (bf16 tensors, or float32 under CPU autocast, which casts each `mkldnn_rnn_layer`'s
+arguments to bf16, the last first) is emulated where oneDNN runs its AVX-512-BF16 kernels (no AMX): its
+brgemm forward in 2-byte elements, in training and inference, and its brgemm backward
+(`rnn_onednn.rnn_bf16_backward`), checked live on such a CPU over batch, length, input and hidden sizes and
+threads. Left to PyTorch's own meta decomposition: oneDNN's bf16 LSTM on other ISAs (AMX, AVX2-VNNI-2), its
+float16 LSTM, double backward through the oneDNN LSTM, calls on real tensors.
 
 Here: the emulated oneDNN kernels, which path a call takes, and the registered patches; oneDNN's buffer sizes
 are in `rnn_onednn.py`, the native path in `rnn_native.py`.
@@ -111,7 +112,7 @@ def _layer_backward(
     diff_b = torch.empty(bias.shape, dtype=f32, device=x.device)
     # bf16: ideep takes the output gradients in float
     floats = [t.to(f32) for t in (grad_output, grad_hy, grad_cy)] if call.layer.bf16 else []
-    _kernel_buffers(call.layer.backward_buffers(), x.device)
+    _kernel_buffers(call.layer.backward_buffers(call.threads), x.device)
     diff_b2 = diff_b.clone()
     del floats, grad_output, grad_hy, grad_cy, bias
     return diff_x, diff_w1, diff_w2, diff_b, diff_b2, diff_hx, diff_cx
@@ -171,17 +172,23 @@ def _mkldnn_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Layer and direction `index` of `mkldnn_rnn`: its weights, h0 and c0 rows, one kernel."""
     stride = 4 if spec.has_biases else 2
-    w = list(params[index * stride : (index + 1) * stride])
+    w = list(params[index * stride : index * stride + 2])
+    w2, w3 = _layer_biases(params[index * stride : (index + 1) * stride], spec.has_biases)
     h0, c0 = hx[index], cx[index]
+    zeros = () if spec.has_biases else (w2, w3)  # `mkldnn_rnn`'s temporaries: alive through the layer
     if torch.is_autocast_enabled("cpu"):
-        # autocast casts `mkldnn_rnn_layer`'s arguments to bf16, the last first: cx, hx, biases, weights, x
+        # autocast casts `mkldnn_rnn_layer`'s arguments to bf16, the last first: cx, hx, biases (the float
+        # zeros where the LSTM has none), weights, x
         c0, h0 = _bf16(c0), _bf16(h0)
+        w3, w2 = _bf16(w3), _bf16(w2)
         w = [_bf16(t) for t in reversed(w)][::-1]
         x = _bf16(x)
     t, b, i = x.shape
     layer = Layer(t, b, i, hx.shape[2], bf16=x.dtype == torch.bfloat16)
     call = _LayerCall(layer, spec.has_biases, torch.get_num_threads())
-    return _run_layer(x, w, *_layer_biases(w, spec.has_biases), h0, c0, call)
+    out = _run_layer(x, w, w2, w3, h0, c0, call)
+    del zeros
+    return out
 
 
 def _bf16(t: Tensor) -> Tensor:
@@ -232,8 +239,8 @@ def _on_meta(tensors: Sequence[Any]) -> bool:
 
 
 def _bf16_modelled(dtype: torch.dtype) -> bool:
-    """oneDNN's bf16 LSTM is emulated in training where oneDNN runs its AVX-512-BF16 kernels (`cpu_isa`)."""
-    return dtype == torch.bfloat16 and torch.is_grad_enabled() and cpu_isa.onednn_isa() == "avx512_core_bf16"
+    """oneDNN's bf16 LSTM is emulated where oneDNN runs its AVX-512-BF16 kernels (`cpu_isa`)."""
+    return dtype == torch.bfloat16 and cpu_isa.onednn_isa() == "avx512_core_bf16"
 
 
 def _uses_mkldnn(x: Tensor, hx: Sequence[Tensor], params: Sequence[Tensor]) -> bool:
