@@ -141,7 +141,11 @@ def test_the_lookup_is_by_the_op_object() -> None:
     b = torch.ones(2, 3)
     ws = cpu.workspace(aten.mm.default, (a, b), {}, None)
     assert ws is not None and [s.kind for s in ws.steps] == ["output", "alloc"]
-    assert cpu.workspace(aten.mm.out, (a, b), {}, None) is None  # another overload, no rule
+    # another overload is its own key: mm(out=) (inductor's extern_kernels.mm) is registered by itself
+    buf = torch.empty(8, 3)
+    out_ws = cpu.workspace(aten.mm.out, (a, b), {"out": buf}, buf)
+    assert out_ws is not None and [s.kind for s in out_ws.steps] == ["output", "alloc"]
+    assert cpu.rule(aten.matmul.out) is None and cpu.rule(aten.matmul.default) is None
     with pytest.raises(TypeError, match="the op object"):
         cpu.workspace("aten.mm.default", (a, b), {}, None)
 

@@ -1491,12 +1491,12 @@ def gemm_workspace(m1: Any, m2: Any, out: Any, beta: float = 0.0, alpha: float =
     return _workspace(problem, copies, h)
 
 
-@rule("cpu", aten.bmm.default)
+@rule("cpu", aten.bmm.default, aten.bmm.out)
 def bmm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     return _batched_workspace(args[0], args[1], out, 0.0, 1.0)
 
 
-@rule("cpu", aten.baddbmm.default)
+@rule("cpu", aten.baddbmm.default, aten.baddbmm.out)
 def baddbmm(args: Any, kwargs: Any, out: Any) -> Workspace | None:
     beta, alpha = _scalar(args, kwargs, 3, "beta"), _scalar(args, kwargs, 4, "alpha")
     return _batched_workspace(args[1], args[2], out, beta, alpha)
