@@ -10,10 +10,9 @@ uneven widths, 8 to 256 input channels), 2x2/5x5/7x7, dilation, wide rows, the f
 channels or more), 1 to 16 threads."""
 
 import json
-import platform
-from pathlib import Path
 
 import torch
+from recording_machine import machine
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
@@ -99,16 +98,4 @@ def record(case):
     }
 
 
-flags = (
-    Path("/proc/cpuinfo").read_text().split("flags\t\t: ")[1].split("\n")[0].split()
-    if platform.system() == "Linux"
-    else []
-)
-machine = {
-    "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16"))),
-    "torch": torch.__version__,
-    "threads": torch.get_num_threads(),
-    "mkldnn": torch.backends.mkldnn.is_available(),
-    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-}
-print(json.dumps({"machine": machine, "cases": [record(c) for c in CASES]}, indent=1))
+print(json.dumps({"machine": machine(), "cases": [record(c) for c in CASES]}, indent=1))

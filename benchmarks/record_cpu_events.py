@@ -9,11 +9,10 @@ around the event. Sizes are what the allocator was asked for."""
 import argparse
 import importlib.util
 import json
-import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from recording_machine import machine
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
@@ -88,11 +87,6 @@ def step():
 
 
 step()
-flags = (
-    Path("/proc/cpuinfo").read_text().split("flags\t\t: ")[1].split("\n")[0].split()
-    if platform.system() == "Linux"
-    else []
-)
 print(
     json.dumps(
         {
@@ -101,13 +95,7 @@ print(
             "amp": a.amp,
             "mode": a.mode,
             "loss": a.loss,
-            "machine": {
-                "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16"))),
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "mkldnn": torch.backends.mkldnn.is_available(),
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            },
+            "machine": machine(),
             "events": events(step),
         }
     )

@@ -12,10 +12,9 @@ an `out=` call lists the out buffer last) and the signed sizes of the allocation
 
 import argparse
 import json
-import platform
-from pathlib import Path
 
 import torch
+from recording_machine import machine
 from torch._C._profiler import _EventType
 
 from memtrace.tracer.devices.cpu import gemm_lowp
@@ -70,11 +69,6 @@ def recording(*args, **kw):
 torch.profiler.profile = recording  # the measured step's profiler, with the ops' shapes
 measured = measure_request(req)
 torch.profiler.profile = real_profile
-flags = (
-    Path("/proc/cpuinfo").read_text().split("flags\t\t: ")[1].split("\n")[0].split()
-    if platform.system() == "Linux"
-    else []
-)
 print(
     json.dumps(
         {
@@ -84,14 +78,7 @@ print(
             "amp": a.amp,
             "optimizer": a.optimizer,
             "compile": a.compile,
-            "machine": {
-                "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16"))),
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "mkldnn": torch.backends.mkldnn.is_available(),
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "caches": gemm_lowp._cache_sizes(),
-            },
+            "machine": {**machine(), "caches": gemm_lowp._cache_sizes()},
             "measured_peak": measured.peak,
             "gemms": gemms(profiled[-1]),
         }
