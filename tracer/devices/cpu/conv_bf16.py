@@ -27,16 +27,13 @@ tests/test_rules_isa.py) and oneDNN's `init_scratchpad`:
 
 The backward passes were checked event for event against the allocator on such a CPU (oneDNN v3.12,
 1 to 16 threads; tests/data/cpu-avx512-bf16/ops, held in tests/test_rules_isa.py). Not modelled here
-(outputs only): a 1x1 backward-data pass with fewer images than threads, tiny, or with few pixels and
-big weights (`bf16_1x1_data_ok`: oneDNN's load groups and thread cut), a 1x1 first layer's weight
-gradient, a strided 1x1 whose input is not the output times the stride; a first layer's weight
-gradient with output channels not a multiple of 16 (oneDNN's gemm fallback) or at least 124 wide
-(spatial blocking by L2 size), strided with dilation, brgconv_strided where its jobs may not split
-evenly over the threads (`_data_brgemm_ok`: its efficiency search then splits rows, not ported);
-grouped and depthwise, and channels-last bf16 convolutions; fp16; AMX (brgemm kernels) and AVX-512
-without BF16 (emulated bf16). The 1x1 forward with fewer images than threads splits the output
-channels into load groups (a float heuristic, not ported): measured one image of 192 channels on 2
-threads booked half the store workspace this model gives (an over-estimate of 198,144 bytes).
+(outputs only): a 1x1 first layer's weight gradient, the weight gradient of a strided 1x1 whose input
+is not the output times the stride; a first layer's weight gradient with output channels not a
+multiple of 16 (oneDNN's gemm fallback) or at least 124 wide (spatial blocking by L2 size), strided
+with dilation, brgconv_strided where its jobs may not split evenly over the threads (`_data_brgemm_ok`:
+its efficiency search then splits rows, not ported); grouped and depthwise, and channels-last bf16
+convolutions; fp16; AMX (brgemm kernels) and AVX-512 without BF16 (emulated bf16). The 1x1 load groups
+assume an L2 of 1 MiB a core (`_L2_ELEMS`).
 """
 
 from __future__ import annotations
@@ -51,6 +48,7 @@ from .conv_onednn import Blocked, Conv, brgemm_scratch
 
 _ALIGN = 128  # oneDNN's scratchpad entries are aligned to 128 bytes
 _BLOCK = 16
+_L2_ELEMS = 1024 * 1024 // 2  # a 1 MiB L2 a core in bf16 elements (oneDNN's `L2_size`)
 
 
 def _rup(a: int, b: int) -> int:
@@ -102,9 +100,8 @@ def bf16_forward_scratch(cv: Conv) -> int:
     the output pixels."""
     o = _rup(cv.o, _BLOCK)
     total = _entry(cv.bytes(o)) if cv.bias and o != cv.o else 0
-    if is_1x1(cv) or (pointwise(cv) and _rtus(cv)):  # the pixels rounded up to `ur`
-        pixels = _rup(cv.ho * cv.wo, _ur_1x1(cv, o, cv.ho, cv.ho * cv.wo))
-        total += _entry(cv.nthr * o * pixels * 4)
+    if is_1x1(cv) or (pointwise(cv) and _rtus(cv)):
+        total += bf16_1x1_store(cv, o, _rup(cv.c, _BLOCK), cv.ho)
     if pointwise(cv) and _rtus(cv):
         total += _entry(cv.bytes(cv.nthr * _rup(cv.c, _BLOCK) * cv.ho * cv.wo))
     return total
@@ -207,7 +204,7 @@ def bf16_backward_modelled(cv: Conv, grad_input: bool, grad_weight: bool) -> boo
     kernel (unit stride) or brgconv_strided (`_data_brgemm_ok`); the weight gradient where the direct
     kernel takes it (`_weights_ok`)."""
     if pointwise(cv):  # the 1x1 kernel; strided data: brgconv_strided
-        data_ok = _data_brgemm_ok(cv) if cv.strided else bf16_1x1_data_ok(cv)
+        data_ok = not cv.strided or _data_brgemm_ok(cv)
         return (not grad_input or data_ok) and (not grad_weight or bf16_1x1_weights_ok(cv))
     if grad_input and cv.strided and not _data_brgemm_ok(cv):
         return False
@@ -409,28 +406,60 @@ def _ur_1x1(cv: Conv, load: int, rows: int, pixels: int) -> int:
     return ur
 
 
-def _data_1x1_ur(cv: Conv) -> int:
-    return _ur_1x1(cv, _rup(cv.c, _BLOCK), cv.h, cv.h * cv.w)
+def _load_groups(cv: Conv, load: int, reduce: int, ur: int) -> int:
+    """`init_conf`'s load-group count (forward and backward data): with fewer images than threads, a
+    float cost estimate over the groups; else the threads the images' pixel blocks leave; then at least
+    4 for few pixels and weights of half the L2 or more (an L2 of 1 MiB a core assumed, as on every
+    AVX-512-BF16 CPU without AMX), 2 for few pixels and a wide load."""
+    nthr, pixels = cv.nthr, cv.ho * cv.wo
+    nb_load, nb_bcast = load // _BLOCK, _cdiv(pixels, ur)
+    if nthr <= 28 and cv.n < nthr and nb_load * nb_bcast > nthr:
+        ratio = _f32(_f32(load * reduce) / _f32(cv.n * pixels * reduce))
+
+        def job(lb: int, tg: int, mem_k: float) -> float:
+            bb = cv.n * _cdiv(nb_bcast, tg)
+            calc = _f32(_f32(_f32(bb * ur) * _f32(lb * _BLOCK)) * reduce)
+            mem = _f32(_f32(bb * ur + lb * _BLOCK) * reduce)
+            return _f32(_f32(_f32(0.01) * calc) + _f32(_f32(mem_k) * mem))
+
+        best, groups = float("inf"), nthr if ratio > 1 else 1
+        for i in range(nthr):
+            lgc = nthr - i if ratio > 1 else i + 1
+            min_tg, max_tg = nthr // lgc, _cdiv(nthr, lgc)
+            mem_k = 1.0 if max_tg == 1 else 1.3
+            if nthr % lgc < nb_load % lgc:
+                cost = job(_cdiv(nb_load, lgc), min_tg, mem_k)
+            else:
+                cost = max(job(_cdiv(nb_load, lgc), max_tg, mem_k), job(nb_load // lgc, min_tg, mem_k))
+            if cost < best:
+                best, groups = cost, lgc
+    else:
+        groups = _cdiv(nthr, cv.n * nb_bcast)
+        groups = _best_divider(nthr, groups, 2 * groups, False)
+    if 8 * cv.n // nthr >= 1 and pixels <= 64 and load * reduce >= _L2_ELEMS:
+        groups = max(groups, 4)
+    elif pixels <= 49 and cv.n <= nthr and load > 512 and load // reduce >= 4:
+        groups = max(groups, 2)
+    return groups
 
 
-def bf16_1x1_data_ok(cv: Conv) -> bool:
-    """The 1x1 backward-data pass as modelled: unit stride, at least as many images as threads (one
-    load group: the `mb < nthr` heuristic is not ported), and neither the L2-sized regrouping of small
-    pixel counts (`bcast_dim <= 64` with weights of half the L2 or more: assumes an L2 of 512 KiB or
-    more, as every AVX-512-BF16 CPU has) nor the
-    thread cut of tiny problems (`is_adjust_thread`)."""
-    c, o, os_ = _rup(cv.c, _BLOCK), _rup(cv.o, _BLOCK), cv.h * cv.w
-    nb_bcast = _cdiv(os_, _data_1x1_ur(cv))
-    regroup = (os_ <= 64 and c * o >= 256 * 1024) or (os_ <= 49 and c > 512 and c // o >= 4)
-    tiny = 2 * cv.n * os_ * o < 8192 and nb_bcast * (c // _BLOCK) < cv.nthr
-    return cv.n >= cv.nthr and not regroup and not tiny
+def bf16_1x1_store(cv: Conv, load: int, reduce: int, rows: int) -> int:
+    """`key_conv_store_wsp` (1x1 forward and backward data): a float block per thread of its load
+    group's channels (`load` padded to 16, split in groups) times the output pixels rounded up to `ur`,
+    the threads cut to the blocks of a tiny problem (`is_adjust_thread`)."""
+    pixels = cv.ho * cv.wo
+    ur = _ur_1x1(cv, load, rows, pixels)
+    nthr, groups = cv.nthr, _load_groups(cv, load, reduce, ur)
+    nb_bcast, nb_load = _cdiv(pixels, ur), load // _BLOCK
+    if 2 * cv.n * pixels * reduce < 8192 and nb_bcast * nb_load < nthr:
+        nthr = min(nthr, max(nb_bcast, nb_load))
+    per_thread = _rup(_cdiv(load, _cdiv(nthr, _cdiv(nthr, groups))), _BLOCK)
+    return _entry(4 * nthr * _rup(pixels, ur) * per_thread)
 
 
 def bf16_1x1_data_scratch(cv: Conv) -> int:
-    """`key_conv_store_wsp`: a float block per thread of the input channels (padded to 16) times the pixels
-    (rounded up to `ur`), where the bf16 diff-src is accumulated."""
-    os_ = cv.h * cv.w
-    return _entry(4 * cv.nthr * _rup(os_, _data_1x1_ur(cv)) * _rup(cv.c, _BLOCK))
+    """The 1x1 backward data's store workspace, where the bf16 diff-src is accumulated in float."""
+    return bf16_1x1_store(cv, _rup(cv.c, _BLOCK), _rup(cv.o, _BLOCK), cv.h)
 
 
 def _weights_1x1_reduce_block(cv: Conv, permw: bool) -> int:
