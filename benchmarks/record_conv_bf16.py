@@ -7,7 +7,8 @@ order. tests/test_rules_isa.py replays each case's rule with the ISA forced to t
 holds its events equal. The cases cover oneDNN's AVX-512-BF16 direct backward kernels and brgconv_strided
 (backward data, strided): unit-stride 3x3, first layers (input and weight gradients), strided (even and
 uneven widths, 8 to 256 input channels), 2x2/5x5/7x7, dilation, wide rows, the full-spatial harness (128
-channels or more), 1 to 16 threads."""
+channels or more), 1x1 (the 1x1 kernel: data and weights; strided data on brgconv_strided), 1 to 16
+threads; and 1x1 forward calls ("forward": the store workspace's rounding, strided copies)."""
 
 import json
 
@@ -56,6 +57,56 @@ CASES = [
     (2, 3, 32, 20, 48, 3, 1, 1, 1, True, (1, 1, 1), 2),
     (1, 3, 8, 9, 17, 2, 1, 1, 1, False, (1, 0, 0), 1),
     (8, 128, 7, 20, 17, 2, 1, 1, 1, True, (1, 1, 1), 3),
+    (4, 64, 16, 16, 64, 1, 1, 0, 1, False, (1, 1, 0), 2),  # 1x1 (test_rules_cpu bf16-1x1)
+    (4, 64, 16, 16, 256, 1, 1, 0, 1, False, (1, 1, 0), 2),
+    (4, 256, 16, 16, 64, 1, 1, 0, 1, True, (1, 1, 1), 2),
+    (4, 64, 16, 16, 64, 1, 1, 0, 1, False, (1, 1, 0), 1),
+    (4, 64, 16, 16, 64, 1, 1, 0, 1, False, (1, 1, 0), 4),
+    (2, 24, 8, 8, 40, 1, 1, 0, 1, True, (1, 1, 1), 2),
+    (8, 256, 14, 14, 64, 1, 1, 0, 1, False, (1, 1, 0), 2),  # rows of 14: no permw transposition
+    (8, 64, 14, 14, 256, 1, 1, 0, 1, True, (1, 1, 1), 3),
+    (4, 512, 7, 7, 128, 1, 1, 0, 1, False, (1, 1, 0), 2),
+    (4, 128, 7, 7, 512, 1, 1, 0, 1, False, (1, 1, 0), 4),
+    (3, 96, 28, 28, 160, 1, 1, 0, 1, False, (1, 1, 0), 3),
+    (6, 160, 20, 20, 48, 1, 1, 0, 1, True, (1, 1, 1), 2),
+    (2, 32, 56, 56, 128, 1, 1, 0, 1, False, (1, 1, 0), 2),
+    (16, 256, 28, 28, 128, 1, 1, 0, 1, False, (0, 1, 0), 16),
+    (4, 48, 30, 17, 96, 1, 1, 0, 1, False, (1, 1, 0), 4),
+    (2, 16, 7, 9, 16, 1, 1, 0, 1, False, (1, 1, 0), 1),
+    (4, 64, 16, 16, 128, 1, 2, 0, 1, False, (1, 1, 0), 2),  # 1x1 strided (test_rules_cpu bf16-1x1-strided)
+    (8, 256, 28, 28, 512, 1, 2, 0, 1, False, (1, 1, 0), 2),
+    (8, 512, 14, 14, 1024, 1, 2, 0, 1, True, (0, 1, 1), 4),
+    (4, 64, 56, 56, 128, 1, 2, 0, 1, False, (1, 1, 0), 4),
+    (2, 48, 30, 30, 32, 1, 2, 0, 1, True, (1, 1, 1), 1),
+    (6, 128, 32, 32, 64, 1, 2, 0, 1, False, (0, 1, 0), 2),
+    (1, 64, 16, 16, 192, 1, 1, 0, 1, False, (1, 1, 0), 2),  # 1x1, fewer images than threads: load groups
+    (1, 512, 7, 7, 2048, 1, 1, 0, 1, False, (1, 0, 0), 2),
+    (1, 2048, 7, 7, 512, 1, 1, 0, 1, False, (1, 0, 0), 4),
+    (2, 64, 28, 28, 256, 1, 1, 0, 1, False, (1, 0, 0), 8),
+    (2, 1024, 7, 7, 256, 1, 1, 0, 1, False, (1, 0, 0), 2),
+    (1, 16, 4, 4, 16, 1, 1, 0, 1, False, (1, 0, 0), 4),  # tiny: fewer threads
+    (3, 96, 8, 8, 40, 1, 1, 0, 1, False, (1, 0, 0), 5),
+]
+
+# 1x1 forward calls (n, c, h, w, out channels, stride, threads): the pixels rounded to the register
+# blocking, and strided (reduce-to-unit-stride) copies
+FORWARD = [
+    (2, 64, 16, 16, 192, 1, 2),
+    (2, 192, 14, 14, 160, 1, 2),
+    (1, 32, 20, 20, 48, 1, 16),
+    (4, 64, 16, 16, 128, 2, 2),
+    (8, 256, 28, 28, 512, 2, 2),
+    (4, 64, 30, 30, 48, 2, 3),
+    (1, 64, 16, 16, 192, 1, 2),  # fewer images than threads: load groups
+    (1, 256, 14, 14, 1024, 1, 2),
+    (1, 2048, 7, 7, 512, 1, 2),
+    (1, 512, 7, 7, 2048, 1, 4),
+    (2, 64, 28, 28, 256, 1, 8),
+    (1, 256, 56, 56, 128, 2, 3),
+    (4, 1024, 7, 7, 256, 1, 2),
+    (1, 16, 4, 4, 16, 1, 4),  # tiny: fewer threads
+    (3, 40, 8, 8, 96, 1, 5),
+    (2, 64, 15, 15, 128, 2, 2),  # strided, odd input: the direct kernel, no scratchpad
 ]
 
 
@@ -98,4 +149,29 @@ def record(case):
     }
 
 
-print(json.dumps({"machine": machine(), "cases": [record(c) for c in CASES]}, indent=1))
+def record_forward(case):
+    n, c, h, w, o, s, threads = case
+    torch.set_num_threads(threads)
+    x = torch.randn(n, c, h, w, dtype=torch.bfloat16)
+    wt = torch.randn(o, c, 1, 1, dtype=torch.bfloat16)
+    args = (x, wt, None, [s, s], [0, 0], [1, 1], False, [0, 0], 1)
+    torch.ops.aten.convolution(*args)  # warm: oneDNN's primitive cache
+    return {
+        "input": [n, c, h, w],
+        "out_channels": o,
+        "stride": s,
+        "threads": threads,
+        "events": events(lambda: torch.ops.aten.convolution(*args)),
+    }
+
+
+print(
+    json.dumps(
+        {
+            "machine": machine(),
+            "cases": [record(c) for c in CASES],
+            "forward": [record_forward(c) for c in FORWARD],
+        },
+        indent=1,
+    )
+)

@@ -92,6 +92,11 @@ CASES = [
         onednn=False,
     ),
     Case("bf16-strided", (2, 16, 32, 32), 32, 3, stride=2, padding=1, dtype=torch.bfloat16, onednn=False),
+    Case("bf16-1x1", (4, 64, 16, 16), 64, 1, bias=False, dtype=torch.bfloat16, onednn=False),
+    Case("bf16-1x1-expand", (8, 64, 14, 14), 256, 1, dtype=torch.bfloat16, onednn=False),
+    Case(
+        "bf16-1x1-strided", (4, 64, 16, 16), 128, 1, stride=2, bias=False, dtype=torch.bfloat16, onednn=False
+    ),
     Case("slow-view-input", (1, 8, 16, 12), 16, 3, padding=1, contiguous=False, onednn=False),
 ]
 

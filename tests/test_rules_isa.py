@@ -176,3 +176,31 @@ def test_bf16_conv_backward_matches_the_recorded_events(case: dict[str, Any]) ->
     with forced_isa({**_CONV_BF16["machine"], "threads": case["threads"]}):
         assert cpu_isa.onednn_isa() == "avx512_core_bf16"
         assert _conv_backward_events(case) == case["events"]
+
+
+def _conv_forward_events(case: dict[str, Any]) -> list[int]:
+    """One recorded 1x1 `convolution` call replayed by the CPU rules on meta tensors."""
+    n, c, h, w = case["input"]
+    s = case["stride"]
+    x = torch.empty(n, c, h, w, dtype=torch.bfloat16, device="meta")
+    wt = torch.empty(case["out_channels"], c, 1, 1, dtype=torch.bfloat16, device="meta")
+    args = (x, wt, None, [s, s], [0, 0], [1, 1], False, [0, 0], 1)
+    out = torch.ops.aten.convolution.default(*args)
+    rec = Recorder(DeviceModel("cpu"))
+    rec.on_op(torch.ops.aten.convolution.default, args, {}, out)
+    return [e.nbytes if e.kind is Kind.ALLOC else -e.nbytes for e in rec.events]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not built in")
+@pytest.mark.skipif(not cpu_isa.is_x86(), reason="oneDNN's x86 kernels cannot be forced off x86")
+@pytest.mark.parametrize(
+    "case",
+    _CONV_BF16["forward"],
+    ids=lambda c: "n{}c{}h{}w{}-o{}s{}-t{}".format(*c["input"], c["out_channels"], c["stride"], c["threads"]),
+)
+def test_bf16_conv_1x1_forward_matches_the_recorded_events(case: dict[str, Any]) -> None:
+    """oneDNN's AVX-512-BF16 1x1 forward: its store workspace (pixels rounded up to the register
+    blocking) and, strided, its reduce-to-unit-stride copy, as recorded by benchmarks/record_conv_bf16.py."""
+    with forced_isa({**_CONV_BF16["machine"], "threads": case["threads"]}):
+        assert cpu_isa.onednn_isa() == "avx512_core_bf16"
+        assert _conv_forward_events(case) == case["events"]

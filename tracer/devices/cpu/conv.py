@@ -36,6 +36,8 @@ import torch
 from ...core.registry import Workspace, rule
 from . import isa as cpu_isa
 from .conv_bf16 import (
+    bf16_1x1_data_scratch,
+    bf16_1x1_weights_scratch,
     bf16_backward_modelled,
     bf16_data_brgemm,
     bf16_data_layout,
@@ -43,6 +45,8 @@ from .conv_bf16 import (
     bf16_layout,
     bf16_modelled,
     bf16_weights_scratch,
+    is_1x1,
+    pointwise,
 )
 from .conv_onednn import (
     Conv,
@@ -170,10 +174,11 @@ def _backward_data(ws: Workspace, cv: Conv) -> None:
     if cv.dtype == torch.bfloat16 and cv.strided:  # conv_bf16.py: brgconv_strided
         _backward_data_brgemm(ws, cv, *bf16_data_brgemm(cv))
         return
-    if cv.dtype == torch.bfloat16:  # conv_bf16.py: the direct kernel, no scratchpad
+    if cv.dtype == torch.bfloat16:  # conv_bf16.py: the direct kernel (no scratchpad) or the 1x1 kernel
         lay = bf16_data_layout(cv)
         gy, wei, gx = ws.alloc(cv.bytes(lay.dst)), ws.alloc(cv.bytes(lay.wei)), ws.alloc(cv.bytes(lay.src))
-        for key in (wei, gy):
+        scratch = ws.alloc(bf16_1x1_data_scratch(cv) if is_1x1(cv) else 0)
+        for key in (scratch, wei, gy):
             ws.free(key)
         ws.output(0)
         ws.free(gx)
@@ -216,7 +221,8 @@ def _backward_weights(ws: Workspace, cv: Conv, grad_bias: bool) -> None:
     if cv.dtype == torch.bfloat16:  # conv_bf16.py; a first layer's weights are not padded
         lay = bf16_layout(cv)
         wei = lay.wei if cv.c >= 16 else _rup16(cv.o) * cv.c * cv.kh * cv.kw
-        lay, scratch_bytes = replace(lay, wei=wei), bf16_weights_scratch(cv)
+        scratch_bytes = bf16_1x1_weights_scratch(cv) if pointwise(cv) else bf16_weights_scratch(cv)
+        lay = replace(lay, wei=wei)
     else:
         kind = weights_kind(cv)
         lay, scratch_bytes = layout(cv, kind), weights_scratch(cv, kind)

@@ -19,22 +19,27 @@ tests/test_rules_isa.py) and oneDNN's `init_scratchpad`:
   fp32's scratchpad plus a float accumulation buffer);
 - backward weights (direct kernel): `bf16_weights_scratch`, ported from oneDNN v3.12's `init_conf`,
   `balance` (the thread split, computed in float as there) and `init_scratchpad`.
+- 1x1 (`jit_avx512_core_bf16_1x1_conv_kernel`): backward data at unit stride, blocked operands plus a
+  float store workspace per thread (`bf16_1x1_data_scratch`; strided: brgconv_strided with its 1x1 channel
+  block); backward weights, its own `balance` (float weight buffers per minibatch thread, a barrier, the
+  transposed operands below 15 rows, and when strided the reduce-to-unit-stride copy:
+  `bf16_1x1_weights_scratch`); the strided forward's copy too (`bf16_forward_scratch`).
 
 The backward passes were checked event for event against the allocator on such a CPU (oneDNN v3.12,
 1 to 16 threads; tests/data/cpu-avx512-bf16/ops, held in tests/test_rules_isa.py). Not modelled here
-(outputs only): 1x1 backward passes, a first layer's weight gradient with output channels not a multiple
-of 16 (oneDNN's gemm fallback) or at least 124 wide (spatial blocking by L2 size), strided with dilation,
-brgconv_strided where its jobs may not split evenly over the threads (`_data_brgemm_ok`: its efficiency
-search then splits rows, not ported); grouped and depthwise, strided 1x1 (rtus) and channels-last bf16
-convolutions; fp16; AMX (brgemm kernels) and AVX-512 without BF16 (emulated bf16). One recorded 1x1
-forward (192 output channels, 16x16 pixels) booked 3,072 bytes more than this model (0.8% of its
-accumulation block): not explained.
+(outputs only): a 1x1 first layer's weight gradient, the weight gradient of a strided 1x1 whose input
+is not the output times the stride; a first layer's weight gradient with output channels not a
+multiple of 16 (oneDNN's gemm fallback) or at least 124 wide (spatial blocking by L2 size), strided
+with dilation, brgconv_strided where its jobs may not split evenly over the threads (`_data_brgemm_ok`:
+its efficiency search then splits rows, not ported); grouped and depthwise, and channels-last bf16
+convolutions; fp16; AMX (brgemm kernels) and AVX-512 without BF16 (emulated bf16). The 1x1 load groups
+assume an L2 of 1 MiB a core (`_L2_ELEMS`).
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -43,6 +48,7 @@ from .conv_onednn import Blocked, Conv, brgemm_scratch
 
 _ALIGN = 128  # oneDNN's scratchpad entries are aligned to 128 bytes
 _BLOCK = 16
+_L2_ELEMS = 1024 * 1024 // 2  # a 1 MiB L2 a core in bf16 elements (oneDNN's `L2_size`)
 
 
 def _rup(a: int, b: int) -> int:
@@ -68,6 +74,11 @@ def is_1x1(cv: Conv) -> bool:
     return cv.kh == cv.kw == 1 and cv.ph == cv.pw == 0 and not cv.strided
 
 
+def pointwise(cv: Conv) -> bool:
+    """A 1x1 kernel, unpadded (any stride): oneDNN's 1x1 kernels take it."""
+    return cv.kh == cv.kw == 1 and cv.ph == cv.pw == 0
+
+
 def bf16_layout(cv: Conv) -> Blocked:
     """Element counts of the reordered source (0: plain), weights and blocked destination."""
     o = _rup(cv.o, _BLOCK)
@@ -84,11 +95,15 @@ def bf16_data_layout(cv: Conv) -> Blocked:
 
 
 def bf16_forward_scratch(cv: Conv) -> int:
-    """The padded bias (bf16) and, for 1x1, the per-thread float accumulation block."""
+    """The padded bias (bf16) and, for 1x1, the per-thread float accumulation block; strided 1x1 (where
+    `_rtus`): also the unit-stride copy of the source, per thread its channels (`nb_reduce` blocks) of
+    the output pixels."""
     o = _rup(cv.o, _BLOCK)
     total = _entry(cv.bytes(o)) if cv.bias and o != cv.o else 0
-    if is_1x1(cv):
-        total += _entry(cv.nthr * o * cv.ho * cv.wo * 4)
+    if is_1x1(cv) or (pointwise(cv) and _rtus(cv)):
+        total += bf16_1x1_store(cv, o, _rup(cv.c, _BLOCK), cv.ho)
+    if pointwise(cv) and _rtus(cv):
+        total += _entry(cv.bytes(cv.nthr * _rup(cv.c, _BLOCK) * cv.ho * cv.wo))
     return total
 
 
@@ -188,8 +203,9 @@ def bf16_backward_modelled(cv: Conv, grad_input: bool, grad_weight: bool) -> boo
     """The backward passes modelled: not 1x1 (oneDNN's 1x1 kernels); the input gradient by the direct
     kernel (unit stride) or brgconv_strided (`_data_brgemm_ok`); the weight gradient where the direct
     kernel takes it (`_weights_ok`)."""
-    if cv.kh == cv.kw == 1 and cv.ph == cv.pw == 0:
-        return False
+    if pointwise(cv):  # the 1x1 kernel; strided data: brgconv_strided
+        data_ok = not cv.strided or _data_brgemm_ok(cv)
+        return (not grad_input or data_ok) and (not grad_weight or bf16_1x1_weights_ok(cv))
     if grad_input and cv.strided and not _data_brgemm_ok(cv):
         return False
     return not grad_weight or _weights_ok(cv)
@@ -201,11 +217,19 @@ def bf16_backward_modelled(cv: Conv, grad_input: bool, grad_weight: bool) -> boo
 def _data_ic_block(cv: Conv) -> int:
     """The input-channel block of brgconv_strided: the largest of 64, 48, 32, 16 (at most the channels
     rounded up to 16) that `fast_check_ic_block` admits. oneDNN then picks by an efficiency estimate (not
-    ported); the largest admitted won on every shape measured (16 to 128 channels, 2 threads)."""
+    ported); the largest admitted won on every shape measured (16 to 256 channels, 1 to 16 threads).
+    A 1x1 kernel (unpadded) has its own check: 64 with 64 input pixels a stride step or more, 48 where
+    it pads the channels by under 5%."""
     rnd_ic = _rup(cv.c, _BLOCK)
     big_spatial = cv.ho * cv.wo > 81 * cv.sh * cv.sw
     for icb in range(min(_cdiv(cv.c, _BLOCK), 4), 1, -1):
         block = icb * _BLOCK
+        if pointwise(cv):  # `fast_check_ic_block_1x1`
+            if block == 64 and not (rnd_ic % 64 == 0 and cv.h * cv.w >= 64 * cv.sh * cv.sw):
+                continue
+            if block == 48 and _f32(cv.c / _rup(cv.c, 48)) < _f32(0.95):
+                continue
+            return block
         if block == 64 and not (rnd_ic % 64 == 0 and rnd_ic * 2 < 192 * 4):
             continue
         if block == 48 and not (rnd_ic % 48 == 0 and rnd_ic * 2 <= 384 * 4 and big_spatial):
@@ -346,3 +370,164 @@ def bf16_weights_scratch(cv: Conv) -> int:
         + _entry(reduction * 4)
         + _barriers(1)
     )
+
+
+# --- 1x1, unit stride: jit_avx512_core_bf16_1x1_conv_kernel (bwd_data, bwd_weights)
+
+
+def _best_divider(value: int, low: int, high: int, find_max: bool, step: int = 1) -> int:
+    """oneDNN's `best_divider` (jit_uni_1x1_conv_utils.hpp): the divider in [low, high], from high down by
+    `step`, that leaves the least padding (the first of equals if find_max, else the last)."""
+    high = max(1, min(high, value))
+    low = max(1, min(low, high))
+    best, pick = float("inf"), high
+    for d in range(high, low - 1, -step):
+        loss = _f32((_rup(value, d) - value) / _rup(value, d))
+        if loss < best or (not find_max and loss == best):
+            best, pick = loss, d
+    return pick
+
+
+def _ur_1x1(cv: Conv, load: int, rows: int, pixels: int) -> int:
+    """The 1x1 kernel's register blocking `ur` (pixels a step) for the forward and backward data passes
+    (`init_conf`): a divisor of the rows (or of the pixels, below 14 rows) in [min, max] registers, else
+    the one of least tail; `load` the channels computed (padded), `rows` the rows iterated."""
+    expl = 8 * cv.n // cv.nthr >= 1
+    hi, lo = (6, 5) if expl and 128 < load < 256 and 10 < rows < 28 else (9, 6) if expl else (30, 9)
+    for ur in range(hi, lo - 1, -1):
+        if (rows >= 14 and rows % ur == 0) or (rows < 14 and pixels % ur == 0):
+            return ur
+    ur, tail = min(hi, pixels), pixels % hi
+    for i in range(hi, lo - 1, -1):
+        if pixels % i > tail or pixels % i == 0:
+            ur, tail = i, pixels % i
+            if tail == 0:
+                break
+    return ur
+
+
+def _load_groups(cv: Conv, load: int, reduce: int, ur: int) -> int:
+    """`init_conf`'s load-group count (forward and backward data): with fewer images than threads, a
+    float cost estimate over the groups; else the threads the images' pixel blocks leave; then at least
+    4 for few pixels and weights of half the L2 or more (an L2 of 1 MiB a core assumed, as on every
+    AVX-512-BF16 CPU without AMX), 2 for few pixels and a wide load."""
+    nthr, pixels = cv.nthr, cv.ho * cv.wo
+    nb_load, nb_bcast = load // _BLOCK, _cdiv(pixels, ur)
+    if nthr <= 28 and cv.n < nthr and nb_load * nb_bcast > nthr:
+        ratio = _f32(_f32(load * reduce) / _f32(cv.n * pixels * reduce))
+
+        def job(lb: int, tg: int, mem_k: float) -> float:
+            bb = cv.n * _cdiv(nb_bcast, tg)
+            calc = _f32(_f32(_f32(bb * ur) * _f32(lb * _BLOCK)) * reduce)
+            mem = _f32(_f32(bb * ur + lb * _BLOCK) * reduce)
+            return _f32(_f32(_f32(0.01) * calc) + _f32(_f32(mem_k) * mem))
+
+        best, groups = float("inf"), nthr if ratio > 1 else 1
+        for i in range(nthr):
+            lgc = nthr - i if ratio > 1 else i + 1
+            min_tg, max_tg = nthr // lgc, _cdiv(nthr, lgc)
+            mem_k = 1.0 if max_tg == 1 else 1.3
+            if nthr % lgc < nb_load % lgc:
+                cost = job(_cdiv(nb_load, lgc), min_tg, mem_k)
+            else:
+                cost = max(job(_cdiv(nb_load, lgc), max_tg, mem_k), job(nb_load // lgc, min_tg, mem_k))
+            if cost < best:
+                best, groups = cost, lgc
+    else:
+        groups = _cdiv(nthr, cv.n * nb_bcast)
+        groups = _best_divider(nthr, groups, 2 * groups, False)
+    if 8 * cv.n // nthr >= 1 and pixels <= 64 and load * reduce >= _L2_ELEMS:
+        groups = max(groups, 4)
+    elif pixels <= 49 and cv.n <= nthr and load > 512 and load // reduce >= 4:
+        groups = max(groups, 2)
+    return groups
+
+
+def bf16_1x1_store(cv: Conv, load: int, reduce: int, rows: int) -> int:
+    """`key_conv_store_wsp` (1x1 forward and backward data): a float block per thread of its load
+    group's channels (`load` padded to 16, split in groups) times the output pixels rounded up to `ur`,
+    the threads cut to the blocks of a tiny problem (`is_adjust_thread`)."""
+    pixels = cv.ho * cv.wo
+    ur = _ur_1x1(cv, load, rows, pixels)
+    nthr, groups = cv.nthr, _load_groups(cv, load, reduce, ur)
+    nb_bcast, nb_load = _cdiv(pixels, ur), load // _BLOCK
+    if 2 * cv.n * pixels * reduce < 8192 and nb_bcast * nb_load < nthr:
+        nthr = min(nthr, max(nb_bcast, nb_load))
+    per_thread = _rup(_cdiv(load, _cdiv(nthr, _cdiv(nthr, groups))), _BLOCK)
+    return _entry(4 * nthr * _rup(pixels, ur) * per_thread)
+
+
+def bf16_1x1_data_scratch(cv: Conv) -> int:
+    """The 1x1 backward data's store workspace, where the bf16 diff-src is accumulated in float."""
+    return bf16_1x1_store(cv, _rup(cv.c, _BLOCK), _rup(cv.o, _BLOCK), cv.h)
+
+
+def _weights_1x1_reduce_block(cv: Conv, permw: bool) -> int:
+    is_ = cv.h * cv.w
+    block = _best_divider(is_, 7, min(256, is_), True, 2) if permw else _best_divider(is_, 8, 16, True, 2)
+    if is_ % block:
+        block = _best_divider(cv.w, 4, cv.w, permw, 2)
+    block = 1 if block > 256 else block
+    return block if permw else _rup(block, 2)
+
+
+def _balance_1x1(cv: Conv, reduce_block: int) -> tuple[int, int]:
+    """`jit_avx512_core_bf16_1x1_conv_kernel::balance` (unit stride, one group): (threads used, minibatch
+    threads), the split of least memory cost (the last of equals)."""
+    nthr = cv.nthr
+    nb_bcast, nb_load = _cdiv(cv.c, _BLOCK), _cdiv(cv.o, _BLOCK)
+    red = cv.n * _cdiv(cv.h * cv.w, reduce_block)
+    out_k = 4 * max(1, _rup(cv.o, _BLOCK) // _rup(cv.c, _BLOCK))
+
+    def cost(mb: int, oc_b: int, ic_b: int) -> int:
+        share = _cdiv(red, mb)
+        bcast = share * _cdiv(nb_bcast, ic_b) * _BLOCK * reduce_block
+        load = share * _cdiv(nb_load, oc_b) * _BLOCK * reduce_block
+        return bcast + load + out_k * _cdiv(nb_load, oc_b) * _cdiv(nb_bcast, ic_b) * _BLOCK * _BLOCK
+
+    best, split = cost(1, 1, 1), (1, 1, 1)
+    for mb in range(1, min(nthr, red) + 1):
+        par = nthr // mb
+        for oc_b in range(1, min(par, nb_load) + 1):
+            ic_b = min(par // oc_b, nb_bcast)
+            c = cost(mb, oc_b, ic_b)
+            if c <= best:
+                best, split = c, (mb, oc_b, ic_b)
+    mb, oc_b, ic_b = split
+    if nthr // 2 < mb < nthr:
+        mb = min(cv.n, nthr)
+    return mb * oc_b * ic_b, mb
+
+
+def _rtus(cv: Conv) -> bool:
+    """`rtus_prepare` applies: strided, and the input exactly the output times the stride."""
+    return cv.strided and (cv.h, cv.w) == (cv.ho * cv.sh, cv.wo * cv.sw)
+
+
+def bf16_1x1_weights_ok(cv: Conv) -> bool:
+    """The 1x1 weight gradient as modelled: at least 16 input channels; strided only where oneDNN
+    reduces it to unit stride (`_rtus`)."""
+    return cv.c >= _BLOCK and (not cv.strided or _rtus(cv))
+
+
+def bf16_1x1_weights_scratch(cv: Conv) -> int:
+    """`init_scratchpad` of the 1x1 weight gradient: a padded bias (output channels not a multiple of
+    16), the float weight (and bias) buffers, one per minibatch thread (the diff-weights are bf16), their
+    barrier when the minibatch is split and, without the permw transposition (rows of 14 or fewer), the
+    transposed diff-dst and source per thread (pixels rounded to a pair, 16 channels, times the load /
+    bcast blocking)."""
+    strided, cv = cv.strided, replace(cv, h=cv.ho, w=cv.wo, sh=1, sw=1)  # rtus: the strided pixels copied
+    c, o, is_ = _rup(cv.c, _BLOCK), _rup(cv.o, _BLOCK), cv.h * cv.w
+    permw = cv.h > 14 and cv.w > 14
+    nthr, nthr_mb = _balance_1x1(cv, _weights_1x1_reduce_block(cv, permw))
+    bcast_max = _best_divider(c // _BLOCK, 5, c // _BLOCK, False)
+    total = _entry(cv.bytes(o)) if cv.bias and o != cv.o else 0
+    total += _entry(4 * nthr_mb * (o * c + (o if cv.bias else 0)))
+    total += _barriers(1) if nthr_mb > 1 else 0
+    if not permw:
+        load_max = _best_divider(o // _BLOCK, 16, o // _BLOCK, False)
+        total += _entry(cv.bytes(nthr * _rup(is_, 2) * _BLOCK * load_max))
+        total += _entry(cv.bytes(nthr * _rup(is_, 2) * _BLOCK * bcast_max))
+    if strided:  # `rtus_prepare_space_info`: per thread, the bcast blocking's channels of the pixels
+        total += _entry(cv.bytes(nthr * bcast_max * is_ * _BLOCK))
+    return total
