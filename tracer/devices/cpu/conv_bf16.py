@@ -38,25 +38,19 @@ assume an L2 of 1 MiB a core (`_L2_ELEMS`).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, replace
 
 import torch
 
 from . import isa as cpu_isa
+from .cfloat import cdiv as _cdiv
+from .cfloat import f32 as _f32
+from .cfloat import rup as _rup
 from .conv_onednn import Blocked, Conv, brgemm_scratch
+from .conv_onednn import entry as _entry
 
-_ALIGN = 128  # oneDNN's scratchpad entries are aligned to 128 bytes
 _BLOCK = 16
 _L2_ELEMS = 1024 * 1024 // 2  # a 1 MiB L2 a core in bf16 elements (oneDNN's `L2_size`)
-
-
-def _rup(a: int, b: int) -> int:
-    return -(-a // b) * b
-
-
-def _entry(nbytes: int) -> int:
-    return nbytes + _ALIGN if nbytes > 0 else 0
 
 
 def bf16_modelled(cv: Conv) -> bool:
@@ -113,10 +107,6 @@ _PAGE = 4096
 _BARRIER_ALIGN = 4096  # a simple_barrier::ctx_t is 4096 bytes, aligned (and so booked) to 4096
 _MAX_UR_W = 28  # jit_avx512_core_bf16_conv_bwd_weights_kernel_f32_t::max_ur_w
 _FULL_SPAT_SET = 48 * 1024  # full_spat_opt_working_set_size
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _barriers(count: int) -> int:
@@ -297,11 +287,6 @@ def _weights_conf(cv: Conv) -> _Weights:
     )
     work = cv.n if full_spatial else cv.n * cv.ho
     return _Weights(ic, oc, ic_block, tr_pad, tr_iw, tr_ow, work)
-
-
-def _f32(x: float) -> float:
-    """x rounded to single precision: the balance computes its costs in float."""
-    return float(struct.unpack("f", struct.pack("f", x))[0])
 
 
 def _chain(x: float, times: tuple[int, ...], over: tuple[int, ...] = ()) -> float:

@@ -17,21 +17,15 @@ from dataclasses import dataclass
 import torch
 
 from . import isa as cpu_isa
+from .cfloat import cdiv as _cdiv
+from .cfloat import rup as _rup
 
 _ALIGN = 128  # oneDNN scratchpad entries are aligned to 128 bytes (memory_tracking.hpp)
 _PAGE = 4096  # page-aligned entries (brgemm buffers)
 _BARRIER = 2 * _PAGE  # one simple_barrier::ctx_t: 4096 bytes, aligned to 4096
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _rup(a: int, b: int) -> int:
-    return _cdiv(a, b) * b
-
-
-def _entry(nbytes: int, align: int = _ALIGN) -> int:
+def entry(nbytes: int, align: int = _ALIGN) -> int:
     """Bytes one scratchpad entry takes in oneDNN's registry (size plus its alignment), 0 if empty."""
     return nbytes + align if nbytes > 0 else 0
 
@@ -243,14 +237,14 @@ def layout(cv: Conv, kind: str) -> Blocked:
 
 def _padded_bias(cv: Conv) -> int:
     o = _rup(cv.o, _block())
-    return _entry(cv.bytes(o)) if cv.bias and o != cv.o else 0
+    return entry(cv.bytes(o)) if cv.bias and o != cv.o else 0
 
 
 def _rtus(cv: Conv, nthr: int, blocks: int) -> int:
     """1x1 with strides: the source subsampled to unit stride, `blocks` channel blocks per thread."""
     if not cv.strided:
         return 0
-    return _entry(cv.bytes(nthr * blocks * _block() * cv.ho * cv.wo))
+    return entry(cv.bytes(nthr * blocks * _block() * cv.ho * cv.wo))
 
 
 def _columns(cv: Conv) -> int:
@@ -265,7 +259,7 @@ def _columns(cv: Conv) -> int:
 
 def forward_scratch(cv: Conv, kind: str) -> int:
     if kind == "gemm":  # im2col columns, one image per thread
-        return _entry(cv.bytes(cv.nthr * _columns(cv)))
+        return entry(cv.bytes(cv.nthr * _columns(cv)))
     rtus = _rtus(cv, cv.nthr, _cdiv(cv.c, _block())) if kind == "1x1" else 0
     return _padded_bias(cv) + rtus
 
@@ -275,7 +269,7 @@ def data_scratch(cv: Conv, kind: str) -> int:
         return _rtus(cv, cv.nthr, _cdiv(cv.c, _block()))
     if kind != "gemm":
         return 0
-    return _entry(cv.bytes(_gemm_data_threads(cv) * _columns(cv)))
+    return entry(cv.bytes(_gemm_data_threads(cv) * _columns(cv)))
 
 
 def _gemm_data_threads(cv: Conv) -> int:
@@ -306,13 +300,11 @@ def brgemm_scratch(cv: Conv, vnni: int = 1) -> int:
     inp = _rup(ohp * owp * (_rup(cv.o, vnni) if cv.w % cv.sw else cv.o), _PAGE)
     batch = _rup(_PAGE, 40)  # a page of 40-byte brgemm batch elements per thread, rounded to whole ones
     total = (
-        _entry(cv.bytes(cv.nthr * inp), _PAGE)
-        + _entry(cv.nthr * _PAGE, _PAGE)
-        + _entry(cv.nthr * batch, _PAGE)
+        entry(cv.bytes(cv.nthr * inp), _PAGE) + entry(cv.nthr * _PAGE, _PAGE) + entry(cv.nthr * batch, _PAGE)
     )
     if cv.w % cv.sw:  # uneven width: transposed execution with an output buffer of whole rows, the row
         # block (`iw_block`) being the width rounded up to the stride
-        total += _entry(cv.bytes(cv.nthr * _rup(_rup(cv.w, cv.sw) * cv.sw * cv.c, _PAGE)), _PAGE)
+        total += entry(cv.bytes(cv.nthr * _rup(_rup(cv.w, cv.sw) * cv.sw * cv.c, _PAGE)), _PAGE)
     return total
 
 
@@ -322,7 +314,7 @@ def _gemm_weights_scratch(cv: Conv) -> int:
     outer = (cv.ho * cv.wo) // cv.nthr < 256 and (cv.n != 1 or cv.g > 2)
     nthr = cv.nthr if outer else 1
     wei = cv.o * (cv.c // cv.g) * cv.kh * cv.kw
-    return _entry(cv.bytes(4 * nthr * wei)) + _entry(cv.bytes(nthr * _columns(cv)))
+    return entry(cv.bytes(4 * nthr * wei)) + entry(cv.bytes(nthr * _columns(cv)))
 
 
 def weights_scratch(cv: Conv, kind: str) -> int:
@@ -345,8 +337,8 @@ def _dw_scratch(cv: Conv) -> int:
     nthr_mb = min(max(1, cv.nthr // nthr_g), cv.n)
     if nthr_mb == 1:
         return 0
-    bias = _entry(4 * g * (nthr_mb - 1)) if cv.bias else 0
-    return _entry(4 * g * cv.kh * cv.kw * (nthr_mb - 1)) + bias
+    bias = entry(4 * g * (nthr_mb - 1)) if cv.bias else 0
+    return entry(4 * g * cv.kh * cv.kw * (nthr_mb - 1)) + bias
 
 
 def _direct_scratch(cv: Conv, first: bool) -> int:
@@ -358,7 +350,7 @@ def _direct_scratch(cv: Conv, first: bool) -> int:
     total = _padded_bias(cv)
     if nthr_mb > 1:
         wei = cv.g * oc * ic * cv.kh * cv.kw + cv.g * oc
-        total += _entry(4 * wei * (nthr_mb - 1)) + _BARRIER
+        total += entry(4 * wei * (nthr_mb - 1)) + _BARRIER
     if cv.bias:
         total += _reducer(nthr, 16, cv.g * oc // 16, cv.n, nthr * 3 * 5 * 5 * 16 * 16)
     return total
@@ -417,7 +409,7 @@ def _1x1_scratch(cv: Conv) -> int:
     nthr_mb, nthr = _1x1_balance(cv, nb_ic, nb_oc)
     total = _padded_bias(cv) + _rtus(cv, nthr, _best_divider(nb_ic, 5, nb_ic, False))
     if nthr_mb > 1:
-        total += _entry(4 * 256 * nb_ic * nb_oc * (nthr_mb - 1)) + _BARRIER
+        total += entry(4 * 256 * nb_ic * nb_oc * (nthr_mb - 1)) + _BARRIER
     if cv.bias:
         total += _reducer(nthr, 16, nb_oc, cv.n, nthr * 3 * 5 * 5 * 16 * 16)
     return total
@@ -455,9 +447,7 @@ def _avx2_scratch(cv: Conv) -> int:
     nb_ic, nb_oc = _cdiv(cv.c // cv.g, 8), _cdiv(cv.o // cv.g, 8)
     total = _reducer(cv.nthr, cv.kh * cv.kw * 64, cv.g * nb_ic * nb_oc, cv.n, 1 << 21)
     if cv.bias:
-        total += _reducer(cv.nthr, 8, cv.g * nb_oc, cv.n, 1 << 21) + (
-            _entry(4 * nb_oc * 8) if cv.o % 8 else 0
-        )
+        total += _reducer(cv.nthr, 8, cv.g * nb_oc, cv.n, 1 << 21) + (entry(4 * nb_oc * 8) if cv.o % 8 else 0)
     return total
 
 
@@ -480,7 +470,7 @@ def _reducer(nthr: int, job: int, njobs: int, reduction: int, max_buffer: int) -
             groups, thr, ub, cost = c_groups, c_thr, c_ub, c_cost
     if thr == 1:
         return 0
-    return _entry(4 * groups * (thr - 1) * ub * job, _PAGE) + groups * _PAGE + _PAGE
+    return entry(4 * groups * (thr - 1) * ub * job, _PAGE) + groups * _PAGE + _PAGE
 
 
 def _best_divider(value: int, lo: int, hi: int, find_max: bool) -> int:

@@ -46,6 +46,9 @@ import torch
 
 from ...core.registry import Workspace, rule
 from . import isa as cpu_isa
+from .cfloat import cdiv as _cdiv
+from .cfloat import f32 as _f32
+from .cfloat import rup as _rnd_up
 
 aten = torch.ops.aten
 
@@ -60,19 +63,6 @@ _BATCH_ELEMENT = 40  # sizeof(brgemm_batch_element_t)
 
 class _Unimplemented(Exception):
     """oneDNN's `status::unimplemented`: this implementation declines, the next one in the list is tried."""
-
-
-def _f32(x: float) -> float:
-    """Round to single precision, as C++ `float` arithmetic does after every operation."""
-    return ctypes.c_float(x).value
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _rnd_up(a: int, b: int) -> int:
-    return _cdiv(a, b) * b
 
 
 def _is_pow2(v: int) -> bool:

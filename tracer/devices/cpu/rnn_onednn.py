@@ -13,11 +13,12 @@ on such a CPU (tests/test_rnn_bf16.py).
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import isa as cpu_isa
+from .cfloat import f32 as _f32
+from .cfloat import rup as _rnd_up
 
 _F32 = 4  # bytes per float32 element
 _BF16 = 2  # bytes per bfloat16 element
@@ -27,10 +28,6 @@ _ALIGN = 128  # oneDNN scratchpad registry's default alignment per booked buffer
 _BATCH_ELEMENT = 40  # sizeof(brgemm_batch_element_t)
 
 # --------------------------------------------------------------------------- oneDNN buffer sizes
-
-
-def _rnd_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
 
 
 def good_ld(dim: int, elem: int = _F32) -> int:
@@ -175,11 +172,6 @@ def _n_block(batch: int) -> int:
 # per thread a block of 32 gate columns over the batch; the sources transposed for the diff-weights gemm
 # (whole for a batch over one, else per thread in row blocks).
 _DIFF_BLOCK = 32  # diff_src_conf.n_block, diff_wei_conf.n_block without AMX
-
-
-def _f32(x: float) -> float:
-    """`x` rounded to a C float (one operation on floats, done in double then rounded, rounds the same)."""
-    return float(struct.unpack("f", struct.pack("f", x))[0])
 
 
 def _fraction(x: float) -> float:
