@@ -38,6 +38,7 @@ assume an L2 of 1 MiB a core (`_L2_ELEMS`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -321,18 +322,28 @@ def _balance(cv: Conv, j: _Weights) -> tuple[int, int, int, int]:
     """`balance` for one group: (threads, minibatch threads, output-channel-block threads, input-channel-
     block threads), the split of least memory cost (the last of equals), `cv.nthr` threads at most."""
     nthr = cv.nthr
-    best, split = _memory_cost(cv, j, 1, 1, 1), (1, 1, 1)
-    for mb in range(1, min(nthr, j.work) + 1):
-        par = nthr // mb
-        for oc_b in range(1, min(par, j.nb_oc) + 1):
-            ic_b = min(par // oc_b, j.nb_ic)
-            cost = _memory_cost(cv, j, mb, oc_b, ic_b)
-            if cost <= best:
-                best, split = cost, (mb, oc_b, ic_b)
-    mb, oc_b, ic_b = split
+    mb, oc_b, ic_b = _least_cost_split(
+        nthr, j.work, j.nb_oc, j.nb_ic, lambda mb, oc_b, ic_b: _memory_cost(cv, j, mb, oc_b, ic_b)
+    )
     if nthr // 2 < mb < nthr:
         mb = min(j.work, nthr)
     return mb * oc_b * ic_b, mb, oc_b, ic_b
+
+
+def _least_cost_split(
+    nthr: int, work: int, nb_oc: int, nb_ic: int, cost: Callable[[int, int, int], float]
+) -> tuple[int, int, int]:
+    """The search both `balance`s run: (minibatch, output-channel-block, input-channel-block) threads, at
+    most `nthr` in all, of least `cost` (the last of equals; one thread each to start)."""
+    best, split = cost(1, 1, 1), (1, 1, 1)
+    for mb in range(1, min(nthr, work) + 1):
+        par = nthr // mb
+        for oc_b in range(1, min(par, nb_oc) + 1):
+            ic_b = min(par // oc_b, nb_ic)
+            c = cost(mb, oc_b, ic_b)
+            if c <= best:
+                best, split = c, (mb, oc_b, ic_b)
+    return split
 
 
 def bf16_weights_scratch(cv: Conv) -> int:
@@ -470,15 +481,7 @@ def _balance_1x1(cv: Conv, reduce_block: int) -> tuple[int, int]:
         load = share * _cdiv(nb_load, oc_b) * _BLOCK * reduce_block
         return bcast + load + out_k * _cdiv(nb_load, oc_b) * _cdiv(nb_bcast, ic_b) * _BLOCK * _BLOCK
 
-    best, split = cost(1, 1, 1), (1, 1, 1)
-    for mb in range(1, min(nthr, red) + 1):
-        par = nthr // mb
-        for oc_b in range(1, min(par, nb_load) + 1):
-            ic_b = min(par // oc_b, nb_bcast)
-            c = cost(mb, oc_b, ic_b)
-            if c <= best:
-                best, split = c, (mb, oc_b, ic_b)
-    mb, oc_b, ic_b = split
+    mb, oc_b, ic_b = _least_cost_split(nthr, red, nb_load, nb_bcast, cost)
     if nthr // 2 < mb < nthr:
         mb = min(cv.n, nthr)
     return mb * oc_b * ic_b, mb
