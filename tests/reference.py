@@ -57,7 +57,8 @@ def measured_op_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
     return largest_rise(size for _, size, _ in allocation_events(prof))
 
 
-def _on_meta(t: Any) -> Any:
+def on_meta(t: Any) -> Any:
+    """A tensor's meta twin (same shape, strides and dtype); anything else as it is."""
     if isinstance(t, torch.Tensor):
         return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
     return t
@@ -65,12 +66,34 @@ def _on_meta(t: Any) -> Any:
 
 def predicted_op_rise(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
     """The same op on meta tensors, its outputs and workspace replayed by the recorder's CPU rules."""
-    from memtrace.tracer.core.records import Kind
     from memtrace.tracer.engine.device_model import DeviceModel
     from memtrace.tracer.engine.recorder import Recorder
 
-    meta_args = tuple(_on_meta(a) for a in args)
+    meta_args = tuple(on_meta(a) for a in args)
     out = func(*meta_args)
     rec = Recorder(DeviceModel("cpu"))
     rec.on_op(func, meta_args, {}, out)
-    return largest_rise(e.nbytes if e.kind is Kind.ALLOC else -e.nbytes for e in rec.events)
+    return largest_rise(event_sizes(rec.events))
+
+
+def event_sizes(events: Sequence[Any]) -> list[int]:
+    """Recorded events as signed sizes: an allocation's bytes, a free's negated."""
+    from memtrace.tracer.core.records import Kind
+
+    return [e.nbytes if e.kind is Kind.ALLOC else -e.nbytes for e in events]
+
+
+def workspace_sizes(work: Any) -> list[int]:
+    """A device rule's workspace as signed sizes, its allocations and frees in order (what it leaves
+    allocated is freed at the end)."""
+    if work is None:
+        return []
+    live: dict[int, int] = {}
+    out: list[int] = []
+    for step in work.steps:
+        if step.kind == "alloc":
+            live[step.key] = step.nbytes
+            out.append(step.nbytes)
+        elif step.kind == "free" and step.key in live:
+            out.append(-live.pop(step.key))
+    return out + [-n for n in live.values()]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from reference import allocation_events, largest_rise
+from reference import allocation_events, largest_rise, on_meta, workspace_sizes
 from torch.profiler import ProfilerActivity, profile
 
 from memtrace.tracer.devices.cpu.gemm_lowp import modelled
@@ -37,24 +37,11 @@ def _buffer(layout: str, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(M * 2 + 8, dtype=dtype).as_strided((M, 1), (2, 5))
 
 
-def _meta(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-
-
 def _predicted_rise(op: Any, args: tuple[torch.Tensor, ...], buf: torch.Tensor) -> int:
-    out = _meta(buf)
-    work = DeviceModel("cpu").workspace(op, tuple(_meta(a) for a in args), {"out": out}, out)
-    if work is None:
-        return 0
-    live: dict[int, int] = {}
-    sizes: list[int] = []
-    for step in work.steps:
-        if step.kind == "alloc":
-            live[step.key] = step.nbytes
-            sizes.append(step.nbytes)
-        elif step.kind == "free" and step.key in live:
-            sizes.append(-live.pop(step.key))
-    return largest_rise(sizes)
+    out = on_meta(buf)
+    return largest_rise(
+        workspace_sizes(DeviceModel("cpu").workspace(op, tuple(on_meta(a) for a in args), {"out": out}, out))
+    )
 
 
 @pytest.mark.parametrize("layout", ["rows", "cols", "strided", "column"])

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 import torch
+from reference import event_sizes, largest_rise, workspace_sizes
 
 from memtrace.tracer import simulate as sim
-from memtrace.tracer.core.records import Kind
 from memtrace.tracer.devices.cpu import conv_onednn, gemm_lowp
 from memtrace.tracer.devices.cpu import isa as cpu_isa
 from memtrace.tracer.engine.device_model import DeviceModel
@@ -58,14 +58,6 @@ def forced_isa(machine: dict[str, Any]) -> Iterator[None]:
             f.cache_clear()
 
 
-def _largest_rise(sizes: list[int]) -> int:
-    live = best = 0
-    for s in sizes:
-        live += s
-        best = max(best, live)
-    return best
-
-
 def _simulated_rise(rec: dict[str, Any]) -> int:
     loss = None if rec["loss"] in (None, "sum") else rec["loss"]
     req = sim.request(
@@ -74,7 +66,7 @@ def _simulated_rise(rec: dict[str, Any]) -> int:
     events = sim.run_recorded(req).trace.events
     last = max(e.iteration for e in events)
     step = [e for e in events if e.iteration == last]
-    return _largest_rise([e.nbytes if e.kind is Kind.ALLOC else -e.nbytes for e in step])
+    return largest_rise(event_sizes(step))
 
 
 CASES = [
@@ -92,7 +84,7 @@ def test_step_rise_matches_the_recorded_events(case: str) -> None:
     with forced_isa(rec["machine"]):
         assert cpu_isa.onednn_isa() == "avx512_core_bf16"
         predicted = _simulated_rise(rec)
-    measured = _largest_rise([size for _, size, _ in rec["events"]])
+    measured = largest_rise([size for _, size, _ in rec["events"]])
     assert abs(predicted - measured) <= TOLERANCE * measured, f"{case}: {predicted:,} vs {measured:,}"
 
 
@@ -106,21 +98,6 @@ def test_forcing_the_isa_is_undone() -> None:
 def _meta(arg: dict[str, Any]) -> torch.Tensor:
     dtype = getattr(torch, arg["dtype"].removeprefix("torch."))
     return torch.empty_strided(arg["sizes"], arg["strides"], dtype=dtype, device="meta")
-
-
-def _signed(work: Any) -> list[int]:
-    """A workspace's allocations and frees in order, as signed sizes (what is left is freed at the end)."""
-    if work is None:
-        return []
-    live: dict[int, int] = {}
-    out: list[int] = []
-    for step in work.steps:
-        if step.kind == "alloc":
-            live[step.key] = step.nbytes
-            out.append(step.nbytes)
-        elif step.kind == "free" and step.key in live:
-            out.append(-live.pop(step.key))
-    return out + [-n for n in live.values()]
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not built in")
@@ -140,7 +117,7 @@ def test_a_compiled_steps_out_gemms_book_the_recorded_scratchpads(
         for i, gemm in enumerate(rec["gemms"]):
             *operands, buf = (_meta(a) for a in gemm["args"])
             op = _GEMM_OPS[gemm["op"]].out
-            predicted = _signed(device.workspace(op, tuple(operands), {"out": buf}, buf))
+            predicted = workspace_sizes(device.workspace(op, tuple(operands), {"out": buf}, buf))
             assert predicted == gemm["events"], f"{case} #{i}: {gemm['args']}"
 
 
@@ -156,7 +133,7 @@ def _conv_backward_events(case: dict[str, Any]) -> list[int]:
     out = torch.ops.aten.convolution_backward.default(*args)
     rec = Recorder(DeviceModel("cpu"))
     rec.on_op(torch.ops.aten.convolution_backward.default, args, {}, out)
-    return [e.nbytes if e.kind is Kind.ALLOC else -e.nbytes for e in rec.events]
+    return event_sizes(rec.events)
 
 
 _CONV_BF16 = json.loads((DATA / "ops" / "conv_bf16_backward.json").read_text())
@@ -188,7 +165,7 @@ def _conv_forward_events(case: dict[str, Any]) -> list[int]:
     out = torch.ops.aten.convolution.default(*args)
     rec = Recorder(DeviceModel("cpu"))
     rec.on_op(torch.ops.aten.convolution.default, args, {}, out)
-    return [e.nbytes if e.kind is Kind.ALLOC else -e.nbytes for e in rec.events]
+    return event_sizes(rec.events)
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not built in")
